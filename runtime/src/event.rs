@@ -1,0 +1,614 @@
+//! The event envelope: ids, the type catalogue, categories, and validation.
+//!
+//! Every event that enters Cortex — from `cortex emit`, a batch, a handler's
+//! `emit`, or a replay — passes through [`Validator::validate`] before it is
+//! logged or queued. Validation works on raw JSON so that it can report every
+//! problem at once, each with the path of the field it concerns, and only a
+//! document without problems becomes an [`Event`].
+
+use std::fmt;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, FixedOffset, Local, SecondsFormat};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The 17 built-in event types of the seed architecture, with their category.
+pub const CATALOGUE: [(&str, Category); 17] = [
+    ("worker.started", Category::Worker),
+    ("worker.completed", Category::Worker),
+    ("worker.failed", Category::Worker),
+    ("worker.heartbeat", Category::Worker),
+    ("task.created", Category::Task),
+    ("task.assigned", Category::Task),
+    ("task.completed", Category::Task),
+    ("task.failed", Category::Task),
+    ("security.scan_completed", Category::Security),
+    ("security.vulnerability_found", Category::Security),
+    ("routing.decision_made", Category::Routing),
+    ("learning.pattern_detected", Category::Learning),
+    ("learning.model_updated", Category::Learning),
+    ("system.cleanup_needed", Category::System),
+    ("system.health_alert", Category::System),
+    ("daemon.started", Category::Daemon),
+    ("daemon.stopped", Category::Daemon),
+];
+
+/// Default limit on the serialized size of one event (1 MiB).
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// The top-level fields an envelope may carry; anything else is a typo.
+const FIELDS: [&str; 7] = ["event_id", "event_type", "timestamp", "source", "correlation_id", "metadata", "payload"];
+
+/// The seven categories of the catalogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    Worker,
+    Task,
+    Security,
+    Routing,
+    Learning,
+    System,
+    Daemon,
+    /// A type declared in `cortex.toml` outside the seven built-in prefixes.
+    Custom,
+}
+
+impl Category {
+    /// The stem of the JSONL log this category appends to: system and daemon
+    /// events share `system-events.jsonl`, as in the seed.
+    pub fn log_stem(self) -> &'static str {
+        match self {
+            Category::Worker => "worker",
+            Category::Task => "task",
+            Category::Security => "security",
+            Category::Routing => "routing",
+            Category::Learning => "learning",
+            Category::System | Category::Daemon => "system",
+            Category::Custom => "custom",
+        }
+    }
+
+    fn from_prefix(prefix: &str) -> Option<Category> {
+        Some(match prefix {
+            "worker" => Category::Worker,
+            "task" => Category::Task,
+            "security" => Category::Security,
+            "routing" => Category::Routing,
+            "learning" => Category::Learning,
+            "system" => Category::System,
+            "daemon" => Category::Daemon,
+            _ => return None,
+        })
+    }
+}
+
+/// Every log stem, in a stable order (for `status` and the layout).
+pub const LOG_STEMS: [&str; 7] = ["worker", "task", "security", "routing", "learning", "system", "custom"];
+
+/// Event priority; the queue serves critical first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Critical,
+    High,
+    #[default]
+    Medium,
+    Low,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 4] = [Priority::Critical, Priority::High, Priority::Medium, Priority::Low];
+
+    /// The digit that leads queue file names: lower sorts (and is served) first.
+    pub fn rank(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_rank(rank: u8) -> Option<Priority> {
+        Priority::ALL.get(rank as usize).copied()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::High => "high",
+            Priority::Medium => "medium",
+            Priority::Low => "low",
+        }
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown priority {s:?}: expected one of critical, high, medium, low"))
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Optional context: master, priority, tags, and any further keys (replay
+/// records its bookkeeping here).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Metadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
+    #[serde(default)]
+    pub priority: Priority,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A validated event envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub event_id: String,
+    pub event_type: String,
+    /// RFC 3339 with an offset, kept as written so that logs round-trip.
+    pub timestamp: String,
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    #[serde(default)]
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub payload: Map<String, Value>,
+}
+
+impl Event {
+    pub fn priority(&self) -> Priority {
+        self.metadata.priority
+    }
+
+    /// The parsed timestamp. Validation guarantees it parses; an event built
+    /// by hand with a bad one falls back to the Unix epoch.
+    pub fn time(&self) -> DateTime<FixedOffset> {
+        DateTime::parse_from_rfc3339(&self.timestamp).unwrap_or_default()
+    }
+
+    /// Serialized as one line of JSON.
+    pub fn to_json(&self) -> String {
+        // Serializing plain strings, maps and enums cannot fail.
+        serde_json::to_string(self).expect("event serializes")
+    }
+}
+
+/// What a producer supplies; the rest of the envelope is filled in.
+#[derive(Debug, Clone, Default)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub source: String,
+    pub payload: Map<String, Value>,
+    pub correlation_id: Option<String>,
+    pub priority: Option<Priority>,
+    pub master: Option<String>,
+    pub tags: Vec<String>,
+}
+
+impl NewEvent {
+    /// The seed's `create_event`: a new id and the current local time.
+    pub fn into_value(self) -> Value {
+        let now = Local::now().fixed_offset();
+        let mut metadata = Map::new();
+        if let Some(master) = self.master {
+            metadata.insert("master".into(), Value::String(master));
+        }
+        metadata.insert("priority".into(), Value::String(self.priority.unwrap_or_default().as_str().into()));
+        if !self.tags.is_empty() {
+            metadata.insert("tags".into(), Value::from(self.tags));
+        }
+        let mut event = Map::new();
+        event.insert("event_id".into(), Value::String(new_event_id(&now)));
+        event.insert("event_type".into(), Value::String(self.event_type));
+        event.insert("timestamp".into(), Value::String(now.to_rfc3339_opts(SecondsFormat::Millis, false)));
+        event.insert("source".into(), Value::String(self.source));
+        if let Some(c) = self.correlation_id {
+            event.insert("correlation_id".into(), Value::String(c));
+        }
+        event.insert("metadata".into(), Value::Object(metadata));
+        event.insert("payload".into(), Value::Object(self.payload));
+        Value::Object(event)
+    }
+}
+
+static ID_START: OnceLock<u64> = OnceLock::new();
+static ID_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh id, `evt_YYYYMMDD_HHMMSS_<12 lowercase alphanumerics>`.
+///
+/// The first six characters count up from a random start, so ids from one
+/// process never repeat within 36^6 events; the last six are random, so ids
+/// from different processes in the same second collide with negligible odds
+/// (and the queue refuses to overwrite, so a collision is an error, not a loss).
+pub fn new_event_id(now: &DateTime<FixedOffset>) -> String {
+    const SPACE: u64 = 36u64.pow(6);
+    let n = ID_START.get_or_init(|| fastrand::u64(..SPACE)) + ID_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut suffix = String::with_capacity(12);
+    push_base36(&mut suffix, n % SPACE, 6);
+    push_base36(&mut suffix, fastrand::u64(..SPACE), 6);
+    format!("evt_{}_{}", now.format("%Y%m%d_%H%M%S"), suffix)
+}
+
+fn push_base36(out: &mut String, mut n: u64, width: usize) {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut buf = [b'0'; 16];
+    for slot in buf[..width].iter_mut().rev() {
+        *slot = DIGITS[(n % 36) as usize];
+        n /= 36;
+    }
+    out.push_str(std::str::from_utf8(&buf[..width]).expect("ascii digits"));
+}
+
+/// `evt_YYYYMMDD_HHMMSS_` followed by six or more lowercase alphanumerics.
+pub fn is_valid_event_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() >= 4 + 8 + 1 + 6 + 1 + 6
+        && id.starts_with("evt_")
+        && b[4..12].iter().all(u8::is_ascii_digit)
+        && b[12] == b'_'
+        && b[13..19].iter().all(u8::is_ascii_digit)
+        && b[19] == b'_'
+        && b[20..].iter().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+}
+
+/// `category.name`, lowercase letters, digits and underscores, dot-separated.
+pub fn is_valid_type_name(t: &str) -> bool {
+    let mut parts = 0;
+    for part in t.split('.') {
+        let mut chars = part.chars();
+        match chars.next() {
+            Some(c) if c.is_ascii_lowercase() => {}
+            _ => return false,
+        }
+        if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+            return false;
+        }
+        parts += 1;
+    }
+    parts >= 2
+}
+
+/// One thing wrong with an event: the field it concerns and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// All the problems of one rejected event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(pub Vec<Problem>);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(Problem::to_string).collect();
+        f.write_str(&lines.join("; "))
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+/// Checks envelopes against the catalogue plus the custom types of a config.
+#[derive(Debug, Clone)]
+pub struct Validator {
+    custom_types: Vec<String>,
+    max_event_bytes: usize,
+}
+
+impl Default for Validator {
+    fn default() -> Self {
+        Validator::new(Vec::new(), DEFAULT_MAX_EVENT_BYTES)
+    }
+}
+
+impl Validator {
+    pub fn new(custom_types: Vec<String>, max_event_bytes: usize) -> Validator {
+        Validator { custom_types, max_event_bytes }
+    }
+
+    pub fn max_event_bytes(&self) -> usize {
+        self.max_event_bytes
+    }
+
+    /// The category of a known type, or `None` when the type is neither in
+    /// the catalogue nor declared.
+    pub fn category(&self, event_type: &str) -> Option<Category> {
+        if let Some((_, c)) = CATALOGUE.iter().find(|(t, _)| *t == event_type) {
+            return Some(*c);
+        }
+        if self.custom_types.iter().any(|t| t == event_type) {
+            let prefix = event_type.split('.').next().unwrap_or_default();
+            return Some(Category::from_prefix(prefix).unwrap_or(Category::Custom));
+        }
+        None
+    }
+
+    /// Parses and validates one JSON text.
+    ///
+    /// # Errors
+    /// Every problem found, each with its field path.
+    pub fn parse(&self, text: &str) -> Result<Event, Invalid> {
+        if text.len() > self.max_event_bytes {
+            return Err(Invalid(vec![self.too_large(text.len())]));
+        }
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            Invalid(vec![Problem { path: "(document)".into(), message: format!("malformed JSON: {e}") }])
+        })?;
+        self.validate(value)
+    }
+
+    /// Validates a JSON value and converts it into an [`Event`].
+    ///
+    /// # Errors
+    /// Every problem found, each with its field path.
+    pub fn validate(&self, value: Value) -> Result<Event, Invalid> {
+        let problems = self.problems(&value);
+        if !problems.is_empty() {
+            return Err(Invalid(problems));
+        }
+        let event: Event = serde_json::from_value(value).map_err(|e| {
+            Invalid(vec![Problem { path: "(document)".into(), message: format!("does not fit the envelope: {e}") }])
+        })?;
+        let size = event.to_json().len();
+        if size > self.max_event_bytes {
+            return Err(Invalid(vec![self.too_large(size)]));
+        }
+        Ok(event)
+    }
+
+    fn too_large(&self, size: usize) -> Problem {
+        Problem {
+            path: "(document)".into(),
+            message: format!(
+                "event is {size} bytes, over the {} byte limit (raise limits.max_event_bytes in cortex.toml)",
+                self.max_event_bytes
+            ),
+        }
+    }
+
+    /// Every problem with a JSON value, in field order; empty when valid.
+    pub fn problems(&self, value: &Value) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut bad = |path: &str, message: String| out.push(Problem { path: path.into(), message });
+        let Some(obj) = value.as_object() else {
+            bad("(document)", format!("expected a JSON object, found {}", kind(value)));
+            return out;
+        };
+        for key in obj.keys() {
+            if !FIELDS.contains(&key.as_str()) {
+                bad(key, format!("unknown field (the envelope has: {})", FIELDS.join(", ")));
+            }
+        }
+        match obj.get("event_id") {
+            None => bad("event_id", "required field is missing".into()),
+            Some(Value::String(id)) if is_valid_event_id(id) => {}
+            Some(Value::String(id)) => {
+                bad("event_id", format!("{id:?} does not match evt_YYYYMMDD_HHMMSS_<6+ lowercase alphanumerics>"))
+            }
+            Some(v) => bad("event_id", format!("expected a string, found {}", kind(v))),
+        }
+        match obj.get("event_type") {
+            None => bad("event_type", "required field is missing".into()),
+            Some(Value::String(t)) if !is_valid_type_name(t) => bad(
+                "event_type",
+                format!("{t:?} is not a type name (lowercase dot-separated words, e.g. worker.completed)"),
+            ),
+            Some(Value::String(t)) if self.category(t).is_none() => bad(
+                "event_type",
+                format!(
+                    "unknown event type {t:?}: not in the catalogue; declare it under [events] custom_types in cortex.toml"
+                ),
+            ),
+            Some(Value::String(_)) => {}
+            Some(v) => bad("event_type", format!("expected a string, found {}", kind(v))),
+        }
+        match obj.get("timestamp") {
+            None => bad("timestamp", "required field is missing".into()),
+            Some(Value::String(ts)) => {
+                if let Err(why) = check_timestamp(ts) {
+                    bad("timestamp", why);
+                }
+            }
+            Some(v) => bad("timestamp", format!("expected a string, found {}", kind(v))),
+        }
+        match obj.get("source") {
+            None => bad("source", "required field is missing".into()),
+            Some(Value::String(s)) if s.trim().is_empty() => bad("source", "must not be empty".into()),
+            Some(Value::String(_)) => {}
+            Some(v) => bad("source", format!("expected a string, found {}", kind(v))),
+        }
+        match obj.get("correlation_id") {
+            None | Some(Value::String(_)) => {}
+            Some(v) => bad("correlation_id", format!("expected a string, found {}", kind(v))),
+        }
+        match obj.get("metadata") {
+            None => {}
+            Some(Value::Object(m)) => {
+                match m.get("master") {
+                    None | Some(Value::String(_)) => {}
+                    Some(v) => bad("metadata.master", format!("expected a string, found {}", kind(v))),
+                }
+                match m.get("priority") {
+                    None => {}
+                    Some(Value::String(p)) => {
+                        if let Err(why) = p.parse::<Priority>() {
+                            bad("metadata.priority", why);
+                        }
+                    }
+                    Some(v) => bad("metadata.priority", format!("expected a string, found {}", kind(v))),
+                }
+                match m.get("tags") {
+                    None => {}
+                    Some(Value::Array(tags)) => {
+                        for (i, t) in tags.iter().enumerate() {
+                            if !t.is_string() {
+                                bad(&format!("metadata.tags[{i}]"), format!("expected a string, found {}", kind(t)));
+                            }
+                        }
+                    }
+                    Some(v) => bad("metadata.tags", format!("expected an array of strings, found {}", kind(v))),
+                }
+            }
+            Some(v) => bad("metadata", format!("expected an object, found {}", kind(v))),
+        }
+        match obj.get("payload") {
+            None | Some(Value::Object(_)) => {}
+            Some(v) => bad("payload", format!("expected an object, found {}", kind(v))),
+        }
+        out
+    }
+}
+
+fn check_timestamp(ts: &str) -> Result<(), String> {
+    // RFC 3339 proper: chrono alone would also take a space for the `T`.
+    let b = ts.as_bytes();
+    if b.len() < 19 || b[10] != b'T' || !ts.is_char_boundary(19) {
+        return Err(format!("{ts:?} is not an RFC 3339 timestamp (e.g. 2025-12-01T12:00:00-06:00)"));
+    }
+    let tail = &ts[19..];
+    let zone = match tail.strip_prefix('.') {
+        Some(frac) => frac.trim_start_matches(|c: char| c.is_ascii_digit()),
+        None => tail,
+    };
+    let zone_ok = zone == "Z"
+        || (zone.len() == 6
+            && zone.starts_with(['+', '-'])
+            && zone.as_bytes()[3] == b':'
+            && zone.bytes().enumerate().all(|(i, c)| i == 0 || i == 3 || c.is_ascii_digit()));
+    let fraction_ok = !tail.starts_with('.') || tail.len() - zone.len() > 1;
+    if zone.is_empty() {
+        return Err(format!("{ts:?} has no UTC offset; add one, e.g. Z or -06:00"));
+    }
+    if !zone_ok || !fraction_ok || DateTime::parse_from_rfc3339(ts).is_err() {
+        return Err(format!("{ts:?} is not a valid RFC 3339 timestamp (e.g. 2025-12-01T12:00:00-06:00)"));
+    }
+    Ok(())
+}
+
+/// A JSON value's kind, for error messages.
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn good() -> Value {
+        json!({
+            "event_id": "evt_20251201_120000_abc123",
+            "event_type": "worker.completed",
+            "timestamp": "2025-12-01T12:00:00-06:00",
+            "source": "worker-implementation-042",
+            "correlation_id": "task-security-scan-001",
+            "metadata": {"master": "security-master", "priority": "high", "tags": ["production", "critical"]},
+            "payload": {"worker_id": "worker-implementation-042", "tokens_used": 12450}
+        })
+    }
+
+    #[test]
+    fn seed_example_is_valid() {
+        let e = Validator::default().validate(good()).unwrap();
+        assert_eq!(e.priority(), Priority::High);
+        assert_eq!(e.metadata.tags, vec!["production", "critical"]);
+    }
+
+    #[test]
+    fn catalogue_has_17_types_in_7_categories() {
+        let mut cats: Vec<Category> = CATALOGUE.iter().map(|(_, c)| *c).collect();
+        cats.dedup();
+        assert_eq!(CATALOGUE.len(), 17);
+        assert_eq!(cats.len(), 7);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let v = json!({"event_id": "x", "timestamp": "2025-12-01T12:00:00", "source": "", "metadata": {"priority": "urgent", "tags": ["a", 3]}, "payload": [], "extra": 1});
+        let paths: Vec<String> = Validator::default().problems(&v).into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "extra",
+                "event_id",
+                "event_type",
+                "timestamp",
+                "source",
+                "metadata.priority",
+                "metadata.tags[1]",
+                "payload"
+            ]
+        );
+    }
+
+    #[test]
+    fn timestamp_needs_an_offset() {
+        assert!(check_timestamp("2025-12-01T12:00:00Z").is_ok());
+        assert!(check_timestamp("2025-12-01T12:00:00.123+05:30").is_ok());
+        assert!(check_timestamp("2025-12-01T12:00:00").unwrap_err().contains("no UTC offset"));
+        assert!(check_timestamp("2025-12-01 12:00:00Z").is_err());
+        assert!(check_timestamp("2025-02-30T12:00:00Z").is_err());
+        assert!(check_timestamp("2025-12-01T12:00:00z").is_err());
+        assert!(check_timestamp("2025-12-01T12:00:00.Z").is_err());
+        assert!(check_timestamp("2025-12-01T12:00:00+0600").is_err());
+        assert!(check_timestamp("2025-12-01T12:00:00.5").unwrap_err().contains("no UTC offset"));
+    }
+
+    #[test]
+    fn custom_types_need_declaring() {
+        let mut v = good();
+        v["event_type"] = json!("billing.invoice_paid");
+        assert!(Validator::default().validate(v.clone()).is_err());
+        let custom = Validator::new(vec!["billing.invoice_paid".into()], DEFAULT_MAX_EVENT_BYTES);
+        assert!(custom.validate(v).is_ok());
+        assert_eq!(custom.category("billing.invoice_paid"), Some(Category::Custom));
+    }
+
+    #[test]
+    fn ids_are_well_formed_and_unique() {
+        let now = Local::now().fixed_offset();
+        let ids: std::collections::HashSet<String> = (0..20_000).map(|_| new_event_id(&now)).collect();
+        assert_eq!(ids.len(), 20_000);
+        assert!(ids.iter().all(|id| is_valid_event_id(id)));
+    }
+
+    #[test]
+    fn oversized_events_are_rejected() {
+        let mut v = good();
+        v["payload"] = json!({"blob": "x".repeat(2000)});
+        let small = Validator::new(vec![], 1000);
+        assert!(small.validate(v).unwrap_err().to_string().contains("over the 1000 byte limit"));
+    }
+
+    #[test]
+    fn built_events_validate() {
+        let v = NewEvent { event_type: "task.failed".into(), source: "t".into(), ..Default::default() }.into_value();
+        let e = Validator::default().validate(v).unwrap();
+        assert_eq!(e.priority(), Priority::Medium);
+    }
+}

@@ -1,0 +1,122 @@
+//! Crash-safe filesystem primitives the queue, journal and archive share.
+//!
+//! The protocol is Maildir's: write a whole file under `events/tmp/`, make it
+//! durable, rename it into place (readers see all of it or nothing), then
+//! make the directory entry durable. A batch makes all its files durable with
+//! one `syncfs` instead of one `fsync` each (group commit).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result};
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A unique name in `tmp_dir`: pid, a counter and a random part, so two
+/// processes writing at once never share a temp file.
+pub fn tmp_path(tmp_dir: &Path, hint: &str) -> PathBuf {
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let pid = PID.get_or_init(std::process::id);
+    tmp_dir.join(format!("{pid}.{n}.{:08x}.{hint}", fastrand::u32(..)))
+}
+
+/// Writes `bytes` to a new temp file in `tmp_dir`; when `sync` is set the
+/// data is flushed before returning.
+///
+/// # Errors
+/// When the file cannot be created or written (e.g. disk full); the partial
+/// temp file is removed.
+pub fn write_tmp(tmp_dir: &Path, hint: &str, bytes: &[u8], sync: bool) -> Result<PathBuf> {
+    let path = tmp_path(tmp_dir, hint);
+    let result = (|| -> std::io::Result<()> {
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path)?;
+        f.write_all(bytes)?;
+        if sync {
+            f.sync_data()?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&path);
+        return Err(e).with_context(|| format!("failed to write temp file {}", path.display()));
+    }
+    Ok(path)
+}
+
+/// Renames without replacing an existing file (`RENAME_NOREPLACE`), so an
+/// id collision is an error instead of a silent overwrite.
+///
+/// # Errors
+/// When the target exists or the rename fails.
+pub fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
+    let c_from = cstr(from)?;
+    let c_to = cstr(to)?;
+    // SAFETY: both pointers are valid NUL-terminated strings for the call.
+    let rc = unsafe {
+        libc::renameat2(libc::AT_FDCWD, c_from.as_ptr(), libc::AT_FDCWD, c_to.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EINVAL) || err.raw_os_error() == Some(libc::ENOSYS) {
+        // A filesystem without RENAME_NOREPLACE: a hard link refuses to
+        // replace too, and is just as atomic.
+        std::fs::hard_link(from, to)
+            .with_context(|| format!("failed to move {} to {}", from.display(), to.display()))?;
+        std::fs::remove_file(from).with_context(|| format!("failed to remove {}", from.display()))?;
+        return Ok(());
+    }
+    Err(err).with_context(|| format!("failed to move {} to {}", from.display(), to.display()))
+}
+
+fn cstr(p: &Path) -> Result<std::ffi::CString> {
+    std::ffi::CString::new(p.as_os_str().as_bytes())
+        .with_context(|| format!("path {} contains a NUL byte", p.display()))
+}
+
+/// Makes a directory's entries (renames, creations, removals) durable.
+///
+/// # Errors
+/// When the directory cannot be opened or synced.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("failed to sync directory {}", dir.display()))
+}
+
+/// Flushes every dirty file of the filesystem holding `path`: one call makes
+/// a whole batch of temp files, log appends and handler state durable.
+///
+/// # Errors
+/// When the filesystem reports a write error (e.g. it is full).
+pub fn sync_filesystem(path: &Path) -> Result<()> {
+    let f = File::open(path).with_context(|| format!("failed to open {}", path.display()))?;
+    // SAFETY: the descriptor is valid for the duration of the call.
+    let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("failed to sync the filesystem of {}", path.display()));
+    }
+    Ok(())
+}
+
+/// Writes a whole file durably: temp file, fsync, rename, directory fsync.
+/// Replaces an existing `target`.
+///
+/// # Errors
+/// When any step fails; the target is then unchanged.
+pub fn write_durably(tmp_dir: &Path, target: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = write_tmp(tmp_dir, "write", bytes, true)?;
+    if let Err(e) = std::fs::rename(&tmp, target) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("failed to move {} into place", target.display()));
+    }
+    if let Some(parent) = target.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! The coordination directory: where every file of a root lives, and `init`.
+//!
+//! ```text
+//! <root>/cortex.toml                 configuration
+//! <root>/events/queue/               pending events, one JSON file each
+//! <root>/events/claimed/             events a dispatcher is working on (leased)
+//! <root>/events/attempts/            delivery records of events that failed before
+//! <root>/events/archive/YYYY-MM-DD/  processed events with their outcome
+//! <root>/events/dead-letter/         events that failed for good, with forensics
+//! <root>/events/tmp/                 files being written; renamed into place when whole
+//! <root>/events/<category>-events.jsonl
+//! <root>/state/                      handler state
+//! <root>/handlers/                   components named by cortex.toml
+//! <root>/cache/                      compiled components
+//! ```
+//! All of it must sit on one filesystem: durability rests on renames.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::config::CONFIG_FILE;
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Layout {
+        Layout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join(CONFIG_FILE)
+    }
+    pub fn events(&self) -> PathBuf {
+        self.root.join("events")
+    }
+    pub fn queue(&self) -> PathBuf {
+        self.root.join("events/queue")
+    }
+    pub fn claimed(&self) -> PathBuf {
+        self.root.join("events/claimed")
+    }
+    pub fn attempts(&self) -> PathBuf {
+        self.root.join("events/attempts")
+    }
+    pub fn archive(&self) -> PathBuf {
+        self.root.join("events/archive")
+    }
+    pub fn dead_letter(&self) -> PathBuf {
+        self.root.join("events/dead-letter")
+    }
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("events/tmp")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.root.join("state")
+    }
+    pub fn handlers(&self) -> PathBuf {
+        self.root.join("handlers")
+    }
+    pub fn cache(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+    /// `<root>/events/<stem>-events.jsonl`
+    pub fn log(&self, stem: &str) -> PathBuf {
+        self.root.join(format!("events/{stem}-events.jsonl"))
+    }
+
+    /// Directories `init` creates, in creation order.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        vec![
+            self.queue(),
+            self.claimed(),
+            self.attempts(),
+            self.archive(),
+            self.dead_letter(),
+            self.tmp(),
+            self.state(),
+            self.handlers(),
+            self.cache(),
+        ]
+    }
+
+    /// Fails unless the layout's directories exist (a root that was never
+    /// initialised, or was damaged, gets the `cortex init` hint).
+    ///
+    /// # Errors
+    /// Naming the first missing directory.
+    pub fn require(&self) -> Result<()> {
+        for dir in [self.queue(), self.tmp(), self.claimed()] {
+            if !dir.is_dir() {
+                anyhow::bail!(
+                    "{} is missing from the coordination root; run `cortex init --root {}`",
+                    dir.display(),
+                    self.root.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What `init` did.
+#[derive(Debug, Default)]
+pub struct InitReport {
+    pub created: Vec<PathBuf>,
+}
+
+/// Creates the layout and, if absent, a commented default `cortex.toml`
+/// holding `config_text`. Existing files are never touched, so running it
+/// twice changes nothing.
+///
+/// # Errors
+/// When a directory or the config cannot be created.
+pub fn init(layout: &Layout, config_text: &str) -> Result<InitReport> {
+    let mut report = InitReport::default();
+    if !layout.root().exists() {
+        report.created.push(layout.root().to_path_buf());
+    }
+    std::fs::create_dir_all(layout.root())
+        .with_context(|| format!("failed to create coordination root {}", layout.root().display()))?;
+    for dir in layout.dirs() {
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+            report.created.push(dir);
+        }
+    }
+    let config = layout.config();
+    if !config.exists() {
+        crate::fsio::write_durably(&layout.tmp(), &config, config_text.as_bytes())
+            .with_context(|| format!("failed to write {}", config.display()))?;
+        report.created.push(config);
+    }
+    Ok(report)
+}

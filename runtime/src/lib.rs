@@ -1,0 +1,31 @@
+//! Cortex: sandboxed, hot-swappable WebAssembly event handlers over a
+//! durable filesystem queue.
+//!
+//! Producers build [`event::Event`]s and hand them to a [`queue::Queue`],
+//! which logs them to the per-category [`journal`] and queues them durably.
+//! A dispatcher claims queued events, routes them by type to handlers, and
+//! settles each claim: archived, retried with backoff, or dead-lettered.
+//!
+//! # Layout
+//! - [`event`]: the envelope, ids, the type catalogue, validation.
+//! - [`config`]: `cortex.toml`, checked.
+//! - [`layout`]: where each file of a coordination root lives; `init`.
+//! - [`fsio`]: crash-safe file primitives (temp + fsync + rename, `syncfs`).
+//! - [`journal`]: the category JSONL logs.
+//! - [`queue`]: the durable queue behind the [`queue::Queue`] trait.
+//! - [`producer`]: emit one event or a batch (the seed's event logger).
+//! - [`route`]: event type patterns to handlers.
+//! - [`status`]: what `cortex status` reports.
+
+pub mod config;
+pub mod event;
+pub mod fsio;
+pub mod journal;
+pub mod layout;
+pub mod producer;
+pub mod queue;
+pub mod route;
+pub mod status;
+
+/// The commented `cortex.toml` that `cortex init` writes.
+pub const DEFAULT_CONFIG: &str = include_str!("default-cortex.toml");

@@ -1,0 +1,777 @@
+//! The durable event queue: enqueue, claim, settle (ack, retry, dead-letter),
+//! recover and depth, behind the small [`Queue`] trait so that a Redis
+//! Streams backend can sit where the filesystem one does.
+//!
+//! The filesystem backend keeps one JSON file per event in `events/queue/`,
+//! named so that a plain sort serves critical events first and FIFO within a
+//! priority:
+//!
+//! ```text
+//! {rank}-{enqueued µs, 16 digits}-{event_id}-a{attempt}[-{due ms}].json
+//! ```
+//!
+//! A claim is a rename into `events/claimed/` (so only one dispatcher wins)
+//! whose mtime starts the lease. Settling a batch writes every follow-up
+//! event, archive record, delivery record and dead letter to `events/tmp/`,
+//! makes them durable with one `syncfs` (which also covers the state the
+//! handlers wrote), renames them into place, syncs the directories, and only
+//! then removes the claims. A crash at any point leaves either the claim (the
+//! event runs again: at-least-once) or its completed record (recovery sees
+//! it and finishes the ack).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::event::{Event, Priority, Validator};
+use crate::fsio;
+use crate::journal::Journal;
+use crate::layout::Layout;
+
+/// Batches at least this large are made durable with one `syncfs`; smaller
+/// ones with an `fdatasync` per file, which does not wait for unrelated
+/// dirty data elsewhere on the filesystem.
+const GROUP_COMMIT_MIN: usize = 8;
+
+/// The parsed name of a queue entry.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EntryName {
+    pub priority: Priority,
+    pub enqueued_us: u64,
+    pub event_id: String,
+    /// 1 for the first delivery.
+    pub attempt: u32,
+    /// Not to be claimed before this time (ms since the epoch), for retries.
+    pub due_ms: Option<u64>,
+}
+
+impl EntryName {
+    pub fn file_name(&self) -> String {
+        match self.due_ms {
+            Some(due) => format!("{}-a{}-{due}.json", self.key(), self.attempt),
+            None => format!("{}-a{}.json", self.key(), self.attempt),
+        }
+    }
+
+    /// What identifies this queue entry across its retries.
+    pub fn key(&self) -> String {
+        format!("{}-{:016}-{}", self.priority.rank(), self.enqueued_us, self.event_id)
+    }
+
+    pub fn parse(name: &str) -> Option<EntryName> {
+        let stem = name.strip_suffix(".json")?;
+        let mut parts = stem.split('-');
+        let rank: u8 = parts.next()?.parse().ok()?;
+        let enqueued = parts.next()?;
+        let event_id = parts.next()?.to_string();
+        let attempt: u32 = parts.next()?.strip_prefix('a')?.parse().ok()?;
+        let due_ms = match parts.next() {
+            Some(d) => Some(d.parse().ok()?),
+            None => None,
+        };
+        if parts.next().is_some() || enqueued.len() != 16 || attempt == 0 {
+            return None;
+        }
+        Some(EntryName {
+            priority: Priority::from_rank(rank)?,
+            enqueued_us: enqueued.parse().ok()?,
+            event_id,
+            attempt,
+            due_ms,
+        })
+    }
+
+    pub fn is_due(&self, now_ms: u64) -> bool {
+        self.due_ms.is_none_or(|d| d <= now_ms)
+    }
+}
+
+/// One failure of one handler on one delivery.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Failure {
+    pub handler: String,
+    pub component_sha256: String,
+    /// `trap`, `timeout`, `error` (the handler's `Err`), `lease-expired`, `invalid`…
+    pub kind: String,
+    pub message: String,
+    pub duration_ms: f64,
+}
+
+/// One delivery that did not succeed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub at: String,
+    pub failures: Vec<Failure>,
+}
+
+/// What earlier deliveries of a queue entry left: their failures, and the
+/// handlers that already succeeded (they are not run again).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Delivery {
+    #[serde(default)]
+    pub history: Vec<AttemptRecord>,
+    #[serde(default)]
+    pub done: Vec<String>,
+}
+
+/// An event a dispatcher holds.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub name: EntryName,
+    pub event: Event,
+    pub delivery: Delivery,
+}
+
+/// How a claim ends.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Done: archive this record.
+    Ack(Value),
+    /// Run again no earlier than `due`, remembering `delivery`.
+    Retry { due: SystemTime, delivery: Delivery },
+    /// Failed for good: keep this forensic record.
+    DeadLetter(Value),
+}
+
+/// A claim, the events its handlers emitted, and its verdict.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    pub claim: Claim,
+    pub emitted: Vec<Event>,
+    pub verdict: Verdict,
+}
+
+/// How full the queue is.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Depth {
+    /// Entries waiting, ready or delayed.
+    pub queued: usize,
+    /// Of those, retries not yet due.
+    pub delayed: usize,
+    pub claimed: usize,
+    pub dead_letters: usize,
+    /// The entry that has waited longest (any priority).
+    #[serde(skip)]
+    pub oldest: Option<EntryName>,
+    /// When the next delayed entry becomes due (ms since the epoch).
+    #[serde(skip)]
+    pub next_due_ms: Option<u64>,
+}
+
+/// What recovery found in `claimed/`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Recovered {
+    /// Stale claims put back in the queue with the attempt count raised.
+    pub requeued: usize,
+    /// Stale claims whose work was already recorded; the ack was finished.
+    pub finished: usize,
+}
+
+/// The queue interface a dispatcher needs.
+pub trait Queue: Send + Sync {
+    /// Durably adds events: when this returns, they survive a crash.
+    ///
+    /// # Errors
+    /// When they cannot be written; then none of them is queued.
+    fn enqueue(&self, events: &[Event]) -> Result<()>;
+
+    /// Takes the next due entry (critical first, FIFO within a priority), or
+    /// `None` when no entry is due.
+    ///
+    /// # Errors
+    /// On I/O errors other than losing a race to another dispatcher.
+    fn claim(&self) -> Result<Option<Claim>>;
+
+    /// Ends a batch of claims in one durable group commit.
+    ///
+    /// # Errors
+    /// When anything cannot be written; claims not yet removed stay claimed
+    /// and are recovered after their lease.
+    fn settle(&self, batch: Vec<Settlement>) -> Result<()>;
+
+    /// Takes back claims older than `lease` (their dispatcher died).
+    ///
+    /// # Errors
+    /// On I/O errors.
+    fn recover(&self, lease: Duration) -> Result<Recovered>;
+
+    /// # Errors
+    /// On I/O errors.
+    fn depth(&self) -> Result<Depth>;
+
+    /// Acknowledges one claim.
+    ///
+    /// # Errors
+    /// As [`Queue::settle`].
+    fn ack(&self, claim: Claim, record: Value) -> Result<()> {
+        self.settle(vec![Settlement { claim, emitted: Vec::new(), verdict: Verdict::Ack(record) }])
+    }
+
+    /// Puts one claim back for a later attempt.
+    ///
+    /// # Errors
+    /// As [`Queue::settle`].
+    fn retry(&self, claim: Claim, due: SystemTime, delivery: Delivery) -> Result<()> {
+        self.settle(vec![Settlement { claim, emitted: Vec::new(), verdict: Verdict::Retry { due, delivery } }])
+    }
+
+    /// Moves one claim to the dead-letter queue.
+    ///
+    /// # Errors
+    /// As [`Queue::settle`].
+    fn dead_letter(&self, claim: Claim, record: Value) -> Result<()> {
+        self.settle(vec![Settlement { claim, emitted: Vec::new(), verdict: Verdict::DeadLetter(record) }])
+    }
+}
+
+/// The filesystem queue of one coordination root.
+pub struct FsQueue {
+    layout: Layout,
+    journal: Journal,
+    validator: Validator,
+    /// Names listed from `queue/` not yet tried, in serving order.
+    pending: Mutex<BTreeSet<String>>,
+}
+
+static LAST_US: AtomicU64 = AtomicU64::new(0);
+
+/// Strictly increasing microseconds in this process, so a batch keeps its
+/// order in the queue.
+fn next_enqueue_us() -> u64 {
+    let now = now_us();
+    let mut last = LAST_US.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST_US.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+pub fn now_ms() -> u64 {
+    now_us() / 1000
+}
+
+/// An RFC 3339 "now" for records.
+pub fn now_rfc3339() -> String {
+    chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+}
+
+impl FsQueue {
+    /// # Errors
+    /// When the root's layout is missing.
+    pub fn open(layout: Layout, validator: Validator) -> Result<FsQueue> {
+        layout.require()?;
+        Ok(FsQueue { journal: Journal::new(layout.clone()), layout, validator, pending: Mutex::new(BTreeSet::new()) })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The archive record path of an event: `archive/<date of its timestamp>/<id>.json`.
+    pub fn archive_path(&self, event: &Event) -> PathBuf {
+        let date = event.timestamp.get(..10).unwrap_or("unknown-date");
+        self.layout.archive().join(date).join(format!("{}.json", event.event_id))
+    }
+
+    fn dead_letter_path(&self, name: &EntryName) -> PathBuf {
+        self.layout.dead_letter().join(format!("{}.json", name.key()))
+    }
+
+    fn attempts_path(&self, name: &EntryName) -> PathBuf {
+        self.layout.attempts().join(format!("{}.json", name.key()))
+    }
+
+    /// Lists `queue/` into the pending set.
+    fn refill(&self, pending: &mut BTreeSet<String>) -> Result<()> {
+        let dir = self.layout.queue();
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("failed to list {}", dir.display()))? {
+            let entry = entry.with_context(|| format!("failed to list {}", dir.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if EntryName::parse(&name).is_some() {
+                pending.insert(name);
+            } else if name.ends_with(".json") && !name.starts_with('.') {
+                self.adopt(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A `.json` file dropped into `queue/` by hand (as the seed's tools
+    /// did): queued properly if valid and whole; dead-lettered with the
+    /// reason if invalid and no longer being written.
+    fn adopt(&self, path: &Path) -> Result<()> {
+        let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+        let age = std::fs::metadata(path).and_then(|m| m.modified()).ok().and_then(|m| m.elapsed().ok());
+        match self.validator.parse(&text) {
+            Ok(event) => {
+                self.enqueue(std::slice::from_ref(&event))?;
+                std::fs::remove_file(path).with_context(|| format!("failed to remove adopted {}", path.display()))?;
+            }
+            // It may still be being written: look again later.
+            Err(_) if age.is_none_or(|a| a < Duration::from_secs(5)) => {}
+            Err(invalid) => {
+                let record = serde_json::json!({
+                    "raw": text,
+                    "file": path.display().to_string(),
+                    "dead_lettered_at": now_rfc3339(),
+                    "reason": format!("invalid event dropped into the queue: {invalid}"),
+                });
+                let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+                let target = self.layout.dead_letter().join(format!("invalid-{}-{stem}.json", now_us()));
+                fsio::write_durably(&self.layout.tmp(), &target, serde_json::to_string_pretty(&record)?.as_bytes())?;
+                std::fs::remove_file(path).with_context(|| format!("failed to remove {}", path.display()))?;
+                tracing::warn!(file = %path.display(), %invalid, "invalid event file moved to the dead-letter queue");
+            }
+        }
+        Ok(())
+    }
+
+    fn read_claimed(&self, path: &Path) -> Result<Event> {
+        let mut f = File::open(path).with_context(|| format!("failed to open claimed entry {}", path.display()))?;
+        // The lease runs from now.
+        f.set_modified(SystemTime::now())
+            .with_context(|| format!("failed to start the lease on {}", path.display()))?;
+        let mut text = String::new();
+        f.read_to_string(&mut text).with_context(|| format!("failed to read claimed entry {}", path.display()))?;
+        self.validator.parse(&text).map_err(|e| anyhow::anyhow!("invalid queued event in {}: {e}", path.display()))
+    }
+
+    /// Events queued by name (for callers that know their names, e.g. the
+    /// dispatcher after emitting): lets this process serve them without a
+    /// re-list.
+    fn remember(&self, names: impl IntoIterator<Item = String>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.extend(names);
+    }
+
+    /// Forgets what was listed, so the next claim re-lists `queue/`.
+    pub fn rescan(&self) {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Queue entries, parsed, in serving order.
+    ///
+    /// # Errors
+    /// When `queue/` cannot be listed.
+    pub fn entries(&self) -> Result<Vec<EntryName>> {
+        list_names(&self.layout.queue())
+    }
+}
+
+fn list_names(dir: &Path) -> Result<Vec<EntryName>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("failed to list {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("failed to list {}", dir.display()))?;
+        if let Some(name) = EntryName::parse(&entry.file_name().to_string_lossy()) {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn count_json(dir: &Path) -> Result<usize> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => Ok(rd.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e).with_context(|| format!("failed to list {}", dir.display())),
+    }
+}
+
+/// Files written in phase one of a group commit, moved in phase two.
+#[derive(Default)]
+struct Commit {
+    /// (temp file, target, may the target be replaced)
+    moves: Vec<(PathBuf, PathBuf, bool)>,
+    /// Claims to remove after the moves are durable.
+    removals: Vec<PathBuf>,
+    dirs: BTreeSet<PathBuf>,
+    new_names: Vec<String>,
+}
+
+impl Commit {
+    fn abandon(&self) {
+        for (tmp, _, _) in &self.moves {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+impl FsQueue {
+    fn stage_events(&self, commit: &mut Commit, events: &[Event], sync_each: bool) -> Result<()> {
+        let tmp = self.layout.tmp();
+        for e in events {
+            let name = EntryName {
+                priority: e.priority(),
+                enqueued_us: next_enqueue_us(),
+                event_id: e.event_id.clone(),
+                attempt: 1,
+                due_ms: None,
+            };
+            let file = name.file_name();
+            let t = fsio::write_tmp(&tmp, &file, e.to_json().as_bytes(), sync_each)?;
+            commit.moves.push((t, self.layout.queue().join(&file), false));
+            commit.new_names.push(file);
+        }
+        if !events.is_empty() {
+            commit.dirs.insert(self.layout.queue());
+        }
+        Ok(())
+    }
+
+    fn stage_record(&self, commit: &mut Commit, target: PathBuf, record: &impl Serialize) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(record).context("failed to serialize a record")?;
+        let t = fsio::write_tmp(&self.layout.tmp(), "record", &bytes, false)?;
+        if let Some(parent) = target.parent() {
+            if !parent.is_dir() {
+                std::fs::create_dir_all(parent).with_context(|| format!("failed to create {}", parent.display()))?;
+                if let Some(grand) = parent.parent() {
+                    commit.dirs.insert(grand.to_path_buf());
+                }
+            }
+            commit.dirs.insert(parent.to_path_buf());
+        }
+        commit.moves.push((t, target, true));
+        Ok(())
+    }
+
+    /// Phase two: everything staged is durable; put it in place.
+    fn apply(&self, commit: Commit) -> Result<()> {
+        for (tmp, target, replace) in &commit.moves {
+            if *replace {
+                std::fs::rename(tmp, target)
+                    .with_context(|| format!("failed to move {} to {}", tmp.display(), target.display()))?;
+            } else {
+                fsio::rename_noreplace(tmp, target)?;
+            }
+        }
+        for dir in &commit.dirs {
+            fsio::sync_dir(dir)?;
+        }
+        for path in &commit.removals {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("failed to remove {}", path.display())),
+            }
+        }
+        if !commit.removals.is_empty() {
+            fsio::sync_dir(&self.layout.claimed())?;
+        }
+        self.remember(commit.new_names);
+        Ok(())
+    }
+}
+
+impl Queue for FsQueue {
+    fn enqueue(&self, events: &[Event]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let group = events.len() >= GROUP_COMMIT_MIN;
+        let mut commit = Commit::default();
+        let staged = self.stage_events(&mut commit, events, !group).and_then(|()| {
+            self.journal.append(&self.validator, events, !group)?;
+            if group {
+                fsio::sync_filesystem(&self.layout.tmp())?;
+            }
+            Ok(())
+        });
+        if let Err(e) = staged {
+            commit.abandon();
+            return Err(e);
+        }
+        self.apply(commit)
+    }
+
+    fn claim(&self) -> Result<Option<Claim>> {
+        let now = now_ms();
+        let mut relisted = false;
+        loop {
+            let next = {
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                if pending.is_empty() && !relisted {
+                    self.refill(&mut pending)?;
+                    relisted = true;
+                }
+                // The first due entry; delayed ones stay for a later pass.
+                let found = pending.iter().find(|n| EntryName::parse(n).is_some_and(|e| e.is_due(now))).cloned();
+                match found {
+                    Some(n) => {
+                        pending.remove(&n);
+                        n
+                    }
+                    None if relisted => return Ok(None),
+                    None => {
+                        pending.clear();
+                        continue;
+                    }
+                }
+            };
+            let from = self.layout.queue().join(&next);
+            let to = self.layout.claimed().join(&next);
+            match std::fs::rename(&from, &to) {
+                Ok(()) => {}
+                // Another dispatcher won it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("failed to claim queue entry {}", from.display())),
+            }
+            let name = EntryName::parse(&next).expect("parsed when listed");
+            let delivery = if name.attempt > 1 { self.read_delivery(&name)? } else { Delivery::default() };
+            match self.read_claimed(&to) {
+                Ok(event) => return Ok(Some(Claim { name, event, delivery })),
+                Err(e) => {
+                    // A corrupt entry must not block the queue or vanish.
+                    let record = serde_json::json!({
+                        "raw": std::fs::read_to_string(&to).unwrap_or_default(),
+                        "entry": name.key(),
+                        "dead_lettered_at": now_rfc3339(),
+                        "reason": format!("{e:#}"),
+                    });
+                    fsio::write_durably(
+                        &self.layout.tmp(),
+                        &self.dead_letter_path(&name),
+                        serde_json::to_string_pretty(&record)?.as_bytes(),
+                    )?;
+                    std::fs::remove_file(&to).with_context(|| format!("failed to remove {}", to.display()))?;
+                    tracing::warn!(entry = %next, error = %format!("{e:#}"), "unreadable queue entry moved to the dead-letter queue");
+                }
+            }
+        }
+    }
+
+    fn settle(&self, batch: Vec<Settlement>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut commit = Commit::default();
+        let staged = (|| -> Result<()> {
+            let mut emitted = Vec::new();
+            for s in &batch {
+                self.stage_events(&mut commit, &s.emitted, false)?;
+                emitted.extend(s.emitted.iter().cloned());
+                let claimed = self.layout.claimed().join(s.claim.name.file_name());
+                match &s.verdict {
+                    Verdict::Ack(record) => {
+                        self.stage_record(&mut commit, self.archive_path(&s.claim.event), record)?;
+                        commit.removals.push(claimed);
+                        if s.claim.name.attempt > 1 {
+                            commit.removals.push(self.attempts_path(&s.claim.name));
+                        }
+                    }
+                    Verdict::DeadLetter(record) => {
+                        self.stage_record(&mut commit, self.dead_letter_path(&s.claim.name), record)?;
+                        commit.removals.push(claimed);
+                        commit.removals.push(self.attempts_path(&s.claim.name));
+                    }
+                    Verdict::Retry { due, delivery } => {
+                        self.stage_record(&mut commit, self.attempts_path(&s.claim.name), delivery)?;
+                        let mut next = s.claim.name.clone();
+                        next.attempt += 1;
+                        next.due_ms = Some(due.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0));
+                        // Moving the claim back is the last step of this entry.
+                        commit.moves.push((claimed, self.layout.queue().join(next.file_name()), false));
+                        commit.dirs.insert(self.layout.queue());
+                        commit.dirs.insert(self.layout.claimed());
+                        commit.new_names.push(next.file_name());
+                    }
+                }
+            }
+            self.journal.append(&self.validator, &emitted, false)?;
+            // One flush for everything: follow-ups, records, log lines and
+            // the state handlers wrote while running these events.
+            fsio::sync_filesystem(&self.layout.tmp())
+        })();
+        if let Err(e) = staged {
+            for (tmp, _, _) in &commit.moves {
+                if tmp.starts_with(self.layout.tmp()) {
+                    let _ = std::fs::remove_file(tmp);
+                }
+            }
+            return Err(e);
+        }
+        self.apply(commit)
+    }
+
+    fn recover(&self, lease: Duration) -> Result<Recovered> {
+        let mut out = Recovered::default();
+        let claimed = self.layout.claimed();
+        for name in list_names(&claimed)? {
+            let path = claimed.join(name.file_name());
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let age = meta.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or_default();
+            if age < lease {
+                continue;
+            }
+            // Work already recorded? Then only the removal of the claim was lost.
+            let done = match std::fs::read_to_string(&path).ok().and_then(|t| self.validator.parse(&t).ok()) {
+                Some(event) => record_entry(&self.archive_path(&event)).as_deref() == Some(&name.key()),
+                None => false,
+            } || self.dead_letter_path(&name).exists();
+            if done {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("failed to remove finished claim {}", path.display()))?;
+                out.finished += 1;
+                continue;
+            }
+            let mut delivery = if name.attempt > 1 { self.read_delivery(&name)? } else { Delivery::default() };
+            delivery.history.push(AttemptRecord {
+                attempt: name.attempt,
+                at: now_rfc3339(),
+                failures: vec![Failure {
+                    handler: String::new(),
+                    component_sha256: String::new(),
+                    kind: "lease-expired".into(),
+                    message: format!("claim held for {}s without being settled: its dispatcher stopped", age.as_secs()),
+                    duration_ms: age.as_secs_f64() * 1000.0,
+                }],
+            });
+            fsio::write_durably(
+                &self.layout.tmp(),
+                &self.attempts_path(&name),
+                &serde_json::to_vec_pretty(&delivery)?,
+            )?;
+            let mut next = name.clone();
+            next.attempt += 1;
+            next.due_ms = None;
+            fsio::rename_noreplace(&path, &self.layout.queue().join(next.file_name()))?;
+            out.requeued += 1;
+        }
+        if out.requeued + out.finished > 0 {
+            fsio::sync_dir(&self.layout.queue())?;
+            fsio::sync_dir(&claimed)?;
+            self.rescan();
+        }
+        Ok(out)
+    }
+
+    fn depth(&self) -> Result<Depth> {
+        let entries = self.entries()?;
+        let now = now_ms();
+        let delayed: Vec<&EntryName> = entries.iter().filter(|e| !e.is_due(now)).collect();
+        Ok(Depth {
+            queued: entries.len(),
+            delayed: delayed.len(),
+            next_due_ms: delayed.iter().filter_map(|e| e.due_ms).min(),
+            claimed: count_json(&self.layout.claimed())?,
+            dead_letters: count_json(&self.layout.dead_letter())?,
+            oldest: entries.iter().min_by_key(|e| e.enqueued_us).cloned(),
+        })
+    }
+}
+
+impl FsQueue {
+    fn read_delivery(&self, name: &EntryName) -> Result<Delivery> {
+        let path = self.attempts_path(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).with_context(|| format!("corrupt delivery record {}", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Delivery::default()),
+            Err(e) => Err(e).with_context(|| format!("failed to read {}", path.display())),
+        }
+    }
+
+    /// The event of a queue entry (for `status`).
+    ///
+    /// # Errors
+    /// When the entry is gone or unreadable.
+    pub fn peek(&self, name: &EntryName) -> Result<Event> {
+        let path = self.layout.queue().join(name.file_name());
+        let text = std::fs::read_to_string(&path).with_context(|| format!("failed to read {}", path.display()))?;
+        self.validator.parse(&text).map_err(|e| anyhow::anyhow!("invalid queued event in {}: {e}", path.display()))
+    }
+
+    /// Counts of queued entries by priority.
+    ///
+    /// # Errors
+    /// When `queue/` cannot be listed.
+    pub fn by_priority(&self) -> Result<BTreeMap<Priority, usize>> {
+        let mut out = BTreeMap::new();
+        for e in self.entries()? {
+            *out.entry(e.priority).or_insert(0) += 1;
+        }
+        Ok(out)
+    }
+}
+
+/// The `entry` an archive record was written for, if it exists.
+fn record_entry(path: &Path) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("entry")?.as_str().map(str::to_string)
+}
+
+/// Rejects a root that is not usable before anything is written.
+///
+/// # Errors
+/// Naming the directory and the fix.
+pub fn check_writable(layout: &Layout) -> Result<()> {
+    let probe = fsio::tmp_path(&layout.tmp(), "probe");
+    match std::fs::write(&probe, b"") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => bail!(
+            "coordination root {} is not writable ({e}); check its permissions and free space",
+            layout.root().display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_sort_by_priority_then_time() {
+        let a = EntryName {
+            priority: Priority::Low,
+            enqueued_us: 5,
+            event_id: "evt_20251201_120000_abc123".into(),
+            attempt: 1,
+            due_ms: None,
+        };
+        let b = EntryName {
+            priority: Priority::Critical,
+            enqueued_us: 9,
+            event_id: "evt_20251201_120000_zzz999".into(),
+            attempt: 2,
+            due_ms: Some(77),
+        };
+        for n in [&a, &b] {
+            assert_eq!(EntryName::parse(&n.file_name()).as_ref(), Some(n));
+        }
+        assert!(b.file_name() < a.file_name());
+        assert_eq!(b.file_name(), "0-0000000000000009-evt_20251201_120000_zzz999-a2-77.json");
+        assert!(EntryName::parse("foo.json").is_none());
+        assert!(EntryName::parse("2-0000000000000009-evt_x-a0.json").is_none());
+    }
+
+    #[test]
+    fn enqueue_times_strictly_increase() {
+        let mut last = 0;
+        for _ in 0..10_000 {
+            let t = next_enqueue_us();
+            assert!(t > last);
+            last = t;
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! `cortex status`: queue depth, the oldest queued event and its age, events
+//! by type in the logs, and the dead-letter count.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::journal::{Journal, Skipped};
+use crate::queue::{FsQueue, Queue, now_us};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub root: String,
+    pub queue_depth: usize,
+    pub queued_by_priority: BTreeMap<String, usize>,
+    pub delayed_retries: usize,
+    pub claimed: usize,
+    pub dead_letters: usize,
+    pub oldest: Option<Oldest>,
+    pub events_by_type: BTreeMap<String, u64>,
+    pub logged_events: u64,
+    #[serde(skip)]
+    pub skipped: Vec<Skipped>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Oldest {
+    pub event_id: String,
+    pub event_type: String,
+    pub priority: String,
+    pub age_seconds: f64,
+}
+
+/// Gathers the status of one root.
+///
+/// # Errors
+/// When the queue or logs cannot be read.
+pub fn gather(queue: &FsQueue) -> Result<Status> {
+    let depth = queue.depth()?;
+    let oldest = match &depth.oldest {
+        Some(name) => {
+            let event_type = queue.peek(name).map(|e| e.event_type).unwrap_or_else(|_| "(being claimed)".into());
+            Some(Oldest {
+                event_id: name.event_id.clone(),
+                event_type,
+                priority: name.priority.to_string(),
+                age_seconds: now_us().saturating_sub(name.enqueued_us) as f64 / 1e6,
+            })
+        }
+        None => None,
+    };
+    let (events_by_type, skipped) = Journal::new(queue.layout().clone()).counts_by_type()?;
+    Ok(Status {
+        root: queue.layout().root().display().to_string(),
+        queue_depth: depth.queued,
+        queued_by_priority: queue.by_priority()?.into_iter().map(|(p, n)| (p.to_string(), n)).collect(),
+        delayed_retries: depth.delayed,
+        claimed: depth.claimed,
+        dead_letters: depth.dead_letters,
+        oldest,
+        logged_events: events_by_type.values().sum(),
+        events_by_type,
+        skipped,
+    })
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "root:          {}", self.root)?;
+        let by: Vec<String> = self.queued_by_priority.iter().map(|(p, n)| format!("{p} {n}")).collect();
+        let by = if by.is_empty() { String::new() } else { format!(" ({})", by.join(", ")) };
+        writeln!(f, "queue depth:   {}{by}", self.queue_depth)?;
+        if self.delayed_retries > 0 {
+            writeln!(f, "  of which retries not yet due: {}", self.delayed_retries)?;
+        }
+        writeln!(f, "claimed:       {}", self.claimed)?;
+        writeln!(f, "dead letters:  {}", self.dead_letters)?;
+        match &self.oldest {
+            Some(o) => writeln!(
+                f,
+                "oldest queued: {} {} ({}), waiting {:.1}s",
+                o.event_id, o.event_type, o.priority, o.age_seconds
+            )?,
+            None => writeln!(f, "oldest queued: (queue empty)")?,
+        }
+        writeln!(f, "logged events: {}", self.logged_events)?;
+        for (t, n) in &self.events_by_type {
+            writeln!(f, "  {n:>8}  {t}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,83 @@
+//! `make bench`: measures the figures the issues name, prints a table and
+//! writes BENCHMARKS.md at the repository root. Not a test: nothing here
+//! asserts on time; the table states each target next to what was measured.
+
+mod store;
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// One measured figure against its target.
+pub struct Row {
+    pub area: &'static str,
+    pub metric: String,
+    pub target: String,
+    pub measured: String,
+    /// Measured against the baseline the issue names, e.g. "510× the seed's 100/s".
+    pub ratio: String,
+    pub met: Option<bool>,
+}
+
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+pub fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok()))
+        .map(|kb| format!("{} GiB", kb / 1024 / 1024))
+        .unwrap_or_default();
+    format!("{cores} cores ({cpu}), {mem} RAM, Linux")
+}
+
+fn main() -> anyhow::Result<()> {
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let mut rows = Vec::new();
+    let sections: Vec<(&str, fn() -> anyhow::Result<Vec<Row>>)> = vec![("store", store::run)];
+    for (name, f) in sections {
+        if !only.is_empty() && !only.iter().any(|o| o == name) {
+            continue;
+        }
+        eprintln!("== bench: {name}");
+        rows.extend(f()?);
+    }
+    let date = chrono::Local::now().format("%Y-%m-%d %H:%M %Z");
+    let mut md = String::new();
+    writeln!(md, "# Benchmarks\n")?;
+    writeln!(md, "Measured by `make bench` on {date}, {}.", machine())?;
+    writeln!(md, "Release build; medians unless stated; the same run measures every row.\n")?;
+    writeln!(md, "| area | metric | target | measured | against the baseline | met |")?;
+    writeln!(md, "|---|---|---|---|---|---|")?;
+    for r in &rows {
+        let met = match r.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "n/a",
+        };
+        writeln!(md, "| {} | {} | {} | {} | {} | {met} |", r.area, r.metric, r.target, r.measured, r.ratio)?;
+    }
+    print!("{md}");
+    if only.is_empty() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md");
+        std::fs::write(path, &md)?;
+        eprintln!("wrote BENCHMARKS.md");
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests: the `cortex` binary and its components against
+//! throwaway coordination roots. One test binary; a module per capability.
+
+mod schema;
+mod store;

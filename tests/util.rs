@@ -1,0 +1,185 @@
+//! Helpers for the end-to-end tests: locate the `cortex` binary, make a
+//! throwaway coordination root, run commands against it and read what they
+//! left on disk.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// The `cortex` binary built alongside this test binary (`make test` builds
+/// it first), or `$CORTEX_BIN`.
+pub fn cortex_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CORTEX_BIN") {
+        return p.into();
+    }
+    // Test binaries live in <target>/<profile>/deps/, the bench beside cortex.
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().expect("binary dir");
+    let bin = [dir.join("cortex"), dir.parent().map(|p| p.join("cortex")).unwrap_or_default()]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("the cortex binary is not beside {}: run `make test` (it builds it first) or set CORTEX_BIN", exe.display()));
+    bin
+}
+
+/// What a finished command left.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Out {
+    fn from(o: Output) -> Out {
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// A coordination root in a temporary directory, removed on drop.
+pub struct Root {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl Root {
+    /// A fresh, initialised root.
+    pub fn new() -> Result<Root> {
+        let root = Root::uninit()?;
+        root.ok(&["init"])?;
+        Ok(root)
+    }
+
+    /// A path for a root that does not exist yet.
+    pub fn uninit() -> Result<Root> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("coordination");
+        Ok(Root { _dir: dir, path })
+    }
+
+    /// The temp directory that holds the root (for files beside it).
+    pub fn scratch(&self) -> &Path {
+        self._dir.path()
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(cortex_bin());
+        c.arg("--root").arg(&self.path).env_remove("CORTEX_ROOT").env_remove("RUST_LOG");
+        c
+    }
+
+    /// Runs `cortex --root <root> ARGS` with `stdin`.
+    pub fn run_with(&self, args: &[&str], stdin: &[u8]) -> Result<Out> {
+        let mut child =
+            self.command().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let mut input = child.stdin.take().context("stdin")?;
+        input.write_all(stdin)?;
+        drop(input);
+        Ok(child.wait_with_output()?.into())
+    }
+
+    pub fn run(&self, args: &[&str]) -> Result<Out> {
+        self.run_with(args, b"")
+    }
+
+    /// Runs and requires success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.run(args)?;
+        if out.code != 0 {
+            bail!("cortex {args:?} exited {}:\n{}{}", out.code, out.stdout, out.stderr);
+        }
+        Ok(out.stdout)
+    }
+
+    /// Runs and requires failure; returns what it printed.
+    pub fn fails(&self, args: &[&str]) -> Result<Out> {
+        let out = self.run(args)?;
+        if out.code == 0 {
+            bail!("cortex {args:?} succeeded but should have failed:\n{}", out.stdout);
+        }
+        Ok(out)
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// File names in a directory under the root, sorted.
+    pub fn files(&self, rel: &str) -> Vec<String> {
+        list(&self.join(rel))
+    }
+
+    /// The JSON lines of a category log.
+    pub fn log(&self, stem: &str) -> Result<Vec<Value>> {
+        let path = self.join(&format!("events/{stem}-events.jsonl"));
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        text.lines()
+            .map(|l| serde_json::from_str(l).with_context(|| format!("bad line in {}: {l}", path.display())))
+            .collect()
+    }
+
+    pub fn read_json(&self, rel: &str) -> Result<Value> {
+        let path = self.join(rel);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
+    }
+
+    /// Appends text to cortex.toml.
+    pub fn configure(&self, extra: &str) -> Result<()> {
+        let path = self.join("cortex.toml");
+        let mut text = std::fs::read_to_string(&path)?;
+        text.push_str(extra);
+        std::fs::write(path, text)?;
+        Ok(())
+    }
+
+    /// Every archived record, from all date folders.
+    pub fn archived(&self) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        for day in self.files("events/archive") {
+            for f in self.files(&format!("events/archive/{day}")) {
+                out.push(self.read_json(&format!("events/archive/{day}/{f}"))?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// File names in `dir`, sorted; empty when it does not exist.
+pub fn list(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Every file under `dir` with its bytes, for byte-identical comparisons.
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = std::fs::read(&p).unwrap_or_default();
+                out.push((p, bytes));
+            }
+        }
+    }
+    out.sort();
+    out
+}
