@@ -7,7 +7,10 @@ ROOT   ?= coordination
 TARGET := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 CORTEX := $(TARGET)/release/cortex
 
-.PHONY: all setup build run test bench lint fmt clean
+WASM_DIR     := $(TARGET)/wasm
+HANDLERS_OUT := $(TARGET)/release/handlers
+
+.PHONY: all setup build handlers run test bench lint fmt clean
 
 all: build
 
@@ -21,17 +24,29 @@ setup:
 build: setup
 	$(CARGO) build --release --workspace --all-targets
 
+# The handler components (and test fixtures), built for wasm32-wasip2 and
+# copied beside the cortex binary, where `cortex init` finds them.
+handlers: setup
+	@test -d "$$(rustc --print sysroot)/lib/rustlib/wasm32-wasip2" || { \
+	  echo "error: the wasm32-wasip2 target is not installed: run 'rustup target add wasm32-wasip2'" >&2; exit 1; }
+	cd handlers-wasm && CARGO_TARGET_DIR=$(WASM_DIR) $(CARGO) build --release --target wasm32-wasip2 --workspace
+	mkdir -p $(HANDLERS_OUT)
+	for f in $(WASM_DIR)/wasm32-wasip2/release/*.wasm; do \
+	  cp "$$f" "$(HANDLERS_OUT)/$$(basename "$$f" .wasm | tr _ -).wasm"; done
+
 # The main job on the built-in filesystem default (./coordination).
-run: build
+run: build handlers
 	$(CORTEX) init --root $(ROOT)
-	$(CORTEX) emit --root $(ROOT) worker.completed worker-001 '{"worker_id": "worker-001", "status": "completed", "tokens_used": 1500}' task-123 medium
+	$(CORTEX) emit --root $(ROOT) worker.completed worker-001 '{"worker_id": "worker-001", "task_id": "task-123", "status": "completed", "tokens_used": 1500, "duration_ms": 45230}' task-123 medium
 	$(CORTEX) emit --root $(ROOT) task.failed task-processor '{"task_id": "task-456", "error": "timeout"}' task-456 high
+	$(CORTEX) dispatch --root $(ROOT)
 	$(CORTEX) status --root $(ROOT)
 
-test: build
+test: build handlers
+	cd handlers-wasm && CARGO_TARGET_DIR=$(TARGET)/wasm-native $(CARGO) test --release --workspace
 	$(CARGO) test --release --workspace
 
-bench: build
+bench: build handlers
 	$(CARGO) run --release -p cortex-tests --bin cortex-bench
 
 lint:

@@ -144,12 +144,16 @@ impl Root {
         Ok(())
     }
 
-    /// Every archived record, from all date folders.
+    /// Every archived record, from all day files, in file order.
     pub fn archived(&self) -> Result<Vec<Value>> {
         let mut out = Vec::new();
         for day in self.files("events/archive") {
-            for f in self.files(&format!("events/archive/{day}")) {
-                out.push(self.read_json(&format!("events/archive/{day}/{f}"))?);
+            if !day.ends_with(".jsonl") {
+                continue;
+            }
+            let text = std::fs::read_to_string(self.join(&format!("events/archive/{day}")))?;
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                out.push(serde_json::from_str(line).with_context(|| format!("bad archive line in {day}: {line}"))?);
             }
         }
         Ok(out)
@@ -182,4 +186,72 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     }
     out.sort();
     out
+}
+
+/// Where `make handlers` put the components: `handlers/` beside the binary.
+pub fn handlers_dir() -> PathBuf {
+    let dir = cortex_bin().parent().expect("binary dir").join("handlers");
+    assert!(
+        dir.join("noop.wasm").is_file(),
+        "{} has no components: run `make handlers` (needs `rustup target add wasm32-wasip2`)",
+        dir.display()
+    );
+    dir
+}
+
+/// The absolute path of a built component, e.g. `fixture("noop")`.
+pub fn component(name: &str) -> String {
+    handlers_dir().join(format!("{name}.wasm")).display().to_string()
+}
+
+impl Root {
+    /// A fresh root whose cortex.toml holds `handlers` (TOML) instead of the
+    /// seven built-in handlers. `{name}` placeholders like `{noop}` become
+    /// component paths.
+    pub fn with_handlers(handlers: &str) -> Result<Root> {
+        let root = Root::new()?;
+        let base = std::fs::read_to_string(root.join("cortex.toml"))?;
+        let cut = base.find("[handlers.").unwrap_or(base.len());
+        let mut text = handlers.to_string();
+        for entry in list(&handlers_dir()) {
+            if let Some(stem) = entry.strip_suffix(".wasm") {
+                text = text.replace(&format!("{{{stem}}}"), &component(stem));
+            }
+        }
+        std::fs::write(root.join("cortex.toml"), format!("{}\n{text}", &base[..cut]))?;
+        Ok(root)
+    }
+
+    /// Emits one event; returns its id.
+    pub fn emit(&self, event_type: &str, payload: &str) -> Result<String> {
+        Ok(self.ok(&["emit", event_type, "test", payload])?.trim().to_string())
+    }
+
+    /// Queues JSONL lines in one batch; returns the ids.
+    pub fn batch(&self, lines: &str) -> Result<Vec<String>> {
+        let out = self.run_with(&["emit", "--batch"], lines.as_bytes())?;
+        if out.code != 0 {
+            bail!("batch failed: {}", out.stderr);
+        }
+        Ok(out.stdout.lines().map(str::to_string).collect())
+    }
+
+    /// Runs `cortex dispatch --json` and returns its summary.
+    pub fn dispatch(&self) -> Result<Value> {
+        let out = self.run(&["dispatch", "--json"])?;
+        if out.code != 0 {
+            bail!("dispatch exited {}:\n{}", out.code, out.stderr);
+        }
+        serde_json::from_str(&out.stdout).with_context(|| format!("dispatch printed: {}", out.stdout))
+    }
+
+    /// Dead-letter records.
+    pub fn dead_letters(&self) -> Result<Vec<Value>> {
+        self.files("events/dead-letter").iter().map(|f| self.read_json(&format!("events/dead-letter/{f}"))).collect()
+    }
+
+    /// The archive record of an event id, if archived.
+    pub fn archived_record(&self, id: &str) -> Result<Option<Value>> {
+        Ok(self.archived()?.into_iter().find(|r| r["event"]["event_id"] == id))
+    }
 }

@@ -6,7 +6,7 @@
 //! one `syncfs` instead of one `fsync` each (group commit).
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -120,3 +120,31 @@ pub fn write_durably(tmp_dir: &Path, target: &Path, bytes: &[u8]) -> Result<()> 
     }
     Ok(())
 }
+
+/// Appends whole lines with one `write` (atomic against other appenders on
+/// a local filesystem). A crash may have cut the previous last line short:
+/// then this starts on a fresh line, so the torn fragment stays one bad
+/// line instead of corrupting this one too.
+///
+/// # Errors
+/// When the file cannot be opened, written or synced.
+pub fn append_lines(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
+    let mut f = OpenOptions::new().create(true).append(true).read(true).open(path)?;
+    let len = f.metadata()?.len();
+    let mut out = Vec::with_capacity(bytes.len() + 1);
+    if len > 0 {
+        let mut last = [0u8; 1];
+        f.seek(SeekFrom::Start(len - 1))?;
+        f.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            out.push(b'\n');
+        }
+    }
+    out.extend_from_slice(bytes);
+    f.write_all(&out)?;
+    if sync {
+        f.sync_data()?;
+    }
+    Ok(())
+}
+

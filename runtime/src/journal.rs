@@ -7,14 +7,15 @@
 //! skip it with a warning.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use crate::event::{Event, LOG_STEMS, Validator};
+use crate::fsio;
 use crate::layout::Layout;
 
 #[derive(Debug, Clone)]
@@ -57,7 +58,7 @@ impl Journal {
         }
         for (stem, lines) in by_stem {
             let path = self.layout.log(stem);
-            append_lines(&path, lines.as_bytes(), sync)
+            fsio::append_lines(&path, lines.as_bytes(), sync)
                 .with_context(|| format!("failed to append to {}", path.display()))?;
         }
         Ok(())
@@ -100,31 +101,9 @@ impl Journal {
     }
 }
 
-fn append_lines(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
-    let mut f = OpenOptions::new().create(true).append(true).read(true).open(path)?;
-    // A crash may have cut the last line short: start on a fresh line so the
-    // torn fragment stays one bad line instead of corrupting this one too.
-    let len = f.metadata()?.len();
-    let mut out = Vec::with_capacity(bytes.len() + 1);
-    if len > 0 {
-        let mut last = [0u8; 1];
-        f.seek(SeekFrom::Start(len - 1))?;
-        f.read_exact(&mut last)?;
-        if last[0] != b'\n' {
-            out.push(b'\n');
-        }
-    }
-    out.extend_from_slice(bytes);
-    f.write_all(&out)?;
-    if sync {
-        f.sync_data()?;
-    }
-    Ok(())
-}
-
 /// Calls `f` on each complete line; a line that `f` rejects, or a last line
 /// without its newline (cut by a crash), is recorded in `skipped`.
-fn for_each_line(
+pub fn for_each_line(
     path: &Path,
     skipped: &mut Vec<Skipped>,
     mut f: impl FnMut(&str) -> std::result::Result<(), String>,

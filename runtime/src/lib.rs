@@ -15,9 +15,12 @@
 //! - [`queue`]: the durable queue behind the [`queue::Queue`] trait.
 //! - [`producer`]: emit one event or a batch (the seed's event logger).
 //! - [`route`]: event type patterns to handlers.
+//! - [`dispatch`]: claim → route → run handlers → archive, retry or dead-letter.
+//! - [`sandbox`]: the wasmtime engine, component cache and per-event instances.
 //! - [`status`]: what `cortex status` reports.
 
 pub mod config;
+pub mod dispatch;
 pub mod event;
 pub mod fsio;
 pub mod journal;
@@ -25,6 +28,7 @@ pub mod layout;
 pub mod producer;
 pub mod queue;
 pub mod route;
+pub mod sandbox;
 pub mod status;
 
 /// The commented `cortex.toml` that `cortex init` writes.

@@ -26,8 +26,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create the coordination layout and a commented default cortex.toml.
-    Init,
+    /// Create the coordination layout, a commented default cortex.toml and
+    /// the built-in handler components.
+    Init {
+        /// Where the built-in components are (default: $CORTEX_HANDLERS, else
+        /// `handlers/` beside the cortex binary, where `make handlers` puts them).
+        #[arg(long, env = "CORTEX_HANDLERS")]
+        handlers: Option<PathBuf>,
+    },
     /// Build, validate, log and queue an event (or a JSONL batch from stdin).
     Emit(EmitArgs),
     /// Check an event document (FILE, or `-` / nothing for stdin).
@@ -37,6 +43,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Process everything queued, including follow-up events, then exit.
+    Dispatch {
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Exit when nothing is due instead of waiting for pending retries.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show the configured handlers.
+    Handlers {
+        #[command(subcommand)]
+        command: HandlersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum HandlersCommand {
+    /// Each handler: component, sha256, events, grants, and whether it loads.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load every handler; exit 1 naming each one that does not load.
+    Check,
 }
 
 #[derive(Args)]
@@ -69,7 +100,9 @@ struct EmitArgs {
 /// 2 usage errors (from clap).
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The dispatcher logs one "handler completed" line per invocation, as
+    // the seed's monitoring expects; other commands only warnings.
+    init_tracing(if matches!(cli.command, Command::Dispatch { .. }) { "info" } else { "warn" });
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -83,23 +116,48 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let layout = Layout::new(&cli.root);
     match cli.command {
-        Command::Init => init(&layout),
+        Command::Init { handlers } => init(&layout, handlers),
         Command::Emit(args) => emit(&layout, args),
         Command::Validate { file } => validate(&layout, file.as_deref()),
         Command::Status { json } => status(&layout, json),
+        Command::Dispatch { json, no_wait } => dispatch(&layout, json, no_wait),
+        Command::Handlers { command: HandlersCommand::List { json } } => handlers(&layout, json, false),
+        Command::Handlers { command: HandlersCommand::Check } => handlers(&layout, false, true),
     }
 }
 
-fn init(layout: &Layout) -> Result<ExitCode> {
-    let report = layout::init(layout, cortex::DEFAULT_CONFIG)?;
+fn init(layout: &Layout, handlers: Option<PathBuf>) -> Result<ExitCode> {
+    let mut report = layout::init(layout, cortex::DEFAULT_CONFIG)?;
+    let source = handlers.or_else(|| std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("handlers"))));
+    let config = Config::load(layout.root())?;
+    let mut missing = Vec::new();
+    for h in config.handlers.values() {
+        let target = if h.component.is_absolute() { h.component.clone() } else { layout.root().join(&h.component) };
+        if target.exists() {
+            continue;
+        }
+        let found = source.as_ref().zip(target.file_name()).map(|(dir, f)| dir.join(f)).filter(|p| p.is_file());
+        match found {
+            Some(from) => {
+                std::fs::copy(&from, &target).with_context(|| format!("failed to copy {} to {}", from.display(), target.display()))?;
+                report.created.push(target);
+            }
+            None => missing.push(target),
+        }
+    }
     if report.created.is_empty() {
         println!("{} is already initialised; nothing changed", layout.root().display());
     } else {
@@ -107,6 +165,13 @@ fn init(layout: &Layout) -> Result<ExitCode> {
             println!("created {}", p.display());
         }
         println!("initialised {}", layout.root().display());
+    }
+    if !missing.is_empty() {
+        let from = source.map(|s| s.display().to_string()).unwrap_or_else(|| "(no directory)".into());
+        eprintln!(
+            "cortex: warning: {} handler components were not found in {from}: run `make handlers` (or pass --handlers DIR) and `cortex init` again",
+            missing.len()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -188,6 +253,70 @@ fn validate(layout: &Layout, file: Option<&Path>) -> Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn dispatch(layout: &Layout, json: bool, no_wait: bool) -> Result<ExitCode> {
+    let (config, queue) = open(layout)?;
+    let queue: std::sync::Arc<dyn cortex::queue::Queue> = std::sync::Arc::new(queue);
+    let dispatcher = cortex::dispatch::prepare(queue, layout.root(), std::sync::Arc::new(config))?;
+    let until = if no_wait { cortex::dispatch::Until::NothingDue } else { cortex::dispatch::Until::Drained };
+    let summary = dispatcher.run(until, &|| false, None)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{summary}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn handlers(layout: &Layout, json: bool, check: bool) -> Result<ExitCode> {
+    let config = Config::load(layout.root())?;
+    let fuel = config.handlers.values().any(|h| h.limits.fuel.is_some());
+    let sandbox = cortex::sandbox::Sandbox::new(layout.root(), config.validator(), fuel)?;
+    let mut rows = Vec::new();
+    let mut broken = 0;
+    for (name, h) in &config.handlers {
+        let path = sandbox.component_path(h);
+        let (loads, sha256, info, error) = match sandbox.load(name, h) {
+            Ok(l) => (true, Some(l.sha256.clone()), Some(l.info.clone()), None),
+            Err(e) => (false, cortex::sandbox::sha256_file(&path).ok(), None, Some(format!("{e:#}"))),
+        };
+        broken += usize::from(!loads);
+        rows.push(serde_json::json!({
+            "name": name,
+            "component": path.display().to_string(),
+            "sha256": sha256,
+            "version": info.as_ref().map(|i| i.version.clone()),
+            "events": h.events,
+            "declared_events": info.as_ref().map(|i| i.events.clone()),
+            "grants": h.grants.iter().map(|g| format!("{}:{}", g.dir, if g.mode == cortex::config::Access::Rw { "rw" } else { "ro" })).collect::<Vec<_>>(),
+            "loads": loads,
+            "error": error,
+        }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        for r in &rows {
+            let sha = r["sha256"].as_str().map(|s| &s[..12.min(s.len())]).unwrap_or("(missing)");
+            let state = if r["loads"] == true { format!("loads (v{})", r["version"].as_str().unwrap_or("?")) } else { "DOES NOT LOAD".into() };
+            println!("{:<22} {sha}  {state}", r["name"].as_str().unwrap_or(""));
+            println!("    component: {}", r["component"].as_str().unwrap_or(""));
+            println!("    events:    {}", r["events"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default());
+            println!("    grants:    {}", r["grants"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default());
+            if let Some(e) = r["error"].as_str() {
+                println!("    error:     {e}");
+            }
+        }
+    }
+    if check {
+        if broken > 0 {
+            eprintln!("cortex: {broken} of {} handlers do not load", rows.len());
+            return Ok(ExitCode::FAILURE);
+        }
+        println!("all {} handlers load", rows.len());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn read_stdin() -> Result<String> {

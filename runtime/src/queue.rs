@@ -102,6 +102,9 @@ pub struct Failure {
     /// `trap`, `timeout`, `error` (the handler's `Err`), `lease-expired`, `invalid`…
     pub kind: String,
     pub message: String,
+    /// The full error chain (wasm backtrace included), when there is one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
     pub duration_ms: f64,
 }
 
@@ -283,10 +286,12 @@ impl FsQueue {
         &self.layout
     }
 
-    /// The archive record path of an event: `archive/<date of its timestamp>/<id>.json`.
+    /// The archive file of an event: `archive/<date of its timestamp>.jsonl`.
+    /// One append-only file per day, not one file per event: the dispatcher
+    /// creates no inode per event, and replaying a day reads one file.
     pub fn archive_path(&self, event: &Event) -> PathBuf {
-        let date = event.timestamp.get(..10).unwrap_or("unknown-date");
-        self.layout.archive().join(date).join(format!("{}.json", event.event_id))
+        let date = event.timestamp.get(..10).filter(|d| d.bytes().all(|b| b.is_ascii_digit() || b == b'-'));
+        self.layout.archive().join(format!("{}.jsonl", date.unwrap_or("undated")))
     }
 
     fn dead_letter_path(&self, name: &EntryName) -> PathBuf {
@@ -563,13 +568,16 @@ impl Queue for FsQueue {
         let mut commit = Commit::default();
         let staged = (|| -> Result<()> {
             let mut emitted = Vec::new();
+            let mut archived: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
             for s in &batch {
                 self.stage_events(&mut commit, &s.emitted, false)?;
                 emitted.extend(s.emitted.iter().cloned());
                 let claimed = self.layout.claimed().join(s.claim.name.file_name());
                 match &s.verdict {
                     Verdict::Ack(record) => {
-                        self.stage_record(&mut commit, self.archive_path(&s.claim.event), record)?;
+                        let lines = archived.entry(self.archive_path(&s.claim.event)).or_default();
+                        serde_json::to_writer(&mut *lines, record).context("failed to serialize an archive record")?;
+                        lines.push(b'\n');
                         commit.removals.push(claimed);
                         if s.claim.name.attempt > 1 {
                             commit.removals.push(self.attempts_path(&s.claim.name));
@@ -594,6 +602,9 @@ impl Queue for FsQueue {
                 }
             }
             self.journal.append(&self.validator, &emitted, false)?;
+            for (path, lines) in &archived {
+                fsio::append_lines(path, lines, false).with_context(|| format!("failed to append to {}", path.display()))?;
+            }
             // One flush for everything: follow-ups, records, log lines and
             // the state handlers wrote while running these events.
             fsio::sync_filesystem(&self.layout.tmp())
@@ -621,7 +632,7 @@ impl Queue for FsQueue {
             }
             // Work already recorded? Then only the removal of the claim was lost.
             let done = match std::fs::read_to_string(&path).ok().and_then(|t| self.validator.parse(&t).ok()) {
-                Some(event) => record_entry(&self.archive_path(&event)).as_deref() == Some(&name.key()),
+                Some(event) => archived_entry(&self.archive_path(&event), &name.key()),
                 None => false,
             } || self.dead_letter_path(&name).exists();
             if done {
@@ -639,6 +650,7 @@ impl Queue for FsQueue {
                     component_sha256: String::new(),
                     kind: "lease-expired".into(),
                     message: format!("claim held for {}s without being settled: its dispatcher stopped", age.as_secs()),
+                    detail: String::new(),
                     duration_ms: age.as_secs_f64() * 1000.0,
                 }],
             });
@@ -711,11 +723,10 @@ impl FsQueue {
     }
 }
 
-/// The `entry` an archive record was written for, if it exists.
-fn record_entry(path: &Path) -> Option<String> {
-    let bytes = std::fs::read(path).ok()?;
-    let v: Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("entry")?.as_str().map(str::to_string)
+/// Whether an archive file holds a record for queue entry `key`.
+fn archived_entry(path: &Path, key: &str) -> bool {
+    let needle = format!("\"entry\":\"{key}\"");
+    std::fs::read_to_string(path).is_ok_and(|text| text.contains(&needle))
 }
 
 /// Rejects a root that is not usable before anything is written.

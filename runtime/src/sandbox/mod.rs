@@ -1,0 +1,430 @@
+//! The sandbox: one wasmtime engine, the compiled-component cache, and the
+//! per-event invocation of a handler component.
+//!
+//! A component is compiled (or loaded from `<root>/cache/`) and linked once
+//! per version into an `InstancePre`; every event then gets a fresh `Store`
+//! and instance with its own WASI context: the handler's filesystem grants as
+//! preopens, captured and capped stdout/stderr, clocks and random, and
+//! nothing else (no sockets, no environment, no arguments). Limits are
+//! enforced by the engine: an epoch deadline, an optional fuel budget, a
+//! memory cap that traps, and a bounded wasm stack.
+//!
+//! This module is the only place that names `wasmtime` types in its API's
+//! insides; the rest of the runtime sees [`Sandbox`], [`Loaded`] and
+//! [`Invocation`].
+
+mod host;
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::config::{Access, Grant, HandlerConfig, HandlerLimits};
+use crate::event::{Event, Validator};
+use crate::fsio;
+
+pub use host::LogLine;
+use host::{CallContext, State};
+
+/// The generated bindings of the `cortex:events/handler` world; kept in a
+/// module of their own because the world's types share names with ours.
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "handler",
+        path: "../wit",
+    });
+}
+
+use bindings::cortex::events::types as wit;
+use bindings::{Handler, HandlerPre};
+
+/// Engine epoch tick: deadlines are counted in these.
+const TICK: Duration = Duration::from_millis(2);
+/// Wasm stack a handler may use before it traps with a stack overflow.
+const MAX_WASM_STACK: usize = 1 << 20;
+
+/// What a handler says it is (its `describe` export).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Info {
+    pub name: String,
+    pub version: String,
+    pub events: Vec<String>,
+}
+
+/// A component compiled and linked, ready to instantiate per event.
+pub struct Loaded {
+    pub name: String,
+    pub path: PathBuf,
+    pub sha256: String,
+    pub info: Info,
+    pub config: HandlerConfig,
+    /// Whether the compiled code came from the on-disk cache.
+    pub from_cache: bool,
+    pub load_time: Duration,
+    pre: HandlerPre<State>,
+}
+
+/// Why an invocation failed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fault {
+    /// `error` (the handler's `Err`), `timeout`, `fuel`, `memory`,
+    /// `stack-overflow`, `output-limit`, `trap`, or `instantiate`.
+    pub kind: String,
+    pub message: String,
+    /// The whole error chain with the wasm backtrace, for forensics.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// What one invocation did.
+#[derive(Debug)]
+pub struct Invocation {
+    /// The outcome summary, or why it failed.
+    pub result: Result<String, Fault>,
+    /// Follow-up events, validated; only to be queued if `result` is `Ok`.
+    pub emitted: Vec<Event>,
+    pub logs: Vec<LogLine>,
+    pub stdout: String,
+    pub stderr: String,
+    pub duration: Duration,
+}
+
+/// The engine and linker shared by every handler of a root.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<State>,
+    root: PathBuf,
+    cache_dir: PathBuf,
+    validator: Arc<Validator>,
+    fuel: bool,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Sandbox {
+    /// An engine for handlers under `root`, with the pooling allocator,
+    /// epoch interruption and (when `fuel` is set) fuel metering.
+    ///
+    /// # Errors
+    /// When the engine cannot be configured.
+    pub fn new(root: &Path, validator: Validator, fuel: bool) -> Result<Sandbox> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.max_wasm_stack(MAX_WASM_STACK);
+        config.consume_fuel(fuel);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(256);
+        pool.total_core_instances(1024);
+        pool.total_memories(512);
+        pool.total_tables(1024);
+        pool.max_memory_size(4 << 30);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(anyhow_err).context("failed to create the wasm engine")?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow_err).context("failed to link WASI")?;
+        Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(anyhow_err)
+            .context("failed to link the cortex host functions")?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (weak, stop) = (engine.weak(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("cortex-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })
+            .context("failed to start the deadline ticker")?;
+
+        Ok(Sandbox {
+            engine,
+            linker,
+            root: root.to_path_buf(),
+            cache_dir: root.join("cache"),
+            validator: Arc::new(validator),
+            fuel,
+            ticker_stop,
+        })
+    }
+
+    pub fn validator(&self) -> &Validator {
+        &self.validator
+    }
+
+    /// Where a handler's component lives (relative paths are under the root).
+    pub fn component_path(&self, config: &HandlerConfig) -> PathBuf {
+        if config.component.is_absolute() { config.component.clone() } else { self.root.join(&config.component) }
+    }
+
+    /// Compiles (or loads from the cache), links and describes a handler.
+    ///
+    /// # Errors
+    /// When the file is missing or not a component, does not target the
+    /// `handler` world, or traps in `describe`.
+    pub fn load(&self, name: &str, config: &HandlerConfig) -> Result<Loaded> {
+        let path = self.component_path(config);
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("failed to read component {} of handler {name}", path.display()))?;
+        self.load_bytes(name, config, &path, &bytes)
+    }
+
+    /// [`Sandbox::load`] from bytes already read.
+    ///
+    /// # Errors
+    /// As [`Sandbox::load`].
+    pub fn load_bytes(&self, name: &str, config: &HandlerConfig, path: &Path, bytes: &[u8]) -> Result<Loaded> {
+        let start = Instant::now();
+        let sha256 = hex(&Sha256::digest(bytes));
+        let (component, from_cache) = self
+            .compile(bytes, &sha256)
+            .with_context(|| format!("handler {name}: {} is not a loadable component", path.display()))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow_err)
+            .and_then(|p| HandlerPre::new(p).map_err(anyhow_err))
+            .with_context(|| {
+                format!(
+                    "handler {name}: {} does not fit the cortex:events/handler world (or imports what the sandbox does not provide)",
+                    path.display()
+                )
+            })?;
+        let mut loaded = Loaded {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            sha256,
+            info: Info { name: String::new(), version: String::new(), events: Vec::new() },
+            config: config.clone(),
+            from_cache,
+            load_time: Duration::ZERO,
+            pre,
+        };
+        loaded.info = self.describe(&loaded).with_context(|| format!("handler {name}: describe() failed"))?;
+        loaded.load_time = start.elapsed();
+        Ok(loaded)
+    }
+
+    /// The compiled form of a component: from `cache/` when a previous run
+    /// compiled the same bytes with a compatible engine, else compiled now
+    /// and stored there.
+    fn compile(&self, bytes: &[u8], sha256: &str) -> Result<(Component, bool)> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let cached = self.cache_dir.join(format!("{sha256}-{:016x}.cwasm", h.finish()));
+        if cached.is_file() {
+            // SAFETY: files in cache/ are written only by `compile` below, from
+            // `Component::serialize` of this engine configuration (the file name
+            // carries the compatibility hash); deserialize checks the header too.
+            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                Ok(c) => return Ok((c, true)),
+                Err(e) => tracing::warn!(file = %cached.display(), error = %e, "ignoring unusable compiled-component cache entry"),
+            }
+        }
+        if !bytes.starts_with(b"\0asm") {
+            bail!("not a WebAssembly file (no \\0asm header)");
+        }
+        let component = Component::from_binary(&self.engine, bytes).map_err(anyhow_err)?;
+        if let Ok(serialized) = component.serialize() {
+            let stored = std::fs::create_dir_all(&self.cache_dir)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| fsio::write_durably(&self.root.join("events/tmp"), &cached, &serialized));
+            if let Err(e) = stored {
+                tracing::warn!(file = %cached.display(), error = %format!("{e:#}"), "could not cache the compiled component");
+            }
+        }
+        Ok((component, false))
+    }
+
+    fn describe(&self, loaded: &Loaded) -> Result<Info> {
+        let trigger = Event {
+            event_id: String::new(),
+            event_type: String::new(),
+            timestamp: String::new(),
+            source: String::new(),
+            correlation_id: None,
+            metadata: Default::default(),
+            payload: Default::default(),
+        };
+        let mut store = self.store(loaded, &trigger, &HandlerLimits::default(), 0)?;
+        let instance = loaded.pre.instantiate(&mut store).map_err(anyhow_err)?;
+        let info = instance.call_describe(&mut store).map_err(anyhow_err)?;
+        Ok(Info { name: info.name, version: info.version, events: info.events })
+    }
+
+    fn store(&self, loaded: &Loaded, trigger: &Event, limits: &HandlerLimits, attempt: u32) -> Result<Store<State>> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        let stdout = MemoryOutputPipe::new(limits.output_bytes);
+        let stderr = MemoryOutputPipe::new(limits.output_bytes);
+        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        for grant in &loaded.config.grants {
+            self.preopen(&mut wasi, grant).with_context(|| format!("handler {}: grant {}", loaded.name, grant.dir))?;
+        }
+        let state = State {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(usize::try_from(limits.memory_mb << 20).unwrap_or(usize::MAX))
+                .trap_on_grow_failure(true)
+                .build(),
+            call: CallContext::new(&loaded.name, &loaded.config, trigger, attempt, self.validator.clone(), limits.max_emits),
+            stdout,
+            stderr,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(limits.deadline_ms.div_ceil(TICK.as_millis() as u64) + 1);
+        if let Some(fuel) = limits.fuel {
+            store.set_fuel(fuel).map_err(anyhow_err)?;
+        } else if self.fuel {
+            store.set_fuel(u64::MAX).map_err(anyhow_err)?;
+        }
+        Ok(store)
+    }
+
+    fn preopen(&self, wasi: &mut WasiCtxBuilder, grant: &Grant) -> Result<()> {
+        let host = self.root.join(&grant.dir);
+        std::fs::create_dir_all(&host).with_context(|| format!("failed to create {}", host.display()))?;
+        let guest = format!("/{}", grant.dir.trim_matches('/'));
+        let perms = match grant.mode {
+            Access::Ro => FsPerms::ReadOnly,
+            Access::Rw => FsPerms::ReadWrite,
+        };
+        wasi.preopened_dir(&host, &guest, perms).map_err(anyhow_err)?;
+        Ok(())
+    }
+
+    /// Runs `handle` on one event in a fresh instance.
+    pub fn invoke(&self, loaded: &Loaded, event: &Event, attempt: u32) -> Invocation {
+        let start = Instant::now();
+        let limits = &loaded.config.limits;
+        let mut store = match self.store(loaded, event, limits, attempt) {
+            Ok(s) => s,
+            Err(e) => {
+                return Invocation {
+                    result: Err(Fault { kind: "instantiate".into(), message: format!("{e:#}"), detail: String::new() }),
+                    emitted: Vec::new(),
+                    logs: Vec::new(),
+                    stdout: String::new(),
+                    stderr: String::new(),
+                    duration: start.elapsed(),
+                };
+            }
+        };
+        let input = to_wit(event, attempt);
+        let result = match loaded.pre.instantiate(&mut store) {
+            Err(e) => Err(classify(&e, limits, "instantiate")),
+            Ok(instance) => match instance.call_handle(&mut store, &input) {
+                Ok(Ok(outcome)) => Ok(outcome.summary),
+                Ok(Err(message)) => Err(Fault { kind: "error".into(), message, detail: String::new() }),
+                Err(e) => Err(classify(&e, limits, "trap")),
+            },
+        };
+        let state = store.into_data();
+        let text = |p: &MemoryOutputPipe| String::from_utf8_lossy(&p.contents()).into_owned();
+        let (stdout, stderr) = (text(&state.stdout), text(&state.stderr));
+        let call = state.call;
+        Invocation {
+            result,
+            emitted: call.emitted,
+            logs: call.logs,
+            stdout,
+            stderr,
+            duration: start.elapsed(),
+        }
+    }
+}
+
+/// Names what stopped a handler, in words a user can act on.
+fn classify(e: &wasmtime::Error, limits: &HandlerLimits, default_kind: &str) -> Fault {
+    let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    let detail = chain.join(": ");
+    // The root cause, without the multi-line wasm backtrace around it.
+    let text = chain.iter().rev().find(|c| !c.starts_with("error while executing at wasm backtrace")).cloned().unwrap_or_default();
+    let (kind, message) = match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => ("timeout", format!("deadline of {} ms exceeded (limits.deadline_ms)", limits.deadline_ms)),
+        Some(Trap::OutOfFuel) => ("fuel", format!("fuel budget of {} exhausted (limits.fuel)", limits.fuel.unwrap_or(0))),
+        Some(Trap::StackOverflow) => ("stack-overflow", format!("wasm stack overflow (the stack is capped at {} KiB)", MAX_WASM_STACK >> 10)),
+        _ if text.contains("forcing trap when growing memory") || text.contains("memory minimum size") => {
+            ("memory", format!("memory limit of {} MiB exceeded (limits.memory_mb): {text}", limits.memory_mb))
+        }
+        _ if text.contains("write beyond capacity") => (
+            "output-limit",
+            format!("wrote more than {} bytes to stdout/stderr (limits.output_bytes)", limits.output_bytes),
+        ),
+        _ if text.contains("out of bounds memory access") && text.contains("address 0xf") => (
+            default_kind,
+            format!("{text} (an address near 4 GiB is the guest's shadow stack overflowing: unbounded recursion?)"),
+        ),
+        _ => (default_kind, text.clone()),
+    };
+    Fault { kind: kind.into(), message, detail }
+}
+
+fn to_wit(e: &Event, attempt: u32) -> wit::Event {
+    let priority = match e.priority() {
+        crate::event::Priority::Critical => wit::Priority::Critical,
+        crate::event::Priority::High => wit::Priority::High,
+        crate::event::Priority::Medium => wit::Priority::Medium,
+        crate::event::Priority::Low => wit::Priority::Low,
+    };
+    wit::Event {
+        event_id: e.event_id.clone(),
+        event_type: e.event_type.clone(),
+        timestamp: e.timestamp.clone(),
+        source: e.source.clone(),
+        correlation_id: e.correlation_id.clone(),
+        master: e.metadata.master.clone(),
+        priority,
+        tags: e.metadata.tags.clone(),
+        metadata: serde_json::Value::Object(e.metadata.extra.clone()).to_string(),
+        payload: serde_json::Value::Object(e.payload.clone()).to_string(),
+        attempt,
+    }
+}
+
+/// wasmtime has its own error type; this keeps it inside the sandbox.
+fn anyhow_err(e: wasmtime::Error) -> anyhow::Error {
+    let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    anyhow::anyhow!("{}", chain.join(": "))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of a file, hex.
+///
+/// # Errors
+/// When the file cannot be read.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
+    Ok(hex(&Sha256::digest(&bytes)))
+}
+
+/// Settings as strings, as handlers see them.
+pub fn settings_of(config: &HandlerConfig) -> BTreeMap<String, String> {
+    config.settings.keys().filter_map(|k| config.setting(k).map(|v| (k.clone(), v))).collect()
+}
