@@ -18,11 +18,15 @@ pub fn cortex_bin() -> PathBuf {
     // Test binaries live in <target>/<profile>/deps/, the bench beside cortex.
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().expect("binary dir");
-    let bin = [dir.join("cortex"), dir.parent().map(|p| p.join("cortex")).unwrap_or_default()]
+    [dir.join("cortex"), dir.parent().map(|p| p.join("cortex")).unwrap_or_default()]
         .into_iter()
         .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("the cortex binary is not beside {}: run `make test` (it builds it first) or set CORTEX_BIN", exe.display()));
-    bin
+        .unwrap_or_else(|| {
+            panic!(
+                "the cortex binary is not beside {}: run `make test` (it builds it first) or set CORTEX_BIN",
+                exe.display()
+            )
+        })
 }
 
 /// What a finished command left.

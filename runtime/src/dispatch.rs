@@ -95,7 +95,11 @@ impl std::fmt::Display for Summary {
         }
         for (name, s) in &self.handlers {
             let mean = if s.invocations > 0 { s.total_ms / s.invocations as f64 } else { 0.0 };
-            writeln!(f, "  {name:<24} {:>7} runs  {:>7} ok  {:>5} failed  {mean:>8.3} ms mean", s.invocations, s.succeeded, s.failed)?;
+            writeln!(
+                f,
+                "  {name:<24} {:>7} runs  {:>7} ok  {:>5} failed  {mean:>8.3} ms mean",
+                s.invocations, s.succeeded, s.failed
+            )?;
         }
         Ok(())
     }
@@ -169,7 +173,12 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(queue: Arc<dyn Queue>, sandbox: Arc<Sandbox>, config: Arc<Config>, handlers: BTreeMap<String, Arc<Loaded>>) -> Dispatcher {
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        sandbox: Arc<Sandbox>,
+        config: Arc<Config>,
+        handlers: BTreeMap<String, Arc<Loaded>>,
+    ) -> Dispatcher {
         Dispatcher {
             queue,
             sandbox,
@@ -225,8 +234,13 @@ impl Dispatcher {
                 let (tx, rx) = mpsc::channel::<Job>();
                 let rx = Arc::new(Mutex::new(rx));
                 for _ in 0..concurrency.max(1) {
-                    let (rx, slots, done_tx, handlers, sandbox) =
-                        (rx.clone(), lane_slots.clone(), lane_done.clone(), self.handlers.clone(), self.sandbox.clone());
+                    let (rx, slots, done_tx, handlers, sandbox) = (
+                        rx.clone(),
+                        lane_slots.clone(),
+                        lane_done.clone(),
+                        self.handlers.clone(),
+                        self.sandbox.clone(),
+                    );
                     let name = name.to_string();
                     scope.spawn(move || lane(&name, &rx, &slots, &done_tx, &handlers, &sandbox));
                 }
@@ -263,7 +277,8 @@ impl Dispatcher {
                             .filter(|n| !claim.delivery.done.iter().any(|d| d == n))
                             .map(str::to_string)
                             .collect();
-                        let max_attempts = names.iter().filter_map(|n| config.handlers.get(n)).map(|h| h.max_attempts).max();
+                        let max_attempts =
+                            names.iter().filter_map(|n| config.handlers.get(n)).map(|h| h.max_attempts).max();
                         let exhausted = max_attempts.filter(|&m| claim.name.attempt > m);
                         let names = if exhausted.is_some() { Vec::new() } else { names };
                         let pending = Arc::new(Pending {
@@ -321,6 +336,7 @@ impl Dispatcher {
             claim_result
         })?;
 
+        self.queue.flush();
         let committed = stats_rx.recv().map_err(|_| anyhow!("the committer thread stopped unexpectedly"))??;
         summary.handled = committed.handled;
         summary.unhandled = committed.unhandled;
@@ -333,7 +349,14 @@ impl Dispatcher {
     }
 }
 
-fn lane(name: &str, rx: &Mutex<Receiver<Job>>, slots: &Slots, done: &Sender<Arc<Pending>>, handlers: &Handlers, sandbox: &Sandbox) {
+fn lane(
+    name: &str,
+    rx: &Mutex<Receiver<Job>>,
+    slots: &Slots,
+    done: &Sender<Arc<Pending>>,
+    handlers: &Handlers,
+    sandbox: &Sandbox,
+) {
     loop {
         let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
             Ok(job) => job,
@@ -351,7 +374,11 @@ fn lane(name: &str, rx: &Mutex<Receiver<Job>>, slots: &Slots, done: &Sender<Arc<
                 version: String::new(),
                 max_attempts: 1,
                 backoff_ms: 0,
-                result: Err(Fault { kind: "load".into(), message: format!("handler {name} is not loaded"), detail: String::new() }),
+                result: Err(Fault {
+                    kind: "load".into(),
+                    message: format!("handler {name} is not loaded"),
+                    detail: String::new(),
+                }),
                 emitted: Vec::new(),
                 duration: Duration::ZERO,
             },
@@ -361,8 +388,12 @@ fn lane(name: &str, rx: &Mutex<Receiver<Job>>, slots: &Slots, done: &Sender<Arc<
                 slots.release();
                 let ms = inv.duration.as_secs_f64() * 1000.0;
                 match &inv.result {
-                    Ok(summary) => tracing::info!(handler = name, event_id = %event.event_id, event_type = %event.event_type, duration_ms = ms, summary = %summary, "handler completed"),
-                    Err(f) => tracing::warn!(handler = name, event_id = %event.event_id, event_type = %event.event_type, duration_ms = ms, kind = %f.kind, error = %f.message, "handler failed"),
+                    Ok(summary) => {
+                        tracing::info!(handler = name, event_id = %event.event_id, event_type = %event.event_type, duration_ms = ms, summary = %summary, "handler completed")
+                    }
+                    Err(f) => {
+                        tracing::warn!(handler = name, event_id = %event.event_id, event_type = %event.event_type, duration_ms = ms, kind = %f.kind, error = %f.message, "handler failed")
+                    }
                 }
                 if !inv.stdout.is_empty() {
                     tracing::info!(handler = name, event_id = %event.event_id, "stdout: {}", inv.stdout.trim_end());
@@ -545,7 +576,11 @@ fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
     summary.retried += 1;
     let backoff = failures.iter().map(|(r, _)| r.backoff_ms).max().unwrap_or(0);
     let delay = backoff.saturating_mul(1u64 << (attempt - 1).min(20));
-    Settlement { claim, emitted, verdict: Verdict::Retry { due: SystemTime::now() + Duration::from_millis(delay), delivery } }
+    Settlement {
+        claim,
+        emitted,
+        verdict: Verdict::Retry { due: SystemTime::now() + Duration::from_millis(delay), delivery },
+    }
 }
 
 /// Loads the handlers of a config into a ready dispatcher.

@@ -147,4 +147,3 @@ pub fn append_lines(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()
     }
     Ok(())
 }
-

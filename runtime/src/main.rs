@@ -152,7 +152,8 @@ fn init(layout: &Layout, handlers: Option<PathBuf>) -> Result<ExitCode> {
         let found = source.as_ref().zip(target.file_name()).map(|(dir, f)| dir.join(f)).filter(|p| p.is_file());
         match found {
             Some(from) => {
-                std::fs::copy(&from, &target).with_context(|| format!("failed to copy {} to {}", from.display(), target.display()))?;
+                std::fs::copy(&from, &target)
+                    .with_context(|| format!("failed to copy {} to {}", from.display(), target.display()))?;
                 report.created.push(target);
             }
             None => missing.push(target),
@@ -299,11 +300,27 @@ fn handlers(layout: &Layout, json: bool, check: bool) -> Result<ExitCode> {
     } else {
         for r in &rows {
             let sha = r["sha256"].as_str().map(|s| &s[..12.min(s.len())]).unwrap_or("(missing)");
-            let state = if r["loads"] == true { format!("loads (v{})", r["version"].as_str().unwrap_or("?")) } else { "DOES NOT LOAD".into() };
+            let state = if r["loads"] == true {
+                format!("loads (v{})", r["version"].as_str().unwrap_or("?"))
+            } else {
+                "DOES NOT LOAD".into()
+            };
             println!("{:<22} {sha}  {state}", r["name"].as_str().unwrap_or(""));
             println!("    component: {}", r["component"].as_str().unwrap_or(""));
-            println!("    events:    {}", r["events"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default());
-            println!("    grants:    {}", r["grants"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default());
+            println!(
+                "    events:    {}",
+                r["events"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            );
+            println!(
+                "    grants:    {}",
+                r["grants"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            );
             if let Some(e) = r["error"].as_str() {
                 println!("    error:     {e}");
             }

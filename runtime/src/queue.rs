@@ -11,7 +11,7 @@
 //! ```
 //!
 //! A claim is a rename into `events/claimed/` (so only one dispatcher wins)
-//! whose mtime starts the lease. Settling a batch writes every follow-up
+//! whose ctime starts the lease. Settling a batch writes every follow-up
 //! event, archive record, delivery record and dead letter to `events/tmp/`,
 //! makes them durable with one `syncfs` (which also covers the state the
 //! handlers wrote), renames them into place, syncs the directories, and only
@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -211,6 +212,9 @@ pub trait Queue: Send + Sync {
     /// On I/O errors.
     fn depth(&self) -> Result<Depth>;
 
+    /// Finishes background work (e.g. removing settled claims) before exit.
+    fn flush(&self) {}
+
     /// Acknowledges one claim.
     ///
     /// # Errors
@@ -243,6 +247,16 @@ pub struct FsQueue {
     validator: Validator,
     /// Names listed from `queue/` not yet tried, in serving order.
     pending: Mutex<BTreeSet<String>>,
+    /// Removes settled claims off the commit path (see [`FsQueue::flush`]).
+    reaper: Mutex<Option<Reaper>>,
+}
+
+/// A thread that removes files whose removal need not be durable: a settled
+/// claim that survives a crash is recognised by recovery (its record is
+/// already archived or dead-lettered) and removed then.
+struct Reaper {
+    tx: std::sync::mpsc::Sender<Vec<PathBuf>>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 static LAST_US: AtomicU64 = AtomicU64::new(0);
@@ -279,7 +293,13 @@ impl FsQueue {
     /// When the root's layout is missing.
     pub fn open(layout: Layout, validator: Validator) -> Result<FsQueue> {
         layout.require()?;
-        Ok(FsQueue { journal: Journal::new(layout.clone()), layout, validator, pending: Mutex::new(BTreeSet::new()) })
+        Ok(FsQueue {
+            journal: Journal::new(layout.clone()),
+            layout,
+            validator,
+            pending: Mutex::new(BTreeSet::new()),
+            reaper: Mutex::new(None),
+        })
     }
 
     pub fn layout(&self) -> &Layout {
@@ -348,10 +368,8 @@ impl FsQueue {
     }
 
     fn read_claimed(&self, path: &Path) -> Result<Event> {
+        // The lease runs from the claiming rename, which set the file's ctime.
         let mut f = File::open(path).with_context(|| format!("failed to open claimed entry {}", path.display()))?;
-        // The lease runs from now.
-        f.set_modified(SystemTime::now())
-            .with_context(|| format!("failed to start the lease on {}", path.display()))?;
         let mut text = String::new();
         f.read_to_string(&mut text).with_context(|| format!("failed to read claimed entry {}", path.display()))?;
         self.validator.parse(&text).map_err(|e| anyhow::anyhow!("invalid queued event in {}: {e}", path.display()))
@@ -469,18 +487,43 @@ impl FsQueue {
         for dir in &commit.dirs {
             fsio::sync_dir(dir)?;
         }
-        for path in &commit.removals {
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("failed to remove {}", path.display())),
+        self.remember(commit.new_names);
+        if !commit.removals.is_empty() {
+            self.reap(commit.removals);
+        }
+        Ok(())
+    }
+
+    fn reap(&self, paths: Vec<PathBuf>) {
+        let mut reaper = self.reaper.lock().unwrap_or_else(|e| e.into_inner());
+        let r = reaper.get_or_insert_with(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<PathBuf>>();
+            let thread = std::thread::spawn(move || {
+                for batch in rx {
+                    for path in batch {
+                        if let Err(e) = std::fs::remove_file(&path)
+                            && e.kind() != std::io::ErrorKind::NotFound
+                        {
+                            tracing::warn!(file = %path.display(), error = %e, "failed to remove a settled claim; recovery will");
+                        }
+                    }
+                }
+            });
+            Reaper { tx, thread }
+        });
+        if let Err(unsent) = r.tx.send(paths) {
+            for path in unsent.0 {
+                let _ = std::fs::remove_file(path);
             }
         }
-        if !commit.removals.is_empty() {
-            fsio::sync_dir(&self.layout.claimed())?;
+    }
+
+    /// Waits until every settled claim has been removed.
+    pub fn flush(&self) {
+        if let Some(r) = self.reaper.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            drop(r.tx);
+            let _ = r.thread.join();
         }
-        self.remember(commit.new_names);
-        Ok(())
     }
 }
 
@@ -603,7 +646,8 @@ impl Queue for FsQueue {
             }
             self.journal.append(&self.validator, &emitted, false)?;
             for (path, lines) in &archived {
-                fsio::append_lines(path, lines, false).with_context(|| format!("failed to append to {}", path.display()))?;
+                fsio::append_lines(path, lines, false)
+                    .with_context(|| format!("failed to append to {}", path.display()))?;
             }
             // One flush for everything: follow-ups, records, log lines and
             // the state handlers wrote while running these events.
@@ -626,7 +670,10 @@ impl Queue for FsQueue {
         for name in list_names(&claimed)? {
             let path = claimed.join(name.file_name());
             let Ok(meta) = std::fs::metadata(&path) else { continue };
-            let age = meta.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or_default();
+            // The claiming rename set ctime: that is when the lease began.
+            let claimed_at =
+                UNIX_EPOCH + Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec().clamp(0, 999_999_999) as u32);
+            let age = claimed_at.elapsed().unwrap_or_default();
             if age < lease {
                 continue;
             }
@@ -671,6 +718,10 @@ impl Queue for FsQueue {
             self.rescan();
         }
         Ok(out)
+    }
+
+    fn flush(&self) {
+        FsQueue::flush(self);
     }
 
     fn depth(&self) -> Result<Depth> {

@@ -36,7 +36,11 @@ pub fn ms(d: Duration) -> String {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let mem = std::fs::read_to_string("/proc/meminfo")
@@ -50,7 +54,8 @@ fn machine() -> String {
 fn main() -> anyhow::Result<()> {
     let only: Vec<String> = std::env::args().skip(1).collect();
     let mut rows = Vec::new();
-    let sections: Vec<(&str, fn() -> anyhow::Result<Vec<Row>>)> = vec![("store", store::run)];
+    type Section = fn() -> anyhow::Result<Vec<Row>>;
+    let sections: Vec<(&str, Section)> = vec![("store", store::run)];
     for (name, f) in sections {
         if !only.is_empty() && !only.iter().any(|o| o == name) {
             continue;

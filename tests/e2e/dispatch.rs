@@ -62,9 +62,11 @@ events = ["task.*"]
     let summary = root.dispatch()?;
     assert_eq!(summary["emitted"], 4);
     assert_eq!(summary["handlers"]["sink"]["invocations"], 4, "follow-ups handled in the same run");
-    let tasks: Vec<Value> = root.archived()?.into_iter().filter(|r| r["event"]["event_type"] == "task.created").collect();
+    let tasks: Vec<Value> =
+        root.archived()?.into_iter().filter(|r| r["event"]["event_type"] == "task.created").collect();
     assert_eq!(tasks.len(), 4);
-    let from_trigger: Vec<&Value> = tasks.iter().filter(|r| r["event"]["metadata"]["caused_by"]["event_id"] == trigger.as_str()).collect();
+    let from_trigger: Vec<&Value> =
+        tasks.iter().filter(|r| r["event"]["metadata"]["caused_by"]["event_id"] == trigger.as_str()).collect();
     assert_eq!(from_trigger.len(), 3);
     for r in &from_trigger {
         assert_eq!(r["event"]["correlation_id"], "corr-7");
@@ -82,7 +84,9 @@ events = ["task.*"]
 
 #[test]
 fn an_invalid_follow_up_is_an_err_for_the_handler_not_a_crash() -> Result<()> {
-    let root = Root::with_handlers("[handlers.emitter]\ncomponent = \"{emit-probe}\"\nevents = [\"worker.started\"]\nmax_attempts = 1\n")?;
+    let root = Root::with_handlers(
+        "[handlers.emitter]\ncomponent = \"{emit-probe}\"\nevents = [\"worker.started\"]\nmax_attempts = 1\n",
+    )?;
     let id = root.emit("worker.started", r#"{"type": "bogus.type"}"#)?;
     let summary = root.dispatch()?;
     assert_eq!(summary["dead_lettered"], 1);
@@ -90,7 +94,11 @@ fn an_invalid_follow_up_is_an_err_for_the_handler_not_a_crash() -> Result<()> {
     assert_eq!(dl["event"]["event_id"], id);
     let failure = &dl["history"][0]["failures"][0];
     assert_eq!(failure["kind"], "error");
-    assert!(failure["message"].as_str().unwrap().contains("emit refused") && failure["message"].as_str().unwrap().contains("bogus.type"), "{failure}");
+    assert!(
+        failure["message"].as_str().unwrap().contains("emit refused")
+            && failure["message"].as_str().unwrap().contains("bogus.type"),
+        "{failure}"
+    );
     Ok(())
 }
 
@@ -106,7 +114,8 @@ backoff_ms = 20
 "#,
     )?;
     let bad = root.emit("task.created", r#"{"poison": true}"#)?;
-    let good: Vec<String> = (0..5).map(|i| root.emit("task.created", &format!("{{\"n\": {i}}}"))).collect::<Result<_>>()?;
+    let good: Vec<String> =
+        (0..5).map(|i| root.emit("task.created", &format!("{{\"n\": {i}}}"))).collect::<Result<_>>()?;
     let start = std::time::Instant::now();
     let summary = root.dispatch()?;
     assert!(start.elapsed().as_millis() >= 60, "backoff of 20 ms then 40 ms was not waited for");
@@ -176,7 +185,12 @@ fn critical_events_go_first_and_fifo_holds_within_a_priority() -> Result<()> {
     let order: Vec<(String, u64)> = root
         .archived()?
         .iter()
-        .map(|r| (r["event"]["metadata"]["priority"].as_str().unwrap().to_string(), r["event"]["payload"]["n"].as_u64().unwrap()))
+        .map(|r| {
+            (
+                r["event"]["metadata"]["priority"].as_str().unwrap().to_string(),
+                r["event"]["payload"]["n"].as_u64().unwrap(),
+            )
+        })
         .collect();
     let prios: Vec<&str> = order.iter().map(|(p, _)| p.as_str()).collect();
     let mut sorted = prios.clone();
@@ -192,8 +206,11 @@ fn critical_events_go_first_and_fifo_holds_within_a_priority() -> Result<()> {
 #[test]
 fn three_dispatchers_at_once_handle_each_event_once() -> Result<()> {
     let root = Root::with_handlers("[handlers.sink]\ncomponent = \"{noop}\"\nevents = [\"*\"]\nconcurrency = 2\n")?;
-    let ids = root.batch(&lines(600, |i| format!(r#"{{"event_type": "task.created", "source": "s", "payload": {{"n": {i}}}}}"#)))?;
-    let children: Vec<_> = (0..3).map(|_| root.command().args(["dispatch", "--json"]).output()).collect::<std::io::Result<_>>()?;
+    let ids = root.batch(&lines(600, |i| {
+        format!(r#"{{"event_type": "task.created", "source": "s", "payload": {{"n": {i}}}}}"#)
+    }))?;
+    let children: Vec<_> =
+        (0..3).map(|_| root.command().args(["dispatch", "--json"]).output()).collect::<std::io::Result<_>>()?;
     let mut handled = 0;
     for c in &children {
         assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
@@ -201,7 +218,8 @@ fn three_dispatchers_at_once_handle_each_event_once() -> Result<()> {
         handled += s["handled"].as_u64().unwrap();
     }
     assert_eq!(handled, 600);
-    let mut archived: Vec<String> = root.archived()?.iter().map(|r| r["event"]["event_id"].as_str().unwrap().to_string()).collect();
+    let mut archived: Vec<String> =
+        root.archived()?.iter().map(|r| r["event"]["event_id"].as_str().unwrap().to_string()).collect();
     assert_eq!(archived.len(), 600, "an event was archived twice or not at all");
     archived.sort();
     let mut ids = ids;
@@ -239,7 +257,10 @@ events = ["task.*"]
     let id = root.emit("task.created", "{}")?;
     let out = root.fails(&["dispatch"])?;
     assert!(out.stderr.contains("handler broken") && out.stderr.contains("failed to load"), "{}", out.stderr);
-    assert!(root.files("events/queue").iter().any(|f| f.contains(&id)), "a refused dispatch must leave the queue alone");
+    assert!(
+        root.files("events/queue").iter().any(|f| f.contains(&id)),
+        "a refused dispatch must leave the queue alone"
+    );
     Ok(())
 }
 

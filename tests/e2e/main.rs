@@ -2,6 +2,7 @@
 //! throwaway coordination roots. One test binary; a module per capability.
 
 mod dispatch;
+mod handlers;
 mod sandbox;
 mod schema;
 mod store;

@@ -108,11 +108,14 @@ fn probe(root: &Root, payloads: &[&str]) -> Result<Vec<Result<String, String>>> 
 #[test]
 fn grants_allow_what_they_say() -> Result<()> {
     let root = probe_root()?;
-    let out = probe(&root, &[
-        r#"{"op": "read", "path": "/state/ro/readable.txt"}"#,
-        r#"{"op": "write", "path": "/state/rw/new.txt"}"#,
-        r#"{"op": "list", "path": "/state/ro"}"#,
-    ])?;
+    let out = probe(
+        &root,
+        &[
+            r#"{"op": "read", "path": "/state/ro/readable.txt"}"#,
+            r#"{"op": "write", "path": "/state/rw/new.txt"}"#,
+            r#"{"op": "list", "path": "/state/ro"}"#,
+        ],
+    )?;
     assert_eq!(out[0], Ok("escaped: inside".into()));
     assert_eq!(out[1], Ok("escaped: wrote".into()));
     assert_eq!(out[2], Ok("escaped: readable.txt".into()));

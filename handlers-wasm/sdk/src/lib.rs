@@ -219,7 +219,9 @@ pub mod state {
     pub fn load<T: DeserializeOwned + Default>(path: impl AsRef<Path>) -> Result<T> {
         let path = path.as_ref();
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("corrupt state file {}: {e}", path.display())),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| format!("corrupt state file {}: {e}", path.display()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
             Err(e) => Err(format!("cannot read {}: {e}", path.display())),
         }

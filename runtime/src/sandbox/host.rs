@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use wasmtime::component::ResourceTable;
 use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -87,7 +87,10 @@ impl CallContext {
             payload,
             // A chain stays traceable: the trigger's correlation id, or the
             // trigger itself when it had none.
-            correlation_id: new.correlation_id.or_else(|| self.trigger_correlation.clone()).or_else(|| Some(self.trigger_id.clone())),
+            correlation_id: new
+                .correlation_id
+                .or_else(|| self.trigger_correlation.clone())
+                .or_else(|| Some(self.trigger_id.clone())),
             priority,
             master: new.master,
             tags: new.tags,
@@ -121,7 +124,7 @@ impl CallContext {
                 cut -= 1;
             }
             message.truncate(cut);
-            message.push_str("…");
+            message.push('…');
         }
         let (handler, event) = (&self.handler, &self.trigger_id);
         match level {

@@ -1,0 +1,617 @@
+//! `on-task-failure`: the failure-pattern and auto-fix daemons as one handler.
+//! Each `task.failed` / `worker.failed` error is normalised into a signature
+//! (ids, numbers, quoted strings and paths replaced by placeholders) and
+//! counted in `/state/failures/patterns.json`. Transient failures of a task are
+//! retried by emitting `task.created` (logged in `/state/failures/auto-fix.json`);
+//! a signature recurring within the window emits `learning.pattern_detected`
+//! once per burst; a permanent failure at high or critical priority raises a
+//! `system.health_alert`.
+
+use cortex_sdk::fields::{opt_bool, opt_str, opt_u64, req_str};
+use cortex_sdk::{Event, FollowUp, Handler, Priority, Result, config_or, json, state};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+const PATTERNS: &str = "/state/failures/patterns.json";
+const AUTO_FIX: &str = "/state/failures/auto-fix.json";
+/// Longest signature, in characters.
+const MAX_SIGNATURE: usize = 160;
+/// Task ids kept per signature.
+const MAX_TASK_IDS: usize = 20;
+/// Retries kept in the auto-fix log.
+const MAX_RETRIES_LOGGED: usize = 100;
+/// Signatures kept; the least recently seen go first, so the file stays small
+/// even when errors embed ids the normaliser does not recognise.
+const MAX_PATTERNS: usize = 500;
+/// Error texts that mean "try again later".
+const TRANSIENT: &[&str] = &[
+    "timeout",
+    "timed out",
+    "rate limit",
+    "ratelimit",
+    "temporar",
+    "transient",
+    "connection reset",
+    "connection refused",
+    "unavailable",
+    "try again",
+    "deadline exceeded",
+];
+/// HTTP statuses that mean the same, matched as whole numbers.
+const TRANSIENT_CODES: &[&str] = &["429", "502", "503"];
+
+struct OnTaskFailure;
+
+impl Handler for OnTaskFailure {
+    const NAME: &'static str = "on-task-failure";
+    const EVENTS: &'static [&'static str] = &["task.failed", "worker.failed"];
+
+    fn handle(event: Event) -> Result<String> {
+        let settings = Settings {
+            max_retries: config_or("max_retries", 3)?,
+            threshold: config_or("pattern_threshold", 3)?,
+            window_secs: config_or("pattern_window_secs", 3600)?,
+        };
+        if settings.threshold == 0 || settings.window_secs <= 0 {
+            return Err("settings pattern_threshold and pattern_window_secs must be at least 1".into());
+        }
+        let mut patterns: Patterns = state::load(PATTERNS)?;
+        if cortex_sdk::already_applied(&patterns.recent_event_ids, &event.id) {
+            return Ok(cortex_sdk::duplicate_summary(&event.id));
+        }
+        let mut auto_fix: AutoFix = state::load(AUTO_FIX)?;
+        let applied = apply(&mut patterns, &mut auto_fix, &event, &settings)?;
+        // Emits are kept only if this returns Ok, so a failed save below
+        // retries the whole event without doubling them.
+        for follow_up in applied.follow_ups {
+            follow_up.send()?;
+        }
+        if applied.retried {
+            state::save(AUTO_FIX, &auto_fix)?;
+        }
+        // Saved last: it holds the applied ids, so a crash before this point
+        // lets the redelivery apply the event again.
+        state::save(PATTERNS, &patterns)?;
+        Ok(applied.summary)
+    }
+}
+
+cortex_sdk::handler!(OnTaskFailure);
+
+struct Settings {
+    /// A task is retried while its attempt is below this.
+    max_retries: u64,
+    /// Failures of one signature within the window that make a pattern.
+    threshold: u64,
+    window_secs: i64,
+}
+
+/// `/state/failures/patterns.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Patterns {
+    patterns: BTreeMap<String, Pattern>,
+    recent_event_ids: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Pattern {
+    count: u64,
+    first_seen: String,
+    last_seen: String,
+    /// Event times (epoch seconds) of the failures within the window.
+    recent: Vec<i64>,
+    /// `learning.pattern_detected` went out for the current burst; cleared
+    /// when the window empties.
+    reported: bool,
+    /// The latest raw error.
+    example: String,
+    task_ids: Vec<String>,
+    retryable: bool,
+}
+
+/// `/state/failures/auto-fix.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct AutoFix {
+    retries: Vec<Retry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Retry {
+    task_id: String,
+    attempt: u64,
+    signature: String,
+    at: String,
+    retry_of: String,
+}
+
+/// A failure as the payload describes it.
+#[derive(Debug)]
+struct Failure {
+    error: String,
+    task_id: Option<String>,
+    attempt: u64,
+    worker_id: Option<String>,
+    retryable: Option<bool>,
+}
+
+impl Failure {
+    fn from_event(event: &Event) -> Result<Failure> {
+        let p = &event.payload;
+        let (error, task_id) = if event.event_type == "worker.failed" {
+            let error = opt_str(p, "error")?.filter(|e| !e.trim().is_empty());
+            (error.unwrap_or_else(|| "unknown error".into()), opt_str(p, "task_id")?)
+        } else {
+            (req_str(p, "error")?, Some(req_str(p, "task_id")?))
+        };
+        Ok(Failure {
+            error,
+            task_id: task_id.filter(|t| !t.is_empty()),
+            attempt: opt_u64(p, "attempt")?.unwrap_or(1).max(1),
+            worker_id: opt_str(p, "worker_id")?,
+            retryable: opt_bool(p, "retryable")?,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Applied {
+    summary: String,
+    follow_ups: Vec<FollowUp>,
+    /// The auto-fix log changed.
+    retried: bool,
+}
+
+/// Applies one failure: counts its signature and decides the follow-ups.
+fn apply(patterns: &mut Patterns, auto_fix: &mut AutoFix, event: &Event, settings: &Settings) -> Result<Applied> {
+    let now = cortex_sdk::event_time(event)?;
+    let failure = Failure::from_event(event)?;
+    let signature = signature(&failure.error);
+    let retryable = failure.retryable.unwrap_or_else(|| is_transient(&failure.error));
+    let mut follow_ups = Vec::new();
+    let mut did = Vec::new();
+
+    let pattern = patterns.patterns.entry(signature.clone()).or_default();
+    pattern.count += 1;
+    if pattern.first_seen.is_empty() {
+        pattern.first_seen = event.timestamp.clone();
+    }
+    pattern.last_seen = event.timestamp.clone();
+    pattern.example = failure.error.clone();
+    pattern.retryable = retryable;
+    if let Some(task_id) = &failure.task_id {
+        pattern.task_ids.retain(|t| t != task_id);
+        pattern.task_ids.push(task_id.clone());
+        cortex_sdk::keep_last(&mut pattern.task_ids, MAX_TASK_IDS);
+    }
+    let occurrences = count_in_window(pattern, now, settings);
+
+    // (a) transient failure of a known task with attempts left: retry it.
+    let mut retried = false;
+    match (&failure.task_id, retryable) {
+        (Some(task_id), true) if failure.attempt < settings.max_retries => {
+            let next = failure.attempt + 1;
+            let payload = json!({
+                "task_id": task_id, "attempt": next, "retry_of": event.id,
+                "error": failure.error, "signature": signature,
+            });
+            let correlation = event.correlation_id.clone().unwrap_or_else(|| task_id.clone());
+            follow_ups
+                .push(FollowUp::new("task.created", payload).priority(event.priority).correlation_id(correlation));
+            auto_fix.retries.push(Retry {
+                task_id: task_id.clone(),
+                attempt: next,
+                signature: signature.clone(),
+                at: event.timestamp.clone(),
+                retry_of: event.id.clone(),
+            });
+            cortex_sdk::keep_last(&mut auto_fix.retries, MAX_RETRIES_LOGGED);
+            retried = true;
+            did.push(format!("retry queued as attempt {next}/{}", settings.max_retries));
+        }
+        (Some(_), true) => did.push(format!("retries exhausted ({}/{})", failure.attempt, settings.max_retries)),
+        _ => {}
+    }
+
+    // (b) the signature recurs: report it once per burst.
+    if let Some(occurrences) = occurrences {
+        let payload = json!({
+            "pattern": signature, "occurrences": occurrences, "window_secs": settings.window_secs,
+            "source": "on-task-failure", "suggested_fix": suggested_fix(&signature),
+        });
+        follow_ups.push(FollowUp::new("learning.pattern_detected", payload));
+        did.push(format!("pattern detected ({occurrences} in {}s)", settings.window_secs));
+    }
+
+    // (c) a permanent failure that someone was waiting on.
+    if !retryable && matches!(event.priority, Priority::High | Priority::Critical) {
+        let mut payload = json!({
+            "severity": event.priority_name(), "component": "task", "error": failure.error,
+            "signature": signature, "source_event": event.id,
+        });
+        if let Some(task_id) = &failure.task_id {
+            payload["task_id"] = json!(task_id);
+        }
+        if let Some(worker_id) = &failure.worker_id {
+            payload["worker_id"] = json!(worker_id);
+        }
+        follow_ups.push(FollowUp::new("system.health_alert", payload).priority(Priority::Critical));
+        did.push("health alert raised".into());
+    }
+
+    evict_stale(patterns);
+    cortex_sdk::remember(&mut patterns.recent_event_ids, &event.id);
+    let subject = match (&failure.task_id, &failure.worker_id) {
+        (Some(t), _) => format!("task {t}"),
+        (None, Some(w)) => format!("worker {w}"),
+        (None, None) => format!("{} from {}", event.event_type, event.source),
+    };
+    let kind = if retryable { "transient" } else { "permanent" };
+    let did = if did.is_empty() { "recorded".to_string() } else { did.join("; ") };
+    Ok(Applied {
+        summary: format!("{subject} failed ({kind}, attempt {}, signature {signature:?}): {did}", failure.attempt),
+        follow_ups,
+        retried,
+    })
+}
+
+/// Adds the failure at `now` to the pattern's window; returns the windowed
+/// count when it has just reached the threshold for this burst.
+fn count_in_window(pattern: &mut Pattern, now: i64, settings: &Settings) -> Option<u64> {
+    pattern.recent.retain(|&t| t > now - settings.window_secs);
+    if pattern.recent.is_empty() {
+        pattern.reported = false;
+    }
+    pattern.recent.push(now);
+    pattern.recent.sort_unstable();
+    // Only "reached the threshold" and "window empty" matter, and the newest
+    // time is always kept, so the list can be bounded.
+    let cap = usize::try_from(settings.threshold).unwrap_or(usize::MAX).max(100);
+    cortex_sdk::keep_last(&mut pattern.recent, cap);
+    let occurrences = pattern.recent.len() as u64;
+    if occurrences >= settings.threshold && !pattern.reported {
+        pattern.reported = true;
+        Some(occurrences)
+    } else {
+        None
+    }
+}
+
+/// Drops the least recently seen signatures beyond [`MAX_PATTERNS`].
+fn evict_stale(patterns: &mut Patterns) {
+    while patterns.patterns.len() > MAX_PATTERNS {
+        let oldest = patterns
+            .patterns
+            .iter()
+            .min_by_key(|(_, p)| cortex_sdk::parse_rfc3339(&p.last_seen).unwrap_or(i64::MIN))
+            .map(|(k, _)| k.clone());
+        match oldest {
+            Some(key) => patterns.patterns.remove(&key),
+            None => break,
+        };
+    }
+}
+
+/// Whether an error text reads as transient.
+fn is_transient(error: &str) -> bool {
+    let lower = error.to_lowercase();
+    TRANSIENT.iter().any(|m| lower.contains(m)) || TRANSIENT_CODES.iter().any(|code| contains_number(&lower, code))
+}
+
+/// Whether `number` occurs in `text` not as part of a longer number.
+fn contains_number(text: &str, number: &str) -> bool {
+    text.match_indices(number).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + number.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_digit()) && !after.is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
+/// A short heuristic fix for a recurring signature.
+fn suggested_fix(signature: &str) -> &'static str {
+    let has = |m: &str| signature.contains(m);
+    if has("timeout") || has("timed out") || has("deadline exceeded") {
+        "raise the timeout or add backoff"
+    } else if has("rate limit") || has("ratelimit") || contains_number(signature, "429") {
+        "throttle requests"
+    } else if has("connection")
+        || has("unavailable")
+        || contains_number(signature, "502")
+        || contains_number(signature, "503")
+    {
+        "check the dependency is up and retry with backoff"
+    } else if has("permission denied") || has("forbidden") || has("unauthorized") {
+        "check credentials and permissions"
+    } else if has("not found") || has("no such file") {
+        "check the referenced resource exists"
+    } else if has("out of memory")
+        || signature.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| w == "oom" || w == "oomkilled")
+    {
+        "raise the memory limit or reduce the batch size"
+    } else {
+        "investigate recurring failure"
+    }
+}
+
+/// The normalised form of an error: lowercase; numbers `<n>`, hex ids and
+/// uuids `<id>`, quoted strings `<str>`, paths `<path>`; whitespace collapsed;
+/// at most [`MAX_SIGNATURE`] characters.
+fn signature(error: &str) -> String {
+    let chars: Vec<char> = error.to_lowercase().chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let prev = i.checked_sub(1).map(|p| chars[p]);
+        if c.is_whitespace() {
+            if !out.is_empty() && !out.ends_with(' ') {
+                out.push(' ');
+            }
+            i += 1;
+        } else if let Some(end) = quoted_end(&chars, i) {
+            out.push_str("<str>");
+            i = end + 1;
+        } else if let Some(end) = path_end(&chars, i) {
+            out.push_str("<path>");
+            i = end;
+        } else if c.is_ascii_alphanumeric() && !prev.is_some_and(|p| p.is_ascii_alphanumeric()) && is_uuid(&chars[i..])
+        {
+            out.push_str("<id>");
+            i += 36;
+        } else if c.is_ascii_alphanumeric() {
+            let start = i;
+            while i < chars.len() && chars[i].is_ascii_alphanumeric() {
+                i += 1;
+            }
+            out.push_str(&word(&chars[start..i].iter().collect::<String>()));
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    let capped: String = out.trim().chars().take(MAX_SIGNATURE).collect();
+    let capped = capped.trim_end();
+    if capped.is_empty() { "unknown error".into() } else { capped.into() }
+}
+
+/// The index of the closing quote when a quoted string starts at `i`.
+fn quoted_end(chars: &[char], i: usize) -> Option<usize> {
+    let q = chars[i];
+    if !matches!(q, '"' | '\'' | '`') {
+        return None;
+    }
+    // An apostrophe inside a word ("don't") opens nothing.
+    if q == '\'' && i > 0 && chars[i - 1].is_alphanumeric() {
+        return None;
+    }
+    chars[i + 1..].iter().position(|&c| c == q).map(|n| i + 1 + n)
+}
+
+/// The end (exclusive) of a file path starting at `i`: `/…`, `./…`, `../…`,
+/// `~/…` or `c:\…`, at the start of a word.
+fn path_end(chars: &[char], i: usize) -> Option<usize> {
+    let at = |k: usize| chars.get(k).copied();
+    let boundary = i == 0 || chars[i - 1].is_whitespace() || "=([{,:<\"'".contains(chars[i - 1]);
+    let starts = match chars[i] {
+        '/' => true,
+        '~' => at(i + 1) == Some('/'),
+        '.' => at(i + 1) == Some('/') || (at(i + 1) == Some('.') && at(i + 2) == Some('/')),
+        c if c.is_ascii_alphabetic() => at(i + 1) == Some(':') && at(i + 2) == Some('\\'),
+        _ => false,
+    };
+    if !boundary || !starts {
+        return None;
+    }
+    let mut end = i;
+    while end < chars.len() && !chars[end].is_whitespace() && !",;)]}\"'<>".contains(chars[end]) {
+        end += 1;
+    }
+    // Sentence punctuation after a path is not part of it.
+    while end > i && matches!(chars[end - 1], '.' | ':') {
+        end -= 1;
+    }
+    // A lone "/" (as in "a / b") has nothing path-like in it.
+    chars[i..end].iter().any(|c| c.is_alphanumeric()).then_some(end)
+}
+
+/// Whether the text starts with a uuid (8-4-4-4-12 hex digits) that is not
+/// followed by more word characters.
+fn is_uuid(chars: &[char]) -> bool {
+    if chars.len() < 36 || chars.get(36).is_some_and(|c| c.is_ascii_alphanumeric()) {
+        return false;
+    }
+    chars[..36].iter().enumerate().all(|(k, c)| match k {
+        8 | 13 | 18 | 23 => *c == '-',
+        _ => c.is_ascii_hexdigit(),
+    })
+}
+
+/// One run of ASCII letters and digits, normalised.
+fn word(w: &str) -> String {
+    let digits = w.bytes().filter(u8::is_ascii_digit).count();
+    let is_hex = w.bytes().all(|b| b.is_ascii_hexdigit());
+    if digits == w.len() {
+        return "<n>".into();
+    }
+    if (w.len() > 2 && w.starts_with("0x") && w[2..].bytes().all(|b| b.is_ascii_hexdigit()))
+        || (w.len() >= 6 && is_hex && digits > 0)
+    {
+        return "<id>".into();
+    }
+    // Digits inside a word ("30s", "worker7") are counts or ordinals.
+    let mut out = String::new();
+    let mut in_digits = false;
+    for c in w.chars() {
+        if c.is_ascii_digit() {
+            if !in_digits {
+                out.push_str("<n>");
+            }
+            in_digits = true;
+        } else {
+            out.push(c);
+            in_digits = false;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cortex_sdk::Value;
+
+    const SETTINGS: Settings = Settings { max_retries: 3, threshold: 3, window_secs: 3600 };
+
+    fn event(id: &str, ty: &str, ts: &str, priority: &str, payload: Value) -> Event {
+        let envelope = json!({
+            "event_id": id, "event_type": ty, "timestamp": ts, "source": "scheduler",
+            "metadata": {"priority": priority}, "payload": payload,
+        });
+        Event::from_envelope_json(&envelope.to_string()).unwrap()
+    }
+
+    fn failed(n: u32, minute: u32, error: &str, priority: &str) -> Event {
+        event(
+            &format!("evt_20251201_12{minute:02}00_aaa{n:03}"),
+            "task.failed",
+            &format!("2025-12-01T12:{minute:02}:00Z"),
+            priority,
+            json!({"task_id": format!("task_{n}"), "error": error}),
+        )
+    }
+
+    fn types(a: &Applied) -> Vec<&str> {
+        a.follow_ups.iter().map(|f| f.event_type.as_str()).collect()
+    }
+
+    #[test]
+    fn signatures_replace_the_variable_parts() {
+        assert_eq!(signature("Timeout after 30s waiting for worker-7"), "timeout after <n>s waiting for worker-<n>");
+        assert_eq!(
+            signature("Task 4f9a2c1e-1b2c-4d3e-9f00-123456789abc  failed:\tKeyError 'user_id'"),
+            "task <id> failed: keyerror <str>"
+        );
+        assert_eq!(signature("cannot open /var/data/run-12/x.json: denied"), "cannot open <path>: denied");
+        assert_eq!(signature("segfault at 0xDEADBEEF in commit a3f9c21b"), "segfault at <id> in commit <id>");
+        assert_eq!(signature("don't retry \"job 12\""), "don't retry <str>");
+        assert_eq!(signature("i/o error on a / b"), "i/o error on a / b");
+        assert_eq!(signature("   "), "unknown error");
+        assert_eq!(signature(&"x ".repeat(200)).chars().count(), MAX_SIGNATURE - 1);
+        assert_eq!(
+            signature("Timeout after 45s waiting for worker-9"),
+            signature("timeout after 30s waiting for worker-7")
+        );
+    }
+
+    #[test]
+    fn transient_errors_are_recognised() {
+        assert!(is_transient("Request timed out"));
+        assert!(is_transient("HTTP 503 Service Unavailable"));
+        assert!(is_transient("got 429"));
+        assert!(!is_transient("item 14290 not found"));
+        assert!(!is_transient("KeyError: 'user_id'"));
+    }
+
+    #[test]
+    fn a_transient_failure_is_retried_until_attempts_run_out() {
+        let (mut p, mut fix) = (Patterns::default(), AutoFix::default());
+        let mut e = failed(1, 0, "upstream timed out", "medium");
+        e.correlation_id = None;
+        let a = apply(&mut p, &mut fix, &e, &SETTINGS).unwrap();
+        assert_eq!(types(&a), ["task.created"]);
+        let retry = &a.follow_ups[0];
+        assert_eq!(retry.payload["attempt"], 2);
+        assert_eq!(retry.payload["retry_of"], e.id.as_str());
+        assert_eq!(retry.payload["signature"], "upstream timed out");
+        assert_eq!(retry.correlation_id.as_deref(), Some("task_1"));
+        assert_eq!(retry.priority, Some(Priority::Medium));
+        assert_eq!(fix.retries.len(), 1);
+
+        let mut last = failed(2, 1, "upstream timed out", "medium");
+        last.payload.insert("attempt".into(), json!(3));
+        let a = apply(&mut p, &mut fix, &last, &SETTINGS).unwrap();
+        assert!(!types(&a).contains(&"task.created"), "attempt 3 of 3 is not retried");
+        assert!(a.summary.contains("retries exhausted"));
+        assert_eq!(fix.retries.len(), 1);
+    }
+
+    #[test]
+    fn the_override_wins_and_permanent_high_failures_alert() {
+        let (mut p, mut fix) = (Patterns::default(), AutoFix::default());
+        let mut e = failed(1, 0, "upstream timed out", "high");
+        e.payload.insert("retryable".into(), json!(false));
+        let a = apply(&mut p, &mut fix, &e, &SETTINGS).unwrap();
+        assert_eq!(types(&a), ["system.health_alert"]);
+        let alert = &a.follow_ups[0];
+        assert_eq!(alert.priority, Some(Priority::Critical));
+        assert_eq!(alert.payload["severity"], "high");
+        assert_eq!(alert.payload["task_id"], "task_1");
+        assert_eq!(alert.payload["source_event"], e.id.as_str());
+
+        let low = failed(2, 1, "syntax error", "low");
+        assert!(apply(&mut p, &mut fix, &low, &SETTINGS).unwrap().follow_ups.is_empty());
+    }
+
+    #[test]
+    fn a_pattern_is_reported_once_per_burst() {
+        let (mut p, mut fix) = (Patterns::default(), AutoFix::default());
+        let detected = |p: &mut Patterns, fix: &mut AutoFix, n: u32, minute: u32| {
+            let a = apply(p, fix, &failed(n, minute, &format!("disk full on node {n}"), "low"), &SETTINGS).unwrap();
+            a.follow_ups.iter().find(|f| f.event_type == "learning.pattern_detected").map(|f| f.payload.clone())
+        };
+        assert!(detected(&mut p, &mut fix, 1, 0).is_none());
+        assert!(detected(&mut p, &mut fix, 2, 10).is_none());
+        let payload = detected(&mut p, &mut fix, 3, 20).expect("third failure in the window");
+        assert_eq!(payload["pattern"], "disk full on node <n>");
+        assert_eq!(payload["occurrences"], 3);
+        assert_eq!(payload["window_secs"], 3600);
+        assert_eq!(payload["suggested_fix"], "investigate recurring failure");
+        assert!(detected(&mut p, &mut fix, 4, 30).is_none(), "not again within the burst");
+
+        // The next burst, once the window has emptied.
+        let later = |n: u32, hour: u32| {
+            event(
+                &format!("evt_20251201_{hour:02}0000_bbb{n:03}"),
+                "task.failed",
+                &format!("2025-12-01T{hour:02}:00:00Z"),
+                "low",
+                json!({"task_id": "t", "error": "disk full on node 9"}),
+            )
+        };
+        for (n, hour) in [(5, 15), (6, 15), (7, 15)] {
+            let a = apply(&mut p, &mut fix, &later(n, hour), &SETTINGS).unwrap();
+            assert_eq!(types(&a).contains(&"learning.pattern_detected"), n == 7);
+        }
+        let entry = &p.patterns["disk full on node <n>"];
+        assert_eq!(entry.count, 7);
+        assert_eq!(entry.example, "disk full on node 9");
+    }
+
+    #[test]
+    fn payload_rules() {
+        let (mut p, mut fix) = (Patterns::default(), AutoFix::default());
+        let no_error =
+            event("evt_20251201_120000_ccc001", "task.failed", "2025-12-01T12:00:00Z", "low", json!({"task_id": "t"}));
+        assert!(apply(&mut p, &mut fix, &no_error, &SETTINGS).unwrap_err().contains("payload.error"));
+        let worker = event("evt_20251201_120000_ccc002", "worker.failed", "2025-12-01T12:00:00Z", "low", json!({}));
+        let a = apply(&mut p, &mut fix, &worker, &SETTINGS).unwrap();
+        assert!(p.patterns.contains_key("unknown error"));
+        assert!(a.follow_ups.is_empty());
+        let bad = event(
+            "evt_20251201_120000_ccc003",
+            "task.failed",
+            "2025-12-01T12:00:00Z",
+            "low",
+            json!({"task_id": "t", "error": "x", "attempt": "two"}),
+        );
+        assert!(apply(&mut p, &mut fix, &bad, &SETTINGS).unwrap_err().contains("payload.attempt"));
+    }
+
+    #[test]
+    fn fixtures_apply() {
+        let (mut p, mut fix) = (Patterns::default(), AutoFix::default());
+        let e = Event::from_envelope_json(include_str!("../fixtures/task-failed-timeout.json")).unwrap();
+        assert_eq!(types(&apply(&mut p, &mut fix, &e, &SETTINGS).unwrap()), ["task.created"]);
+        let e = Event::from_envelope_json(include_str!("../fixtures/task-failed-permanent.json")).unwrap();
+        assert_eq!(types(&apply(&mut p, &mut fix, &e, &SETTINGS).unwrap()), ["system.health_alert"]);
+    }
+}

@@ -1,0 +1,181 @@
+//! `on-worker-heartbeat`: the heartbeat monitor without a polling daemon.
+//! Every `worker.heartbeat` updates its worker in
+//! `/state/heartbeats/workers.json` and then, taking the event's time as now,
+//! reports each other worker that has been silent past the threshold with one
+//! `worker.failed` — once per silence, until it beats again.
+
+use cortex_sdk::fields::opt_str;
+use cortex_sdk::{Event, FollowUp, Handler, Priority, Result, config_or, json, state};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+const WORKERS: &str = "/state/heartbeats/workers.json";
+/// Silent workers reported per event: keeps a mass outage under the host's
+/// per-invocation emit limit; the rest are reported by the next heartbeats.
+const MAX_REPORTS: usize = 16;
+
+struct OnWorkerHeartbeat;
+
+impl Handler for OnWorkerHeartbeat {
+    const NAME: &'static str = "on-worker-heartbeat";
+    const EVENTS: &'static [&'static str] = &["worker.heartbeat"];
+
+    fn handle(event: Event) -> Result<String> {
+        let threshold_secs: i64 = config_or("threshold_secs", 90)?;
+        if threshold_secs <= 0 {
+            return Err("setting threshold_secs must be at least 1".into());
+        }
+        let mut workers: Workers = state::load(WORKERS)?;
+        if cortex_sdk::already_applied(&workers.recent_event_ids, &event.id) {
+            return Ok(cortex_sdk::duplicate_summary(&event.id));
+        }
+        let applied = apply(&mut workers, &event, threshold_secs)?;
+        // Queued emits count only if this returns Ok, so a failed save does
+        // not leave a flagged-but-unreported worker.
+        for follow_up in applied.follow_ups {
+            follow_up.send()?;
+        }
+        state::save(WORKERS, &workers)?;
+        Ok(applied.summary)
+    }
+}
+
+cortex_sdk::handler!(OnWorkerHeartbeat);
+
+/// `/state/heartbeats/workers.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Workers {
+    workers: BTreeMap<String, Worker>,
+    recent_event_ids: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+struct Worker {
+    /// RFC 3339, as the latest heartbeat gave it.
+    last_seen: String,
+    last_seen_epoch: i64,
+    beats: u64,
+    /// Reported silent; cleared by its next heartbeat.
+    flagged: bool,
+}
+
+#[derive(Debug)]
+struct Applied {
+    summary: String,
+    follow_ups: Vec<FollowUp>,
+}
+
+fn apply(workers: &mut Workers, event: &Event, threshold_secs: i64) -> Result<Applied> {
+    let now = cortex_sdk::event_time(event)?;
+    let id = match opt_str(&event.payload, "worker_id")? {
+        Some(id) if !id.trim().is_empty() => id,
+        _ => event.source.clone(),
+    };
+    let me = workers.workers.entry(id.clone()).or_default();
+    me.beats += 1;
+    // A heartbeat older than the latest one (a late redelivery) proves
+    // nothing about the silence since.
+    if me.last_seen.is_empty() || now >= me.last_seen_epoch {
+        me.last_seen = event.timestamp.clone();
+        me.last_seen_epoch = now;
+        me.flagged = false;
+    }
+
+    let mut follow_ups = Vec::new();
+    let mut reported = Vec::new();
+    for (other, w) in workers.workers.iter_mut().filter(|(other, _)| **other != id) {
+        let silent_secs = now - w.last_seen_epoch;
+        if w.flagged || silent_secs <= threshold_secs || follow_ups.len() >= MAX_REPORTS {
+            continue;
+        }
+        w.flagged = true;
+        let payload = json!({
+            "worker_id": other, "error": "heartbeat timeout", "last_seen": w.last_seen,
+            "silent_secs": silent_secs, "threshold_secs": threshold_secs,
+        });
+        follow_ups.push(FollowUp::new("worker.failed", payload).priority(Priority::High));
+        reported.push(format!("{other} ({silent_secs}s)"));
+    }
+    cortex_sdk::remember(&mut workers.recent_event_ids, &event.id);
+    let beats = workers.workers[&id].beats;
+    let mut summary = format!("heartbeat {beats} from {id}");
+    if !reported.is_empty() {
+        summary.push_str(&format!("; silent past {threshold_secs}s: {}", reported.join(", ")));
+    }
+    Ok(Applied { summary, follow_ups })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cortex_sdk::Value;
+
+    fn beat(worker: &str, secs: i64) -> Event {
+        let ts = cortex_sdk::format_rfc3339(1_764_590_400 + secs);
+        let envelope = json!({
+            "event_id": format!("evt_20251201_120000_{worker}{secs:06}"), "event_type": "worker.heartbeat",
+            "timestamp": ts, "source": "pool", "metadata": {"priority": "low"}, "payload": {"worker_id": worker},
+        });
+        Event::from_envelope_json(&envelope.to_string()).unwrap()
+    }
+
+    fn failed_workers(a: &Applied) -> Vec<Value> {
+        a.follow_ups.iter().map(|f| f.payload["worker_id"].clone()).collect()
+    }
+
+    #[test]
+    fn a_silent_worker_is_reported_once_per_silence() {
+        let mut w = Workers::default();
+        assert!(apply(&mut w, &beat("a", 0), 90).unwrap().follow_ups.is_empty());
+        assert!(apply(&mut w, &beat("b", 0), 90).unwrap().follow_ups.is_empty());
+        // 90 s of silence is still within the threshold.
+        assert!(apply(&mut w, &beat("b", 90), 90).unwrap().follow_ups.is_empty());
+
+        let a = apply(&mut w, &beat("b", 91), 90).unwrap();
+        assert_eq!(failed_workers(&a), [json!("a")]);
+        let f = &a.follow_ups[0];
+        assert_eq!(f.event_type, "worker.failed");
+        assert_eq!(f.payload["error"], "heartbeat timeout");
+        assert_eq!(f.payload["silent_secs"], 91);
+        assert_eq!(f.payload["threshold_secs"], 90);
+        assert_eq!(f.payload["last_seen"], "2025-12-01T12:00:00Z");
+        assert!(w.workers["a"].flagged);
+
+        assert!(apply(&mut w, &beat("b", 200), 90).unwrap().follow_ups.is_empty(), "one report per silence");
+
+        // "a" comes back, then goes silent again: a second report.
+        assert!(apply(&mut w, &beat("a", 250), 90).unwrap().follow_ups.is_empty());
+        assert!(!w.workers["a"].flagged);
+        assert_eq!(failed_workers(&apply(&mut w, &beat("b", 400), 90).unwrap()), [json!("a")]);
+        assert_eq!(w.workers["b"].beats, 5);
+    }
+
+    #[test]
+    fn a_late_heartbeat_does_not_move_last_seen_back() {
+        let mut w = Workers::default();
+        apply(&mut w, &beat("a", 100), 90).unwrap();
+        apply(&mut w, &beat("a", 50), 90).unwrap();
+        assert_eq!(w.workers["a"].last_seen_epoch, 1_764_590_500);
+        assert_eq!(w.workers["a"].beats, 2);
+    }
+
+    #[test]
+    fn worker_id_falls_back_to_source_and_must_be_text() {
+        let mut w = Workers::default();
+        let mut e = beat("a", 0);
+        e.payload.clear();
+        apply(&mut w, &e, 90).unwrap();
+        assert!(w.workers.contains_key("pool"));
+        e.id = "evt_20251201_120000_other1".into();
+        e.payload.insert("worker_id".into(), json!(7));
+        assert!(apply(&mut w, &e, 90).unwrap_err().contains("payload.worker_id"));
+    }
+
+    #[test]
+    fn fixture_applies() {
+        let mut w = Workers::default();
+        let e = Event::from_envelope_json(include_str!("../fixtures/worker-heartbeat.json")).unwrap();
+        apply(&mut w, &e, 90).unwrap();
+        assert_eq!(w.workers["worker-7"].beats, 1);
+    }
+}

@@ -1,0 +1,310 @@
+//! The seven built-in handlers, as `cortex init` configures them, through
+//! `cortex dispatch`: their state files and the events they emit.
+
+use anyhow::Result;
+use cortex_tests::Root;
+use serde_json::{Value, json};
+
+/// One JSONL line for a batch with an explicit timestamp (handlers judge
+/// time windows by event time, so tests control it).
+fn at(event_type: &str, ts: &str, payload: Value) -> String {
+    json!({"event_type": event_type, "source": "test", "timestamp": ts, "payload": payload}).to_string() + "\n"
+}
+
+fn with_priority(event_type: &str, ts: &str, priority: &str, payload: Value) -> String {
+    json!({"event_type": event_type, "source": "test", "timestamp": ts, "priority": priority, "payload": payload})
+        .to_string()
+        + "\n"
+}
+
+/// Archived events of one type, in archive order.
+fn archived_of(root: &Root, event_type: &str) -> Result<Vec<Value>> {
+    Ok(root
+        .archived()?
+        .into_iter()
+        .filter(|r| r["event"]["event_type"] == event_type)
+        .map(|r| r["event"].clone())
+        .collect())
+}
+
+fn dispatched(root: &Root) -> Result<Value> {
+    let s = root.dispatch()?;
+    assert_eq!(s["dead_lettered"], 0, "{s}");
+    assert!(root.dead_letters()?.is_empty());
+    Ok(s)
+}
+
+#[test]
+fn init_configures_the_seven_and_they_all_load() -> Result<()> {
+    let root = Root::new()?;
+    let out = root.ok(&["handlers", "check"])?;
+    assert!(out.contains("all 7 handlers load"), "{out}");
+    for name in [
+        "on-worker-complete",
+        "on-task-failure",
+        "on-security-alert",
+        "on-worker-heartbeat",
+        "on-cleanup-needed",
+        "on-learning-pattern",
+        "on-routing-decision",
+    ] {
+        assert!(root.join(&format!("handlers/{name}.wasm")).is_file(), "{name} not copied by init");
+        assert!(out.contains(name));
+    }
+    Ok(())
+}
+
+#[test]
+fn worker_complete_keeps_records_and_completes_tasks() -> Result<()> {
+    let root = Root::new()?;
+    let mut lines = String::new();
+    lines += &at("worker.started", "2025-12-01T12:00:00Z", json!({"worker_id": "w-1", "task_id": "t-1"}));
+    lines += &at(
+        "worker.completed",
+        "2025-12-01T12:01:00Z",
+        json!({"worker_id": "w-1", "task_id": "t-1", "tokens_used": 100, "duration_ms": 60000}),
+    );
+    lines += &at("worker.started", "2025-12-01T12:02:00Z", json!({"worker_id": "w-1", "task_id": "t-2"}));
+    lines += &at(
+        "worker.failed",
+        "2025-12-01T12:03:00Z",
+        json!({"worker_id": "w-1", "task_id": "t-2", "error": "disk full", "tokens_used": 50, "duration_ms": 20000}),
+    );
+    let ids = root.batch(&lines)?;
+    dispatched(&root)?;
+    let w = root.read_json("state/workers/w-1.json")?;
+    assert_eq!(w["status"], "failed");
+    assert_eq!((w["runs"].as_u64(), w["completed"].as_u64(), w["failed"].as_u64()), (Some(2), Some(1), Some(1)));
+    assert_eq!(w["tokens_used"], 150);
+    assert_eq!(w["duration_ms"]["min"], 20000);
+    assert_eq!(w["duration_ms"]["max"], 60000);
+    assert_eq!(w["duration_ms"]["avg"].as_f64().unwrap() as u64, 40000);
+    assert_eq!(w["last_task"], "t-2");
+    assert!(w["current_task"].is_null());
+    let completed = archived_of(&root, "task.completed")?;
+    assert_eq!(completed.len(), 1);
+    assert_eq!(completed[0]["payload"]["task_id"], "t-1");
+    assert_eq!(completed[0]["payload"]["tokens_used"], 100);
+    assert_eq!(completed[0]["metadata"]["caused_by"]["event_id"], ids[1].as_str());
+
+    // At-least-once redelivery of the same event changes nothing.
+    let again = root.archived_record(&ids[1])?.unwrap()["event"].to_string() + "\n";
+    root.batch(&again)?;
+    dispatched(&root)?;
+    assert_eq!(root.read_json("state/workers/w-1.json")?["tokens_used"], 150);
+    assert_eq!(archived_of(&root, "task.completed")?.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn task_failure_retries_transient_errors_spots_patterns_and_alerts_on_permanent_ones() -> Result<()> {
+    let root = Root::new()?;
+    let mut lines = String::new();
+    for (i, minute) in ["00", "10", "20"].iter().enumerate() {
+        lines += &at(
+            "task.failed",
+            &format!("2025-12-01T12:{minute}:00Z"),
+            json!({"task_id": format!("t-{i}"), "error": format!("Timeout after {}s connecting to db", 30 + i)}),
+        );
+    }
+    lines += &with_priority(
+        "task.failed",
+        "2025-12-01T12:30:00Z",
+        "high",
+        json!({"task_id": "t-9", "error": "schema validation failed: column \"x\" missing"}),
+    );
+    lines += &at("task.failed", "2025-12-01T12:40:00Z", json!({"task_id": "t-last", "error": "timeout", "attempt": 3}));
+    root.batch(&lines)?;
+    dispatched(&root)?;
+
+    let retries = archived_of(&root, "task.created")?;
+    let retried: Vec<&str> = retries.iter().map(|e| e["payload"]["task_id"].as_str().unwrap()).collect();
+    assert_eq!(retried, ["t-0", "t-1", "t-2"], "attempt 3 of 3 must not be retried");
+    assert!(retries.iter().all(|e| e["payload"]["attempt"] == 2));
+    assert_eq!(retries[0]["correlation_id"], "t-0");
+
+    let patterns = archived_of(&root, "learning.pattern_detected")?;
+    assert_eq!(patterns.len(), 1, "three failures with one signature within an hour: one pattern");
+    let signature = patterns[0]["payload"]["pattern"].as_str().unwrap();
+    assert!(signature.starts_with("timeout after <n>s"), "{signature}");
+    let state = root.read_json("state/failures/patterns.json")?;
+    assert_eq!(state["patterns"][signature]["count"], 3);
+
+    let alerts = archived_of(&root, "system.health_alert")?;
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0]["payload"]["task_id"], "t-9");
+    assert_eq!(alerts[0]["metadata"]["priority"], "critical");
+    // The pattern reached the learning handler too.
+    assert!(root.read_json("state/learning/patterns.json")?["patterns"][signature].is_object());
+    Ok(())
+}
+
+#[test]
+fn security_alert_deduplicates_and_alerts_on_critical_findings() -> Result<()> {
+    let root = Root::new()?;
+    let mut lines = String::new();
+    lines += &at(
+        "security.vulnerability_found",
+        "2025-12-01T12:00:00Z",
+        json!({"cve": "CVE-2025-0001", "severity": "critical", "package": "openssl", "target": "api"}),
+    );
+    lines += &at(
+        "security.vulnerability_found",
+        "2025-12-01T12:05:00Z",
+        json!({"cve": "CVE-2025-0001", "severity": "critical", "package": "openssl", "target": "api"}),
+    );
+    lines += &at(
+        "security.vulnerability_found",
+        "2025-12-01T12:06:00Z",
+        json!({"id": "LOW-1", "severity": "low", "package": "left-pad"}),
+    );
+    lines += &at(
+        "security.scan_completed",
+        "2025-12-01T12:10:00Z",
+        json!({"scan_id": "s-1", "scanner": "trivy", "findings": {"high": 2, "low": 1}}),
+    );
+    lines += &at(
+        "security.scan_completed",
+        "2025-12-01T12:20:00Z",
+        json!({"scan_id": "s-2", "scanner": "trivy", "findings": {"low": 1}}),
+    );
+    root.batch(&lines)?;
+    dispatched(&root)?;
+    let reg = root.read_json("state/security/vulnerabilities.json")?;
+    let vulns = reg["vulnerabilities"].as_object().unwrap();
+    assert_eq!(vulns.len(), 2);
+    let openssl = vulns.values().find(|v| v["id"] == "CVE-2025-0001").unwrap();
+    assert_eq!(openssl["occurrences"], 2);
+    let summary = root.read_json("state/security/summary.json")?;
+    assert_eq!(summary["open"]["critical"], 1);
+    assert_eq!(summary["total"], 2);
+    assert_eq!(root.read_json("state/security/scans.json")?["scans"].as_array().unwrap().len(), 2);
+    let alerts = archived_of(&root, "system.health_alert")?;
+    assert_eq!(alerts.len(), 2, "one for the new critical CVE (not its repeat), one for the scan with high findings");
+    assert!(alerts.iter().all(|a| a["metadata"]["priority"] == "critical" && a["payload"]["component"] == "security"));
+    Ok(())
+}
+
+#[test]
+fn heartbeat_reports_each_silence_once() -> Result<()> {
+    let root = Root::new()?;
+    let beat = |w: &str, ts: &str| at("worker.heartbeat", ts, json!({"worker_id": w}));
+    let mut lines = String::new();
+    lines += &beat("w-1", "2025-12-01T12:00:00Z");
+    lines += &beat("w-2", "2025-12-01T12:00:30Z");
+    lines += &beat("w-2", "2025-12-01T12:01:40Z"); // w-1 silent 100 s > 90 s: one report
+    lines += &beat("w-2", "2025-12-01T12:02:40Z"); // still silent: no second report
+    lines += &beat("w-1", "2025-12-01T12:03:00Z"); // back
+    lines += &beat("w-2", "2025-12-01T12:05:00Z"); // w-1 silent 120 s again: second report
+    root.batch(&lines)?;
+    dispatched(&root)?;
+    let failed = archived_of(&root, "worker.failed")?;
+    let who: Vec<&str> = failed.iter().map(|e| e["payload"]["worker_id"].as_str().unwrap()).collect();
+    assert_eq!(who, ["w-1", "w-1"], "{failed:?}");
+    assert_eq!(failed[0]["payload"]["error"], "heartbeat timeout");
+    let state = root.read_json("state/heartbeats/workers.json")?;
+    assert_eq!(state["workers"]["w-2"]["beats"], 4);
+    assert_eq!(state["workers"]["w-1"]["flagged"], true);
+    // The timeout flows on to the worker record.
+    assert_eq!(root.read_json("state/workers/w-1.json")?["status"], "failed");
+    Ok(())
+}
+
+#[test]
+fn cleanup_removes_old_archive_days_and_honours_dry_run() -> Result<()> {
+    let root = Root::new()?;
+    let old = "{\"event\": {\"event_id\": \"evt_20200101_000000_aaaaaa\"}, \"outcome\": \"handled\"}\n";
+    std::fs::write(root.join("events/archive/2020-01-01.jsonl"), old.repeat(3))?;
+    std::fs::write(root.join("events/archive/2020-01-02.jsonl"), old)?;
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    std::fs::write(root.join(&format!("events/archive/{today}.jsonl")), old)?;
+
+    root.emit("system.cleanup_needed", r#"{"retention_days": 30, "dry_run": true}"#)?;
+    dispatched(&root)?;
+    let run = root.read_json("state/cleanup/last-run.json")?;
+    assert_eq!(run["dry_run"], true);
+    assert_eq!(run["files_removed"], 2);
+    assert_eq!(run["events_removed"], 4);
+    assert!(root.join("events/archive/2020-01-01.jsonl").exists(), "dry run removed a file");
+
+    root.emit("system.cleanup_needed", r#"{"retention_days": 30}"#)?;
+    dispatched(&root)?;
+    let run = root.read_json("state/cleanup/last-run.json")?;
+    assert_eq!(run["dry_run"], false);
+    assert_eq!(run["files_removed"], 2);
+    assert!(!root.join("events/archive/2020-01-01.jsonl").exists());
+    assert!(!root.join("events/archive/2020-01-02.jsonl").exists());
+    assert!(root.join(&format!("events/archive/{today}.jsonl")).exists(), "today's archive must stay");
+    assert_eq!(
+        root.read_json("state/cleanup/history.json")?.as_array().map(Vec::len).or_else(|| root
+            .read_json("state/cleanup/history.json")
+            .ok()?["runs"]
+            .as_array()
+            .map(Vec::len)),
+        Some(2)
+    );
+    Ok(())
+}
+
+#[test]
+fn learning_promotes_a_pattern_once_it_is_confident() -> Result<()> {
+    let root = Root::new()?;
+    let lines: String = (0..10)
+        .map(|i| {
+            at(
+                "learning.pattern_detected",
+                &format!("2025-12-01T12:{i:02}:00Z"),
+                json!({"pattern": "flaky db", "suggested_fix": "add retries"}),
+            )
+        })
+        .collect();
+    root.batch(&lines)?;
+    dispatched(&root)?;
+    let kb = root.read_json("state/learning/patterns.json")?;
+    let p = &kb["patterns"]["flaky db"];
+    assert_eq!(p["occurrences"], 10);
+    assert_eq!(p["promoted"], true);
+    assert!(p["confidence"].as_f64().unwrap() >= 0.8);
+    let updates = archived_of(&root, "learning.model_updated")?;
+    assert_eq!(updates.len(), 1, "promoted once, not on every later sighting");
+    assert_eq!(updates[0]["payload"]["pattern"], "flaky db");
+    let models = root.read_json("state/learning/models.json")?;
+    assert_eq!(models["version"], 1);
+    Ok(())
+}
+
+#[test]
+fn routing_tracks_confidence_and_flags_drift() -> Result<()> {
+    let root = Root::new()?;
+    let mut lines = String::new();
+    lines += &at(
+        "routing.decision_made",
+        "2025-12-01T12:00:00Z",
+        json!({"master": "m-1", "expert": "e-a", "confidence": 0.9}),
+    );
+    for i in 0..5 {
+        lines += &at(
+            "routing.decision_made",
+            &format!("2025-12-01T12:0{}:00Z", i + 1),
+            json!({"master": "m-1", "expert": "e-b", "confidence": 0.2}),
+        );
+    }
+    lines += &at(
+        "routing.decision_made",
+        "2025-12-01T12:10:00Z",
+        json!({"master": "m-2", "expert": "e-a", "confidence": 0.1}),
+    );
+    root.batch(&lines)?;
+    dispatched(&root)?;
+    let stats = root.read_json("state/routing/stats.json")?;
+    let m1 = &stats["masters"]["m-1"];
+    assert_eq!(m1["decisions"], 6);
+    assert_eq!(m1["experts"], json!({"e-a": 1, "e-b": 5}));
+    assert_eq!(m1["low_confidence"], 5);
+    assert!((m1["mean_confidence"].as_f64().unwrap() - 0.3166).abs() < 0.01);
+    assert!((m1["low_confidence_rate"].as_f64().unwrap() - 5.0 / 6.0).abs() < 0.01);
+    let drift = archived_of(&root, "learning.pattern_detected")?;
+    assert_eq!(drift.len(), 1, "m-2 has one low decision, not five");
+    assert_eq!(drift[0]["payload"]["pattern"], "routing drift: m-1");
+    Ok(())
+}
