@@ -39,8 +39,9 @@ run: build handlers
 	$(CORTEX) init --root $(ROOT)
 	$(CORTEX) emit --root $(ROOT) worker.completed worker-001 '{"worker_id": "worker-001", "task_id": "task-123", "status": "completed", "tokens_used": 1500, "duration_ms": 45230}' task-123 medium
 	$(CORTEX) emit --root $(ROOT) task.failed task-processor '{"task_id": "task-456", "error": "timeout"}' task-456 high
-	$(CORTEX) dispatch --root $(ROOT)
 	$(CORTEX) status --root $(ROOT)
+	@echo "serving $(ROOT): metrics on http://127.0.0.1:9464/metrics; Ctrl-C stops"
+	$(CORTEX) serve --root $(ROOT)
 
 test: build handlers
 	cd handlers-wasm && CARGO_TARGET_DIR=$(TARGET)/wasm-native $(CARGO) test --release --workspace

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::event::Event;
+use crate::metrics::Metrics;
 use crate::queue::{AttemptRecord, Claim, Failure, Queue, Settlement, Verdict, now_ms, now_rfc3339};
 use crate::route;
 use crate::sandbox::{Fault, Loaded, Sandbox};
@@ -168,6 +169,7 @@ impl Slots {
 pub struct Dispatcher {
     queue: Arc<dyn Queue>,
     sandbox: Arc<Sandbox>,
+    metrics: Arc<Metrics>,
     config: Arc<RwLock<Arc<Config>>>,
     handlers: Handlers,
 }
@@ -182,9 +184,22 @@ impl Dispatcher {
         Dispatcher {
             queue,
             sandbox,
+            metrics: Arc::new(Metrics::new()),
             config: Arc::new(RwLock::new(config)),
             handlers: Arc::new(RwLock::new(Arc::new(handlers))),
         }
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    pub fn sandbox(&self) -> Arc<Sandbox> {
+        self.sandbox.clone()
+    }
+
+    pub fn queue(&self) -> Arc<dyn Queue> {
+        self.queue.clone()
     }
 
     /// The live handler set (the service swaps it on reload).
@@ -234,32 +249,44 @@ impl Dispatcher {
                 let (tx, rx) = mpsc::channel::<Job>();
                 let rx = Arc::new(Mutex::new(rx));
                 for _ in 0..concurrency.max(1) {
-                    let (rx, slots, done_tx, handlers, sandbox) = (
+                    let (rx, slots, done_tx, handlers, sandbox, metrics) = (
                         rx.clone(),
                         lane_slots.clone(),
                         lane_done.clone(),
                         self.handlers.clone(),
                         self.sandbox.clone(),
+                        self.metrics.clone(),
                     );
                     let name = name.to_string();
-                    scope.spawn(move || lane(&name, &rx, &slots, &done_tx, &handlers, &sandbox));
+                    scope.spawn(move || lane(&name, &rx, &slots, &done_tx, &handlers, &sandbox, &metrics));
                 }
                 lanes.insert(name.to_string(), tx.clone());
                 tx
             };
 
             let committer = {
-                let (queue, in_flight) = (self.queue.clone(), in_flight.clone());
+                let (queue, in_flight, metrics) = (self.queue.clone(), in_flight.clone(), self.metrics.clone());
                 scope.spawn(move || {
-                    let result = commit_loop(queue.as_ref(), &done_rx, &in_flight);
+                    let result = commit_loop(queue.as_ref(), &done_rx, &in_flight, &metrics);
                     let _ = stats_tx.send(result);
                 })
             };
 
             let claim_result = (|| -> Result<()> {
+                let lease = Duration::from_secs(config.dispatch.lease_secs);
+                let mut last_recovery = Instant::now();
                 loop {
                     if stop() {
                         return Ok(());
+                    }
+                    // A long-running dispatcher also takes back the claims of
+                    // others that died while it ran.
+                    if wake.is_some() && last_recovery.elapsed() > lease / 4 {
+                        last_recovery = Instant::now();
+                        let r = self.queue.recover(lease)?;
+                        if r.requeued + r.finished > 0 {
+                            tracing::warn!(requeued = r.requeued, finished = r.finished, "recovered stale claims");
+                        }
                     }
                     {
                         let (count, cv) = &*in_flight;
@@ -356,6 +383,7 @@ fn lane(
     done: &Sender<Arc<Pending>>,
     handlers: &Handlers,
     sandbox: &Sandbox,
+    metrics: &Metrics,
 ) {
     loop {
         let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
@@ -387,6 +415,7 @@ fn lane(
                 let inv = sandbox.invoke(&loaded, event, job.pending.claim.name.attempt);
                 slots.release();
                 let ms = inv.duration.as_secs_f64() * 1000.0;
+                metrics.invocation(name, inv.result.as_ref().map_or_else(|f| f.kind.as_str(), |_| "ok"), inv.duration);
                 match &inv.result {
                     Ok(summary) => {
                         tracing::info!(handler = name, event_id = %event.event_id, event_type = %event.event_type, duration_ms = ms, summary = %summary, "handler completed")
@@ -426,7 +455,12 @@ fn lane(
 }
 
 /// Gathers finished events and settles them in batches.
-fn commit_loop(queue: &dyn Queue, rx: &Receiver<Arc<Pending>>, in_flight: &(Mutex<usize>, Condvar)) -> Result<Summary> {
+fn commit_loop(
+    queue: &dyn Queue,
+    rx: &Receiver<Arc<Pending>>,
+    in_flight: &(Mutex<usize>, Condvar),
+    metrics: &Metrics,
+) -> Result<Summary> {
     let mut summary = Summary::default();
     let mut failed: Option<anyhow::Error> = None;
     while let Ok(first) = rx.recv() {
@@ -440,7 +474,25 @@ fn commit_loop(queue: &dyn Queue, rx: &Receiver<Arc<Pending>>, in_flight: &(Mute
         let n = batch.len();
         if failed.is_none() {
             let settlements: Vec<Settlement> = batch.into_iter().map(|p| settle_one(p, &mut summary)).collect();
-            if let Err(e) = queue.settle(settlements) {
+            let observed: Vec<(String, &'static str, usize)> = settlements
+                .iter()
+                .map(|s| {
+                    let outcome = match &s.verdict {
+                        Verdict::Ack(r) if r["outcome"] == "unhandled" => "unhandled",
+                        Verdict::Ack(_) => "handled",
+                        Verdict::Retry { .. } => "retried",
+                        Verdict::DeadLetter(_) => "dead_lettered",
+                    };
+                    (s.claim.event.event_type.clone(), outcome, s.emitted.len())
+                })
+                .collect();
+            let settled = queue.settle(settlements);
+            if settled.is_ok() {
+                for (event_type, outcome, emitted) in &observed {
+                    metrics.settled(event_type, outcome, *emitted);
+                }
+            }
+            if let Err(e) = settled {
                 tracing::error!(error = %format!("{e:#}"), "failed to settle a batch; its events stay claimed and are recovered after their lease");
                 failed = Some(e);
             }
@@ -528,6 +580,8 @@ fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
             "entry": claim.name.key(),
             "attempts": attempt,
             "archived_at": now_rfc3339(),
+            // From the rename into the queue to this ack, in microseconds.
+            "latency_us": crate::queue::now_us().saturating_sub(claim.name.enqueued_us),
             "handlers": handlers_json,
             "earlier_handlers": claim.delivery.done,
         });

@@ -13,10 +13,12 @@
 //! - [`fsio`]: crash-safe file primitives (temp + fsync + rename, `syncfs`).
 //! - [`journal`]: the category JSONL logs.
 //! - [`queue`]: the durable queue behind the [`queue::Queue`] trait.
+//! - [`metrics`]: Prometheus counters, histograms and gauges.
 //! - [`producer`]: emit one event or a batch (the seed's event logger).
 //! - [`route`]: event type patterns to handlers.
 //! - [`dispatch`]: claim → route → run handlers → archive, retry or dead-letter.
 //! - [`sandbox`]: the wasmtime engine, component cache and per-event instances.
+//! - [`service`]: `cortex serve`: watcher, hot reload, metrics, shutdown.
 //! - [`status`]: what `cortex status` reports.
 
 pub mod config;
@@ -25,10 +27,12 @@ pub mod event;
 pub mod fsio;
 pub mod journal;
 pub mod layout;
+pub mod metrics;
 pub mod producer;
 pub mod queue;
 pub mod route;
 pub mod sandbox;
+pub mod service;
 pub mod status;
 
 /// The commented `cortex.toml` that `cortex init` writes.

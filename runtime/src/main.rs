@@ -52,11 +52,27 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Run as a service: dispatch as events arrive, hot-reload components
+    /// and cortex.toml, serve /metrics, /healthz and /readyz.
+    Serve {
+        /// Address for the HTTP endpoints, or `off`.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: String,
+        /// Log format on stderr.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
     /// Show the configured handlers.
     Handlers {
         #[command(subcommand)]
         command: HandlersCommand,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -102,7 +118,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The dispatcher logs one "handler completed" line per invocation, as
     // the seed's monitoring expects; other commands only warnings.
-    init_tracing(if matches!(cli.command, Command::Dispatch { .. }) { "info" } else { "warn" });
+    let json_logs = matches!(cli.command, Command::Serve { log_format: LogFormat::Json, .. });
+    init_tracing(
+        if matches!(cli.command, Command::Dispatch { .. } | Command::Serve { .. }) { "info" } else { "warn" },
+        json_logs,
+    );
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -116,14 +136,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(default: &str) {
+fn init_tracing(default: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -134,6 +154,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Validate { file } => validate(&layout, file.as_deref()),
         Command::Status { json } => status(&layout, json),
         Command::Dispatch { json, no_wait } => dispatch(&layout, json, no_wait),
+        Command::Serve { listen, .. } => serve(layout, &listen),
         Command::Handlers { command: HandlersCommand::List { json } } => handlers(&layout, json, false),
         Command::Handlers { command: HandlersCommand::Check } => handlers(&layout, false, true),
     }
@@ -270,10 +291,45 @@ fn dispatch(layout: &Layout, json: bool, no_wait: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn serve(layout: Layout, listen: &str) -> Result<ExitCode> {
+    let listen = match listen {
+        "off" | "none" => None,
+        addr => Some(
+            addr.parse()
+                .with_context(|| format!("--listen {addr:?} is not an address like 127.0.0.1:9464 (or `off`)"))?,
+        ),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(async move {
+        // The first SIGTERM/SIGINT asks for a graceful stop; a second one
+        // quits at once (what is not settled is recovered on the next start).
+        let shutdown = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                (Ok(t), Ok(i)) => (t, i),
+                _ => return std::future::pending().await,
+            };
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            tokio::spawn(async move {
+                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+                eprintln!("cortex: second signal: exiting now");
+                std::process::exit(130);
+            });
+        };
+        cortex::service::run(layout, cortex::service::Options { listen }, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn handlers(layout: &Layout, json: bool, check: bool) -> Result<ExitCode> {
     let config = Config::load(layout.root())?;
     let fuel = config.handlers.values().any(|h| h.limits.fuel.is_some());
     let sandbox = cortex::sandbox::Sandbox::new(layout.root(), config.validator(), fuel)?;
+    let serving = cortex::service::running(layout);
     let mut rows = Vec::new();
     let mut broken = 0;
     for (name, h) in &config.handlers {
@@ -293,6 +349,7 @@ fn handlers(layout: &Layout, json: bool, check: bool) -> Result<ExitCode> {
             "grants": h.grants.iter().map(|g| format!("{}:{}", g.dir, if g.mode == cortex::config::Access::Rw { "rw" } else { "ro" })).collect::<Vec<_>>(),
             "loads": loads,
             "error": error,
+            "serving_sha256": serving.as_ref().and_then(|s| s["handlers"][name]["sha256"].as_str().map(str::to_string)),
         }));
     }
     if json {
@@ -323,6 +380,9 @@ fn handlers(layout: &Layout, json: bool, check: bool) -> Result<ExitCode> {
             );
             if let Some(e) = r["error"].as_str() {
                 println!("    error:     {e}");
+            }
+            if let Some(s) = r["serving_sha256"].as_str() {
+                println!("    serving:   {s} (in the running cortex serve)");
             }
         }
     }

@@ -5,4 +5,5 @@ mod dispatch;
 mod handlers;
 mod sandbox;
 mod schema;
+mod service;
 mod store;

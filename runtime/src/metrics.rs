@@ -1,0 +1,178 @@
+//! Prometheus metrics: what the dispatcher did, per event type and handler,
+//! and the state of the queue, served by `cortex serve` on `/metrics`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event_type: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InvocationLabels {
+    handler: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandlerLabel {
+    handler: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    handler: String,
+    sha256: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: String,
+}
+
+type HistogramFamily = Family<HandlerLabel, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+/// Every metric Cortex exports.
+pub struct Metrics {
+    registry: Registry,
+    events: Family<EventLabels, Counter>,
+    invocations: Family<InvocationLabels, Counter>,
+    durations: HistogramFamily,
+    retries: Counter,
+    dead_letters_total: Counter,
+    emitted: Counter,
+    reloads: Family<ReloadLabels, Counter>,
+    active: Family<VersionLabels, Gauge>,
+    active_keys: Mutex<Vec<VersionLabels>>,
+    queue_depth: Gauge,
+    queue_delayed: Gauge,
+    claimed: Gauge,
+    oldest_age_ms: Gauge,
+    dead_letters: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("cortex");
+        let m = Metrics {
+            events: Family::default(),
+            invocations: Family::default(),
+            durations: HistogramFamily::new_with_constructor(duration_histogram),
+            retries: Counter::default(),
+            dead_letters_total: Counter::default(),
+            emitted: Counter::default(),
+            reloads: Family::default(),
+            active: Family::default(),
+            active_keys: Mutex::new(Vec::new()),
+            queue_depth: Gauge::default(),
+            queue_delayed: Gauge::default(),
+            claimed: Gauge::default(),
+            oldest_age_ms: Gauge::default(),
+            dead_letters: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "events",
+            "Events settled, by type and outcome (handled, unhandled, retried, dead_lettered)",
+            m.events.clone(),
+        );
+        registry.register(
+            "handler_invocations",
+            "Handler invocations by result (ok, error, trap, timeout, memory, fuel, ...)",
+            m.invocations.clone(),
+        );
+        registry.register(
+            "handler_duration_seconds",
+            "Handler invocation time, instantiate to return",
+            m.durations.clone(),
+        );
+        registry.register("retries", "Deliveries put back for another attempt", m.retries.clone());
+        registry.register("dead_lettered", "Events moved to the dead-letter queue", m.dead_letters_total.clone());
+        registry.register("emitted_events", "Follow-up events emitted by handlers and queued", m.emitted.clone());
+        registry.register("reloads", "Component and configuration reloads by result (ok, failed)", m.reloads.clone());
+        registry.register(
+            "handler_active_version",
+            "1 for the component version each handler is serving",
+            m.active.clone(),
+        );
+        registry.register("queue_depth", "Events waiting in the queue (ready or delayed)", m.queue_depth.clone());
+        registry.register("queue_delayed", "Queued retries not yet due", m.queue_delayed.clone());
+        registry.register("queue_claimed", "Events claimed and not yet settled", m.claimed.clone());
+        registry.register("queue_oldest_age_milliseconds", "Age of the oldest queued event", m.oldest_age_ms.clone());
+        registry.register("dead_letters", "Events in the dead-letter queue", m.dead_letters.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn invocation(&self, handler: &str, result: &str, took: Duration) {
+        self.invocations.get_or_create(&InvocationLabels { handler: handler.into(), result: result.into() }).inc();
+        self.durations.get_or_create(&HandlerLabel { handler: handler.into() }).observe(took.as_secs_f64());
+    }
+
+    pub fn settled(&self, event_type: &str, outcome: &str, emitted: usize) {
+        self.events.get_or_create(&EventLabels { event_type: event_type.into(), outcome: outcome.into() }).inc();
+        match outcome {
+            "retried" => {
+                self.retries.inc();
+            }
+            "dead_lettered" => {
+                self.dead_letters_total.inc();
+            }
+            _ => {}
+        }
+        self.emitted.inc_by(emitted as u64);
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.reloads.get_or_create(&ReloadLabels { result: if ok { "ok" } else { "failed" }.into() }).inc();
+    }
+
+    /// Records the versions now serving, replacing the previous set.
+    pub fn set_active<'a>(&self, versions: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) {
+        let mut keys = self.active_keys.lock().unwrap_or_else(|e| e.into_inner());
+        for old in keys.drain(..) {
+            self.active.remove(&old);
+        }
+        for (handler, sha256, version) in versions {
+            let k = VersionLabels { handler: handler.into(), sha256: sha256.into(), version: version.into() };
+            self.active.get_or_create(&k).set(1);
+            keys.push(k);
+        }
+    }
+
+    pub fn queue(&self, depth: &crate::queue::Depth, oldest_age_ms: u64) {
+        self.queue_depth.set(depth.queued as i64);
+        self.queue_delayed.set(depth.delayed as i64);
+        self.claimed.set(depth.claimed as i64);
+        self.dead_letters.set(depth.dead_letters as i64);
+        self.oldest_age_ms.set(oldest_age_ms as i64);
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encode metrics");
+        out
+    }
+}

@@ -1,0 +1,444 @@
+//! The long-running mode, `cortex serve`: the dispatcher fed by a queue
+//! watcher, hot reload of components and configuration, Prometheus metrics
+//! and health endpoints, systemd readiness, and a graceful shutdown.
+//!
+//! Watch events are hints: any change in `events/queue/` wakes the
+//! dispatcher, which re-lists the queue; so does a one-second safety-net
+//! timer, so an overflowed or lost notification delays an event by at most
+//! that. Reloads compile off the hot path and swap a whole handler map: new
+//! events go to the new version while in-flight ones finish on the old.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use notify::{EventKind, RecursiveMode, Watcher};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::dispatch::{self, Dispatcher, Until};
+use crate::fsio;
+use crate::layout::Layout;
+use crate::queue::{FsQueue, Queue, now_rfc3339, now_us};
+use crate::sandbox::Loaded;
+
+/// Changes to a component or the config are gathered this long before a
+/// reload, so a file written in several steps is read once, whole.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+pub struct Options {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` for off.
+    pub listen: Option<SocketAddr>,
+}
+
+/// The file `cortex handlers list` reads to show what a running service serves.
+pub fn status_file(layout: &Layout) -> PathBuf {
+    layout.root().join("run/service.json")
+}
+
+/// Runs the service until `shutdown` completes, then stops claiming, lets
+/// in-flight handlers finish, settles them and returns.
+///
+/// # Errors
+/// When the root, its config or a handler cannot be loaded at start, or the
+/// listen address cannot be bound. After start, failures are logged and
+/// counted, not fatal.
+pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let started = Instant::now();
+    let config = Arc::new(Config::load(layout.root())?);
+    let queue = Arc::new(FsQueue::open(layout.clone(), config.validator())?);
+    let dispatcher = Arc::new(dispatch::prepare(queue.clone(), layout.root(), config.clone())?);
+    let metrics = dispatcher.metrics();
+    let reloader = Arc::new(Reloader::new(layout.clone(), dispatcher.clone(), config));
+    reloader.publish(&options)?;
+
+    // Wake-ups for the dispatcher; reload requests for the reloader.
+    let (wake_tx, wake_rx) = mpsc::channel::<()>();
+    let (reload_tx, reload_rx) = mpsc::channel::<()>();
+    let _watcher = watch(&layout, &reloader.watched(), wake_tx.clone(), reload_tx.clone())?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let dispatch_thread = {
+        let (dispatcher, stop) = (dispatcher.clone(), stop.clone());
+        std::thread::Builder::new().name("cortex-dispatch".into()).spawn(move || {
+            let result = dispatcher.run(Until::Drained, &|| stop.load(Ordering::Relaxed), Some(&wake_rx));
+            if let Err(e) = &result {
+                tracing::error!(error = %format!("{e:#}"), "dispatcher stopped");
+            }
+            result
+        })?
+    };
+    let reload_thread = {
+        let (reloader, stop, options_listen) = (reloader.clone(), stop.clone(), options.listen);
+        std::thread::Builder::new().name("cortex-reload".into()).spawn(move || {
+            reload_loop(&reloader, &reload_rx, &stop, options_listen);
+        })?
+    };
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let server = match options.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("failed to listen on {addr} (use --listen ADDR or --listen off)"))?;
+            let app = http_app(queue.clone(), metrics.clone(), ready.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "metrics server stopped");
+                }
+            }))
+        }
+        None => None,
+    };
+
+    ready.store(true, Ordering::Relaxed);
+    sd_notify("READY=1");
+    tracing::info!(
+        root = %layout.root().display(),
+        listen = ?options.listen,
+        ready_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "cortex serving"
+    );
+
+    // SIGHUP: reload config and components now.
+    #[cfg(unix)]
+    {
+        let reload_tx = reload_tx.clone();
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading");
+                    let _ = reload_tx.send(());
+                }
+            });
+        }
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down: no new claims; waiting for in-flight handlers");
+    sd_notify("STOPPING=1");
+    ready.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let _ = wake_tx.send(());
+    let _ = reload_tx.send(());
+    let summary = tokio::task::spawn_blocking(move || dispatch_thread.join())
+        .await
+        .context("the dispatcher thread panicked")?
+        .map_err(|_| anyhow::anyhow!("the dispatcher thread panicked"))??;
+    let _ = reload_thread.join();
+    if let Some(server) = server {
+        server.abort();
+    }
+    let _ = std::fs::remove_file(status_file(&layout));
+    tracing::info!(claimed = summary.claimed, handled = summary.handled, "stopped");
+    Ok(())
+}
+
+fn http_app(queue: Arc<FsQueue>, metrics: Arc<crate::metrics::Metrics>, ready: Arc<AtomicBool>) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let (queue, metrics) = (queue.clone(), metrics.clone());
+                async move {
+                    let depth = queue.depth();
+                    match depth {
+                        Ok(d) => {
+                            let age = d.oldest.as_ref().map_or(0, |o| now_us().saturating_sub(o.enqueued_us) / 1000);
+                            metrics.queue(&d, age);
+                        }
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not read the queue depth"),
+                    }
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::Relaxed);
+                async move {
+                    if ready { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+                }
+            }),
+        )
+}
+
+/// Watches the queue (wake-ups) and the config and components (reloads).
+fn watch(
+    layout: &Layout,
+    watched: &[PathBuf],
+    wake: mpsc::Sender<()>,
+    reload: mpsc::Sender<()>,
+) -> Result<notify::RecommendedWatcher> {
+    let queue_dir = layout.queue();
+    let watched_files: Vec<PathBuf> = watched.to_vec();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+        Ok(event) => {
+            if event.need_rescan() {
+                let _ = wake.send(());
+                let _ = reload.send(());
+                return;
+            }
+            if matches!(event.kind, EventKind::Access(_)) {
+                return;
+            }
+            if event.paths.iter().any(|p| p.parent() == Some(queue_dir.as_path())) {
+                let _ = wake.send(());
+            }
+            if event.paths.iter().any(|p| watched_files.iter().any(|w| w == p)) {
+                let _ = reload.send(());
+            }
+        }
+        // An error may mean lost events: rescan everything.
+        Err(_) => {
+            let _ = wake.send(());
+            let _ = reload.send(());
+        }
+    })
+    .context("failed to start the file watcher")?;
+    watcher
+        .watch(&layout.queue(), RecursiveMode::NonRecursive)
+        .with_context(|| format!("failed to watch {}", layout.queue().display()))?;
+    let mut dirs: Vec<&Path> = watched.iter().filter_map(|p| p.parent()).collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        // A missing directory is reported when its handler loads, not here.
+        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch for component changes");
+        }
+    }
+    Ok(watcher)
+}
+
+fn reload_loop(reloader: &Reloader, rx: &mpsc::Receiver<()>, stop: &AtomicBool, listen: Option<SocketAddr>) {
+    loop {
+        match rx.recv() {
+            Ok(()) => {}
+            Err(_) => return,
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        // Gather the burst of events one replacement makes.
+        loop {
+            match rx.recv_timeout(DEBOUNCE) {
+                Ok(()) => continue,
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        reloader.reload();
+        if let Err(e) = reloader.publish(&Options { listen }) {
+            tracing::warn!(error = %format!("{e:#}"), "could not write the service status file");
+        }
+    }
+}
+
+/// Swaps in new component versions and configurations when they load.
+struct Reloader {
+    layout: Layout,
+    dispatcher: Arc<Dispatcher>,
+    /// The config text now serving, to tell config changes from component ones.
+    active_config: Mutex<(String, Arc<Config>)>,
+}
+
+impl Reloader {
+    fn new(layout: Layout, dispatcher: Arc<Dispatcher>, config: Arc<Config>) -> Reloader {
+        let text = std::fs::read_to_string(layout.config()).unwrap_or_default();
+        let r = Reloader { layout, dispatcher, active_config: Mutex::new((text, config)) };
+        r.record_active();
+        r
+    }
+
+    /// The files whose change triggers a reload.
+    fn watched(&self) -> Vec<PathBuf> {
+        let config = self.active_config.lock().unwrap_or_else(|e| e.into_inner()).1.clone();
+        let sandbox = self.dispatcher.sandbox();
+        let mut files = vec![self.layout.config()];
+        files.extend(config.handlers.values().map(|h| sandbox.component_path(h)));
+        files
+    }
+
+    fn current(&self) -> Arc<BTreeMap<String, Arc<Loaded>>> {
+        self.dispatcher.handlers().read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn record_active(&self) {
+        let current = self.current();
+        self.dispatcher
+            .metrics()
+            .set_active(current.values().map(|l| (l.name.as_str(), l.sha256.as_str(), l.info.version.as_str())));
+    }
+
+    /// Re-reads the config and every component; swaps in what changed and
+    /// loads. A new config is taken whole or not at all; a broken component
+    /// leaves its handler on the version it was serving.
+    fn reload(&self) {
+        let metrics = self.dispatcher.metrics();
+        let text = match std::fs::read_to_string(self.layout.config()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: cannot read cortex.toml; keeping the running configuration");
+                metrics.reload(false);
+                return;
+            }
+        };
+        let (active_text, active_config) = self.active_config.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let config_changed = text != active_text;
+        let config = if config_changed {
+            match Config::parse(&text) {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "reload refused: cortex.toml is invalid; keeping the running configuration");
+                    metrics.reload(false);
+                    return;
+                }
+            }
+        } else {
+            active_config
+        };
+        if config_changed && config.handlers.values().any(|h| h.limits.fuel.is_some()) != self.any_fuel() {
+            tracing::error!("reload refused: turning fuel metering on or off needs a restart");
+            metrics.reload(false);
+            return;
+        }
+        let sandbox = self.dispatcher.sandbox();
+        let current = self.current();
+        let mut next = BTreeMap::new();
+        let (mut swapped, mut failed) = (Vec::new(), Vec::new());
+        for (name, h) in &config.handlers {
+            let path = sandbox.component_path(h);
+            let bytes = std::fs::read(&path);
+            let sha = bytes.as_ref().ok().map(|b| crate::sandbox::hex(&<sha2::Sha256 as sha2::Digest>::digest(b)));
+            if let Some(old) = current.get(name)
+                && Some(&old.sha256) == sha.as_ref()
+                && old.config == *h
+            {
+                next.insert(name.clone(), old.clone());
+                continue;
+            }
+            let loaded = bytes
+                .with_context(|| format!("failed to read component {} of handler {name}", path.display()))
+                .and_then(|b| sandbox.load_bytes(name, h, &path, &b));
+            match loaded {
+                Ok(l) => {
+                    tracing::info!(handler = %name, sha256 = %l.sha256, version = %l.info.version, load_ms = l.load_time.as_secs_f64() * 1000.0, "handler reloaded");
+                    swapped.push(name.clone());
+                    next.insert(name.clone(), Arc::new(l));
+                }
+                Err(e) => {
+                    tracing::error!(handler = %name, error = %format!("{e:#}"), "reload failed; the handler keeps serving its previous version");
+                    failed.push(name.clone());
+                    if let Some(old) = current.get(name) {
+                        next.insert(name.clone(), old.clone());
+                    }
+                }
+            }
+        }
+        if config_changed && !failed.is_empty() {
+            tracing::error!(handlers = ?failed, "reload refused: the new cortex.toml names handlers that do not load; keeping the running configuration");
+            metrics.reload(false);
+            return;
+        }
+        for _ in &failed {
+            metrics.reload(false);
+        }
+        if swapped.is_empty() && !config_changed {
+            return;
+        }
+        *self.dispatcher.handlers().write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        *self.dispatcher.config_slot().write().unwrap_or_else(|e| e.into_inner()) = config.clone();
+        *self.active_config.lock().unwrap_or_else(|e| e.into_inner()) = (text, config);
+        metrics.reload(true);
+        self.record_active();
+    }
+
+    fn any_fuel(&self) -> bool {
+        self.active_config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .handlers
+            .values()
+            .any(|h| h.limits.fuel.is_some())
+    }
+
+    /// Writes `run/service.json`: pid, address and the versions serving.
+    fn publish(&self, options: &Options) -> Result<()> {
+        let handlers: serde_json::Map<String, serde_json::Value> = self
+            .current()
+            .values()
+            .map(|l| {
+                (
+                    l.name.clone(),
+                    json!({"sha256": l.sha256, "version": l.info.version, "component": l.path.display().to_string()}),
+                )
+            })
+            .collect();
+        let doc = json!({
+            "pid": std::process::id(),
+            "listen": options.listen.map(|a| a.to_string()),
+            "updated_at": now_rfc3339(),
+            "handlers": handlers,
+        });
+        let path = status_file(&self.layout);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+        }
+        fsio::write_durably(&self.layout.tmp(), &path, serde_json::to_string_pretty(&doc)?.as_bytes())
+    }
+}
+
+/// Tells systemd (`Type=notify`) about readiness and shutdown, when it
+/// started us with a `NOTIFY_SOCKET`.
+fn sd_notify(state: &str) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let socket = socket.to_string_lossy().into_owned();
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot notify systemd");
+            return;
+        }
+    };
+    let sent = if let Some(abstract_name) = socket.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
+            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        sock.send_to(state.as_bytes(), &socket)
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, socket = %socket, "cannot notify systemd");
+    }
+}
+
+/// Whether the service recorded in `run/service.json` is alive, and what it
+/// serves.
+pub fn running(layout: &Layout) -> Option<serde_json::Value> {
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(status_file(layout)).ok()?).ok()?;
+    let pid = doc["pid"].as_u64()? as i32;
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    alive.then_some(doc)
+}
