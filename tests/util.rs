@@ -349,7 +349,7 @@ pub fn wait_for(limit: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<
         if start.elapsed() > limit {
             bail!("condition not met within {limit:?}");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

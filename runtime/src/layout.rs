@@ -5,13 +5,14 @@
 //! <root>/events/queue/               pending events, one JSON file each
 //! <root>/events/claimed/             events a dispatcher is working on (leased)
 //! <root>/events/attempts/            delivery records of events that failed before
-//! <root>/events/archive/YYYY-MM-DD/  processed events with their outcome
+//! <root>/events/archive/YYYY-MM-DD.jsonl  processed events with their outcome
 //! <root>/events/dead-letter/         events that failed for good, with forensics
 //! <root>/events/tmp/                 files being written; renamed into place when whole
 //! <root>/events/<category>-events.jsonl
 //! <root>/state/                      handler state
 //! <root>/handlers/                   components named by cortex.toml
 //! <root>/cache/                      compiled components
+//! <root>/run/service.json             what a running `cortex serve` serves
 //! ```
 //! All of it must sit on one filesystem: durability rests on renames.
 

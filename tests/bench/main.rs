@@ -2,6 +2,8 @@
 //! writes BENCHMARKS.md at the repository root. Not a test: nothing here
 //! asserts on time; the table states each target next to what was measured.
 
+mod dispatch;
+mod service;
 mod store;
 
 use std::fmt::Write as _;
@@ -55,7 +57,7 @@ fn main() -> anyhow::Result<()> {
     let only: Vec<String> = std::env::args().skip(1).collect();
     let mut rows = Vec::new();
     type Section = fn() -> anyhow::Result<Vec<Row>>;
-    let sections: Vec<(&str, Section)> = vec![("store", store::run)];
+    let sections: Vec<(&str, Section)> = vec![("store", store::run), ("dispatch", dispatch::run), ("service", service::run)];
     for (name, f) in sections {
         if !only.is_empty() && !only.iter().any(|o| o == name) {
             continue;
