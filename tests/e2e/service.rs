@@ -177,6 +177,15 @@ backoff_ms = 10
         Duration::from_secs(20),
         || Ok(archived_count(&root) == 8 && root.files("events/dead-letter").len() == 1),
     )?;
+    // Counters move right after the batch they count is durable: wait for
+    // the last one rather than racing it.
+    wait_for(Duration::from_secs(5), || {
+        Ok(metric(&parse_metrics(&svc.metrics()?)?, &["cortex_dead_lettered_total"]) == Some(1.0))
+    })?;
+    wait_for(Duration::from_secs(5), || {
+        Ok(metric(&parse_metrics(&svc.metrics()?)?, &["cortex_events_total", "task.created", "outcome=\"handled\""])
+            == Some(7.0))
+    })?;
     let text = svc.metrics()?;
     let samples = parse_metrics(&text)?;
     let get = |parts: &[&str]| metric(&samples, parts).unwrap_or_else(|| panic!("no sample {parts:?} in\n{text}"));
