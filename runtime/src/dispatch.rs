@@ -299,7 +299,7 @@ impl Dispatcher {
                         summary.claimed += 1;
                         let config = self.config();
                         *in_flight.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-                        let names: Vec<String> = route::handlers_for(&config, &claim.event.event_type)
+                        let names: Vec<String> = route::handlers_for_event(&config, &claim.event)
                             .into_iter()
                             .filter(|n| !claim.delivery.done.iter().any(|d| d == n))
                             .map(str::to_string)

@@ -18,11 +18,14 @@
 //! - [`route`]: event type patterns to handlers.
 //! - [`dispatch`]: claim → route → run handlers → archive, retry or dead-letter.
 //! - [`sandbox`]: the wasmtime engine, component cache and per-event instances.
+//! - [`replay`]: `cortex replay`: select archived events, dry-run, requeue or run directly.
+//! - [`dlq`]: `cortex dlq`: list, show, retry and purge dead letters.
 //! - [`service`]: `cortex serve`: watcher, hot reload, metrics, shutdown.
 //! - [`status`]: what `cortex status` reports.
 
 pub mod config;
 pub mod dispatch;
+pub mod dlq;
 pub mod event;
 pub mod fsio;
 pub mod journal;
@@ -30,6 +33,7 @@ pub mod layout;
 pub mod metrics;
 pub mod producer;
 pub mod queue;
+pub mod replay;
 pub mod route;
 pub mod sandbox;
 pub mod service;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use chrono::{DateTime, FixedOffset};
 use clap::{Args, Parser, Subcommand};
 
 use cortex::config::Config;
@@ -13,6 +14,7 @@ use cortex::event::{NewEvent, Priority, Validator};
 use cortex::layout::{self, Layout};
 use cortex::producer::{BadBatch, Producer};
 use cortex::queue::{self, FsQueue};
+use cortex::{dlq, replay};
 
 #[derive(Parser)]
 #[command(name = "cortex", version, about = "Sandboxed WebAssembly event handlers over a durable queue")]
@@ -66,6 +68,140 @@ enum Command {
     Handlers {
         #[command(subcommand)]
         command: HandlersCommand,
+    },
+    /// Run archived events again: copies back through the queue, or the
+    /// handlers in-process now (optionally a candidate component).
+    Replay(ReplayArgs),
+    /// The dead-letter queue: list, show, retry, purge.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+/// Which events; every filter given must match.
+#[derive(Args)]
+struct FilterArgs {
+    /// One event, by id.
+    #[arg(long, value_name = "ID", value_parser = replay::parse_event_id)]
+    event_id: Option<String>,
+    /// Events whose timestamp is on this date (as written in the timestamp).
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = replay::parse_date)]
+    date: Option<String>,
+    /// Events at or after this time.
+    #[arg(long, value_name = "RFC3339", value_parser = replay::parse_time)]
+    since: Option<DateTime<FixedOffset>>,
+    /// Events before this time.
+    #[arg(long, value_name = "RFC3339", value_parser = replay::parse_time)]
+    until: Option<DateTime<FixedOffset>>,
+    /// Event type, exact or a glob, e.g. 'worker.*'.
+    #[arg(long = "type", value_name = "GLOB")]
+    event_type: Option<String>,
+    /// Source, exact or a glob.
+    #[arg(long)]
+    source: Option<String>,
+    /// critical, high, medium or low.
+    #[arg(long)]
+    priority: Option<Priority>,
+    #[arg(long, value_name = "ID")]
+    correlation_id: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(self) -> replay::Filter {
+        replay::Filter {
+            event_id: self.event_id,
+            date: self.date,
+            since: self.since,
+            until: self.until,
+            event_type: self.event_type,
+            source: self.source,
+            priority: self.priority,
+            correlation_id: self.correlation_id,
+        }
+    }
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// requeue (the default): copies back in the queue, keeping their ids;
+    /// direct: run the matching handlers in-process now. --component implies direct.
+    #[arg(long, value_enum)]
+    mode: Option<ReplayMode>,
+    /// List what would be replayed and change nothing; with --component,
+    /// run the candidate on copies of its grants and discard its effects.
+    #[arg(long)]
+    dry_run: bool,
+    /// Only this handler.
+    #[arg(long, value_name = "NAME")]
+    handler: Option<String>,
+    /// A candidate component to run in place of the handler's configured one
+    /// (direct mode), to try a fix on real events before deploying it.
+    #[arg(long, value_name = "PATH.wasm")]
+    component: Option<PathBuf>,
+    /// Select from the dead-letter queue instead of the archive (to try a
+    /// fix with --component; `cortex dlq retry` puts them back in the queue).
+    #[arg(long)]
+    dead_letters: bool,
+    /// Print each event's outcome.
+    #[arg(long, short)]
+    verbose: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReplayMode {
+    Requeue,
+    Direct,
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Dead letters, with the same filters as replay.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The forensic record of a dead letter: reason, each attempt's failures
+    /// with handler, kind, message and component hash.
+    Show {
+        /// An event id, or a dead letter's key (its file name).
+        id: String,
+        /// Print the raw record.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back in the queue as new entries (attempt 1),
+    /// recording the retry in metadata.dlq_retry.
+    Retry {
+        /// An event id or a dead letter's key.
+        #[arg(conflicts_with = "all")]
+        id: Option<String>,
+        /// Every dead letter that holds an event.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete dead letters (asks for --yes).
+    Purge {
+        /// An event id or a dead letter's key.
+        #[arg(conflicts_with = "older_than")]
+        id: Option<String>,
+        /// Every dead letter older than this many days.
+        #[arg(long, value_name = "DAYS")]
+        older_than: Option<u64>,
+        /// Really delete.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -157,7 +293,164 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve { listen, .. } => serve(layout, &listen),
         Command::Handlers { command: HandlersCommand::List { json } } => handlers(&layout, json, false),
         Command::Handlers { command: HandlersCommand::Check } => handlers(&layout, false, true),
+        Command::Replay(args) => replay(&layout, args),
+        Command::Dlq { command } => dlq(&layout, command),
     }
+}
+
+/// A `\r` counter on stderr when it is a terminal; nothing otherwise.
+fn progress_meter() -> impl FnMut(&str, u64, u64) {
+    let tty = std::io::stderr().is_terminal();
+    let mut last = std::time::Instant::now();
+    move |stage: &str, done: u64, total: u64| {
+        if !tty || (done < total && last.elapsed() < std::time::Duration::from_millis(100)) {
+            return;
+        }
+        last = std::time::Instant::now();
+        let pct = done.saturating_mul(100).checked_div(total).unwrap_or(100);
+        eprint!("\r\x1b[2K{stage}: {pct}%");
+        if done >= total {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+fn replay(layout: &Layout, args: ReplayArgs) -> Result<ExitCode> {
+    let (config, queue) = open(layout)?;
+    let mode = match (args.mode, &args.component) {
+        (Some(ReplayMode::Requeue), _) => replay::Mode::Requeue,
+        (Some(ReplayMode::Direct), _) | (None, Some(_)) => replay::Mode::Direct,
+        (None, None) => replay::Mode::Requeue,
+    };
+    let request = replay::Request {
+        filter: args.filter.filter(),
+        origin: if args.dead_letters { replay::Origin::DeadLetters } else { replay::Origin::Archive },
+        mode,
+        dry_run: args.dry_run,
+        handler: args.handler,
+        component: args.component,
+    };
+    request.check(&config)?;
+    if !args.dry_run {
+        queue::check_writable(layout)?;
+    }
+    let report = replay::run(&queue, &config, &request, &mut progress_meter())?;
+    for s in &report.skipped_lines {
+        tracing::warn!("{s}");
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        for line in report.lines(args.verbose) {
+            writeln!(out, "{line}")?;
+        }
+        write!(out, "{report}")?;
+    }
+    out.flush()?;
+    Ok(if report.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn dlq(layout: &Layout, command: DlqCommand) -> Result<ExitCode> {
+    let (config, queue) = open(layout)?;
+    let listing = dlq::list(layout)?;
+    for u in &listing.unreadable {
+        tracing::warn!("skipped: {u}");
+    }
+    let record = |l: &dlq::DeadLetter| serde_json::json!({"key": l.key, "file": l.path, "record": l.record});
+    match command {
+        DlqCommand::List { filter, json } => {
+            let filter = filter.filter();
+            let letters = listing.matching(&filter);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters.iter().map(|l| record(l)).collect::<Vec<_>>())?);
+            } else {
+                for l in &letters {
+                    println!("{}", l.line());
+                }
+                println!("{} of {} dead letters", letters.len(), listing.letters.len());
+            }
+        }
+        DlqCommand::Show { id, json } => {
+            for l in listing.find(&id)? {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&l.record)?);
+                } else {
+                    print!("{}", l.describe());
+                }
+            }
+        }
+        DlqCommand::Retry { id, all, filter, json } => {
+            let filter = filter.filter();
+            let letters: Vec<&dlq::DeadLetter> = match (&id, all) {
+                (Some(id), _) => listing
+                    .find(id)?
+                    .into_iter()
+                    .filter(|l| filter.is_empty() || l.event.as_ref().is_some_and(|e| filter.matches(e)))
+                    .collect(),
+                (None, true) => {
+                    let (events, others): (Vec<_>, Vec<_>) =
+                        listing.matching(&filter).into_iter().partition(|l| l.event.is_some());
+                    if !others.is_empty() {
+                        eprintln!(
+                            "cortex: skipping {} dead letters that are not events (files dropped into the queue); see `cortex dlq list`",
+                            others.len()
+                        );
+                    }
+                    events
+                }
+                (None, false) if !filter.is_empty() => listing.matching(&filter),
+                (None, false) => anyhow::bail!(
+                    "dlq retry needs a dead letter: an ID (event id or key), --all, or filters such as --type 'task.*' (see `cortex dlq list`)"
+                ),
+            };
+            if letters.is_empty() {
+                println!("no dead letters selected; nothing was retried");
+                return Ok(ExitCode::SUCCESS);
+            }
+            queue::check_writable(layout)?;
+            let events = dlq::retry(&queue, &config.validator(), &letters)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&events)?);
+            } else {
+                for e in &events {
+                    println!("retried {}  {}", e.event_id, e.event_type);
+                }
+                println!(
+                    "put {} dead letters back in the queue; `cortex dispatch` (or a running `cortex serve`) processes them",
+                    events.len()
+                );
+            }
+        }
+        DlqCommand::Purge { id, older_than, yes } => {
+            let letters = match (&id, older_than) {
+                (Some(id), _) => listing.find(id)?,
+                (None, Some(days)) => listing.older_than(days),
+                (None, None) => anyhow::bail!(
+                    "dlq purge needs a dead letter: an ID (event id or key) or --older-than DAYS (see `cortex dlq list`)"
+                ),
+            };
+            if letters.is_empty() {
+                println!("no dead letters selected; nothing was deleted");
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !yes {
+                println!("would delete {} dead letters:", letters.len());
+                for l in &letters {
+                    println!("  {}", l.line());
+                }
+                eprintln!(
+                    "cortex: refusing to delete {} dead letters without --yes; run again with --yes to delete them",
+                    letters.len()
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            dlq::purge(layout, &letters)?;
+            println!("deleted {} dead letters", letters.len());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init(layout: &Layout, handlers: Option<PathBuf>) -> Result<ExitCode> {

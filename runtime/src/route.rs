@@ -3,8 +3,13 @@
 //! A pattern is an exact type (`task.failed`) or a glob where `*` matches any
 //! run of characters and `?` one character (`worker.*`, `*`). An event goes to
 //! every handler with a matching pattern, and is done when all of them succeed.
+//! A replayed or retried event may carry a narrower route in its metadata
+//! (see [`allows`]).
+
+use serde_json::Value;
 
 use crate::config::Config;
+use crate::event::Event;
 
 /// Glob match of `pattern` against `text` (`*` any run, `?` one character).
 pub fn glob_match(pattern: &str, text: &str) -> bool {
@@ -34,9 +39,44 @@ pub fn handlers_for<'c>(config: &'c Config, event_type: &str) -> Vec<&'c str> {
     config.handlers.iter().filter(|(_, h)| h.matches(event_type)).map(|(n, _)| n.as_str()).collect()
 }
 
+/// Whether a replayed or retried event may still reach handler `name`:
+/// `cortex replay --handler` limits a replay to one handler
+/// (`metadata.replay.handler`), and `cortex dlq retry` skips the handlers
+/// that already succeeded on the event (`metadata.dlq_retry.skip`).
+pub fn allows(event: &Event, name: &str) -> bool {
+    let extra = &event.metadata.extra;
+    if extra.is_empty() {
+        return true;
+    }
+    let only = extra.get("replay").and_then(|r| r.get("handler")).and_then(Value::as_str);
+    let skip = extra.get("dlq_retry").and_then(|r| r.get("skip")).and_then(Value::as_array);
+    only.is_none_or(|o| o == name) && !skip.is_some_and(|s| s.iter().any(|h| h == name))
+}
+
+/// The handlers an event reaches: those of its type ([`handlers_for`])
+/// that its metadata [`allows`].
+pub fn handlers_for_event<'c>(config: &'c Config, event: &Event) -> Vec<&'c str> {
+    handlers_for(config, &event.event_type).into_iter().filter(|n| allows(event, n)).collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::*;
+
+    #[test]
+    fn replays_and_retries_narrow_the_route() {
+        let mut e: Event = serde_json::from_value(serde_json::json!({
+            "event_id": "evt_20251201_120000_abc123", "event_type": "task.created",
+            "timestamp": "2025-12-01T12:00:00Z", "source": "s"
+        }))
+        .unwrap();
+        assert!(allows(&e, "a") && allows(&e, "b"));
+        e.metadata.extra.insert("replay".into(), serde_json::json!({"count": 1, "handler": "a"}));
+        assert!(allows(&e, "a") && !allows(&e, "b"));
+        e.metadata.extra.remove("replay");
+        e.metadata.extra.insert("dlq_retry".into(), serde_json::json!({"count": 1, "skip": ["a"]}));
+        assert!(!allows(&e, "a") && allows(&e, "b"));
+    }
 
     #[test]
     fn globs() {

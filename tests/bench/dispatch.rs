@@ -27,7 +27,9 @@ fn queue(root: &Root, f: impl Fn(usize) -> (String, Value)) -> Result<()> {
             let (t, payload) = f(i);
             let Value::Object(payload) = payload else { unreachable!("payloads are objects") };
             validator
-                .validate(NewEvent { event_type: t, source: "bench".into(), payload, ..Default::default() }.into_value())
+                .validate(
+                    NewEvent { event_type: t, source: "bench".into(), payload, ..Default::default() }.into_value(),
+                )
                 .map_err(anyhow::Error::from)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -69,7 +71,8 @@ pub fn run() -> Result<Vec<Row>> {
     let floor = floor()?;
     rows.push(Row {
         area: "dispatch",
-        metric: "floor: instantiate + call of a no-op component from its InstancePre (fresh store + WASI context)".into(),
+        metric: "floor: instantiate + call of a no-op component from its InstancePre (fresh store + WASI context)"
+            .into(),
         target: "(reference)".into(),
         measured: format!("{:.1} µs", floor.as_secs_f64() * 1e6),
         ratio: "—".into(),
@@ -107,8 +110,14 @@ pub fn run() -> Result<Vec<Row>> {
     let root = Root::new()?;
     queue(&root, |i| match i % 4 {
         0 => ("worker.heartbeat".into(), json!({"worker_id": format!("w-{}", i % 32)})),
-        1 => ("routing.decision_made".into(), json!({"master": format!("m-{}", i % 8), "expert": "e", "confidence": 0.9})),
-        2 => ("worker.completed".into(), json!({"worker_id": format!("w-{}", i % 32), "tokens_used": 10, "duration_ms": 5})),
+        1 => (
+            "routing.decision_made".into(),
+            json!({"master": format!("m-{}", i % 8), "expert": "e", "confidence": 0.9}),
+        ),
+        2 => (
+            "worker.completed".into(),
+            json!({"worker_id": format!("w-{}", i % 32), "tokens_used": 10, "duration_ms": 5}),
+        ),
         _ => ("security.scan_completed".into(), json!({"scanner": "s", "findings": {"low": 1}})),
     })?;
     let (s, _) = dispatch(&root)?;
@@ -118,7 +127,9 @@ pub fn run() -> Result<Vec<Row>> {
     let rate = claimed / secs;
     rows.push(Row {
         area: "dispatch",
-        metric: format!("`cortex dispatch` of {N} mixed events through the seven built-in handlers (stateful, one lane each)"),
+        metric: format!(
+            "`cortex dispatch` of {N} mixed events through the seven built-in handlers (stateful, one lane each)"
+        ),
         target: "(seed: 100 events/s)".into(),
         measured: format!("{rate:.0} events/s ({claimed} events incl. follow-ups, {secs:.2} s)"),
         ratio: format!("{:.0}× the seed's 100/s", rate / 100.0),

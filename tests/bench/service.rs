@@ -31,7 +31,8 @@ fn prepare(root: &Root, n: usize, event_type: &str) -> Result<Vec<(std::path::Pa
         payload.insert("n".into(), i.into());
         payload.insert("worker_id".into(), format!("w-{}", i % 16).into());
         let e = validator.validate(
-            NewEvent { event_type: event_type.into(), source: "bench".into(), payload, ..Default::default() }.into_value(),
+            NewEvent { event_type: event_type.into(), source: "bench".into(), payload, ..Default::default() }
+                .into_value(),
         )?;
         let path = cortex::fsio::write_tmp(&tmp, "bench", e.to_json().as_bytes(), false)?;
         out.push((path, e.event_id));
@@ -51,7 +52,13 @@ fn offer(root: &Root, prepared: Vec<(std::path::PathBuf, String)>, per_sec: u64)
         while Instant::now() < due {
             std::thread::sleep(Duration::from_micros(100));
         }
-        let name = EntryName { priority: cortex::event::Priority::Medium, enqueued_us: now_us(), event_id: id, attempt: 1, due_ms: None };
+        let name = EntryName {
+            priority: cortex::event::Priority::Medium,
+            enqueued_us: now_us(),
+            event_id: id,
+            attempt: 1,
+            due_ms: None,
+        };
         std::fs::rename(&tmp, queue.join(name.file_name()))?;
     }
     Ok(())
@@ -110,7 +117,13 @@ pub fn run() -> Result<Vec<Row>> {
         std::thread::spawn(move || -> Result<()> {
             let queue = root_path.join("events/queue");
             for (tmp, id) in prepared {
-                let name = EntryName { priority: cortex::event::Priority::Medium, enqueued_us: now_us(), event_id: id, attempt: 1, due_ms: None };
+                let name = EntryName {
+                    priority: cortex::event::Priority::Medium,
+                    enqueued_us: now_us(),
+                    event_id: id,
+                    attempt: 1,
+                    due_ms: None,
+                };
                 std::fs::rename(&tmp, queue.join(name.file_name()))?;
                 std::thread::sleep(Duration::from_micros(2000));
             }

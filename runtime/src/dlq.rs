@@ -1,0 +1,371 @@
+//! The dead-letter queue, as `cortex dlq` lists, shows, retries and purges it.
+//!
+//! A dead letter is `events/dead-letter/<key>.json`, written by the
+//! dispatcher when an event failed for good: the event, the queue entry it
+//! came from, and the forensic record (each attempt's failures with handler,
+//! kind, message and component hash). Files dropped into the queue that were
+//! not events are kept as `invalid-*.json`, with the raw text instead of an
+//! event. A retry puts the event back as a new queue entry (attempt 1) in
+//! one group commit, recording the retry in `metadata.dlq_retry`, and
+//! removes the dead letter only once the entry is durable.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use chrono::DateTime;
+use serde_json::{Map, Value, json};
+
+use crate::event::{Event, Validator};
+use crate::fsio;
+use crate::layout::Layout;
+use crate::queue::{FsQueue, Queue, now_rfc3339};
+use crate::replay::Filter;
+
+/// One dead-letter file.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The file name without `.json`: the queue entry's key, or `invalid-…`.
+    pub key: String,
+    pub path: PathBuf,
+    pub record: Value,
+    /// The event, unless the record is of a file that was not one.
+    pub event: Option<Event>,
+}
+
+impl DeadLetter {
+    pub fn reason(&self) -> &str {
+        self.record["reason"].as_str().unwrap_or("")
+    }
+
+    /// When it was dead-lettered: the record's time, else the file's.
+    pub fn dead_lettered_at(&self) -> Option<SystemTime> {
+        self.record["dead_lettered_at"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(SystemTime::from)
+            .or_else(|| std::fs::metadata(&self.path).and_then(|m| m.modified()).ok())
+    }
+
+    /// Whether `id` names this dead letter: its event id, key or file name.
+    pub fn is(&self, id: &str) -> bool {
+        self.key == id
+            || self.path.file_name().is_some_and(|n| n == id)
+            || self.event.as_ref().is_some_and(|e| e.event_id == id)
+    }
+
+    /// One line for `dlq list`.
+    pub fn line(&self) -> String {
+        let reason: String = self.reason().chars().take(100).collect();
+        match &self.event {
+            Some(e) => format!(
+                "{}  {}  {}  attempts {}  {}",
+                e.event_id,
+                e.event_type,
+                self.record["dead_lettered_at"].as_str().unwrap_or("?"),
+                self.record["attempts"].as_u64().map_or("?".to_string(), |a| a.to_string()),
+                reason
+            ),
+            None => format!(
+                "{}  (not an event)  {}  {}",
+                self.key,
+                self.record["dead_lettered_at"].as_str().unwrap_or("?"),
+                reason
+            ),
+        }
+    }
+
+    /// The forensic record, readable: why, each attempt's failures with
+    /// handler, kind, message and component hash, the event.
+    pub fn describe(&self) -> String {
+        let r = &self.record;
+        let s = |v: &Value| v.as_str().unwrap_or("?").to_string();
+        let mut out = String::new();
+        let _ = writeln!(out, "dead letter {}", self.key);
+        let _ = writeln!(out, "  file:            {}", self.path.display());
+        match &self.event {
+            Some(e) => {
+                let _ = writeln!(out, "  event:           {} {} from {}", e.event_id, e.event_type, e.source);
+                let _ = writeln!(out, "  timestamp:       {}", e.timestamp);
+                let _ = writeln!(out, "  priority:        {}", e.priority());
+                if let Some(c) = &e.correlation_id {
+                    let _ = writeln!(out, "  correlation_id:  {c}");
+                }
+                let _ = writeln!(out, "  queue entry:     {}", s(&r["entry"]));
+            }
+            None => {
+                if let Some(f) = r["file"].as_str() {
+                    let _ = writeln!(out, "  dropped file:    {f}");
+                }
+            }
+        }
+        let _ = writeln!(out, "  dead-lettered:   {}", s(&r["dead_lettered_at"]));
+        if let Some(a) = r["attempts"].as_u64() {
+            let max = r["max_attempts"].as_u64().map_or(String::new(), |m| format!(" (max_attempts {m})"));
+            let _ = writeln!(out, "  attempts:        {a}{max}");
+        }
+        let _ = writeln!(out, "  reason:          {}", self.reason());
+        for h in r["failed_handlers"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "  failed handler:  {} v{}  component sha256 {}",
+                s(&h["name"]),
+                s(&h["version"]),
+                s(&h["component_sha256"])
+            );
+        }
+        let succeeded: Vec<String> = r["succeeded_handlers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .map(String::from)
+            .collect();
+        if !succeeded.is_empty() {
+            let _ = writeln!(out, "  succeeded:       {} (skipped on retry)", succeeded.join(", "));
+        }
+        if let Some(retry) = self.event.as_ref().and_then(|e| e.metadata.extra.get("dlq_retry")) {
+            let _ = writeln!(
+                out,
+                "  retried before:  {} times, last at {}",
+                retry["count"].as_u64().unwrap_or(0),
+                s(&retry["last_at"])
+            );
+        }
+        for attempt in r["history"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "  attempt {} at {}:", attempt["attempt"], s(&attempt["at"]));
+            for f in attempt["failures"].as_array().into_iter().flatten() {
+                let handler = f["handler"].as_str().filter(|h| !h.is_empty()).unwrap_or("(dispatcher)");
+                let _ = writeln!(out, "    {handler}: {}: {}", s(&f["kind"]), s(&f["message"]));
+                let sha = f["component_sha256"].as_str().filter(|h| !h.is_empty()).unwrap_or("-");
+                let _ =
+                    writeln!(out, "      component sha256 {sha}, {:.3} ms", f["duration_ms"].as_f64().unwrap_or(0.0));
+                if let Some(detail) = f["detail"].as_str().filter(|d| !d.is_empty() && *d != f["message"]) {
+                    for line in detail.lines() {
+                        let _ = writeln!(out, "      | {line}");
+                    }
+                }
+            }
+        }
+        match &self.event {
+            Some(e) => {
+                let _ = writeln!(out, "  payload:         {}", Value::Object(e.payload.clone()));
+            }
+            None => {
+                let _ = writeln!(out, "  raw:");
+                for line in r["raw"].as_str().unwrap_or("").lines() {
+                    let _ = writeln!(out, "    {line}");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Every dead letter, in file-name order (priority, then queue time).
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub letters: Vec<DeadLetter>,
+    /// Files that are not JSON records, with why.
+    pub unreadable: Vec<String>,
+}
+
+/// Reads the dead-letter queue.
+///
+/// # Errors
+/// When the directory cannot be listed.
+pub fn list(layout: &Layout) -> Result<Listing> {
+    let dir = layout.dead_letter();
+    let mut out = Listing::default();
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("failed to list the dead-letter queue {}", dir.display())),
+    };
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for entry in rd {
+        let entry = entry.with_context(|| format!("failed to list the dead-letter queue {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".json") && !name.starts_with('.') {
+            paths.push(entry.path());
+        }
+    }
+    paths.sort();
+    for path in paths {
+        match read(&path) {
+            Ok(l) => out.letters.push(l),
+            Err(e) => out.unreadable.push(format!("{e:#}")),
+        }
+    }
+    Ok(out)
+}
+
+fn read(path: &Path) -> Result<DeadLetter> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("failed to read dead letter {}", path.display()))?;
+    let record: Value =
+        serde_json::from_str(&text).with_context(|| format!("dead letter {} is not JSON", path.display()))?;
+    let event = record.get("event").and_then(|e| serde_json::from_value(e.clone()).ok());
+    let key = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+    Ok(DeadLetter { key, path: path.to_path_buf(), record, event })
+}
+
+impl Listing {
+    /// The dead letters whose event passes `filter` (records without an
+    /// event pass only an empty filter).
+    pub fn matching(&self, filter: &Filter) -> Vec<&DeadLetter> {
+        self.letters
+            .iter()
+            .filter(|l| match &l.event {
+                Some(e) => filter.matches(e),
+                None => filter.is_empty(),
+            })
+            .collect()
+    }
+
+    /// The dead letters `id` names (an event id, a key or a file name).
+    ///
+    /// # Errors
+    /// When none does, with the hint to list them.
+    pub fn find(&self, id: &str) -> Result<Vec<&DeadLetter>> {
+        let found: Vec<&DeadLetter> = self.letters.iter().filter(|l| l.is(id)).collect();
+        if found.is_empty() {
+            bail!(
+                "no dead letter {id} in the dead-letter queue ({} holds {}); see `cortex dlq list`",
+                self.letters.first().and_then(|l| l.path.parent()).map_or("it".into(), |p| p.display().to_string()),
+                self.letters.len()
+            );
+        }
+        Ok(found)
+    }
+
+    /// The dead letters older than `days` days.
+    pub fn older_than(&self, days: u64) -> Vec<&DeadLetter> {
+        let cutoff = SystemTime::now().checked_sub(Duration::from_secs(days.saturating_mul(86_400)));
+        self.letters.iter().filter(|l| cutoff.is_some_and(|c| l.dead_lettered_at().is_some_and(|t| t < c))).collect()
+    }
+}
+
+/// Records a retry in `metadata.dlq_retry`: `count` one more than before,
+/// `last_at`, and `skip`: the handlers that already succeeded on the event,
+/// which the dispatcher does not run again (see [`crate::route::allows`]).
+pub fn mark_retry(event: &mut Event, now: &str, succeeded: &[String]) {
+    let prev = event.metadata.extra.get("dlq_retry");
+    let count = prev.and_then(|r| r["count"].as_u64()).unwrap_or(0) + 1;
+    let mut skip: Vec<String> = prev
+        .and_then(|r| r["skip"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .map(String::from)
+        .collect();
+    for s in succeeded {
+        if !skip.contains(s) {
+            skip.push(s.clone());
+        }
+    }
+    let mut retry = Map::new();
+    retry.insert("count".into(), json!(count));
+    retry.insert("last_at".into(), json!(now));
+    if !skip.is_empty() {
+        retry.insert("skip".into(), json!(skip));
+    }
+    event.metadata.extra.insert("dlq_retry".into(), Value::Object(retry));
+}
+
+/// Puts dead letters back in the queue as new entries, in one group
+/// commit, then removes them.
+///
+/// # Errors
+/// When one is not an event, does not validate against the current config,
+/// or two are the same event (then nothing was done); when the queue cannot
+/// be written (then every dead letter is kept); when a dead letter cannot
+/// be removed after its event was queued (saying so).
+pub fn retry(queue: &FsQueue, validator: &Validator, letters: &[&DeadLetter]) -> Result<Vec<Event>> {
+    let now = now_rfc3339();
+    let mut events: Vec<Event> = Vec::new();
+    let mut bad = Vec::new();
+    for l in letters {
+        let Some(event) = &l.event else {
+            bad.push(format!(
+                "{}: not an event but a file that was not one ({}): fix its raw JSON and `cortex emit --batch` it, or purge it",
+                l.key,
+                l.reason()
+            ));
+            continue;
+        };
+        if let Some(other) = events.iter().find(|e| e.event_id == event.event_id) {
+            bad.push(format!(
+                "{}: event {} has more than one dead letter: retry one by its key, purge the others",
+                l.key, other.event_id
+            ));
+            continue;
+        }
+        let mut e = event.clone();
+        let succeeded: Vec<String> = l.record["succeeded_handlers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .map(String::from)
+            .collect();
+        mark_retry(&mut e, &now, &succeeded);
+        match validator.validate(serde_json::to_value(&e).context("failed to serialize an event")?) {
+            Ok(e) => events.push(e),
+            Err(invalid) => bad.push(format!("{}: no longer valid: {invalid} (fix cortex.toml)", l.key)),
+        }
+    }
+    if !bad.is_empty() {
+        bail!("nothing was retried:\n  {}", bad.join("\n  "));
+    }
+    queue
+        .enqueue(&events)
+        .context("failed to queue the retried events; none was queued and every dead letter is kept")?;
+    for l in letters {
+        std::fs::remove_file(&l.path).with_context(|| {
+            format!(
+                "event {} is queued again, but its dead letter {} could not be removed: remove it by hand so it is not retried twice",
+                l.event.as_ref().map_or("", |e| e.event_id.as_str()),
+                l.path.display()
+            )
+        })?;
+    }
+    fsio::sync_dir(&queue.layout().dead_letter())?;
+    Ok(events)
+}
+
+/// Deletes dead letters.
+///
+/// # Errors
+/// When one cannot be removed (those before it are gone).
+pub fn purge(layout: &Layout, letters: &[&DeadLetter]) -> Result<()> {
+    for l in letters {
+        match std::fs::remove_file(&l.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("failed to remove dead letter {}", l.path.display())),
+        }
+    }
+    fsio::sync_dir(&layout.dead_letter())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_are_counted_and_succeeded_handlers_skipped() {
+        let mut e: Event = serde_json::from_value(json!({
+            "event_id": "evt_20251201_120000_abc123", "event_type": "task.created",
+            "timestamp": "2025-12-01T12:00:00Z", "source": "s"
+        }))
+        .unwrap();
+        mark_retry(&mut e, "t1", &["a".into()]);
+        mark_retry(&mut e, "t2", &["b".into()]);
+        let r = &e.metadata.extra["dlq_retry"];
+        assert_eq!(r["count"], 2);
+        assert_eq!(r["last_at"], "t2");
+        assert_eq!(r["skip"], json!(["a", "b"]));
+    }
+}

@@ -1,0 +1,272 @@
+//! Replay: select archived (or dead-lettered) events and run them again, as
+//! `cortex replay` does.
+//!
+//! [`select`] reads the archive's day files (`events/archive/YYYY-MM-DD.jsonl`,
+//! one record per line) and the monthly compact files a cleanup leaves
+//! (`YYYY-MM.compact.jsonl`, bare events), and only the files a [`Filter`] can
+//! match: an event id carries its date, so `--event-id` reads that day and the
+//! days around it, and scans the whole archive only when the event is not
+//! there. An event archived more than once (it was replayed before) is
+//! selected once, in its latest copy. A line that cannot be read (cut short
+//! by a crash) is skipped with a warning.
+//!
+//! Then one of: a dry run that lists the selection and the handlers each
+//! event would reach; requeue, which puts copies back in the queue in one
+//! group commit, keeping each `event_id` and recording the replay in
+//! `metadata.replay`; or direct, which runs the handlers in-process now —
+//! optionally a candidate component in place of the configured one, against
+//! a throwaway copy of its grants when it is a dry run — and reports each
+//! outcome in a [`Report`].
+
+mod direct;
+mod filter;
+mod report;
+mod select;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::config::Config;
+use crate::event::{Event, Validator};
+use crate::queue::{FsQueue, Queue, now_rfc3339};
+use crate::route;
+
+pub use filter::{Filter, parse_date, parse_event_id, parse_time};
+pub use report::{Candidate, EventReport, Report, Run};
+pub use select::{Selection, Skipped, select};
+
+/// Replay times kept in `metadata.replay.history`; `count` keeps counting.
+const MAX_HISTORY: usize = 50;
+
+/// Reports progress: a stage, how much is done, out of how much.
+pub type Progress<'a> = &'a mut dyn FnMut(&str, u64, u64);
+
+/// Where replayed events come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    Archive,
+    /// The dead-letter queue: to try a fix on events that failed for good.
+    DeadLetters,
+}
+
+/// How a replay runs the selected events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Copies back in the queue, for the dispatcher.
+    Requeue,
+    /// The handlers in-process, now.
+    Direct,
+}
+
+/// A replay, as `cortex replay` asks for it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub filter: Filter,
+    pub origin: Origin,
+    pub mode: Mode,
+    pub dry_run: bool,
+    /// Only this handler.
+    pub handler: Option<String>,
+    /// A candidate component to run in place of the handler's (direct mode).
+    pub component: Option<PathBuf>,
+}
+
+impl Request {
+    /// Checks that the options fit together and name what exists, before
+    /// anything is read or written.
+    ///
+    /// # Errors
+    /// Naming the flag at fault and what to do.
+    pub fn check(&self, config: &Config) -> Result<()> {
+        if self.filter.is_empty() {
+            bail!(
+                "nothing selected: give --event-id ID, --date YYYY-MM-DD, --since/--until TIME, --type GLOB, --source, --priority or --correlation-id (--type '*' selects everything)"
+            );
+        }
+        self.filter.check()?;
+        if self.component.is_some() && self.mode == Mode::Requeue {
+            bail!(
+                "--component runs a candidate in-process: use it with --mode direct (and --dry-run to touch nothing)"
+            );
+        }
+        if self.origin == Origin::DeadLetters && self.mode == Mode::Requeue {
+            bail!(
+                "dead letters go back in the queue with `cortex dlq retry`; --dead-letters is for trying them with --mode direct (or --component)"
+            );
+        }
+        if let Some(h) = &self.handler
+            && !config.handlers.contains_key(h)
+        {
+            bail!(
+                "--handler {h}: no such handler in cortex.toml (configured: {})",
+                config.handlers.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        if let Some(c) = &self.component
+            && !c.is_file()
+        {
+            bail!("--component {}: no such file (build it first, e.g. `make handlers`)", c.display());
+        }
+        Ok(())
+    }
+}
+
+/// Records a replay in `metadata.replay`: `count` one more than the copy's,
+/// `last_at`, `history`; `handler` when limited to one.
+pub fn mark_replay(event: &mut Event, now: &str, handler: Option<&str>) {
+    let extra = &mut event.metadata.extra;
+    let prev = extra.get("replay");
+    let count = prev.and_then(|r| r["count"].as_u64()).unwrap_or(0) + 1;
+    let mut history: Vec<Value> = prev.and_then(|r| r["history"].as_array()).cloned().unwrap_or_default();
+    history.push(Value::String(now.to_string()));
+    if history.len() > MAX_HISTORY {
+        history.drain(..history.len() - MAX_HISTORY);
+    }
+    let mut replay = Map::new();
+    replay.insert("count".into(), json!(count));
+    replay.insert("last_at".into(), json!(now));
+    replay.insert("history".into(), Value::Array(history));
+    if let Some(h) = handler {
+        replay.insert("handler".into(), json!(h));
+    }
+    extra.insert("replay".into(), Value::Object(replay));
+    // A dead letter's retry skipped the handlers that had succeeded; a
+    // replay runs every handler it is routed to.
+    if let Some(Value::Object(r)) = extra.get_mut("dlq_retry") {
+        r.remove("skip");
+    }
+}
+
+/// Selects and replays, as `request` says.
+///
+/// # Errors
+/// Bad options (see [`Request::check`]), selection errors (see [`select`]),
+/// handlers or a candidate that do not load, and failures to queue; then
+/// nothing was queued.
+pub fn run(queue: &FsQueue, config: &Config, request: &Request, progress: Progress) -> Result<Report> {
+    request.check(config)?;
+    let selection = select(queue.layout(), &request.filter, request.origin, progress)?;
+    let now = now_rfc3339();
+    let mut events = selection.events;
+    for e in &mut events {
+        mark_replay(e, &now, request.handler.as_deref());
+    }
+    if request.handler.is_some() {
+        events.retain(|e| !route::handlers_for_event(config, e).is_empty());
+    }
+    let mut report = Report {
+        mode: request.mode,
+        dry_run: request.dry_run,
+        origin: request.origin,
+        candidate: None,
+        filters: request.filter.describe(),
+        selected: 0,
+        files_read: selection.files_read.len(),
+        full_scan: selection.full_scan,
+        skipped_lines: selection.skipped.iter().map(ToString::to_string).collect(),
+        handlers: BTreeMap::new(),
+        requeued: 0,
+        invocations: 0,
+        succeeded: 0,
+        failed: 0,
+        emitted: 0,
+        follow_ups_queued: 0,
+        events: Vec::new(),
+    };
+    // Nothing selected, nothing to load or run.
+    if request.mode == Mode::Direct && !events.is_empty() && (request.component.is_some() || !request.dry_run) {
+        direct::direct(queue, config, request, events, &mut report, progress)?;
+        return Ok(report);
+    }
+    for e in &events {
+        let handlers: Vec<String> = route::handlers_for_event(config, e).into_iter().map(str::to_string).collect();
+        for h in &handlers {
+            *report.handlers.entry(h.clone()).or_insert(0) += 1;
+        }
+        report.events.push(EventReport {
+            event_id: e.event_id.clone(),
+            event_type: e.event_type.clone(),
+            timestamp: e.timestamp.clone(),
+            source: e.source.clone(),
+            handlers,
+            replay_count: e.metadata.extra["replay"]["count"].as_u64().unwrap_or(0),
+            runs: Vec::new(),
+        });
+    }
+    report.selected = events.len();
+    if !request.dry_run && request.mode == Mode::Requeue {
+        requeue(queue, &config.validator(), &events)?;
+        report.requeued = events.len();
+    }
+    Ok(report)
+}
+
+/// Puts copies back in the queue: one group commit for all of them.
+fn requeue(queue: &FsQueue, validator: &Validator, events: &[Event]) -> Result<()> {
+    let bad: Vec<String> = events
+        .iter()
+        .filter_map(|e| still_accepted(validator, e).err().map(|why| format!("{}: {why}", e.event_id)))
+        .collect();
+    if !bad.is_empty() {
+        bail!(
+            "{} of {} selected events would be refused now; nothing was replayed (fix cortex.toml or narrow the selection):\n  {}",
+            bad.len(),
+            events.len(),
+            bad.iter().take(20).cloned().collect::<Vec<_>>().join("\n  ")
+        );
+    }
+    queue.enqueue(events).context("failed to queue the replayed events; none of them was queued")
+}
+
+/// Archived events were validated when they were first queued; what may
+/// have changed since is the config: a custom type dropped, a lower size
+/// limit. Checking those two is enough, and far cheaper than validating
+/// each envelope again.
+fn still_accepted(validator: &Validator, e: &Event) -> std::result::Result<(), String> {
+    if validator.category(&e.event_type).is_none() {
+        return Err(format!("type {} is no longer known (declare it under [events] custom_types)", e.event_type));
+    }
+    let size = e.to_json().len();
+    if size > validator.max_event_bytes() {
+        return Err(format!("{size} bytes, over limits.max_event_bytes = {}", validator.max_event_bytes()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, ts: &str, t: &str) -> Event {
+        Event {
+            event_id: id.into(),
+            event_type: t.into(),
+            timestamp: ts.into(),
+            source: "src-1".into(),
+            correlation_id: Some("corr".into()),
+            metadata: Default::default(),
+            payload: Default::default(),
+        }
+    }
+    #[test]
+    fn replays_are_counted_and_their_history_capped() {
+        let mut e = event("evt_20251201_120000_abc123", "2025-12-01T12:00:00Z", "task.created");
+        e.metadata.extra.insert("dlq_retry".into(), json!({"count": 1, "skip": ["a"]}));
+        for i in 0..(MAX_HISTORY + 5) {
+            mark_replay(&mut e, &format!("t{i}"), None);
+        }
+        let r = &e.metadata.extra["replay"];
+        assert_eq!(r["count"], MAX_HISTORY as u64 + 5);
+        assert_eq!(r["history"].as_array().unwrap().len(), MAX_HISTORY);
+        assert_eq!(r["last_at"], format!("t{}", MAX_HISTORY + 4));
+        assert!(e.metadata.extra["dlq_retry"].get("skip").is_none());
+        mark_replay(&mut e, "t", Some("h"));
+        assert_eq!(e.metadata.extra["replay"]["handler"], "h");
+    }
+}

@@ -1,0 +1,207 @@
+//! Direct mode: the handlers run in-process on the selected events, now;
+//! a candidate component may stand in for one, and a dry run gives it a
+//! throwaway copy of its grants.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use super::{Candidate, EventReport, Progress, Report, Request, Run};
+use crate::config::Config;
+use crate::event::Event;
+use crate::fsio;
+use crate::queue::{FsQueue, Queue};
+use crate::route;
+use crate::sandbox::{Loaded, Sandbox};
+
+/// Runs the handlers in-process; queues their follow-ups unless a dry run.
+pub(super) fn direct(
+    queue: &FsQueue,
+    config: &Config,
+    request: &Request,
+    events: Vec<Event>,
+    report: &mut Report,
+    progress: Progress,
+) -> Result<()> {
+    let layout = queue.layout();
+    let candidate = match &request.component {
+        None => None,
+        Some(path) => {
+            let name = match &request.handler {
+                Some(h) => h.clone(),
+                None => {
+                    let reached: BTreeSet<&str> =
+                        events.iter().flat_map(|e| route::handlers_for_event(config, e)).collect();
+                    match reached.len() {
+                        1 => reached.into_iter().next().unwrap_or_default().to_string(),
+                        0 => bail!(
+                            "the selected events reach no handler, so --component {} stands in for none: name one with --handler",
+                            path.display()
+                        ),
+                        _ => bail!(
+                            "--component needs --handler NAME: the selected events reach {}",
+                            reached.into_iter().collect::<Vec<_>>().join(", ")
+                        ),
+                    }
+                }
+            };
+            Some((name, path.clone()))
+        }
+    };
+    let only = request.handler.as_deref().or(candidate.as_ref().map(|(n, _)| n.as_str()));
+    let plan: Vec<(Event, Vec<String>)> = events
+        .into_iter()
+        .map(|e| {
+            let hs = route::handlers_for_event(config, &e)
+                .into_iter()
+                .filter(|h| only.is_none_or(|o| o == *h))
+                .map(str::to_string)
+                .collect::<Vec<_>>();
+            (e, hs)
+        })
+        .filter(|(_, hs)| only.is_none() || !hs.is_empty())
+        .collect();
+
+    // A dry run gives the candidate copies of its grants in a scratch root,
+    // so whatever it writes is thrown away with it.
+    let scratch = if request.dry_run {
+        let dir = tempfile::Builder::new()
+            .prefix("cortex-replay-")
+            .tempdir()
+            .context("failed to create a scratch directory for the dry run")?;
+        for d in ["events/tmp", "cache"] {
+            std::fs::create_dir_all(dir.path().join(d))
+                .with_context(|| format!("failed to create {}", dir.path().join(d).display()))?;
+        }
+        let names: BTreeSet<&str> = plan.iter().flat_map(|(_, hs)| hs.iter().map(String::as_str)).collect();
+        for name in names {
+            for g in &config.handlers[name].grants {
+                copy_tree(&layout.root().join(&g.dir), &dir.path().join(&g.dir))
+                    .with_context(|| format!("failed to copy grant {} of handler {name} for the dry run", g.dir))?;
+            }
+        }
+        Some(dir)
+    } else {
+        None
+    };
+    let root = scratch.as_ref().map_or(layout.root(), |d| d.path());
+    let fuel = config.handlers.values().any(|h| h.limits.fuel.is_some());
+    let sandbox = Sandbox::new(root, config.validator(), fuel).context("failed to start the sandbox")?;
+    let mut loaded: BTreeMap<String, Loaded> = BTreeMap::new();
+    for (_, hs) in &plan {
+        for name in hs {
+            if loaded.contains_key(name) {
+                continue;
+            }
+            let mut h = config.handlers[name].clone();
+            if !h.component.is_absolute() {
+                h.component = layout.root().join(&h.component);
+            }
+            let l = match &candidate {
+                Some((c, path)) if c == name => {
+                    let bytes = std::fs::read(path)
+                        .with_context(|| format!("failed to read candidate component {}", path.display()))?;
+                    let l = sandbox
+                        .load_bytes(name, &h, path, &bytes)
+                        .with_context(|| format!("candidate {} does not load as handler {name}", path.display()))?;
+                    report.candidate =
+                        Some(Candidate { handler: name.clone(), component: path.clone(), sha256: l.sha256.clone() });
+                    l
+                }
+                _ => sandbox.load(name, &h)?,
+            };
+            loaded.insert(name.clone(), l);
+        }
+    }
+
+    let total = plan.len() as u64;
+    let mut follow_ups = Vec::new();
+    for (i, (event, hs)) in plan.iter().enumerate() {
+        let mut er = EventReport {
+            event_id: event.event_id.clone(),
+            event_type: event.event_type.clone(),
+            timestamp: event.timestamp.clone(),
+            source: event.source.clone(),
+            handlers: hs.clone(),
+            replay_count: event.metadata.extra["replay"]["count"].as_u64().unwrap_or(0),
+            runs: Vec::new(),
+        };
+        for name in hs {
+            let l = &loaded[name];
+            let inv = sandbox.invoke(l, event, 1);
+            report.invocations += 1;
+            *report.handlers.entry(name.clone()).or_insert(0) += 1;
+            let emitted = inv.emitted.iter().map(|e| json!({"event_id": e.event_id, "event_type": e.event_type}));
+            let mut run = Run {
+                handler: name.clone(),
+                component_sha256: l.sha256.clone(),
+                candidate: candidate.as_ref().is_some_and(|(c, _)| c == name),
+                ok: inv.result.is_ok(),
+                summary: None,
+                kind: None,
+                message: None,
+                emitted: Vec::new(),
+                duration_ms: inv.duration.as_secs_f64() * 1000.0,
+                stderr: inv.stderr.trim_end().to_string(),
+            };
+            match inv.result {
+                Ok(summary) => {
+                    report.succeeded += 1;
+                    report.emitted += inv.emitted.len();
+                    run.summary = Some(summary);
+                    run.emitted = emitted.collect();
+                    follow_ups.extend(inv.emitted);
+                }
+                // As in dispatch: a failed invocation's emits are dropped.
+                Err(fault) => {
+                    report.failed += 1;
+                    run.kind = Some(fault.kind);
+                    run.message = Some(fault.message);
+                }
+            }
+            er.runs.push(run);
+        }
+        report.events.push(er);
+        progress("running handlers", i as u64 + 1, total);
+    }
+    report.selected = plan.len();
+    if !request.dry_run {
+        queue
+            .enqueue(&follow_ups)
+            .context("the handlers ran, but their follow-up events could not be queued; none of them was")?;
+        report.follow_ups_queued = follow_ups.len();
+        // The state the handlers wrote, durable like a dispatcher's.
+        fsio::sync_filesystem(&layout.tmp())?;
+    }
+    Ok(())
+}
+
+/// Copies a directory tree (symlinks as symlinks); a missing source is an
+/// empty tree.
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("failed to create {}", to.display()))?;
+    let rd = match std::fs::read_dir(from) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("failed to list {}", from.display())),
+    };
+    for entry in rd {
+        let entry = entry.with_context(|| format!("failed to list {}", from.display()))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().with_context(|| format!("failed to stat {}", src.display()))?;
+        if kind.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if kind.is_symlink() {
+            let target = std::fs::read_link(&src).with_context(|| format!("failed to read link {}", src.display()))?;
+            let _ = std::fs::remove_file(&dst);
+            std::os::unix::fs::symlink(&target, &dst)
+                .with_context(|| format!("failed to copy link {}", src.display()))?;
+        } else {
+            std::fs::copy(&src, &dst)
+                .with_context(|| format!("failed to copy {} to {}", src.display(), dst.display()))?;
+        }
+    }
+    Ok(())
+}
