@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use crate::config::Config;
 use crate::event::Event;
 use crate::metrics::Metrics;
-use crate::queue::{AttemptRecord, Claim, Failure, Queue, Settlement, Verdict, now_ms, now_rfc3339};
+use crate::queue::{AttemptRecord, Claim, Delivery, Failure, Queue, Settlement, Verdict, now_ms, now_rfc3339};
 use crate::route;
 use crate::sandbox::{Fault, Loaded, Sandbox};
 
@@ -550,21 +550,11 @@ fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
     summary.emitted += emitted.len() as u64;
 
     if let Some(max_attempts) = pending.exhausted {
-        summary.dead_lettered += 1;
         let reason = format!(
             "delivered {attempt} times, over max_attempts = {max_attempts}, without being settled (see history: its dispatchers stopped)"
         );
-        tracing::error!(event_id = %claim.event.event_id, %reason, "event moved to the dead-letter queue");
-        let record = json!({
-            "event": claim.event,
-            "entry": claim.name.key(),
-            "attempts": attempt,
-            "max_attempts": max_attempts,
-            "dead_lettered_at": now_rfc3339(),
-            "reason": reason,
-            "history": claim.delivery.history,
-        });
-        return Settlement { claim, emitted, verdict: Verdict::DeadLetter(record) };
+        let delivery = claim.delivery.clone();
+        return dead_letter(summary, claim, emitted, max_attempts, reason, Vec::new(), delivery);
     }
 
     if failures.is_empty() {
@@ -607,25 +597,16 @@ fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
     });
     let max_attempts = failures.iter().map(|(r, _)| r.max_attempts).min().unwrap_or(1);
     if attempt >= max_attempts {
-        summary.dead_lettered += 1;
         let reason = failures
             .iter()
             .map(|(r, f)| format!("{}: {} ({})", r.handler, f.message, f.kind))
             .collect::<Vec<_>>()
             .join("; ");
-        tracing::error!(event_id = %claim.event.event_id, attempts = attempt, %reason, "event moved to the dead-letter queue");
-        let record = json!({
-            "event": claim.event,
-            "entry": claim.name.key(),
-            "attempts": attempt,
-            "max_attempts": max_attempts,
-            "dead_lettered_at": now_rfc3339(),
-            "reason": reason,
-            "failed_handlers": failures.iter().map(|(r, _)| json!({"name": r.handler, "component_sha256": r.sha256, "version": r.version})).collect::<Vec<Value>>(),
-            "succeeded_handlers": delivery.done,
-            "history": delivery.history,
-        });
-        return Settlement { claim, emitted, verdict: Verdict::DeadLetter(record) };
+        let failed = failures
+            .iter()
+            .map(|(r, _)| json!({"name": r.handler, "component_sha256": r.sha256, "version": r.version}))
+            .collect();
+        return dead_letter(summary, claim, emitted, max_attempts, reason, failed, delivery);
     }
     summary.retried += 1;
     let backoff = failures.iter().map(|(r, _)| r.backoff_ms).max().unwrap_or(0);
@@ -635,6 +616,33 @@ fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
         emitted,
         verdict: Verdict::Retry { due: SystemTime::now() + Duration::from_millis(delay), delivery },
     }
+}
+
+/// The verdict for an event that failed for good, with its forensic record.
+fn dead_letter(
+    summary: &mut Summary,
+    claim: Claim,
+    emitted: Vec<Event>,
+    max_attempts: u32,
+    reason: String,
+    failed_handlers: Vec<Value>,
+    delivery: Delivery,
+) -> Settlement {
+    summary.dead_lettered += 1;
+    let attempt = claim.name.attempt;
+    tracing::error!(event_id = %claim.event.event_id, attempts = attempt, %reason, "event moved to the dead-letter queue");
+    let record = json!({
+        "event": claim.event,
+        "entry": claim.name.key(),
+        "attempts": attempt,
+        "max_attempts": max_attempts,
+        "dead_lettered_at": now_rfc3339(),
+        "reason": reason,
+        "failed_handlers": failed_handlers,
+        "succeeded_handlers": delivery.done,
+        "history": delivery.history,
+    });
+    Settlement { claim, emitted, verdict: Verdict::DeadLetter(record) }
 }
 
 /// Loads the handlers of a config into a ready dispatcher.
