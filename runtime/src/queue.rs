@@ -255,9 +255,13 @@ pub struct FsQueue {
 /// claim that survives a crash is recognised by recovery (its record is
 /// already archived or dead-lettered) and removed then.
 struct Reaper {
-    tx: std::sync::mpsc::Sender<Vec<PathBuf>>,
-    thread: std::thread::JoinHandle<()>,
+    tx: std::sync::mpsc::Sender<PathBuf>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
+
+/// Removal threads: an unlink mostly waits on the disk (ext4 discards the
+/// freed blocks synchronously), so several overlap well even on two cores.
+const REAPERS: usize = 4;
 
 static LAST_US: AtomicU64 = AtomicU64::new(0);
 
@@ -497,23 +501,29 @@ impl FsQueue {
     fn reap(&self, paths: Vec<PathBuf>) {
         let mut reaper = self.reaper.lock().unwrap_or_else(|e| e.into_inner());
         let r = reaper.get_or_insert_with(|| {
-            let (tx, rx) = std::sync::mpsc::channel::<Vec<PathBuf>>();
-            let thread = std::thread::spawn(move || {
-                for batch in rx {
-                    for path in batch {
-                        if let Err(e) = std::fs::remove_file(&path)
-                            && e.kind() != std::io::ErrorKind::NotFound
-                        {
-                            tracing::warn!(file = %path.display(), error = %e, "failed to remove a settled claim; recovery will");
+            let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+            let rx = std::sync::Arc::new(Mutex::new(rx));
+            let threads = (0..REAPERS)
+                .map(|_| {
+                    let rx = rx.clone();
+                    std::thread::spawn(move || {
+                        loop {
+                            let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                            let Ok(path) = next else { return };
+                            if let Err(e) = std::fs::remove_file(&path)
+                                && e.kind() != std::io::ErrorKind::NotFound
+                            {
+                                tracing::warn!(file = %path.display(), error = %e, "failed to remove a settled claim; recovery will");
+                            }
                         }
-                    }
-                }
-            });
-            Reaper { tx, thread }
+                    })
+                })
+                .collect();
+            Reaper { tx, threads }
         });
-        if let Err(unsent) = r.tx.send(paths) {
-            for path in unsent.0 {
-                let _ = std::fs::remove_file(path);
+        for path in paths {
+            if let Err(unsent) = r.tx.send(path) {
+                let _ = std::fs::remove_file(unsent.0);
             }
         }
     }
@@ -522,7 +532,9 @@ impl FsQueue {
     pub fn flush(&self) {
         if let Some(r) = self.reaper.lock().unwrap_or_else(|e| e.into_inner()).take() {
             drop(r.tx);
-            let _ = r.thread.join();
+            for t in r.threads {
+                let _ = t.join();
+            }
         }
     }
 }
