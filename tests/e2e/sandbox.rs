@@ -152,6 +152,9 @@ fn nothing_outside_the_grants_can_be_reached() -> Result<()> {
         r#"{"op": "rename", "path": "/state/ro/readable.txt", "to": "/state/rw/stolen.txt"}"#,
         r#"{"op": "hardlink", "path": "/state/ro/readable.txt", "to": "/state/rw/hard.txt"}"#,
         r#"{"op": "write", "path": "/state/rw/../canary.txt"}"#,
+        r#"{"op": "env", "path": ""}"#,
+        r#"{"op": "connect", "path": "127.0.0.1:9464"}"#,
+        r#"{"op": "connect", "path": "[::1]:9464"}"#,
     ];
     let out = probe(&root, &attempts)?;
     for (payload, result) in attempts.iter().zip(&out) {
