@@ -156,7 +156,9 @@ impl Root {
                 continue;
             }
             let text = std::fs::read_to_string(self.join(&format!("events/archive/{day}")))?;
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            // A service may be appending: only whole lines count.
+            let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+            for line in whole.lines().filter(|l| !l.trim().is_empty()) {
                 out.push(serde_json::from_str(line).with_context(|| format!("bad archive line in {day}: {line}"))?);
             }
         }

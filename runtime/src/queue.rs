@@ -178,6 +178,8 @@ pub struct Recovered {
     pub requeued: usize,
     /// Stale claims whose work was already recorded; the ack was finished.
     pub finished: usize,
+    /// Temp files left by writers that died, removed.
+    pub stale_temp_files: usize,
 }
 
 /// The queue interface a dispatcher needs.
@@ -249,6 +251,9 @@ pub struct FsQueue {
     pending: Mutex<BTreeSet<String>>,
     /// Removes settled claims off the commit path (see [`FsQueue::flush`]).
     reaper: Mutex<Option<Reaper>>,
+    /// Claims this process holds and has not settled: never stale, however
+    /// long they wait behind other events.
+    held: Mutex<BTreeSet<String>>,
 }
 
 /// A thread that removes files whose removal need not be durable: a settled
@@ -303,6 +308,7 @@ impl FsQueue {
             validator,
             pending: Mutex::new(BTreeSet::new()),
             reaper: Mutex::new(None),
+            held: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -593,6 +599,7 @@ impl Queue for FsQueue {
                 Err(e) => return Err(e).with_context(|| format!("failed to claim queue entry {}", from.display())),
             }
             let name = EntryName::parse(&next).expect("parsed when listed");
+            self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(next.clone());
             let delivery = if name.attempt > 1 { self.read_delivery(&name)? } else { Delivery::default() };
             match self.read_claimed(&to) {
                 Ok(event) => return Ok(Some(Claim { name, event, delivery })),
@@ -619,6 +626,12 @@ impl Queue for FsQueue {
     fn settle(&self, batch: Vec<Settlement>) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
+        }
+        {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            for st in &batch {
+                held.remove(&st.claim.name.file_name());
+            }
         }
         let mut commit = Commit::default();
         let staged = (|| -> Result<()> {
@@ -678,8 +691,27 @@ impl Queue for FsQueue {
 
     fn recover(&self, lease: Duration) -> Result<Recovered> {
         let mut out = Recovered::default();
+        // Temp files of a writer that died: never visible to readers, only
+        // garbage. Anything older than a lease is nobody's work in progress.
+        if let Ok(entries) = std::fs::read_dir(self.layout.tmp()) {
+            for e in entries.flatten() {
+                let old = e
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|a| a > lease);
+                if old && std::fs::remove_file(e.path()).is_ok() {
+                    out.stale_temp_files += 1;
+                }
+            }
+        }
         let claimed = self.layout.claimed();
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for name in list_names(&claimed)? {
+            if held.contains(&name.file_name()) {
+                continue;
+            }
             let path = claimed.join(name.file_name());
             let Ok(meta) = std::fs::metadata(&path) else { continue };
             // The claiming rename set ctime: that is when the lease began.

@@ -3,6 +3,7 @@
 
 mod dispatch;
 mod handlers;
+mod reliability;
 mod replay;
 mod sandbox;
 mod schema;

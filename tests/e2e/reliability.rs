@@ -1,0 +1,151 @@
+//! Breaking delivery on purpose: stale claims, emit storms, several
+//! dispatchers, `kill -9` while events flow, and a watcher that overflows.
+//! Each checks the total-queue invariant: every emitted id archived, none
+//! lost, none unexpected, duplicates counted.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Result;
+use cortex_tests::{Root, wait_for};
+
+/// Every id archived exactly once: returns (lost, duplicated, unexpected).
+fn audit(root: &Root, ids: &[String]) -> Result<(usize, usize, usize)> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for r in root.archived()? {
+        *seen.entry(r["event"]["event_id"].as_str().unwrap_or("").to_string()).or_default() += 1;
+    }
+    let lost = ids.iter().filter(|id| !seen.contains_key(*id)).count();
+    let duplicated = seen.values().filter(|n| **n > 1).count();
+    let unexpected = seen.keys().filter(|k| !ids.contains(k)).count();
+    Ok((lost, duplicated, unexpected))
+}
+
+fn batch_of(n: usize, tag: &str) -> String {
+    (0..n)
+        .map(|i| format!("{{\"event_type\": \"task.created\", \"source\": \"{tag}\", \"payload\": {{\"n\": {i}}}}}\n"))
+        .collect()
+}
+
+#[test]
+fn a_stale_claim_is_reclaimed_after_its_lease_with_the_attempt_raised() -> Result<()> {
+    let root = Root::with_handlers("[handlers.sink]\ncomponent = \"{noop}\"\nevents = [\"*\"]\n")?;
+    let config = std::fs::read_to_string(root.join("cortex.toml"))?.replace("lease_secs = 300", "lease_secs = 1");
+    std::fs::write(root.join("cortex.toml"), config)?;
+    let id = root.emit("task.created", "{}")?;
+    // A dispatcher that claimed the event and died.
+    let name = root.files("events/queue").pop().unwrap();
+    std::fs::rename(root.join(&format!("events/queue/{name}")), root.join(&format!("events/claimed/{name}")))?;
+    std::fs::write(root.join("events/tmp/12345.0.deadbeef.half-written"), b"{\"event_id\": \"evt_")?;
+    // Within the lease nobody touches it.
+    let s = root.dispatch()?;
+    assert_eq!((s["claimed"].as_u64(), s["recovered_claims"].as_u64()), (Some(0), Some(0)), "{s}");
+    assert_eq!(root.files("events/claimed"), [name.clone()]);
+    std::thread::sleep(Duration::from_millis(1100));
+    let s = root.dispatch()?;
+    assert_eq!(s["recovered_claims"], 1);
+    assert_eq!(s["handled"], 1);
+    let rec = root.archived_record(&id)?.expect("archived after recovery");
+    assert_eq!(rec["attempts"], 2, "the crashed delivery counts as an attempt");
+    assert!(root.files("events/claimed").is_empty() && root.files("events/tmp").is_empty());
+    Ok(())
+}
+
+#[test]
+fn an_emit_storm_is_cut_off_by_the_per_invocation_limit() -> Result<()> {
+    let root = Root::with_handlers(
+        r#"
+[handlers.storm]
+component = "{emit-probe}"
+events = ["worker.started"]
+max_attempts = 1
+limits = { max_emits = 10 }
+"#,
+    )?;
+    let failing = root.emit("worker.started", r#"{"count": 100000}"#)?;
+    let tolerant = root.emit("worker.started", r#"{"count": 100000, "tolerate": true}"#)?;
+    let s = root.dispatch()?;
+    assert_eq!(s["emitted"], 10, "only the tolerant run's 10 follow-ups are queued: {s}");
+    let dl = root.dead_letters()?;
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0]["event"]["event_id"], failing);
+    let msg = dl[0]["history"][0]["failures"][0]["message"].as_str().unwrap();
+    assert!(msg.contains("already emitted 10 events") && msg.contains("limits.max_emits"), "{msg}");
+    let rec = root.archived_record(&tolerant)?.unwrap();
+    assert!(rec["handlers"][0]["summary"].as_str().unwrap().starts_with("emitted 10 then refused"));
+    Ok(())
+}
+
+#[test]
+fn three_dispatchers_on_ten_thousand_events_handle_each_once() -> Result<()> {
+    let root = Root::with_handlers("[handlers.sink]\ncomponent = \"{noop}\"\nevents = [\"*\"]\nconcurrency = 2\n")?;
+    let ids = root.batch(&batch_of(10_000, "s"))?;
+    let children: Vec<_> = (0..3)
+        .map(|_| root.command().args(["dispatch", "--json"]).stderr(std::process::Stdio::null()).spawn())
+        .collect::<std::io::Result<_>>()?;
+    for c in children {
+        let out = c.wait_with_output()?;
+        assert!(out.status.success());
+    }
+    assert_eq!(audit(&root, &ids)?, (0, 0, 0), "(lost, duplicated, unexpected)");
+    assert!(root.files("events/queue").is_empty() && root.files("events/claimed").is_empty());
+    Ok(())
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_nothing() -> Result<()> {
+    let root = Root::with_handlers("[handlers.sink]\ncomponent = \"{noop}\"\nevents = [\"*\"]\n")?;
+    let config = std::fs::read_to_string(root.join("cortex.toml"))?.replace("lease_secs = 300", "lease_secs = 1");
+    std::fs::write(root.join("cortex.toml"), config)?;
+    let mut ids = Vec::new();
+    for round in 0..50 {
+        let mut svc = root.serve()?;
+        ids.extend(root.batch(&batch_of(40, &format!("r{round}")))?);
+        std::thread::sleep(Duration::from_millis(fastrand_ms(round)));
+        svc.child.kill()?; // SIGKILL
+        svc.child.wait()?;
+    }
+    // Claims of the killed processes are reclaimed once their lease is over.
+    std::thread::sleep(Duration::from_millis(1100));
+    root.dispatch()?;
+    // An event in flight during several crashes uses up its attempts (each
+    // lease expiry counts, as an SQS receive does) and is dead-lettered as
+    // exhausted: accounted for, not lost.
+    let exhausted: Vec<String> = root
+        .dead_letters()?
+        .iter()
+        .map(|d| {
+            assert!(d["reason"].as_str().unwrap_or("").contains("over max_attempts"), "unexpected dead letter: {d}");
+            d["event"]["event_id"].as_str().unwrap_or("").to_string()
+        })
+        .collect();
+    let (lost, duplicated, unexpected) = audit(&root, &ids)?;
+    let lost = lost - ids.iter().filter(|id| exhausted.contains(id)).count();
+    eprintln!(
+        "kill -9 x50: {} events, {lost} lost, {duplicated} duplicated, {unexpected} unexpected, {} dead-lettered after exhausting their attempts in crashes",
+        ids.len(),
+        exhausted.len()
+    );
+    assert_eq!((lost, unexpected), (0, 0));
+    assert_eq!(duplicated, 0, "a settled event ran again: recovery must see its archive record");
+    assert!(root.files("events/queue").is_empty() && root.files("events/claimed").is_empty());
+    Ok(())
+}
+
+/// A spread of kill moments, 0–60 ms, without a random crate.
+fn fastrand_ms(round: u64) -> u64 {
+    (round * 37 + 11) % 61
+}
+
+#[test]
+fn a_stopped_service_with_an_overflowed_watch_handles_everything_on_resume() -> Result<()> {
+    let root = Root::with_handlers("[handlers.sink]\ncomponent = \"{noop}\"\nevents = [\"*\"]\nconcurrency = 2\n")?;
+    let svc = root.serve()?;
+    svc.signal(19); // SIGSTOP
+    let ids = root.batch(&batch_of(20_000, "burst"))?;
+    svc.signal(18); // SIGCONT
+    wait_for(Duration::from_secs(90), || Ok(root.archived()?.len() >= ids.len()))?;
+    assert_eq!(audit(&root, &ids)?, (0, 0, 0), "(lost, duplicated, unexpected)");
+    assert_eq!(svc.stop()?, 0);
+    Ok(())
+}
