@@ -40,7 +40,7 @@ fn a_stale_claim_is_reclaimed_after_its_lease_with_the_attempt_raised() -> Resul
     // Within the lease nobody touches it.
     let s = root.dispatch()?;
     assert_eq!((s["claimed"].as_u64(), s["recovered_claims"].as_u64()), (Some(0), Some(0)), "{s}");
-    assert_eq!(root.files("events/claimed"), [name.clone()]);
+    assert_eq!(root.files("events/claimed"), std::slice::from_ref(&name));
     std::thread::sleep(Duration::from_millis(1100));
     let s = root.dispatch()?;
     assert_eq!(s["recovered_claims"], 1);
