@@ -10,7 +10,7 @@ CORTEX := $(TARGET)/release/cortex
 WASM_DIR     := $(TARGET)/wasm
 HANDLERS_OUT := $(TARGET)/release/handlers
 
-.PHONY: all setup build handlers run test bench lint fmt clean
+.PHONY: all setup build handlers run test bench fuzz lint fmt clean
 
 all: build
 
@@ -49,6 +49,12 @@ test: build handlers
 
 bench: build handlers
 	$(CARGO) run --release -p cortex-tests --bin cortex-bench
+
+# Property-based fuzzing of the envelope parser/validator and the config
+# loader, bounded by case count (make test runs the same properties with 256).
+FUZZ_CASES ?= 20000
+fuzz: build
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p cortex --lib properties
 
 lint:
 	$(CARGO) fmt --all --check
