@@ -169,3 +169,44 @@ fn nothing_outside_the_grants_can_be_reached() -> Result<()> {
     assert!(!root.join("state/rw/stolen.txt").exists() && !root.join("state/rw/hard.txt").exists());
     Ok(())
 }
+
+#[test]
+fn output_floods_are_capped_or_refused_with_a_clear_error() -> Result<()> {
+    let root = Root::with_handlers(
+        r#"
+[handlers.flood]
+component = "{output-flood}"
+events = ["task.*"]
+max_attempts = 1
+limits = { output_bytes = 65536, memory_mb = 64 }
+"#,
+    )?;
+    let stdout = root.emit("task.created", r#"{"flood": "stdout"}"#)?;
+    let summary = root.emit("task.created", r#"{"flood": "summary"}"#)?;
+    let error = root.emit("task.created", r#"{"flood": "error"}"#)?;
+    let emit = root.emit("task.created", r#"{"flood": "emit"}"#)?;
+    let next = root.emit("task.assigned", "{}")?;
+    root.dispatch()?;
+    let dead = root.dead_letters()?;
+    let failure = |id: &str| -> Value {
+        dead.iter()
+            .find(|d| d["event"]["event_id"] == id)
+            .map(|d| d["history"][0]["failures"][0].clone())
+            .unwrap_or(Value::Null)
+    };
+    let f = failure(&stdout);
+    assert_eq!(f["kind"], "output-limit", "{f}");
+    assert!(f["message"].as_str().unwrap().contains("65536 bytes"), "{f}");
+    let rec = root.archived_record(&summary)?.expect("a huge summary is capped, not fatal");
+    let text = rec["handlers"][0]["summary"].as_str().unwrap();
+    assert!(text.len() < 5000 && text.ends_with("bytes cut)"), "{}", &text[text.len().saturating_sub(80)..]);
+    let f = failure(&error);
+    assert!(f["message"].as_str().unwrap().len() < 5000, "the error message was not capped");
+    let f = failure(&emit);
+    assert!(f["message"].as_str().unwrap().contains("over the 1048576 byte limit"), "{f}");
+    assert!(root.archived_record(&next)?.is_some(), "the next event did not run");
+    assert!(
+        std::fs::metadata(root.join(&format!("events/archive/{}", root.files("events/archive")[0])))?.len() < 1 << 20
+    );
+    Ok(())
+}

@@ -358,17 +358,51 @@ impl Sandbox {
         let result = match loaded.pre.instantiate(&mut store) {
             Err(e) => Err(classify(&e, limits, "instantiate")),
             Ok(instance) => match instance.call_handle(&mut store, &input) {
-                Ok(Ok(outcome)) => Ok(outcome.summary),
-                Ok(Err(message)) => Err(Fault { kind: "error".into(), message, detail: String::new() }),
+                Ok(Ok(outcome)) => Ok(cap(outcome.summary)),
+                Ok(Err(message)) => Err(Fault { kind: "error".into(), message: cap(message), detail: String::new() }),
                 Err(e) => Err(classify(&e, limits, "trap")),
             },
         };
         let state = store.into_data();
         let text = |p: &MemoryOutputPipe| String::from_utf8_lossy(&p.contents()).into_owned();
         let (stdout, stderr) = (text(&state.stdout), text(&state.stderr));
+        // A guest whose writes were refused at the cap usually panics on the
+        // failed write: report the cap, not a bare trap.
+        let flooded = state.stdout.contents().len() >= limits.output_bytes
+            || state.stderr.contents().len() >= limits.output_bytes;
+        let result = match result {
+            Err(f) if flooded && f.kind == "trap" => Err(Fault {
+                kind: "output-limit".into(),
+                message: format!(
+                    "wrote more than {} bytes to stdout/stderr (limits.output_bytes) and trapped when further writes were refused: {}",
+                    limits.output_bytes, f.message
+                ),
+                detail: f.detail,
+            }),
+            other => other,
+        };
         let call = state.call;
         Invocation { result, emitted: call.emitted, logs: call.logs, stdout, stderr, duration: start.elapsed() }
     }
+}
+
+/// Longest summary or error message kept from a handler; they go into logs,
+/// archive lines and dead-letter records.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// Cuts a handler's text to [`MAX_MESSAGE`] bytes, saying how much was cut.
+fn cap(mut text: String) -> String {
+    if text.len() <= MAX_MESSAGE {
+        return text;
+    }
+    let total = text.len();
+    let mut cut = MAX_MESSAGE;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(&format!("… ({} of {total} bytes cut)", total - cut));
+    text
 }
 
 /// Names what stopped a handler, in words a user can act on.
