@@ -149,3 +149,111 @@ fn a_stopped_service_with_an_overflowed_watch_handles_everything_on_resume() -> 
     assert_eq!(svc.stop()?, 0);
     Ok(())
 }
+
+/// A small tmpfs, unmounted on drop (the test runs as root, as CI does).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new(size: &str) -> Result<SmallDisk> {
+        let dir = tempfile::tempdir()?;
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()?;
+        anyhow::ensure!(st.success(), "mounting a tmpfs failed: this test needs root (CI runs as root)");
+        Ok(SmallDisk { dir })
+    }
+
+    /// Fills the disk to the last byte with a file that `free` removes.
+    fn fill(&self) -> Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.dir.path().join("filler"))?;
+        for chunk in [1 << 20, 4096, 1] {
+            let buf = vec![0u8; chunk];
+            while f.write_all(&buf).is_ok() {}
+        }
+        Ok(())
+    }
+
+    fn free(&self) -> Result<()> {
+        std::fs::remove_file(self.dir.path().join("filler"))?;
+        Ok(())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_emits_and_never_acks_what_it_could_not_write() -> Result<()> {
+    let disk = SmallDisk::new("8m")?;
+    let path = disk.dir.path().join("coordination");
+    let run = |args: &[&str]| -> Result<cortex_tests::Out> {
+        Ok(std::process::Command::new(cortex_tests::cortex_bin())
+            .arg("--root")
+            .arg(&path)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()?
+            .into())
+    };
+    assert_eq!(run(&["init", "--handlers", "/nonexistent"])?.code, 0);
+    let base = std::fs::read_to_string(path.join("cortex.toml"))?;
+    let cut = base.find("[handlers.").unwrap_or(base.len());
+    let config = format!(
+        "{}\n[handlers.sink]\ncomponent = \"{}\"\nevents = [\"*\"]\n",
+        base[..cut].replace("lease_secs = 300", "lease_secs = 1"),
+        cortex_tests::component("noop")
+    );
+    std::fs::write(path.join("cortex.toml"), config)?;
+
+    // A producer on a full disk gets an error and no id; nothing torn appears.
+    disk.fill()?;
+    let out = run(&["emit", "task.created", "s", "{}"])?;
+    assert_ne!(out.code, 0);
+    assert!(out.stdout.trim().is_empty(), "an event id was printed: {}", out.stdout);
+    assert!(out.stderr.contains("No space left"), "{}", out.stderr);
+    assert!(cortex_tests::list(&path.join("events/queue")).is_empty());
+    assert!(cortex_tests::list(&path.join("events/tmp")).is_empty(), "a partial temp file was left");
+
+    // Events queued while there was room; then the disk fills before they settle.
+    disk.free()?;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let out = run(&["emit", "task.created", "s", &format!("{{\"n\": {i}}}")])?;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        ids.push(out.stdout.trim().to_string());
+    }
+    disk.fill()?;
+    let out = run(&["dispatch"])?;
+    assert_ne!(out.code, 0, "dispatch must report that it could not settle");
+    assert!(out.stderr.contains("could not be settled") || out.stderr.contains("No space left"), "{}", out.stderr);
+    let archive = path.join("events/archive");
+    let archived_text: String = cortex_tests::list(&archive)
+        .iter()
+        .map(|f| std::fs::read_to_string(archive.join(f)).unwrap_or_default())
+        .collect();
+    let unacked =
+        cortex_tests::list(&path.join("events/queue")).len() + cortex_tests::list(&path.join("events/claimed")).len();
+    let acked = ids.iter().filter(|id| archived_text.contains(id.as_str())).count();
+    assert_eq!(unacked + acked, ids.len(), "an event was acknowledged without its archive record");
+
+    // With room again (and the lease over), everything is handled.
+    disk.free()?;
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = run(&["dispatch"])?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let archived_text: String = cortex_tests::list(&archive)
+        .iter()
+        .map(|f| std::fs::read_to_string(archive.join(f)).unwrap_or_default())
+        .collect();
+    for id in &ids {
+        assert!(archived_text.contains(id.as_str()), "{id} lost after the disk filled");
+    }
+    Ok(())
+}
