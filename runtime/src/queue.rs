@@ -333,18 +333,22 @@ impl FsQueue {
     }
 
     /// Lists `queue/` into the pending set.
-    fn refill(&self, pending: &mut BTreeSet<String>) -> Result<()> {
+    /// Lists `queue/` into the pending set; returns the files dropped in by
+    /// hand, to [`FsQueue::adopt`] once the pending lock is released
+    /// (adopting enqueues, which takes that lock again).
+    fn refill(&self, pending: &mut BTreeSet<String>) -> Result<Vec<PathBuf>> {
         let dir = self.layout.queue();
+        let mut foreign = Vec::new();
         for entry in std::fs::read_dir(&dir).with_context(|| format!("failed to list {}", dir.display()))? {
             let entry = entry.with_context(|| format!("failed to list {}", dir.display()))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if EntryName::parse(&name).is_some() {
                 pending.insert(name);
             } else if name.ends_with(".json") && !name.starts_with('.') {
-                self.adopt(&entry.path())?;
+                foreign.push(entry.path());
             }
         }
-        Ok(())
+        Ok(foreign)
     }
 
     /// A `.json` file dropped into `queue/` by hand (as the seed's tools
@@ -573,8 +577,15 @@ impl Queue for FsQueue {
             let next = {
                 let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
                 if pending.is_empty() && !relisted {
-                    self.refill(&mut pending)?;
+                    let foreign = self.refill(&mut pending)?;
                     relisted = true;
+                    if !foreign.is_empty() {
+                        drop(pending);
+                        for path in &foreign {
+                            self.adopt(path)?;
+                        }
+                        continue;
+                    }
                 }
                 // The first due entry; delayed ones stay for a later pass.
                 let found = pending.iter().find(|n| EntryName::parse(n).is_some_and(|e| e.is_due(now))).cloned();

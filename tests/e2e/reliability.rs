@@ -257,3 +257,44 @@ fn a_full_disk_refuses_emits_and_never_acks_what_it_could_not_write() -> Result<
     }
     Ok(())
 }
+
+#[test]
+fn a_slow_producer_is_never_read_half_written() -> Result<()> {
+    use std::io::Write;
+    let root = Root::with_handlers("[handlers.sink]\ncomponent = \"{noop}\"\nevents = [\"*\"]\n")?;
+    let svc = root.serve()?;
+    let event = serde_json::json!({
+        "event_id": "evt_20251201_120000_slow01", "event_type": "task.created",
+        "timestamp": "2025-12-01T12:00:00Z", "source": "slow", "payload": {"blob": "x".repeat(5000)}
+    })
+    .to_string();
+    // Our own producer's protocol: a temp file is never read, however long it takes.
+    std::fs::write(root.join("events/tmp/999.0.cafe.slow"), &event[..event.len() / 2])?;
+    // A hand-rolled producer writing straight into the queue, slowly.
+    let mut f = std::fs::File::create(root.join("events/queue/slow.json"))?;
+    for chunk in event.as_bytes().chunks(event.len() / 4 + 1).take(3) {
+        f.write_all(chunk)?;
+        f.flush()?;
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(
+            root.archived()?.is_empty() && root.files("events/dead-letter").is_empty(),
+            "a half-written event was taken"
+        );
+    }
+    let written: usize = event.as_bytes().chunks(event.len() / 4 + 1).take(3).map(<[u8]>::len).sum();
+    f.write_all(&event.as_bytes()[written..])?;
+    drop(f);
+    wait_for(Duration::from_secs(10), || Ok(root.archived()?.len() == 1))?;
+    assert_eq!(root.archived()?[0]["event"]["payload"]["blob"].as_str().map(str::len), Some(5000));
+    assert!(root.dead_letters()?.is_empty());
+    assert!(root.join("events/tmp/999.0.cafe.slow").exists(), "the dispatcher touched a temp file");
+
+    // A producer that died mid-write: its file is dead-lettered with the reason, not lost.
+    std::fs::write(root.join("events/queue/torn.json"), &event[..event.len() / 3])?;
+    wait_for(Duration::from_secs(15), || Ok(root.files("events/dead-letter").len() == 1))?;
+    let dl = &root.dead_letters()?[0];
+    assert!(dl["reason"].as_str().unwrap().contains("invalid event"), "{dl}");
+    assert_eq!(dl["raw"].as_str().map(str::len), Some(event.len() / 3));
+    assert_eq!(svc.stop()?, 0);
+    Ok(())
+}
