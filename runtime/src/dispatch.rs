@@ -414,6 +414,7 @@ fn lane(
                 slots.acquire();
                 let inv = sandbox.invoke(&loaded, event, job.pending.claim.name.attempt);
                 slots.release();
+                crate::fsio::failpoint("dispatch.handler-done");
                 let ms = inv.duration.as_secs_f64() * 1000.0;
                 metrics.invocation(name, inv.result.as_ref().map_or_else(|f| f.kind.as_str(), |_| "ok"), inv.duration);
                 match &inv.result {

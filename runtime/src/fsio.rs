@@ -104,6 +104,23 @@ pub fn sync_filesystem(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A crash point for the reliability suite. Built with the `failpoints`
+/// feature (the test build enables it), `CORTEX_FAILPOINT=<name>` aborts the
+/// process right there; without the feature this compiles to nothing.
+#[inline]
+pub fn failpoint(name: &str) {
+    #[cfg(feature = "failpoints")]
+    {
+        static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        if ARMED.get_or_init(|| std::env::var("CORTEX_FAILPOINT").ok()).as_deref() == Some(name) {
+            eprintln!("cortex: failpoint {name}: aborting");
+            std::process::abort();
+        }
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}
+
 /// Writes a whole file durably: temp file, fsync, rename, directory fsync.
 /// Replaces an existing `target`.
 ///

@@ -436,6 +436,10 @@ fn count_json(dir: &Path) -> Result<usize> {
 struct Commit {
     /// (temp file, target, may the target be replaced)
     moves: Vec<(PathBuf, PathBuf, bool)>,
+    /// Archive lines by day file, appended only after the moves: an archive
+    /// line is what recovery takes as proof that an event was settled, so
+    /// its follow-ups must be in place before it exists.
+    archive: BTreeMap<PathBuf, Vec<u8>>,
     /// Claims to remove after the moves are durable.
     removals: Vec<PathBuf>,
     dirs: BTreeSet<PathBuf>,
@@ -489,7 +493,7 @@ impl FsQueue {
     }
 
     /// Phase two: everything staged is durable; put it in place.
-    fn apply(&self, commit: Commit) -> Result<()> {
+    fn apply(&self, commit: Commit, stage: &str) -> Result<()> {
         for (tmp, target, replace) in &commit.moves {
             if *replace {
                 std::fs::rename(tmp, target)
@@ -498,9 +502,19 @@ impl FsQueue {
                 fsio::rename_noreplace(tmp, target)?;
             }
         }
+        fsio::failpoint(&format!("{stage}.renamed"));
         for dir in &commit.dirs {
             fsio::sync_dir(dir)?;
         }
+        fsio::failpoint(&format!("{stage}.dir-synced"));
+        for (path, lines) in &commit.archive {
+            fsio::append_lines(path, lines, true).with_context(|| format!("failed to append to {}", path.display()))?;
+        }
+        if !commit.archive.is_empty() {
+            // A day file may have just been created.
+            fsio::sync_dir(&self.layout.archive())?;
+        }
+        fsio::failpoint(&format!("{stage}.archived"));
         self.remember(commit.new_names);
         if !commit.removals.is_empty() {
             self.reap(commit.removals);
@@ -558,6 +572,7 @@ impl Queue for FsQueue {
         let mut commit = Commit::default();
         let staged = self.stage_events(&mut commit, events, !group).and_then(|()| {
             self.journal.append(&self.validator, events, !group)?;
+            fsio::failpoint("emit.written");
             if group {
                 fsio::sync_filesystem(&self.layout.tmp())?;
             }
@@ -567,7 +582,8 @@ impl Queue for FsQueue {
             commit.abandon();
             return Err(e);
         }
-        self.apply(commit)
+        fsio::failpoint("emit.synced");
+        self.apply(commit, "emit")
     }
 
     fn claim(&self) -> Result<Option<Claim>> {
@@ -647,14 +663,14 @@ impl Queue for FsQueue {
         let mut commit = Commit::default();
         let staged = (|| -> Result<()> {
             let mut emitted = Vec::new();
-            let mut archived: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
+
             for s in &batch {
                 self.stage_events(&mut commit, &s.emitted, false)?;
                 emitted.extend(s.emitted.iter().cloned());
                 let claimed = self.layout.claimed().join(s.claim.name.file_name());
                 match &s.verdict {
                     Verdict::Ack(record) => {
-                        let lines = archived.entry(self.archive_path(&s.claim.event)).or_default();
+                        let lines = commit.archive.entry(self.archive_path(&s.claim.event)).or_default();
                         serde_json::to_writer(&mut *lines, record).context("failed to serialize an archive record")?;
                         lines.push(b'\n');
                         commit.removals.push(claimed);
@@ -681,13 +697,12 @@ impl Queue for FsQueue {
                 }
             }
             self.journal.append(&self.validator, &emitted, false)?;
-            for (path, lines) in &archived {
-                fsio::append_lines(path, lines, false)
-                    .with_context(|| format!("failed to append to {}", path.display()))?;
-            }
+            fsio::failpoint("settle.written");
             // One flush for everything: follow-ups, records, log lines and
             // the state handlers wrote while running these events.
-            fsio::sync_filesystem(&self.layout.tmp())
+            fsio::sync_filesystem(&self.layout.tmp())?;
+            fsio::failpoint("settle.synced");
+            Ok(())
         })();
         if let Err(e) = staged {
             for (tmp, _, _) in &commit.moves {
@@ -697,7 +712,7 @@ impl Queue for FsQueue {
             }
             return Err(e);
         }
-        self.apply(commit)
+        self.apply(commit, "settle")
     }
 
     fn recover(&self, lease: Duration) -> Result<Recovered> {
