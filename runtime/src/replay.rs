@@ -239,11 +239,12 @@ fn still_accepted(validator: &Validator, e: &Event) -> std::result::Result<(), S
     Ok(())
 }
 
+/// An event for the replay modules' unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
+    use crate::event::Event;
 
-    fn event(id: &str, ts: &str, t: &str) -> Event {
+    pub fn event(id: &str, ts: &str, t: &str) -> Event {
         Event {
             event_id: id.into(),
             event_type: t.into(),
@@ -254,6 +255,14 @@ mod tests {
             payload: Default::default(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::replay::testing::event;
+
     #[test]
     fn replays_are_counted_and_their_history_capped() {
         let mut e = event("evt_20251201_120000_abc123", "2025-12-01T12:00:00Z", "task.created");

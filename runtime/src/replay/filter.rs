@@ -123,17 +123,8 @@ impl Filter {
 mod tests {
     use super::*;
 
-    fn event(id: &str, ts: &str, t: &str) -> Event {
-        Event {
-            event_id: id.into(),
-            event_type: t.into(),
-            timestamp: ts.into(),
-            source: "src-1".into(),
-            correlation_id: Some("corr".into()),
-            metadata: Default::default(),
-            payload: Default::default(),
-        }
-    }
+    use crate::replay::testing::event;
+
     #[test]
     fn flags_are_checked_with_the_expected_form_named() {
         assert!(parse_date("2025-12-01").is_ok());

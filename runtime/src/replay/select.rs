@@ -410,17 +410,8 @@ mod tests {
     use crate::replay::parse_time;
     use serde_json::json;
 
-    fn event(id: &str, ts: &str, t: &str) -> Event {
-        Event {
-            event_id: id.into(),
-            event_type: t.into(),
-            timestamp: ts.into(),
-            source: "src-1".into(),
-            correlation_id: Some("corr".into()),
-            metadata: Default::default(),
-            payload: Default::default(),
-        }
-    }
+    use crate::replay::testing::event;
+
     #[test]
     fn only_files_that_can_hold_a_match_are_read() {
         let d = |s| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
