@@ -159,7 +159,11 @@ impl Root {
             // A service may be appending: only whole lines count.
             let whole = text.rfind('\n').map_or("", |end| &text[..end]);
             for line in whole.lines().filter(|l| !l.trim().is_empty()) {
-                out.push(serde_json::from_str(line).with_context(|| format!("bad archive line in {day}: {line}"))?);
+                // A line torn by a crash is skipped, as the runtime's readers do.
+                match serde_json::from_str(line) {
+                    Ok(v) => out.push(v),
+                    Err(e) => eprintln!("skipping a torn archive line in {day}: {e}"),
+                }
             }
         }
         Ok(out)

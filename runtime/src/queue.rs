@@ -844,10 +844,13 @@ impl FsQueue {
     }
 }
 
-/// Whether an archive file holds a record for queue entry `key`.
+/// Whether an archive file holds a whole record for queue entry `key`. A
+/// line torn by a crash mid-append (a fatal signal can cut a write short)
+/// may still contain the key: only a line that parses counts as proof.
 fn archived_entry(path: &Path, key: &str) -> bool {
     let needle = format!("\"entry\":\"{key}\"");
-    std::fs::read_to_string(path).is_ok_and(|text| text.contains(&needle))
+    let Ok(text) = std::fs::read_to_string(path) else { return false };
+    text.lines().filter(|l| l.contains(&needle)).any(|l| serde_json::from_str::<Value>(l).is_ok())
 }
 
 /// Rejects a root that is not usable before anything is written.
