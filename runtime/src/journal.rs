@@ -42,21 +42,26 @@ impl Journal {
         Journal { layout }
     }
 
-    /// Appends each event to its category's log. With `sync`, each file
-    /// touched is flushed before returning; without, the caller makes the
-    /// batch durable (see [`crate::fsio::sync_filesystem`]).
+    /// The log an event type goes to (`custom` for an undeclared type).
+    pub fn stem(validator: &Validator, event_type: &str) -> &'static str {
+        validator.category(event_type).map(|c| c.log_stem()).unwrap_or("custom")
+    }
+
+    /// Adds an already serialized event to a batch of lines by log.
+    pub fn stage(lines: &mut BTreeMap<&'static str, String>, validator: &Validator, event: &Event, json: &str) {
+        let buf = lines.entry(Journal::stem(validator, &event.event_type)).or_default();
+        buf.push_str(json);
+        buf.push('\n');
+    }
+
+    /// Appends each log's lines with one write per file. With `sync`, each
+    /// file touched is flushed before returning; without, the caller makes
+    /// the batch durable (see [`crate::fsio::sync_filesystem`]).
     ///
     /// # Errors
     /// When a log cannot be opened, written or synced.
-    pub fn append(&self, validator: &Validator, events: &[Event], sync: bool) -> Result<()> {
-        let mut by_stem: BTreeMap<&str, String> = BTreeMap::new();
-        for e in events {
-            let stem = validator.category(&e.event_type).map(|c| c.log_stem()).unwrap_or("custom");
-            let buf = by_stem.entry(stem).or_default();
-            buf.push_str(&e.to_json());
-            buf.push('\n');
-        }
-        for (stem, lines) in by_stem {
+    pub fn append(&self, lines: &BTreeMap<&'static str, String>, sync: bool) -> Result<()> {
+        for (stem, lines) in lines {
             let path = self.layout.log(stem);
             fsio::append_lines(&path, lines.as_bytes(), sync)
                 .with_context(|| format!("failed to append to {}", path.display()))?;

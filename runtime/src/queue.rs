@@ -436,6 +436,9 @@ fn count_json(dir: &Path) -> Result<usize> {
 struct Commit {
     /// (temp file, target, may the target be replaced)
     moves: Vec<(PathBuf, PathBuf, bool)>,
+    /// Log lines of the staged events, by log (each event is serialized
+    /// once, for its queue file and its log line).
+    log: BTreeMap<&'static str, String>,
     /// Archive lines by day file, appended only after the moves: an archive
     /// line is what recovery takes as proof that an event was settled, so
     /// its follow-ups must be in place before it exists.
@@ -466,7 +469,9 @@ impl FsQueue {
                 due_ms: None,
             };
             let file = name.file_name();
-            let t = fsio::write_tmp(&tmp, &file, e.to_json().as_bytes(), sync_each)?;
+            let json = e.to_json();
+            let t = fsio::write_tmp(&tmp, &file, json.as_bytes(), sync_each)?;
+            Journal::stage(&mut commit.log, &self.validator, e, &json);
             commit.moves.push((t, self.layout.queue().join(&file), false));
             commit.new_names.push(file);
         }
@@ -571,7 +576,7 @@ impl Queue for FsQueue {
         let group = events.len() >= GROUP_COMMIT_MIN;
         let mut commit = Commit::default();
         let staged = self.stage_events(&mut commit, events, !group).and_then(|()| {
-            self.journal.append(&self.validator, events, !group)?;
+            self.journal.append(&commit.log, !group)?;
             fsio::failpoint("emit.written");
             if group {
                 fsio::sync_filesystem(&self.layout.tmp())?;
@@ -662,11 +667,8 @@ impl Queue for FsQueue {
         }
         let mut commit = Commit::default();
         let staged = (|| -> Result<()> {
-            let mut emitted = Vec::new();
-
             for s in &batch {
                 self.stage_events(&mut commit, &s.emitted, false)?;
-                emitted.extend(s.emitted.iter().cloned());
                 let claimed = self.layout.claimed().join(s.claim.name.file_name());
                 match &s.verdict {
                     Verdict::Ack(record) => {
@@ -696,7 +698,7 @@ impl Queue for FsQueue {
                     }
                 }
             }
-            self.journal.append(&self.validator, &emitted, false)?;
+            self.journal.append(&commit.log, false)?;
             fsio::failpoint("settle.written");
             // One flush for everything: follow-ups, records, log lines and
             // the state handlers wrote while running these events.
