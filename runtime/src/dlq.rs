@@ -35,6 +35,17 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// The handlers that had already succeeded on the event (a retry skips them).
+    pub fn succeeded_handlers(&self) -> Vec<String> {
+        self.record["succeeded_handlers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .map(String::from)
+            .collect()
+    }
+
     pub fn reason(&self) -> &str {
         self.record["reason"].as_str().unwrap_or("")
     }
@@ -115,13 +126,7 @@ impl DeadLetter {
                 s(&h["component_sha256"])
             );
         }
-        let succeeded: Vec<String> = r["succeeded_handlers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str())
-            .map(String::from)
-            .collect();
+        let succeeded = self.succeeded_handlers();
         if !succeeded.is_empty() {
             let _ = writeln!(out, "  succeeded:       {} (skipped on retry)", succeeded.join(", "));
         }
@@ -303,13 +308,7 @@ pub fn retry(queue: &FsQueue, validator: &Validator, letters: &[&DeadLetter]) ->
             continue;
         }
         let mut e = event.clone();
-        let succeeded: Vec<String> = l.record["succeeded_handlers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str())
-            .map(String::from)
-            .collect();
+        let succeeded = l.succeeded_handlers();
         mark_retry(&mut e, &now, &succeeded);
         match validator.validate(serde_json::to_value(&e).context("failed to serialize an event")?) {
             Ok(e) => events.push(e),

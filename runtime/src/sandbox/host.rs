@@ -12,7 +12,6 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::HandlerImports;
 use super::wit;
-use crate::config::HandlerConfig;
 use crate::event::{Event, Validator};
 
 /// Log lines kept per invocation (the rest are counted, not kept).
@@ -30,7 +29,7 @@ pub struct LogLine {
 /// Per-invocation context behind the host functions.
 pub struct CallContext {
     handler: String,
-    settings: std::collections::BTreeMap<String, String>,
+    settings: Arc<std::collections::BTreeMap<String, String>>,
     trigger_id: String,
     trigger_correlation: Option<String>,
     validator: Arc<Validator>,
@@ -44,15 +43,14 @@ pub struct CallContext {
 impl CallContext {
     pub fn new(
         handler: &str,
-        config: &HandlerConfig,
+        settings: Arc<std::collections::BTreeMap<String, String>>,
         trigger: &Event,
-        _attempt: u32,
         validator: Arc<Validator>,
         max_emits: usize,
     ) -> CallContext {
         CallContext {
             handler: handler.to_string(),
-            settings: super::settings_of(config),
+            settings,
             trigger_id: trigger.event_id.clone(),
             trigger_correlation: trigger.correlation_id.clone(),
             validator,

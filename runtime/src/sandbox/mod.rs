@@ -69,6 +69,9 @@ pub struct Loaded {
     pub sha256: String,
     pub info: Info,
     pub config: HandlerConfig,
+    /// The settings as the handler's `config(key)` returns them, computed
+    /// once per component version rather than per event.
+    settings: Arc<BTreeMap<String, String>>,
     /// Whether the compiled code came from the on-disk cache.
     pub from_cache: bool,
     pub load_time: Duration,
@@ -226,6 +229,7 @@ impl Sandbox {
             sha256,
             info: Info { name: String::new(), version: String::new(), events: Vec::new() },
             config: config.clone(),
+            settings: Arc::new(settings_of(config)),
             from_cache,
             load_time: Duration::ZERO,
             pre,
@@ -278,13 +282,13 @@ impl Sandbox {
             metadata: Default::default(),
             payload: Default::default(),
         };
-        let mut store = self.store(loaded, &trigger, &HandlerLimits::default(), 0)?;
+        let mut store = self.store(loaded, &trigger, &HandlerLimits::default())?;
         let instance = loaded.pre.instantiate(&mut store).map_err(anyhow_err)?;
         let info = instance.call_describe(&mut store).map_err(anyhow_err)?;
         Ok(Info { name: info.name, version: info.version, events: info.events })
     }
 
-    fn store(&self, loaded: &Loaded, trigger: &Event, limits: &HandlerLimits, attempt: u32) -> Result<Store<State>> {
+    fn store(&self, loaded: &Loaded, trigger: &Event, limits: &HandlerLimits) -> Result<Store<State>> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
         // Invocations run on the dispatcher's own threads, never on an async
@@ -305,9 +309,8 @@ impl Sandbox {
                 .build(),
             call: CallContext::new(
                 &loaded.name,
-                &loaded.config,
+                loaded.settings.clone(),
                 trigger,
-                attempt,
                 self.validator.clone(),
                 limits.max_emits,
             ),
@@ -341,7 +344,7 @@ impl Sandbox {
     pub fn invoke(&self, loaded: &Loaded, event: &Event, attempt: u32) -> Invocation {
         let start = Instant::now();
         let limits = &loaded.config.limits;
-        let mut store = match self.store(loaded, event, limits, attempt) {
+        let mut store = match self.store(loaded, event, limits) {
             Ok(s) => s,
             Err(e) => {
                 return Invocation {
@@ -484,6 +487,6 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 /// Settings as strings, as handlers see them.
-pub fn settings_of(config: &HandlerConfig) -> BTreeMap<String, String> {
+fn settings_of(config: &HandlerConfig) -> BTreeMap<String, String> {
     config.settings.keys().filter_map(|k| config.setting(k).map(|v| (k.clone(), v))).collect()
 }
