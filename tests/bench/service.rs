@@ -44,7 +44,7 @@ fn prepare(root: &Root, n: usize, event_type: &str) -> Result<Vec<(std::path::Pa
 /// Renames prepared events into the queue at `per_sec`, naming each with
 /// the time of its rename, so an archive record's `latency_us` is exactly
 /// rename → archived.
-fn offer(root: &Root, prepared: Vec<(std::path::PathBuf, String)>, per_sec: u64) -> Result<()> {
+fn offer(root: &std::path::Path, prepared: Vec<(std::path::PathBuf, String)>, per_sec: u64) -> Result<()> {
     let queue = root.join("events/queue");
     let start = Instant::now();
     for (i, (tmp, id)) in prepared.into_iter().enumerate() {
@@ -79,7 +79,7 @@ pub fn run() -> Result<Vec<Row>> {
     let svc = root.serve()?;
     let n = 3000;
     let prepared = prepare(&root, n, "task.created")?;
-    offer(&root, prepared, 1000)?;
+    offer(&root.path, prepared, 1000)?;
     wait_for(Duration::from_secs(60), || Ok(root.archived()?.len() >= n))?;
     let mut lat: Vec<Duration> =
         root.archived()?.iter().filter_map(|r| r["latency_us"].as_u64()).map(Duration::from_micros).collect();
@@ -114,21 +114,7 @@ pub fn run() -> Result<Vec<Row>> {
     let prepared = prepare(&root, 2000, "task.created")?;
     let streamer = {
         let root_path = root.path.clone();
-        std::thread::spawn(move || -> Result<()> {
-            let queue = root_path.join("events/queue");
-            for (tmp, id) in prepared {
-                let name = EntryName {
-                    priority: cortex::event::Priority::Medium,
-                    enqueued_us: now_us(),
-                    event_id: id,
-                    attempt: 1,
-                    due_ms: None,
-                };
-                std::fs::rename(&tmp, queue.join(name.file_name()))?;
-                std::thread::sleep(Duration::from_micros(2000));
-            }
-            Ok(())
-        })
+        std::thread::spawn(move || offer(&root_path, prepared, 500))
     };
     let mut reloads = Vec::new();
     for i in 0..6 {
@@ -202,7 +188,7 @@ pub fn run() -> Result<Vec<Row>> {
         }
         max
     });
-    offer(&root, prepared, 2000)?;
+    offer(&root.path, prepared, 2000)?;
     let loaded = sampler.join().map_err(|_| anyhow::anyhow!("sampler panicked"))?;
     rows.push(Row {
         area: "service",
