@@ -10,7 +10,17 @@ CORTEX := $(TARGET)/release/cortex
 WASM_DIR     := $(TARGET)/wasm
 HANDLERS_OUT := $(TARGET)/release/handlers
 
-.PHONY: all setup build handlers run test bench fuzz lint fmt clean
+# Python and JavaScript handlers: their toolchains are installed into the
+# target directory (a venv and an npm prefix, pinned), never globally.
+TOOLS           := $(TARGET)/tools
+PYTHON          ?= python3
+COMPONENTIZE_PY := $(TOOLS)/py/bin/componentize-py
+COMPONENTIZE_JS := $(TOOLS)/js/node_modules/.bin/componentize-js
+PY_HANDLERS     := $(patsubst handlers-wasm/py/%/app.py,$(HANDLERS_OUT)/%.wasm,$(wildcard handlers-wasm/py/*/app.py))
+JS_HANDLERS     := $(patsubst handlers-wasm/js/%/handler.js,$(HANDLERS_OUT)/%.wasm,$(wildcard handlers-wasm/js/*/handler.js))
+WIT             := $(wildcard wit/*.wit)
+
+.PHONY: all setup build handlers rust-handlers run test bench fuzz lint fmt clean
 
 all: build
 
@@ -26,13 +36,41 @@ build: setup
 
 # The handler components (and test fixtures), built for wasm32-wasip2 and
 # copied beside the cortex binary, where `cortex init` finds them.
-handlers: setup
+handlers: rust-handlers $(PY_HANDLERS) $(JS_HANDLERS)
+
+rust-handlers: setup
 	@test -d "$$(rustc --print sysroot)/lib/rustlib/wasm32-wasip2" || { \
 	  echo "error: the wasm32-wasip2 target is not installed: run 'rustup target add wasm32-wasip2'" >&2; exit 1; }
 	cd handlers-wasm && CARGO_TARGET_DIR=$(WASM_DIR) $(CARGO) build --release --target wasm32-wasip2 --workspace
 	mkdir -p $(HANDLERS_OUT)
 	for f in $(WASM_DIR)/wasm32-wasip2/release/*.wasm; do \
 	  cp "$$f" "$(HANDLERS_OUT)/$$(basename "$$f" .wasm | tr _ -).wasm"; done
+
+$(TOOLS)/py/.installed: handlers-wasm/py/requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: Python 3.10+ is needed to build the Python handlers" >&2; exit 1; }
+	$(PYTHON) -m venv $(TOOLS)/py
+	$(TOOLS)/py/bin/pip install --disable-pip-version-check --quiet -r $<
+	touch $@
+
+$(TOOLS)/js/.installed: handlers-wasm/js/package.json handlers-wasm/js/package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm not found: Node.js 20+ is needed to build the JavaScript handlers" >&2; exit 1; }
+	mkdir -p $(TOOLS)/js
+	cp $^ $(TOOLS)/js/
+	cd $(TOOLS)/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Written to a temp name and renamed, so a running `cortex serve` that
+# watches the file only ever sees whole components.
+.SECONDEXPANSION:
+$(PY_HANDLERS): $(HANDLERS_OUT)/%.wasm: $$(wildcard handlers-wasm/py/%/*.py) $(WIT) $(TOOLS)/py/.installed
+	mkdir -p $(HANDLERS_OUT)
+	cd handlers-wasm/py/$* && $(COMPONENTIZE_PY) -d $(CURDIR)/wit -w handler componentize -p . app -o $@.tmp
+	mv $@.tmp $@
+
+$(JS_HANDLERS): $(HANDLERS_OUT)/%.wasm: $$(wildcard handlers-wasm/js/%/*.js) $(WIT) $(TOOLS)/js/.installed
+	mkdir -p $(HANDLERS_OUT)
+	$(COMPONENTIZE_JS) handlers-wasm/js/$*/handler.js --wit wit --world-name handler -d http fetch-event -o $@.tmp
+	mv $@.tmp $@
 
 # The main job on the built-in filesystem default (./coordination).
 run: build handlers
@@ -45,6 +83,8 @@ run: build handlers
 
 test: build handlers
 	cd handlers-wasm && CARGO_TARGET_DIR=$(TARGET)/wasm-native $(CARGO) test --release --workspace
+	for d in handlers-wasm/py/*/; do (cd "$$d" && $(TOOLS)/py/bin/python -m unittest --quiet) || exit 1; done
+	cd handlers-wasm/js && node --test
 	$(CARGO) test --release --workspace
 
 bench: build handlers

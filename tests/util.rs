@@ -51,6 +51,8 @@ impl From<Output> for Out {
 pub struct Root {
     _dir: tempfile::TempDir,
     pub path: PathBuf,
+    /// `CORTEX_CACHE` for every command, when set.
+    pub cache: Option<PathBuf>,
 }
 
 impl Root {
@@ -65,7 +67,7 @@ impl Root {
     pub fn uninit() -> Result<Root> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("coordination");
-        Ok(Root { _dir: dir, path })
+        Ok(Root { _dir: dir, path, cache: None })
     }
 
     /// The temp directory that holds the root (for files beside it).
@@ -75,7 +77,10 @@ impl Root {
 
     pub fn command(&self) -> Command {
         let mut c = Command::new(cortex_bin());
-        c.arg("--root").arg(&self.path).env_remove("CORTEX_ROOT").env_remove("RUST_LOG");
+        c.arg("--root").arg(&self.path).env_remove("CORTEX_ROOT").env_remove("RUST_LOG").env_remove("CORTEX_CACHE");
+        if let Some(cache) = &self.cache {
+            c.env("CORTEX_CACHE", cache);
+        }
         c
     }
 
@@ -198,6 +203,12 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// A compiled-component cache shared by the tests that load the Python and
+/// JavaScript handlers: beside the binary, so it lives as long as the build.
+pub fn shared_cache() -> PathBuf {
+    cortex_bin().parent().expect("binary dir").join("test-compiled-cache")
+}
+
 /// Where `make handlers` put the components: `handlers/` beside the binary.
 pub fn handlers_dir() -> PathBuf {
     let dir = cortex_bin().parent().expect("binary dir").join("handlers");
@@ -229,6 +240,31 @@ impl Root {
             }
         }
         std::fs::write(root.join("cortex.toml"), format!("{}\n{text}", &base[..cut]))?;
+        Ok(root)
+    }
+
+    /// A fresh root with the default config's commented-out Python and
+    /// JavaScript handlers enabled, as its comments tell a user to do, and
+    /// `notification.requested` declared. Compiled components are shared
+    /// between such roots (`shared_cache()`), so each is compiled once per
+    /// machine rather than once per test.
+    pub fn with_extras() -> Result<Root> {
+        let mut root = Root::new()?;
+        root.cache = Some(shared_cache());
+        std::fs::create_dir_all(shared_cache())?;
+        let text = std::fs::read_to_string(root.join("cortex.toml"))?;
+        let (head, tail) = text
+            .split_at(text.find("# [handlers.on-cost-tracking]").context("no commented extras in the default config")?);
+        let mut out = head.replace("custom_types = []", "custom_types = [\"notification.requested\"]");
+        for line in tail.lines() {
+            let code = line
+                .strip_prefix("# ")
+                .filter(|l| l.starts_with('[') || l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')));
+            out.push_str(code.unwrap_or(line));
+            out.push('\n');
+        }
+        std::fs::write(root.join("cortex.toml"), out)?;
+        root.ok(&["init"])?;
         Ok(root)
     }
 

@@ -174,12 +174,24 @@ fn default_concurrency() -> usize {
     1
 }
 
+/// Whether a setting holds a TOML date-time, which has no JSON spelling.
+fn contains_datetime(v: &toml::Value) -> bool {
+    match v {
+        toml::Value::Datetime(_) => true,
+        toml::Value::Array(a) => a.iter().any(contains_datetime),
+        toml::Value::Table(t) => t.values().any(contains_datetime),
+        _ => false,
+    }
+}
+
 impl HandlerConfig {
     /// A setting as the string a handler receives: strings as they are,
-    /// other scalars in their TOML spelling.
+    /// tables and arrays as JSON, other scalars in their TOML spelling
+    /// (which for numbers and booleans is also their JSON spelling).
     pub fn setting(&self, key: &str) -> Option<String> {
         self.settings.get(key).map(|v| match v {
             toml::Value::String(s) => s.clone(),
+            toml::Value::Table(_) | toml::Value::Array(_) => serde_json::to_string(v).unwrap_or_else(|_| v.to_string()),
             other => other.to_string(),
         })
     }
@@ -272,8 +284,10 @@ impl Config {
                 bail!("handlers.{name}.limits.deadline_ms: must be at least 1");
             }
             for (k, v) in &h.settings {
-                if matches!(v, toml::Value::Table(_) | toml::Value::Array(_)) {
-                    bail!("handlers.{name}.settings.{k}: settings are strings, numbers or booleans");
+                if contains_datetime(v) {
+                    bail!(
+                        "handlers.{name}.settings.{k}: a TOML date-time cannot be passed to a handler; quote it as a string"
+                    );
                 }
             }
         }

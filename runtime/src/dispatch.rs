@@ -44,6 +44,12 @@ pub fn load_all(sandbox: &Sandbox, config: &Config) -> Result<BTreeMap<String, A
     for (name, h) in &config.handlers {
         match sandbox.load(name, h) {
             Ok(l) => {
+                let load_ms = l.load_time.as_secs_f64() * 1000.0;
+                if l.from_cache {
+                    tracing::debug!(handler = %name, load_ms, "handler loaded from the compiled cache");
+                } else {
+                    tracing::info!(handler = %name, load_ms, sha256 = %l.sha256, "handler compiled (cached for the next start)");
+                }
                 out.insert(name.clone(), Arc::new(l));
             }
             Err(e) => errors.push(format!("{e:#}")),

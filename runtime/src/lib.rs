@@ -28,6 +28,7 @@ pub mod dispatch;
 pub mod dlq;
 pub mod event;
 pub mod fsio;
+pub mod harness;
 pub mod journal;
 pub mod layout;
 pub mod metrics;

@@ -64,7 +64,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
-    /// Show the configured handlers.
+    /// Show the configured handlers; write and test new ones.
+    #[command(alias = "handler")]
     Handlers {
         #[command(subcommand)]
         command: HandlersCommand,
@@ -220,6 +221,62 @@ enum HandlersCommand {
     },
     /// Load every handler; exit 1 naming each one that does not load.
     Check,
+    /// Run a component against fixture events in a throwaway sandbox and
+    /// print its outcome, emitted events, written files and log lines; with
+    /// --expect, compare and exit 1 on any difference.
+    Test(TestArgs),
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// The handler component (.wasm).
+    component: PathBuf,
+    /// An event file (one JSON event, or JSONL); repeat for several, run in
+    /// order in the same sandbox.
+    #[arg(long = "event", value_name = "FILE", required = true, num_args = 1..)]
+    events: Vec<PathBuf>,
+    /// A grant as the handler sees it, e.g. state/cost:rw; DIR=HOST_DIR:rw
+    /// starts it from a copy of HOST_DIR (the original is never written).
+    #[arg(long = "grant", value_name = "DIR[=HOST_DIR]:ro|rw")]
+    grants: Vec<cortex::harness::GrantSpec>,
+    /// Start the sandbox root from a copy of this directory (files under
+    /// the grants' paths, e.g. DIR/state/cost/totals.json).
+    #[arg(long, value_name = "DIR")]
+    seed: Option<PathBuf>,
+    /// A setting for the handler's config(key); the value is read as TOML
+    /// (numbers, booleans, { inline = tables }) or else taken as a string.
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = cortex::harness::parse_setting)]
+    settings: Vec<(String, toml::Value)>,
+    /// Start from this handler's grants, settings and limits in the root's
+    /// cortex.toml (flags add to and override them).
+    #[arg(long, value_name = "NAME")]
+    handler: Option<String>,
+    /// An event type to accept besides the catalogue and the root's
+    /// [events] custom_types (for the handler's emits).
+    #[arg(long = "custom-type", value_name = "TYPE")]
+    custom_types: Vec<String>,
+    /// Expected report (a JSON subset of --json's output): exit 1 on any difference.
+    #[arg(long, value_name = "FILE")]
+    expect: Option<PathBuf>,
+    /// Write what this run did, without what varies between runs, as an
+    /// expectation file to edit and then pass to --expect.
+    #[arg(long, value_name = "FILE", conflicts_with = "expect")]
+    write_expect: Option<PathBuf>,
+    /// The delivery number the handler sees.
+    #[arg(long, default_value_t = 1)]
+    attempt: u32,
+    /// limits.memory_mb for this run.
+    #[arg(long)]
+    memory_mb: Option<u64>,
+    /// limits.deadline_ms for this run.
+    #[arg(long)]
+    deadline_ms: Option<u64>,
+    /// Keep the sandbox root in this (new or empty) directory.
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -293,6 +350,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve { listen, .. } => serve(layout, &listen),
         Command::Handlers { command: HandlersCommand::List { json } } => handlers(&layout, json, false),
         Command::Handlers { command: HandlersCommand::Check } => handlers(&layout, false, true),
+        Command::Handlers { command: HandlersCommand::Test(args) } => handler_test(&layout, args),
         Command::Replay(args) => replay(&layout, args),
         Command::Dlq { command } => dlq(&layout, command),
     }
@@ -615,6 +673,101 @@ fn serve(layout: Layout, listen: &str) -> Result<ExitCode> {
         cortex::service::run(layout, cortex::service::Options { listen }, shutdown).await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where compiled components are cached outside a root: $CORTEX_CACHE, else
+/// $XDG_CACHE_HOME/cortex/compiled, else ~/.cache/cortex/compiled.
+fn user_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(cortex::sandbox::CACHE_ENV) {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("cortex/compiled")
+}
+
+fn handler_test(layout: &Layout, args: TestArgs) -> Result<ExitCode> {
+    let config = if layout.root().join(cortex::config::CONFIG_FILE).is_file() || args.handler.is_some() {
+        Some(Config::load(layout.root())?)
+    } else {
+        None
+    };
+    let mut validator_types = config.as_ref().map(|c| c.events.custom_types.clone()).unwrap_or_default();
+    validator_types.extend(args.custom_types);
+    let max_bytes = config.as_ref().map_or(cortex::event::DEFAULT_MAX_EVENT_BYTES, |c| c.limits.max_event_bytes);
+    let (mut grants, mut settings, mut limits) = (Vec::new(), std::collections::BTreeMap::new(), Default::default());
+    if let Some(name) = &args.handler {
+        let config = config.as_ref().expect("loaded above");
+        let h = config.handlers.get(name).with_context(|| {
+            format!("no handler {name:?} in {}", layout.root().join(cortex::config::CONFIG_FILE).display())
+        })?;
+        grants = h
+            .grants
+            .iter()
+            .map(|g| cortex::harness::GrantSpec { dir: g.dir.clone(), mode: g.mode, seed: None })
+            .collect();
+        settings = h.settings.clone();
+        limits = h.limits.clone();
+    }
+    for g in args.grants {
+        grants.retain(|old: &cortex::harness::GrantSpec| old.dir != g.dir);
+        grants.push(g);
+    }
+    settings.extend(args.settings);
+    let mut limits: cortex::config::HandlerLimits = limits;
+    if let Some(mb) = args.memory_mb {
+        limits.memory_mb = mb;
+    }
+    if let Some(ms) = args.deadline_ms {
+        limits.deadline_ms = ms;
+    }
+    let request = cortex::harness::Request {
+        component: args.component,
+        events: args.events,
+        grants,
+        seed: args.seed,
+        settings,
+        limits,
+        validator: Validator::new(validator_types, max_bytes),
+        cache_dir: user_cache_dir(),
+        attempt: args.attempt,
+        keep: args.keep,
+    };
+    let report = cortex::harness::run(&request)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        cortex::harness::print_text(&report, &mut out)?;
+    }
+    if let Some(path) = &args.write_expect {
+        let text = serde_json::to_string_pretty(&cortex::harness::expectation(&report))? + "\n";
+        std::fs::write(path, text).with_context(|| format!("failed to write {}", path.display()))?;
+        eprintln!("wrote the expectation {}: edit out what should not be checked", path.display());
+    }
+    let Some(expect) = args.expect else {
+        let failed = report["runs"].as_array().into_iter().flatten().filter(|r| r["outcome"] != "ok").count();
+        if failed > 0 {
+            eprintln!("cortex: {failed} event(s) failed (give --expect FILE to state that a failure is expected)");
+            return Ok(ExitCode::FAILURE);
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let text = std::fs::read_to_string(&expect).with_context(|| format!("failed to read {}", expect.display()))?;
+    let expected: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", expect.display()))?;
+    let diffs = cortex::harness::differences(&expected, &report);
+    if diffs.is_empty() {
+        eprintln!("expect {}: as expected", expect.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("expect {}: {} difference(s)", expect.display(), diffs.len());
+    for d in &diffs {
+        eprintln!("  {d}");
+    }
+    Ok(ExitCode::FAILURE)
 }
 
 fn handlers(layout: &Layout, json: bool, check: bool) -> Result<ExitCode> {

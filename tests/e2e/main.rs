@@ -4,6 +4,7 @@
 mod crash;
 mod dispatch;
 mod handlers;
+mod languages;
 mod reliability;
 mod replay;
 mod sandbox;

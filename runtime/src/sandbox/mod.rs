@@ -49,6 +49,10 @@ mod bindings {
 use bindings::cortex::events::types as wit;
 use bindings::{Handler, HandlerPre};
 
+/// Environment variable naming a compiled-component cache directory to use
+/// instead of `<root>/cache/` (shared by several roots, or by tests).
+pub const CACHE_ENV: &str = "CORTEX_CACHE";
+
 /// Engine epoch tick: deadlines are counted in these.
 const TICK: Duration = Duration::from_millis(2);
 /// Wasm stack a handler may use before it traps with a stack overflow.
@@ -174,11 +178,19 @@ impl Sandbox {
             engine,
             linker,
             root: root.to_path_buf(),
-            cache_dir: root.join("cache"),
+            cache_dir: std::env::var_os(CACHE_ENV).map_or_else(|| root.join("cache"), PathBuf::from),
             validator: Arc::new(validator),
             fuel,
             ticker_stop,
         })
+    }
+
+    /// Keeps compiled components in `dir` instead of `<root>/cache/`: a
+    /// throwaway root (`cortex handler test`) still reuses earlier compiles.
+    #[must_use]
+    pub fn with_cache_dir(mut self, dir: PathBuf) -> Sandbox {
+        self.cache_dir = dir;
+        self
     }
 
     pub fn validator(&self) -> &Validator {
@@ -264,7 +276,7 @@ impl Sandbox {
         if let Ok(serialized) = component.serialize() {
             let stored = std::fs::create_dir_all(&self.cache_dir)
                 .map_err(anyhow::Error::from)
-                .and_then(|()| fsio::write_durably(&self.root.join("events/tmp"), &cached, &serialized));
+                .and_then(|()| fsio::write_durably(&self.cache_dir, &cached, &serialized));
             if let Err(e) = stored {
                 tracing::warn!(file = %cached.display(), error = %format!("{e:#}"), "could not cache the compiled component");
             }

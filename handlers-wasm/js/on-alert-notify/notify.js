@@ -1,0 +1,111 @@
+// The pure logic of on-alert-notify: turn a `system.health_alert` into a
+// notification a chat or paging integration can send as it is. No host
+// imports here, so `node --test` runs it natively (see notify.test.js).
+
+export const SEVERITIES = ["info", "low", "medium", "high", "critical"];
+
+const ICON = { critical: ":rotating_light:", high: ":red_circle:", medium: ":large_orange_circle:", low: ":large_blue_circle:", info: ":information_source:" };
+
+/** Settings as read through config(key), checked. Throws a message naming the bad one. */
+export function parseSettings(get) {
+  const channels = get("channels");
+  let table = { default: "#ops" };
+  if (channels !== undefined) {
+    try {
+      table = JSON.parse(channels);
+    } catch (e) {
+      throw `setting channels must be a table of severity = "channel": ${e}`;
+    }
+    if (table === null || typeof table !== "object" || Array.isArray(table)) {
+      throw "setting channels must be a table of severity = \"channel\"";
+    }
+    for (const [k, v] of Object.entries(table)) {
+      if (k !== "default" && !SEVERITIES.includes(k)) throw `setting channels.${k}: not a severity (${SEVERITIES.join(", ")}) or default`;
+      if (typeof v !== "string" || v === "") throw `setting channels.${k}: expected a channel name`;
+    }
+  }
+  const minSeverity = get("min_severity") ?? "low";
+  if (!SEVERITIES.includes(minSeverity)) throw `setting min_severity: ${JSON.stringify(minSeverity)} is not one of ${SEVERITIES.join(", ")}`;
+  return { channels: table, minSeverity, runbookBase: get("runbook_base"), mention: get("mention_on_critical") };
+}
+
+function severityOf(payload, priority) {
+  const s = typeof payload.severity === "string" ? payload.severity.trim().toLowerCase() : "";
+  if (SEVERITIES.includes(s)) return s;
+  if (s === "moderate") return "medium";
+  if (s === "error") return "high";
+  if (s === "warning" || s === "warn") return "medium";
+  return { critical: "critical", high: "high", medium: "medium", low: "low" }[priority] ?? "medium";
+}
+
+function money(x) {
+  return typeof x === "number" ? `$${x >= 1 ? x.toFixed(2) : x.toFixed(4)}` : String(x);
+}
+
+/** Headline and dedupe key by the component that raised the alert. */
+function describeAlert(p) {
+  const component = typeof p.component === "string" && p.component ? p.component : "system";
+  if (component === "security" && p.vulnerability) {
+    const v = p.vulnerability;
+    const where = [v.package, v.target ?? v.service].filter(Boolean).join(" in ");
+    return { title: `${v.id ?? "vulnerability"} (${v.severity ?? "?"})${where ? ` — ${where}` : ""}`, key: `security:${v.id}:${v.package ?? ""}:${v.target ?? v.service ?? ""}` };
+  }
+  if (component === "security" && p.scan) {
+    const s = p.scan;
+    const n = s.critical ?? s.findings ?? "?";
+    return { title: `security scan ${s.scan_id ?? s.target ?? ""} found ${n} critical finding(s)`.replace("  ", " "), key: `security-scan:${s.scan_id ?? s.target ?? ""}` };
+  }
+  if (component === "task") {
+    const on = p.worker_id ? ` on ${p.worker_id}` : "";
+    return { title: `task ${p.task_id ?? "?"} failed permanently${on}`, key: `task:${p.task_id ?? p.signature ?? ""}` };
+  }
+  if (component === "cost") {
+    return { title: `token spend ${money(p.cost_usd)} on ${p.day} is over the ${money(p.budget_usd)} daily budget`, key: `cost:${p.day}` };
+  }
+  const what = p.message ?? p.error ?? "health alert";
+  return { title: `${component}: ${what}`, key: `${component}:${what}` };
+}
+
+const SHOWN = ["message", "error", "signature", "task_id", "worker_id", "day", "cost_usd", "budget_usd"];
+
+/**
+ * The notification for one alert, or null when it is below min_severity.
+ * `alert` has eventId, timestamp, source, priority (a string), correlationId
+ * and payload (parsed).
+ */
+export function notification(alert, settings) {
+  const p = alert.payload;
+  const severity = severityOf(p, alert.priority);
+  if (SEVERITIES.indexOf(severity) < SEVERITIES.indexOf(settings.minSeverity)) return null;
+  const { title, key } = describeAlert(p);
+  const channel = settings.channels[severity] ?? settings.channels.default ?? "#ops";
+  const headline = `[${severity.toUpperCase()}] ${title}`;
+  const details = [];
+  for (const k of SHOWN) {
+    if (p[k] !== undefined && p[k] !== null && !title.includes(String(p[k]))) details.push(`${k}: ${typeof p[k] === "number" && k.endsWith("_usd") ? money(p[k]) : p[k]}`);
+  }
+  if (p.vulnerability?.fixed_in) details.push(`fixed in: ${p.vulnerability.fixed_in}`);
+  if (p.suggested_fix) details.push(`suggested fix: ${p.suggested_fix}`);
+  const component = typeof p.component === "string" && p.component ? p.component : "system";
+  const runbook = settings.runbookBase ? `${settings.runbookBase.replace(/\/+$/, "")}/${encodeURIComponent(component)}` : null;
+  const mention = severity === "critical" && settings.mention ? `${settings.mention} ` : "";
+  const trace = `alert ${alert.eventId} from ${alert.source} at ${alert.timestamp}` + (p.source_event ? `, raised by ${p.source_event}` : "");
+  const text = [mention + headline, ...details.map((d) => `• ${d}`), runbook ? `runbook: ${runbook}` : null, trace].filter(Boolean).join("\n");
+  const blocks = [
+    { type: "header", text: { type: "plain_text", text: headline.slice(0, 150) } },
+  ];
+  if (details.length) blocks.push({ type: "section", text: { type: "mrkdwn", text: details.map((d) => `• ${d}`).join("\n") } });
+  const context = [{ type: "mrkdwn", text: `${ICON[severity]} ${trace}` }];
+  if (runbook) context.push({ type: "mrkdwn", text: `<${runbook}|runbook>` });
+  blocks.push({ type: "context", elements: context });
+  return {
+    channel,
+    severity,
+    title: headline,
+    text,
+    blocks,
+    dedupe_key: key,
+    alert_event_id: alert.eventId,
+    component,
+  };
+}

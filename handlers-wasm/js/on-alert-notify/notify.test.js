@@ -1,0 +1,45 @@
+// Native unit tests: `node --test` in this folder.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { notification, parseSettings } from "./notify.js";
+
+const settings = (o = {}) => parseSettings((k) => (o[k] === undefined ? undefined : typeof o[k] === "string" ? o[k] : JSON.stringify(o[k])));
+const alert = (payload, priority = "critical") => ({ eventId: "evt_20251201_121500_aaa111", timestamp: "2025-12-01T12:15:00-06:00", source: "on-task-failure", priority, payload });
+
+test("a permanent task failure names the task, worker and error", () => {
+  const n = notification(alert({ severity: "high", component: "task", task_id: "task_8850", worker_id: "worker-3", error: "schema validation failed", source_event: "evt_x" }), settings({ channels: { high: "#tasks", default: "#ops" } }));
+  assert.equal(n.channel, "#tasks");
+  assert.equal(n.title, "[HIGH] task task_8850 failed permanently on worker-3");
+  assert.match(n.text, /• error: schema validation failed/);
+  assert.match(n.text, /raised by evt_x/);
+  assert.equal(n.dedupe_key, "task:task_8850");
+  assert.equal(n.blocks[0].type, "header");
+});
+
+test("a vulnerability alert is keyed by CVE, package and target", () => {
+  const n = notification(alert({ severity: "critical", component: "security", vulnerability: { id: "CVE-2025-1234", severity: "high", package: "openssl", target: "api", fixed_in: "3.0.14" } }), settings({ mention_on_critical: "@oncall", runbook_base: "https://runbooks.example/" }));
+  assert.equal(n.severity, "critical");
+  assert.equal(n.title, "[CRITICAL] CVE-2025-1234 (high) — openssl in api");
+  assert.ok(n.text.startsWith("@oncall [CRITICAL]"));
+  assert.match(n.text, /fixed in: 3.0.14/);
+  assert.match(n.text, /runbook: https:\/\/runbooks.example\/security/);
+  assert.equal(n.dedupe_key, "security:CVE-2025-1234:openssl:api");
+});
+
+test("a cost alert shows money, and severity falls back to the priority", () => {
+  const n = notification(alert({ component: "cost", day: "2025-12-01", cost_usd: 12.5, budget_usd: 10 }, "high"), settings());
+  assert.equal(n.severity, "high");
+  assert.equal(n.title, "[HIGH] token spend $12.50 on 2025-12-01 is over the $10.00 daily budget");
+  assert.equal(n.channel, "#ops");
+});
+
+test("alerts below min_severity are dropped", () => {
+  assert.equal(notification(alert({ severity: "low", component: "disk", message: "80% full" }), settings({ min_severity: "medium" })), null);
+  assert.equal(notification(alert({ severity: "medium", component: "disk", message: "80% full" }), settings({ min_severity: "medium" })).title, "[MEDIUM] disk: 80% full");
+});
+
+test("bad settings are refused with the setting's name", () => {
+  assert.throws(() => settings({ channels: "nope" }), /setting channels/);
+  assert.throws(() => settings({ channels: { urgent: "#x" } }), /channels.urgent: not a severity/);
+  assert.throws(() => settings({ min_severity: "loud" }), /min_severity/);
+});

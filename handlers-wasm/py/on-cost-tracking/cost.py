@@ -1,0 +1,184 @@
+"""Token cost accounting: the pure logic of the on-cost-tracking handler.
+
+Nothing here touches WASI or the host, so it runs under plain CPython too
+(`python3 -m unittest` in this folder); app.py connects it to the world.
+
+Money is counted in integer micro-dollars: a price is USD per million
+tokens, so `tokens * price` is already micro-dollars, and no float error
+accumulates over millions of events.
+"""
+
+import json
+
+#: Event ids remembered for idempotency (a redelivered event is not counted
+#: twice). Far more than can be in flight or retried at once.
+REMEMBERED_IDS = 5000
+
+
+class BadEvent(Exception):
+    """The event cannot be priced; the message says which field and why."""
+
+
+def empty_totals():
+    return {
+        "currency": "USD",
+        "events": 0,
+        "tokens": 0,
+        "cost_micro_usd": 0,
+        "unpriced_tokens": 0,
+        "by_model": {},
+        "by_master": {},
+        "by_day": {},
+        "alerted_days": [],
+        "recent_event_ids": [],
+    }
+
+
+def _count(value, field):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadEvent(f"payload.{field} must be a non-negative integer, found {json.dumps(value)}")
+    return value
+
+
+def usage(payload):
+    """(input, output, total) tokens of a worker event; None where absent."""
+    inp = _count(payload.get("input_tokens"), "input_tokens")
+    out = _count(payload.get("output_tokens"), "output_tokens")
+    total = _count(payload.get("tokens_used"), "tokens_used")
+    if total is None and (inp is not None or out is not None):
+        total = (inp or 0) + (out or 0)
+    return inp, out, total
+
+
+def parse_prices(text):
+    """The `prices` setting: a JSON object of model -> USD per million tokens,
+    either one number or {"input": x, "output": y}."""
+    if text is None:
+        return {}
+    try:
+        prices = json.loads(text)
+    except ValueError as e:
+        raise BadEvent(f"setting prices is not a table of model = price: {e}") from None
+    if not isinstance(prices, dict):
+        raise BadEvent("setting prices must be a table of model = USD per million tokens")
+    for model, price in prices.items():
+        ok = isinstance(price, (int, float)) and not isinstance(price, bool) and price >= 0
+        if isinstance(price, dict):
+            ok = set(price) <= {"input", "output"} and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in price.values()
+            )
+        if not ok:
+            raise BadEvent(
+                f"setting prices.{model}: expected a non-negative number or {{input = x, output = y}}, "
+                f"found {json.dumps(price)}"
+            )
+    return prices
+
+
+def price_micros(price, inp, out, total):
+    """Cost in micro-dollars, or None when the price is unknown."""
+    if price is None:
+        return None
+    if isinstance(price, dict):
+        if inp is None and out is None:
+            # Only a total is known: price it all as input, the cheaper side.
+            return round(total * price.get("input", 0))
+        return round((inp or 0) * price.get("input", 0) + (out or 0) * price.get("output", 0))
+    return round(total * price)
+
+
+def _add(bucket, key, tokens, micros):
+    row = bucket.setdefault(key, {"events": 0, "tokens": 0, "cost_micro_usd": 0})
+    row["events"] += 1
+    row["tokens"] += tokens
+    row["cost_micro_usd"] += micros or 0
+
+
+def usd(micros):
+    return round(micros / 1_000_000, 6)
+
+
+def money(dollars):
+    """$12.50, or $0.0045 for amounts under a dollar."""
+    return f"${dollars:.2f}" if dollars >= 1 else f"${dollars:.4f}"
+
+
+def account(totals, event, settings):
+    """Adds one worker event to `totals` (in place).
+
+    `event` is a dict with event_id, event_type, timestamp, source, master and
+    payload; `settings` has prices (parsed), default_model and
+    daily_budget_usd. Returns (ledger_line or None, follow_ups, summary).
+    """
+    if event["event_id"] in totals["recent_event_ids"]:
+        return None, [], f"already counted {event['event_id']}"
+    payload = event["payload"]
+    inp, out, total = usage(payload)
+    if total is None:
+        return None, [], f"{event['event_type']} from {event['source']} reports no token usage"
+
+    model = payload.get("model") or settings.get("default_model") or "unknown"
+    if not isinstance(model, str):
+        raise BadEvent(f"payload.model must be a string, found {json.dumps(model)}")
+    master = event.get("master") or "unassigned"
+    prices = settings["prices"]
+    price = prices.get(model, prices.get("default"))
+    micros = price_micros(price, inp, out, total)
+    day = event["timestamp"][:10]
+
+    totals["events"] += 1
+    totals["tokens"] += total
+    totals["cost_micro_usd"] += micros or 0
+    if micros is None:
+        totals["unpriced_tokens"] += total
+    _add(totals["by_model"], model, total, micros)
+    _add(totals["by_master"], master, total, micros)
+    _add(totals["by_day"], day, total, micros)
+    for key in ("by_model", "by_master", "by_day"):
+        for row in totals[key].values():
+            row["cost_usd"] = usd(row["cost_micro_usd"])
+    totals["cost_usd"] = usd(totals["cost_micro_usd"])
+    totals["recent_event_ids"].append(event["event_id"])
+    del totals["recent_event_ids"][:-REMEMBERED_IDS]
+
+    ledger = {
+        "event_id": event["event_id"],
+        "timestamp": event["timestamp"],
+        "worker_id": payload.get("worker_id", event["source"]),
+        "task_id": payload.get("task_id"),
+        "status": event["event_type"].split(".")[-1],
+        "model": model,
+        "master": master,
+        "input_tokens": inp,
+        "output_tokens": out,
+        "tokens": total,
+        "cost_usd": None if micros is None else usd(micros),
+    }
+
+    follow_ups = []
+    budget = settings.get("daily_budget_usd")
+    spent = totals["by_day"][day]["cost_micro_usd"]
+    if budget is not None and spent > budget * 1_000_000 and day not in totals["alerted_days"]:
+        totals["alerted_days"].append(day)
+        del totals["alerted_days"][:-60]
+        follow_ups.append({
+            "event_type": "system.health_alert",
+            "priority": "high",
+            "payload": {
+                "severity": "high",
+                "component": "cost",
+                "message": f"token spend on {day} is {money(usd(spent))}, over the daily budget of {money(budget)}",
+                "day": day,
+                "cost_usd": usd(spent),
+                "budget_usd": budget,
+                "source_event": event["event_id"],
+            },
+        })
+
+    cost = "unpriced" if micros is None else money(usd(micros))
+    summary = f"{total} tokens on {model} for {master}: {cost} (day {day}: {money(usd(spent))})"
+    if follow_ups:
+        summary += "; over the daily budget, alert raised"
+    return ledger, follow_ups, summary

@@ -1,0 +1,84 @@
+"""Native unit tests of the pricing logic: `python3 -m unittest` here."""
+
+import unittest
+
+import cost
+
+
+def event(n, tokens=1500, model="claude-sonnet", master="security-master", day="2025-12-01", **extra):
+    payload = {"worker_id": "worker-001", "task_id": f"task-{n}", "tokens_used": tokens, **extra}
+    if model is not None:
+        payload["model"] = model
+    return {"event_id": f"evt_20251201_120000_{n:06d}", "event_type": "worker.completed",
+            "timestamp": f"{day}T12:00:00-06:00", "source": "worker-001", "master": master, "payload": payload}
+
+
+SETTINGS = {"prices": cost.parse_prices('{"claude-sonnet": 3.0, "big": {"input": 15, "output": 75}}'),
+            "default_model": None, "daily_budget_usd": None}
+
+
+class Account(unittest.TestCase):
+    def test_prices_tokens_per_model_and_master_in_micro_dollars(self):
+        t = cost.empty_totals()
+        ledger, follow_ups, summary = cost.account(t, event(1), SETTINGS)
+        self.assertEqual(ledger["cost_usd"], 0.0045)
+        self.assertEqual(follow_ups, [])
+        self.assertEqual(t["by_model"]["claude-sonnet"], {"events": 1, "tokens": 1500, "cost_micro_usd": 4500, "cost_usd": 0.0045})
+        self.assertEqual(t["by_master"]["security-master"]["tokens"], 1500)
+        self.assertIn("1500 tokens on claude-sonnet", summary)
+        for n in range(2, 1002):
+            cost.account(t, event(n, tokens=1), SETTINGS)
+        self.assertEqual(t["cost_micro_usd"], 4500 + 1000 * 3, "no float drift")
+
+    def test_a_redelivered_event_is_counted_once(self):
+        t = cost.empty_totals()
+        cost.account(t, event(1), SETTINGS)
+        ledger, _, summary = cost.account(t, event(1), SETTINGS)
+        self.assertIsNone(ledger)
+        self.assertEqual((t["events"], t["tokens"]), (1, 1500))
+        self.assertIn("already counted", summary)
+
+    def test_split_prices_use_input_and_output_tokens(self):
+        t = cost.empty_totals()
+        ledger, _, _ = cost.account(t, event(1, tokens=None, model="big", input_tokens=1000, output_tokens=100), SETTINGS)
+        self.assertEqual((ledger["tokens"], ledger["cost_usd"]), (1100, 0.0225))
+
+    def test_unknown_models_are_counted_unpriced_or_fall_back_to_default(self):
+        t = cost.empty_totals()
+        ledger, _, summary = cost.account(t, event(1, model="mystery"), SETTINGS)
+        self.assertIsNone(ledger["cost_usd"])
+        self.assertEqual(t["unpriced_tokens"], 1500)
+        self.assertIn("unpriced", summary)
+        with_default = dict(SETTINGS, prices={"default": 1.0})
+        ledger, _, _ = cost.account(cost.empty_totals(), event(2, model=None), with_default)
+        self.assertEqual((ledger["model"], ledger["cost_usd"]), ("unknown", 0.0015))
+
+    def test_the_daily_budget_alerts_once_per_day(self):
+        s = dict(SETTINGS, daily_budget_usd=0.005)
+        t = cost.empty_totals()
+        self.assertEqual(cost.account(t, event(1), s)[1], [])
+        _, follow_ups, summary = cost.account(t, event(2), s)
+        self.assertEqual(len(follow_ups), 1)
+        alert = follow_ups[0]
+        self.assertEqual(alert["event_type"], "system.health_alert")
+        self.assertEqual(alert["payload"]["component"], "cost")
+        self.assertEqual(alert["payload"]["cost_usd"], 0.009)
+        self.assertIn("alert raised", summary)
+        self.assertEqual(cost.account(t, event(3), s)[1], [], "one alert per day")
+        self.assertEqual(len(cost.account(t, event(4, day="2025-12-02", tokens=5000), s)[1]), 1, "a new day alerts again")
+
+    def test_bad_input_is_refused_with_the_field(self):
+        for bad in (-1, "many", 1.5, True):
+            with self.assertRaisesRegex(cost.BadEvent, "payload.tokens_used must be a non-negative integer"):
+                cost.account(cost.empty_totals(), event(1, tokens=bad), SETTINGS)
+        with self.assertRaisesRegex(cost.BadEvent, "setting prices.x"):
+            cost.parse_prices('{"x": "cheap"}')
+
+    def test_events_without_usage_are_skipped(self):
+        ledger, _, summary = cost.account(cost.empty_totals(), event(1, tokens=None), SETTINGS)
+        self.assertIsNone(ledger)
+        self.assertIn("no token usage", summary)
+
+
+if __name__ == "__main__":
+    unittest.main()

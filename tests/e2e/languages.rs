@@ -1,0 +1,244 @@
+//! Handlers in Python (componentize-py) and JavaScript (componentize-js)
+//! next to the Rust ones: through `cortex dispatch` and `cortex serve`, and
+//! every handler's fixtures through `cortex handler test --expect`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use cortex_tests::{Root, handlers_dir, wait_for};
+use serde_json::{Value, json};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+/// A worker event with token usage, at a fixed time.
+fn worker_event(n: u32, tokens: u64, model: &str, master: &str) -> String {
+    json!({
+        "event_type": "worker.completed", "source": format!("worker-{n}"),
+        "timestamp": "2025-12-01T12:00:00-06:00", "master": master, "correlation_id": format!("task-{n}"),
+        "payload": {"worker_id": format!("worker-{n}"), "task_id": format!("task-{n}"), "tokens_used": tokens, "model": model},
+    })
+    .to_string()
+        + "\n"
+}
+
+fn archived_of(root: &Root, event_type: &str) -> Result<Vec<Value>> {
+    Ok(root.archived()?.into_iter().filter(|r| r["event"]["event_type"] == event_type).collect())
+}
+
+#[test]
+fn python_prices_tokens_and_javascript_notifies_through_dispatch() -> Result<()> {
+    let root = Root::with_extras()?;
+    let out = root.ok(&["handlers", "check"])?;
+    assert!(out.contains("all 9 handlers load"), "{out}");
+
+    // 50 M tokens at $3 per million: $150, over the default $50 budget.
+    let mut lines = String::new();
+    for n in 0..4 {
+        lines += &worker_event(n, 1_000_000, "claude-haiku", "data-master");
+    }
+    lines += &worker_event(9, 50_000_000, "claude-sonnet", "security-master");
+    let ids = root.batch(&lines)?;
+    let summary = root.dispatch()?;
+    assert_eq!(summary["dead_lettered"], 0, "{summary}");
+
+    // Python: totals by model and master, in micro-dollars, and a ledger.
+    let totals = root.read_json("state/cost/totals.json")?;
+    assert_eq!(totals["events"], 5);
+    assert_eq!(totals["tokens"], 54_000_000);
+    assert_eq!(totals["by_model"]["claude-haiku"]["cost_micro_usd"], 4_000_000, "{totals}");
+    assert_eq!(
+        totals["by_model"]["claude-sonnet"]["cost_micro_usd"], 150_000_000,
+        "tokens_used priced at input: {totals}"
+    );
+    assert_eq!(totals["by_master"]["data-master"]["tokens"], 4_000_000);
+    assert_eq!(totals["by_day"]["2025-12-01"]["cost_usd"], 154.0);
+    let ledger = std::fs::read_to_string(root.join("state/cost/ledger/2025-12-01.jsonl"))?;
+    let ledger_ids: Vec<String> = ledger
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).map(|v| v["event_id"].as_str().unwrap_or("").to_string()))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(ledger_ids, ids, "one ledger line per event, in queue order");
+
+    // Python's budget alert, handled by JavaScript into a notification
+    // (a custom type), all on one correlation chain.
+    let alerts = archived_of(&root, "system.health_alert")?;
+    assert_eq!(alerts.len(), 1, "one alert for the day");
+    let alert = &alerts[0];
+    assert_eq!(alert["event"]["source"], "on-cost-tracking");
+    assert_eq!(alert["event"]["payload"]["component"], "cost");
+    assert_eq!(alert["event"]["correlation_id"], "task-9");
+    assert_eq!(alert["handlers"][0]["name"], "on-alert-notify", "{alert}");
+    assert!(alert["handlers"][0]["summary"].as_str().unwrap_or("").starts_with("high alert to #ops"), "{alert}");
+    let notes = archived_of(&root, "notification.requested")?;
+    assert_eq!(notes.len(), 1);
+    let note = &notes[0]["event"];
+    assert_eq!(note["correlation_id"], "task-9");
+    assert_eq!(note["metadata"]["caused_by"]["handler"], "on-alert-notify");
+    assert_eq!(note["payload"]["channel"], "#ops");
+    assert_eq!(note["payload"]["severity"], "high");
+    assert_eq!(note["payload"]["title"], "[HIGH] token spend $154.00 on 2025-12-01 is over the $50.00 daily budget");
+    assert_eq!(note["payload"]["dedupe_key"], "cost:2025-12-01");
+    assert_eq!(note["payload"]["alert_event_id"], alert["event"]["event_id"]);
+
+    // A redelivery (a replay of the same ids) is not counted twice.
+    root.ok(&["replay", "--type", "worker.completed"])?;
+    root.dispatch()?;
+    assert_eq!(root.read_json("state/cost/totals.json")?["tokens"], 54_000_000);
+
+    // Bad input is the handler's Err with the field, then a dead letter.
+    root.emit("worker.completed", r#"{"worker_id": "w", "tokens_used": -5}"#)?;
+    root.dispatch()?;
+    let dead = root.dead_letters()?;
+    assert_eq!(dead.len(), 1);
+    let failure = dead[0].to_string();
+    assert!(failure.contains("payload.tokens_used must be a non-negative integer"), "{failure}");
+    Ok(())
+}
+
+#[test]
+fn python_and_javascript_handlers_serve_and_restart_from_the_compiled_cache() -> Result<()> {
+    let root = Root::with_extras()?;
+    // Compile (or find in the shared cache) before the timed start.
+    root.ok(&["handlers", "check"])?;
+    let svc = root.serve()?;
+    root.batch(&(worker_event(1, 2_000, "claude-sonnet", "m") + &worker_event(2, 3_000, "claude-sonnet", "m")))?;
+    root.batch(
+        &(json!({"event_type": "system.health_alert", "source": "disk-monitor", "priority": "critical",
+                 "payload": {"severity": "critical", "component": "disk", "message": "/var at 99%"}})
+        .to_string()
+            + "\n"),
+    )?;
+    // 2 worker events, 2 task.completed from on-worker-complete, the alert
+    // and its notification.
+    wait_for(Duration::from_secs(30), || Ok(root.archived()?.len() == 6))?;
+    let notes = archived_of(&root, "notification.requested")?;
+    assert_eq!(notes[0]["event"]["payload"]["channel"], "#incidents");
+    assert!(
+        notes[0]["event"]["payload"]["text"].as_str().unwrap_or("").starts_with("@oncall [CRITICAL] disk: /var at 99%")
+    );
+    assert_eq!(root.read_json("state/cost/totals.json")?["tokens"], 5_000);
+    assert_eq!(svc.stop()?, 0);
+
+    // A second start loads every component from the cache: none compiled.
+    let svc = root.serve()?;
+    root.batch(&worker_event(3, 1_000, "claude-sonnet", "m"))?;
+    wait_for(Duration::from_secs(30), || Ok(root.archived()?.len() == 8))?;
+    let log = svc.log_text();
+    assert!(!log.contains("handler compiled"), "second start compiled again:\n{log}");
+    assert_eq!(svc.stop()?, 0);
+    assert_eq!(root.read_json("state/cost/totals.json")?["tokens"], 6_000);
+    Ok(())
+}
+
+/// Every handler folder's fixtures: `<case>.json` (or `.jsonl`) run with
+/// `cortex handler test --handler NAME [--seed <case>.seed]` against
+/// `<case>.expect.json`.
+#[test]
+fn every_handler_fixture_meets_its_expectation() -> Result<()> {
+    let root = Root::with_extras()?;
+    let mut cases = 0;
+    let mut failures = Vec::new();
+    let dirs = ["handlers-wasm", "handlers-wasm/py", "handlers-wasm/js"];
+    for handler_dir in dirs.iter().flat_map(|d| std::fs::read_dir(repo().join(d)).into_iter().flatten().flatten()) {
+        let name = handler_dir.file_name().to_string_lossy().into_owned();
+        let fixtures = handler_dir.path().join("fixtures");
+        if !name.starts_with("on-") || !fixtures.is_dir() {
+            continue;
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&fixtures)?.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for expect in files.iter().filter(|p| p.to_string_lossy().ends_with(".expect.json")) {
+            let case = expect.to_string_lossy().trim_end_matches(".expect.json").to_string();
+            let event = [format!("{case}.json"), format!("{case}.jsonl")]
+                .into_iter()
+                .find(|p| Path::new(p).is_file())
+                .with_context(|| format!("{} has no {case}.json or .jsonl", expect.display()))?;
+            let component = handlers_dir().join(format!("{name}.wasm"));
+            let mut args =
+                vec!["handler", "test", component.to_str().unwrap_or(""), "--handler", &name, "--event", &event];
+            let seed = format!("{case}.seed");
+            if Path::new(&seed).is_dir() {
+                args.extend(["--seed", &seed]);
+            }
+            let expect = expect.to_string_lossy().into_owned();
+            args.extend(["--expect", &expect]);
+            let out = root.run(&args)?;
+            cases += 1;
+            if out.code != 0 {
+                failures.push(format!("{expect}:\n{}{}", out.stdout, out.stderr));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {cases} fixture cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(cases >= 17, "only {cases} fixture cases found");
+    Ok(())
+}
+
+#[test]
+fn handler_test_names_each_difference_and_fails() -> Result<()> {
+    let root = Root::with_extras()?;
+    let dir = repo().join("handlers-wasm/on-task-failure/fixtures");
+    let mut expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("task-failed-permanent.expect.json"))?)?;
+    expected["runs"][0]["outcome"] = json!("error");
+    expected["runs"][0]["emitted"][0]["payload"]["task_id"] = json!("task_0000");
+    let wrong = root.scratch().join("wrong.expect.json");
+    std::fs::write(&wrong, expected.to_string())?;
+    let component = handlers_dir().join("on-task-failure.wasm");
+    let event = dir.join("task-failed-permanent.json");
+    let args = |expect: &Path| {
+        vec![
+            "handler".to_string(),
+            "test".into(),
+            component.display().to_string(),
+            "--handler".into(),
+            "on-task-failure".into(),
+            "--event".into(),
+            event.display().to_string(),
+            "--expect".into(),
+            expect.display().to_string(),
+        ]
+    };
+    let a = args(&wrong);
+    let out = root.fails(&a.iter().map(String::as_str).collect::<Vec<_>>())?;
+    assert!(out.stderr.contains("2 difference(s)"), "{}", out.stderr);
+    assert!(out.stderr.contains(r#"runs[0].outcome: expected "error", got "ok""#), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(r#"runs[0].emitted[0].payload.task_id: expected "task_0000", got "task_8850""#),
+        "{}",
+        out.stderr
+    );
+    // The report still shows what happened, for people.
+    assert!(out.stdout.contains("emitted  system.health_alert (critical)"), "{}", out.stdout);
+    assert!(out.stdout.contains("wrote    + state/failures/"), "{}", out.stdout);
+
+    // Without --expect: a failing handler fails the command, with its error.
+    let poison = handlers_dir().join("fail-poison.wasm");
+    let poisoned = root.scratch().join("poison.json");
+    std::fs::write(
+        &poisoned,
+        r#"{"event_id": "evt_20251201_120000_poison", "event_type": "task.failed", "timestamp": "2025-12-01T12:00:00Z", "source": "t", "payload": {"poison": true}}"#,
+    )?;
+    let out =
+        root.fails(&["handler", "test", poison.to_str().unwrap_or(""), "--event", poisoned.to_str().unwrap_or("")])?;
+    assert!(out.stdout.contains("outcome  FAILED (error): poison event evt_20251201_120000_poison"), "{}", out.stdout);
+    assert!(out.stderr.contains("1 event(s) failed"), "{}", out.stderr);
+
+    // Bad usage names what to fix.
+    let out = root.fails(&[
+        "handler",
+        "test",
+        poison.to_str().unwrap_or(""),
+        "--event",
+        event.to_str().unwrap_or(""),
+        "--grant",
+        "../etc:rw",
+    ])?;
+    assert!(out.stderr.contains("must be a relative directory without '..'"), "{}", out.stderr);
+    let out = root.fails(&["handler", "test", "/nonexistent.wasm", "--event", event.to_str().unwrap_or("")])?;
+    assert!(out.stderr.contains("/nonexistent.wasm"), "{}", out.stderr);
+    Ok(())
+}
