@@ -37,6 +37,7 @@ pub mod queue;
 pub mod replay;
 pub mod route;
 pub mod sandbox;
+pub mod scaffold;
 pub mod service;
 pub mod status;
 

@@ -221,6 +221,21 @@ enum HandlersCommand {
     },
     /// Load every handler; exit 1 naming each one that does not load.
     Check,
+    /// Scaffold a handler folder (source, Makefile, WIT, a fixture and its
+    /// expectation) in Rust, Python or JavaScript; print the cortex.toml
+    /// block that enables it.
+    New {
+        /// The handler's name, e.g. on-invoice-paid.
+        name: String,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: cortex::scaffold::Lang,
+        /// Event types or globs it handles (repeatable; default '*').
+        #[arg(long = "events", value_name = "PATTERN")]
+        events: Vec<String>,
+        /// Where to write it (default: ./NAME); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run a component against fixture events in a throwaway sandbox and
     /// print its outcome, emitted events, written files and log lines; with
     /// --expect, compare and exit 1 on any difference.
@@ -351,6 +366,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Handlers { command: HandlersCommand::List { json } } => handlers(&layout, json, false),
         Command::Handlers { command: HandlersCommand::Check } => handlers(&layout, false, true),
         Command::Handlers { command: HandlersCommand::Test(args) } => handler_test(&layout, args),
+        Command::Handlers { command: HandlersCommand::New { name, lang, events, dir } } => {
+            handler_new(&name, lang, &events, dir)
+        }
         Command::Replay(args) => replay(&layout, args),
         Command::Dlq { command } => dlq(&layout, command),
     }
@@ -672,6 +690,25 @@ fn serve(layout: Layout, listen: &str) -> Result<ExitCode> {
         };
         cortex::service::run(layout, cortex::service::Options { listen }, shutdown).await
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn handler_new(name: &str, lang: cortex::scaffold::Lang, events: &[String], dir: Option<PathBuf>) -> Result<ExitCode> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    let s = cortex::scaffold::new(name, lang, events, &dir)?;
+    println!("created {} ({} files)", s.dir.display(), s.files.len());
+    let d = s.dir.display();
+    println!(
+        "
+build and test it:
+  make -C {d} test
+"
+    );
+    println!(
+        "enable it: copy {d}/{name}.wasm to <root>/handlers/ and add to <root>/cortex.toml:
+"
+    );
+    print!("{}", s.config);
     Ok(ExitCode::SUCCESS)
 }
 
