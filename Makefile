@@ -83,7 +83,7 @@ run: build handlers
 
 test: build handlers
 	cd handlers-wasm && CARGO_TARGET_DIR=$(TARGET)/wasm-native $(CARGO) test --release --workspace
-	for d in handlers-wasm/py/*/; do (cd "$$d" && $(TOOLS)/py/bin/python -m unittest --quiet) || exit 1; done
+	for d in handlers-wasm/py/on-*/; do (cd "$$d" && $(TOOLS)/py/bin/python -m unittest --quiet) || exit 1; done
 	cd handlers-wasm/js && node --test
 	$(CARGO) test --release --workspace
 

@@ -3,6 +3,7 @@
 //! asserts on time; the table states each target next to what was measured.
 
 mod dispatch;
+mod languages;
 mod replay;
 mod service;
 mod store;
@@ -58,8 +59,13 @@ fn main() -> anyhow::Result<()> {
     let only: Vec<String> = std::env::args().skip(1).collect();
     let mut rows = Vec::new();
     type Section = fn() -> anyhow::Result<Vec<Row>>;
-    let sections: Vec<(&str, Section)> =
-        vec![("store", store::run), ("dispatch", dispatch::run), ("service", service::run), ("replay", replay::run)];
+    let sections: Vec<(&str, Section)> = vec![
+        ("store", store::run),
+        ("dispatch", dispatch::run),
+        ("service", service::run),
+        ("replay", replay::run),
+        ("languages", languages::run),
+    ];
     for (name, f) in sections {
         if !only.is_empty() && !only.iter().any(|o| o == name) {
             continue;
