@@ -110,6 +110,10 @@ pub struct HandlerLimits {
     /// Events one invocation may emit.
     #[serde(default = "default_max_emits")]
     pub max_emits: usize,
+    /// Bytes one invocation may add to files under its grants (writes,
+    /// appends, growing a file); past it writes fail with ENOSPC.
+    #[serde(default = "default_write_bytes")]
+    pub write_bytes: u64,
 }
 
 impl Default for HandlerLimits {
@@ -120,6 +124,7 @@ impl Default for HandlerLimits {
             fuel: None,
             output_bytes: default_output_bytes(),
             max_emits: default_max_emits(),
+            write_bytes: default_write_bytes(),
         }
     }
 }
@@ -135,6 +140,9 @@ fn default_output_bytes() -> usize {
 }
 fn default_max_emits() -> usize {
     100
+}
+fn default_write_bytes() -> u64 {
+    64 << 20
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

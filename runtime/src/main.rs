@@ -771,6 +771,7 @@ fn handler_test(layout: &Layout, args: TestArgs) -> Result<ExitCode> {
         cache_dir: user_cache_dir(),
         attempt: args.attempt,
         keep: args.keep,
+        name: args.handler,
     };
     let report = cortex::harness::run(&request)?;
     let mut out = std::io::stdout().lock();

@@ -178,10 +178,13 @@ fn output_floods_are_capped_or_refused_with_a_clear_error() -> Result<()> {
 component = "{output-flood}"
 events = ["task.*"]
 max_attempts = 1
-limits = { output_bytes = 65536, memory_mb = 64 }
+grants = [{ dir = "state/flood", mode = "rw" }]
+limits = { output_bytes = 65536, memory_mb = 64, write_bytes = 4194304 }
 "#,
     )?;
     let stdout = root.emit("task.created", r#"{"flood": "stdout"}"#)?;
+    let file = root.emit("task.created", r#"{"flood": "file"}"#)?;
+    let grow = root.emit("task.created", r#"{"flood": "grow"}"#)?;
     let summary = root.emit("task.created", r#"{"flood": "summary"}"#)?;
     let error = root.emit("task.created", r#"{"flood": "error"}"#)?;
     let emit = root.emit("task.created", r#"{"flood": "emit"}"#)?;
@@ -204,6 +207,16 @@ limits = { output_bytes = 65536, memory_mb = 64 }
     assert!(f["message"].as_str().unwrap().len() < 5000, "the error message was not capped");
     let f = failure(&emit);
     assert!(f["message"].as_str().unwrap().contains("over the 1048576 byte limit"), "{f}");
+    // A file filling its grant: refused with ENOSPC past limits.write_bytes.
+    let f = failure(&file);
+    assert_eq!(f["kind"], "write-limit", "{f}");
+    assert!(f["message"].as_str().unwrap().contains("4194304 bytes"), "{f}");
+    assert!(f["message"].as_str().unwrap().contains("write of chunk 4 failed"), "{f}");
+    assert_eq!(std::fs::metadata(root.join("state/flood/big.bin"))?.len(), 4 << 20, "exactly the budget was written");
+    let f = failure(&grow);
+    assert_eq!(f["kind"], "write-limit", "{f}");
+    assert!(f["message"].as_str().unwrap().contains("set_len failed"), "{f}");
+    assert_eq!(std::fs::metadata(root.join("state/flood/sparse.bin"))?.len(), 0, "the file was not extended");
     assert!(root.archived_record(&next)?.is_some(), "the next event did not run");
     assert!(
         std::fs::metadata(root.join(&format!("events/archive/{}", root.files("events/archive")[0])))?.len() < 1 << 20

@@ -148,6 +148,8 @@ pub struct State {
     pub call: CallContext,
     pub stdout: MemoryOutputPipe,
     pub stderr: MemoryOutputPipe,
+    /// Bytes this invocation may still add to files under its grants.
+    pub write_budget: super::quota::WriteBudget,
 }
 
 impl WasiView for State {

@@ -14,6 +14,7 @@
 //! [`Invocation`].
 
 mod host;
+mod quota;
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -86,7 +87,8 @@ pub struct Loaded {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Fault {
     /// `error` (the handler's `Err`), `timeout`, `fuel`, `memory`,
-    /// `stack-overflow`, `output-limit`, `trap`, or `instantiate`.
+    /// `stack-overflow`, `output-limit`, `write-limit`, `trap`, or
+    /// `instantiate`.
     pub kind: String,
     pub message: String,
     /// The whole error chain with the wasm backtrace, for forensics.
@@ -155,6 +157,18 @@ impl Sandbox {
         let engine = Engine::new(&config).map_err(anyhow_err).context("failed to create the wasm engine")?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow_err).context("failed to link WASI")?;
+        // wasi:filesystem/types again, through the write budget.
+        linker.allow_shadowing(true);
+        wasmtime_wasi::p2::bindings::sync::filesystem::types::add_to_linker::<State, quota::QuotaFsData>(
+            &mut linker,
+            |s| {
+                let budget = s.write_budget.clone();
+                quota::QuotaFs { inner: wasmtime_wasi::filesystem::WasiFilesystemView::filesystem(s), budget }
+            },
+        )
+        .map_err(anyhow_err)
+        .context("failed to link the filesystem write budget")?;
+        linker.allow_shadowing(false);
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(anyhow_err)
             .context("failed to link the cortex host functions")?;
@@ -294,7 +308,7 @@ impl Sandbox {
             metadata: Default::default(),
             payload: Default::default(),
         };
-        let mut store = self.store(loaded, &trigger, &HandlerLimits::default())?;
+        let mut store = self.store(loaded, &trigger, &loaded.config.limits)?;
         let instance = loaded.pre.instantiate(&mut store).map_err(anyhow_err)?;
         let info = instance.call_describe(&mut store).map_err(anyhow_err)?;
         Ok(Info { name: info.name, version: info.version, events: info.events })
@@ -328,6 +342,7 @@ impl Sandbox {
             ),
             stdout,
             stderr,
+            write_budget: quota::WriteBudget::new(limits.write_bytes),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -391,6 +406,14 @@ impl Sandbox {
                 message: format!(
                     "wrote more than {} bytes to stdout/stderr (limits.output_bytes) and trapped when further writes were refused: {}",
                     limits.output_bytes, f.message
+                ),
+                detail: f.detail,
+            }),
+            Err(f) if state.write_budget.exceeded() && matches!(f.kind.as_str(), "trap" | "error") => Err(Fault {
+                kind: "write-limit".into(),
+                message: format!(
+                    "wrote more than {} bytes to files under its grants (limits.write_bytes); further writes were refused with ENOSPC: {}",
+                    limits.write_bytes, f.message
                 ),
                 detail: f.detail,
             }),
