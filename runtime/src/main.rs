@@ -239,7 +239,7 @@ enum HandlersCommand {
     /// Run a component against fixture events in a throwaway sandbox and
     /// print its outcome, emitted events, written files and log lines; with
     /// --expect, compare and exit 1 on any difference.
-    Test(TestArgs),
+    Test(Box<TestArgs>),
 }
 
 #[derive(Args)]
@@ -365,7 +365,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve { listen, .. } => serve(layout, &listen),
         Command::Handlers { command: HandlersCommand::List { json } } => handlers(&layout, json, false),
         Command::Handlers { command: HandlersCommand::Check } => handlers(&layout, false, true),
-        Command::Handlers { command: HandlersCommand::Test(args) } => handler_test(&layout, args),
+        Command::Handlers { command: HandlersCommand::Test(args) } => handler_test(&layout, *args),
         Command::Handlers { command: HandlersCommand::New { name, lang, events, dir } } => {
             handler_new(&name, lang, &events, dir)
         }

@@ -15,6 +15,9 @@ use serde_json::{Value, json};
 
 use crate::{Row, median, ms};
 
+/// Builds the i-th event of a stream: (type, payload).
+type EventFn<'a> = &'a dyn Fn(usize) -> (String, Value);
+
 /// Equivalent no-op handlers (parse the payload, return a summary).
 const NOOPS: [(&str, &str); 3] = [("Rust", "noop"), ("Python", "noop-py"), ("JavaScript", "noop-js")];
 
@@ -182,7 +185,7 @@ pub fn run() -> Result<Vec<Row>> {
             json!({"severity": "high", "component": "task", "task_id": format!("t-{i}"), "error": "timeout"}),
         )
     };
-    let real: [(&str, &str, &dyn Fn(usize) -> (String, Value)); 3] = [
+    let real: [(&str, &str, EventFn); 3] = [
         ("Rust on-worker-complete (state file per event)", "on-worker-complete", &worker),
         ("Python on-cost-tracking (ledger append + totals rewrite per event)", "on-cost-tracking", &worker),
         ("JavaScript on-alert-notify (one emit per event)", "on-alert-notify", &alert),
