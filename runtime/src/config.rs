@@ -104,7 +104,7 @@ pub struct HandlerLimits {
     /// Optional instruction budget per invocation (wasmtime fuel).
     #[serde(default)]
     pub fuel: Option<u64>,
-    /// Cap on the handler's captured stdout+stderr per invocation, in bytes.
+    /// Cap on each of the handler's captured stdout and stderr per invocation, in bytes.
     #[serde(default = "default_output_bytes")]
     pub output_bytes: usize,
     /// Events one invocation may emit.

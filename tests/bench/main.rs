@@ -55,9 +55,36 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem} RAM, Linux")
 }
 
+/// The disk's latency for what a durable step costs: a small write,
+/// `fdatasync`, and a directory `fsync`, in the temp directory's filesystem
+/// (where the bench's roots live). Every durable figure depends on it, and on
+/// a shared virtual disk it changes from hour to hour.
+fn disk_probe() -> anyhow::Result<Row> {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir()?;
+    let mut times = Vec::new();
+    for i in 0..200 {
+        let t = std::time::Instant::now();
+        let mut f = std::fs::File::create(dir.path().join(format!("p{i}")))?;
+        f.write_all(&[b'x'; 600])?;
+        f.sync_data()?;
+        std::fs::File::open(dir.path())?.sync_all()?;
+        times.push(t.elapsed());
+    }
+    let p99 = percentile(&mut times.clone(), 0.99);
+    Ok(Row {
+        area: "disk",
+        metric: "600-byte file: create + write + fdatasync + directory fsync (median of 200; the cost under every durable figure)".into(),
+        target: "(environment)".into(),
+        measured: format!("{} (p99 {})", ms(median(times)), ms(p99)),
+        ratio: "—".into(),
+        met: None,
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let only: Vec<String> = std::env::args().skip(1).collect();
-    let mut rows = Vec::new();
+    let mut rows = vec![disk_probe()?];
     type Section = fn() -> anyhow::Result<Vec<Row>>;
     let sections: Vec<(&str, Section)> = vec![
         ("store", store::run),
