@@ -188,6 +188,16 @@ fn watch(
 ) -> Result<notify::RecommendedWatcher> {
     let queue_dir = layout.queue();
     let watched_files: Vec<PathBuf> = watched.to_vec();
+    // Any component in a watched directory, not only those configured at
+    // start: a handler added by a config reload is reloaded when its
+    // component arrives or changes.
+    let mut watched_dirs: Vec<PathBuf> = watched.iter().filter_map(|p| p.parent().map(Path::to_path_buf)).collect();
+    watched_dirs.sort();
+    watched_dirs.dedup();
+    let component_dirs = watched_dirs.clone();
+    let is_component = move |p: &Path| {
+        p.extension().is_some_and(|e| e == "wasm") && p.parent().is_some_and(|d| component_dirs.iter().any(|c| c == d))
+    };
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
         Ok(event) => {
             if event.need_rescan() {
@@ -201,7 +211,7 @@ fn watch(
             if event.paths.iter().any(|p| p.parent() == Some(queue_dir.as_path())) {
                 let _ = wake.send(());
             }
-            if event.paths.iter().any(|p| watched_files.iter().any(|w| w == p)) {
+            if event.paths.iter().any(|p| watched_files.iter().any(|w| w == p) || is_component(p)) {
                 let _ = reload.send(());
             }
         }
@@ -215,10 +225,7 @@ fn watch(
     watcher
         .watch(&layout.queue(), RecursiveMode::NonRecursive)
         .with_context(|| format!("failed to watch {}", layout.queue().display()))?;
-    let mut dirs: Vec<&Path> = watched.iter().filter_map(|p| p.parent()).collect();
-    dirs.sort();
-    dirs.dedup();
-    for dir in dirs {
+    for dir in &watched_dirs {
         // A missing directory is reported when its handler loads, not here.
         if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot watch for component changes");

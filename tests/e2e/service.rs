@@ -97,6 +97,32 @@ fn hot_reload_under_a_stream_switches_version_and_handles_each_event_once() -> R
 }
 
 #[test]
+fn a_handler_added_while_serving_starts_when_its_component_arrives() -> Result<()> {
+    let root = reload_root()?;
+    let svc = root.serve()?;
+    // The table first: its component is not there yet, so the new config is
+    // refused whole and the old one keeps serving.
+    root.configure("\n[handlers.late]\ncomponent = \"handlers/late.wasm\"\nevents = [\"learning.*\"]\n")?;
+    wait_for(Duration::from_secs(10), || {
+        Ok(metric(&parse_metrics(&svc.metrics()?)?, &["cortex_reloads_total", "result=\"failed\""]).unwrap_or(0.0)
+            >= 1.0)
+    })?;
+    // Then the component, dropped into handlers/ as deploys do: that alone
+    // brings the new config and the handler in, with no SIGHUP.
+    replace_atomically(&root.join("handlers/late.wasm"), &std::fs::read(component("noop"))?)?;
+    wait_for(Duration::from_secs(10), || {
+        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("run/service.json"))?)?;
+        Ok(doc["handlers"]["late"]["sha256"].is_string())
+    })?;
+    let id = root.emit("learning.pattern_detected", r#"{"pattern": "p"}"#)?;
+    wait_for(Duration::from_secs(10), || Ok(root.archived_record(&id)?.is_some()))?;
+    let record = root.archived_record(&id)?.unwrap_or_default();
+    assert_eq!(record["handlers"][0]["name"], "late", "{record}");
+    assert_eq!(svc.stop()?, 0);
+    Ok(())
+}
+
+#[test]
 fn a_broken_component_leaves_the_old_version_serving_until_a_good_one_arrives() -> Result<()> {
     let root = reload_root()?;
     let svc = root.serve()?;
