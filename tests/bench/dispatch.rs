@@ -17,12 +17,12 @@ use crate::{Row, median};
 
 const N: usize = 10_000;
 
-/// Queues events built by `f` in one group commit.
-fn queue(root: &Root, f: impl Fn(usize) -> (String, Value)) -> Result<()> {
+/// Queues `n` events built by `f` in one group commit.
+pub fn queue(root: &Root, n: usize, f: impl Fn(usize) -> (String, Value)) -> Result<()> {
     let config = Config::load(&root.path)?;
     let validator = config.validator();
     let q = FsQueue::open(Layout::new(&root.path), validator.clone())?;
-    let events = (0..N)
+    let events = (0..n)
         .map(|i| {
             let (t, payload) = f(i);
             let Value::Object(payload) = payload else { unreachable!("payloads are objects") };
@@ -81,7 +81,7 @@ pub fn run() -> Result<Vec<Row>> {
 
     // No-op handler, stateless, so two lanes.
     let root = Root::with_handlers("[handlers.sink]\ncomponent = \"{noop}\"\nevents = [\"*\"]\nconcurrency = 2\n")?;
-    queue(&root, |i| ("task.created".into(), json!({"n": i})))?;
+    queue(&root, N, |i| ("task.created".into(), json!({"n": i})))?;
     let (s, wall) = dispatch(&root)?;
     ensure!(s["handled"] == N, "not all handled: {s}");
     let secs = s["elapsed_ms"].as_f64().unwrap_or(0.0) / 1000.0;
@@ -108,7 +108,7 @@ pub fn run() -> Result<Vec<Row>> {
 
     // The seven built-in handlers on a mixed stream (their follow-ups included).
     let root = Root::new()?;
-    queue(&root, |i| match i % 4 {
+    queue(&root, N, |i| match i % 4 {
         0 => ("worker.heartbeat".into(), json!({"worker_id": format!("w-{}", i % 32)})),
         1 => (
             "routing.decision_made".into(),

@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 use cortex::config::Config;
 use cortex::event::NewEvent;
-use cortex::layout::Layout;
-use cortex::queue::{FsQueue, Queue};
 use cortex::sandbox::Sandbox;
 use cortex_tests::{Root, component, wait_for};
 use serde_json::{Value, json};
 
+use crate::dispatch::queue;
 use crate::{Row, median, ms};
 
 /// Builds the i-th event of a stream: (type, payload).
@@ -29,25 +28,6 @@ fn noop_config(fixture: &str) -> String {
 
 fn task_event(i: usize) -> (String, Value) {
     ("task.created".into(), json!({"task_id": format!("t-{i}"), "n": i}))
-}
-
-/// Queues `n` events built by `f` in one group commit.
-fn queue(root: &Root, n: usize, f: impl Fn(usize) -> (String, Value)) -> Result<()> {
-    let config = Config::load(&root.path)?;
-    let validator = config.validator();
-    let q = FsQueue::open(Layout::new(&root.path), validator.clone())?;
-    let events = (0..n)
-        .map(|i| {
-            let (t, payload) = f(i);
-            let Value::Object(payload) = payload else { unreachable!("payloads are objects") };
-            validator
-                .validate(
-                    NewEvent { event_type: t, source: "bench".into(), payload, ..Default::default() }.into_value(),
-                )
-                .map_err(anyhow::Error::from)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    q.enqueue(&events)
 }
 
 /// `cortex dispatch --json` on `root`: (events claimed per second, µs per claimed event).
