@@ -164,3 +164,34 @@ pub fn append_lines(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()
     }
     Ok(())
 }
+
+/// Copies a directory tree (symlinks as symlinks); a missing source is an
+/// empty tree.
+///
+/// # Errors
+/// When a directory cannot be listed or created, or an entry copied.
+pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("failed to create {}", to.display()))?;
+    let rd = match std::fs::read_dir(from) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("failed to list {}", from.display())),
+    };
+    for entry in rd {
+        let entry = entry.with_context(|| format!("failed to list {}", from.display()))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().with_context(|| format!("failed to stat {}", src.display()))?;
+        if kind.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if kind.is_symlink() {
+            let target = std::fs::read_link(&src).with_context(|| format!("failed to read link {}", src.display()))?;
+            let _ = std::fs::remove_file(&dst);
+            std::os::unix::fs::symlink(&target, &dst)
+                .with_context(|| format!("failed to copy link {}", src.display()))?;
+        } else {
+            std::fs::copy(&src, &dst)
+                .with_context(|| format!("failed to copy {} to {}", src.display(), dst.display()))?;
+        }
+    }
+    Ok(())
+}

@@ -117,17 +117,27 @@ pub fn run(req: &Request) -> Result<Value> {
         bail!("no events to run: give one or more --event FILE (a JSON event, or JSONL with one per line)");
     }
 
-    let scratch = Scratch::new(req.keep.as_deref())?;
-    let root = scratch.path.clone();
+    // Removed on drop, unless the user asked to keep the root.
+    let (_scratch, root) = match &req.keep {
+        Some(keep) => (None, kept_root(keep)?),
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("cortex-handler-test-")
+                .tempdir()
+                .context("failed to create a scratch directory for the sandbox")?;
+            let path = dir.path().to_path_buf();
+            (Some(dir), path)
+        }
+    };
     if let Some(seed) = &req.seed {
-        copy_tree(seed, &root)
+        copy_seed(seed, &root)
             .with_context(|| format!("failed to copy the seed {} into the sandbox", seed.display()))?;
     }
     for g in &req.grants {
         let dir = root.join(&g.dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
         if let Some(seed) = &g.seed {
-            copy_tree(seed, &dir)
+            copy_seed(seed, &dir)
                 .with_context(|| format!("failed to copy {} into the sandbox's {}", seed.display(), g.dir))?;
         }
     }
@@ -151,12 +161,15 @@ pub fn run(req: &Request) -> Result<Value> {
     let loaded = sandbox.load(&name, &config)?;
 
     let mut runs = Vec::new();
+    // Nothing but the handler writes in the root, so what one event left is
+    // what the next one starts from.
+    let mut before = snapshot(&root, &req.grants);
     for (path, event) in &events {
-        let before = snapshot(&root, &req.grants);
         let inv = sandbox.invoke(&loaded, event, req.attempt);
         let after = snapshot(&root, &req.grants);
         let declared = loaded.info.events.iter().any(|p| crate::route::glob_match(p, &event.event_type));
         runs.push(run_report(path, event, &inv, declared, &root, &before, &after));
+        before = after;
     }
     let mut report = json!({
         "component": component.display().to_string(),
@@ -475,49 +488,21 @@ pub fn print_text(report: &Value, out: &mut impl std::io::Write) -> std::io::Res
     Ok(())
 }
 
-/// A temporary root, removed on drop unless the user asked to keep it.
-struct Scratch {
-    path: PathBuf,
-    remove: bool,
+/// `--keep DIR`: a new or empty directory, as an absolute path.
+fn kept_root(keep: &Path) -> Result<PathBuf> {
+    if keep.exists() && std::fs::read_dir(keep).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("--keep {}: the directory exists and is not empty; give a new or empty one", keep.display());
+    }
+    std::fs::create_dir_all(keep).with_context(|| format!("failed to create {}", keep.display()))?;
+    Ok(std::path::absolute(keep)?)
 }
 
-impl Scratch {
-    fn new(keep: Option<&Path>) -> Result<Scratch> {
-        if let Some(keep) = keep {
-            if keep.exists() && std::fs::read_dir(keep).map(|mut d| d.next().is_some()).unwrap_or(true) {
-                bail!("--keep {}: the directory exists and is not empty; give a new or empty one", keep.display());
-            }
-            std::fs::create_dir_all(keep).with_context(|| format!("failed to create {}", keep.display()))?;
-            return Ok(Scratch { path: std::path::absolute(keep)?, remove: false });
-        }
-        let path =
-            std::env::temp_dir().join(format!("cortex-handler-test-{}-{:08x}", std::process::id(), fastrand::u32(..)));
-        std::fs::create_dir_all(&path).with_context(|| format!("failed to create {}", path.display()))?;
-        Ok(Scratch { path, remove: true })
+/// A seed the user named must exist (a typo is an error, not an empty tree).
+fn copy_seed(from: &Path, to: &Path) -> Result<()> {
+    if !from.is_dir() {
+        bail!("{} is not a directory", from.display());
     }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if self.remove {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(from).with_context(|| format!("failed to read {}", from.display()))? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            std::fs::create_dir_all(&target)?;
-            copy_tree(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)
-                .with_context(|| format!("failed to copy {}", entry.path().display()))?;
-        }
-    }
-    Ok(())
+    crate::fsio::copy_tree(from, to)
 }
 
 #[cfg(test)]

@@ -734,7 +734,9 @@ fn handler_test(layout: &Layout, args: TestArgs) -> Result<ExitCode> {
     let mut validator_types = config.as_ref().map(|c| c.events.custom_types.clone()).unwrap_or_default();
     validator_types.extend(args.custom_types);
     let max_bytes = config.as_ref().map_or(cortex::event::DEFAULT_MAX_EVENT_BYTES, |c| c.limits.max_event_bytes);
-    let (mut grants, mut settings, mut limits) = (Vec::new(), std::collections::BTreeMap::new(), Default::default());
+    let mut grants: Vec<cortex::harness::GrantSpec> = Vec::new();
+    let mut settings = std::collections::BTreeMap::new();
+    let mut limits = cortex::config::HandlerLimits::default();
     if let Some(name) = &args.handler {
         let config = config.as_ref().expect("loaded above");
         let h = config.handlers.get(name).with_context(|| {
@@ -749,11 +751,10 @@ fn handler_test(layout: &Layout, args: TestArgs) -> Result<ExitCode> {
         limits = h.limits.clone();
     }
     for g in args.grants {
-        grants.retain(|old: &cortex::harness::GrantSpec| old.dir != g.dir);
+        grants.retain(|old| old.dir != g.dir);
         grants.push(g);
     }
     settings.extend(args.settings);
-    let mut limits: cortex::config::HandlerLimits = limits;
     if let Some(mb) = args.memory_mb {
         limits.memory_mb = mb;
     }

@@ -3,7 +3,6 @@
 //! throwaway copy of its grants.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
@@ -78,7 +77,7 @@ pub(super) fn direct(
         let names: BTreeSet<&str> = plan.iter().flat_map(|(_, hs)| hs.iter().map(String::as_str)).collect();
         for name in names {
             for g in &config.handlers[name].grants {
-                copy_tree(&layout.root().join(&g.dir), &dir.path().join(&g.dir))
+                fsio::copy_tree(&layout.root().join(&g.dir), &dir.path().join(&g.dir))
                     .with_context(|| format!("failed to copy grant {} of handler {name} for the dry run", g.dir))?;
             }
         }
@@ -174,34 +173,6 @@ pub(super) fn direct(
         report.follow_ups_queued = follow_ups.len();
         // The state the handlers wrote, durable like a dispatcher's.
         fsio::sync_filesystem(&layout.tmp())?;
-    }
-    Ok(())
-}
-
-/// Copies a directory tree (symlinks as symlinks); a missing source is an
-/// empty tree.
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to).with_context(|| format!("failed to create {}", to.display()))?;
-    let rd = match std::fs::read_dir(from) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("failed to list {}", from.display())),
-    };
-    for entry in rd {
-        let entry = entry.with_context(|| format!("failed to list {}", from.display()))?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        let kind = entry.file_type().with_context(|| format!("failed to stat {}", src.display()))?;
-        if kind.is_dir() {
-            copy_tree(&src, &dst)?;
-        } else if kind.is_symlink() {
-            let target = std::fs::read_link(&src).with_context(|| format!("failed to read link {}", src.display()))?;
-            let _ = std::fs::remove_file(&dst);
-            std::os::unix::fs::symlink(&target, &dst)
-                .with_context(|| format!("failed to copy link {}", src.display()))?;
-        } else {
-            std::fs::copy(&src, &dst)
-                .with_context(|| format!("failed to copy {} to {}", src.display(), dst.display()))?;
-        }
     }
     Ok(())
 }

@@ -20,34 +20,36 @@ use wasmtime_wasi::p2::{DynOutputStream, FsResult, OutputStream, Pollable, Strea
 
 /// Bytes one invocation may still add to files; shared with its streams.
 #[derive(Clone)]
-pub struct WriteBudget {
+pub struct WriteBudget(Arc<Budget>);
+
+struct Budget {
     limit: u64,
-    used: Arc<AtomicU64>,
-    hit: Arc<AtomicBool>,
+    used: AtomicU64,
+    /// A charge was refused (`used` alone cannot tell: refusals add nothing).
+    hit: AtomicBool,
 }
 
 impl WriteBudget {
     pub fn new(limit: u64) -> WriteBudget {
-        WriteBudget { limit, used: Arc::new(AtomicU64::new(0)), hit: Arc::new(AtomicBool::new(false)) }
+        WriteBudget(Arc::new(Budget { limit, used: AtomicU64::new(0), hit: AtomicBool::new(false) }))
     }
 
     /// Takes `n` bytes from the budget, or refuses and remembers that it did.
     fn charge(&self, n: u64) -> bool {
-        let granted = self
+        let b = &self.0;
+        let granted = b
             .used
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                used.checked_add(n).filter(|total| *total <= self.limit)
-            })
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| used.checked_add(n).filter(|t| *t <= b.limit))
             .is_ok();
         if !granted {
-            self.hit.store(true, Ordering::Relaxed);
+            b.hit.store(true, Ordering::Relaxed);
         }
         granted
     }
 
     /// Whether a write was refused for the budget in this invocation.
     pub fn exceeded(&self) -> bool {
-        self.hit.load(Ordering::Relaxed)
+        self.0.hit.load(Ordering::Relaxed)
     }
 }
 
@@ -289,7 +291,7 @@ impl OutputStream for Counted {
         if !self.budget.charge(bytes.len() as u64) {
             return Err(StreamError::LastOperationFailed(wasmtime::Error::msg(format!(
                 "write refused: this invocation already wrote {} bytes to files, the limit (limits.write_bytes)",
-                self.budget.limit
+                self.budget.0.limit
             ))));
         }
         self.inner.write(bytes)
