@@ -203,6 +203,14 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// Replaces a file the way deploys do: write beside it, rename over it.
+pub fn replace_atomically(target: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = target.with_extension("wasm.new");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, target)?;
+    Ok(())
+}
+
 /// A compiled-component cache shared by the tests that load the Python and
 /// JavaScript handlers: beside the binary, so it lives as long as the build.
 pub fn shared_cache() -> PathBuf {
@@ -294,6 +302,18 @@ impl Root {
     /// Dead-letter records.
     pub fn dead_letters(&self) -> Result<Vec<Value>> {
         self.files("events/dead-letter").iter().map(|f| self.read_json(&format!("events/dead-letter/{f}"))).collect()
+    }
+
+    /// Archive records of one event type, in archive order.
+    pub fn archived_of(&self, event_type: &str) -> Result<Vec<Value>> {
+        Ok(self.archived()?.into_iter().filter(|r| r["event"]["event_type"] == event_type).collect())
+    }
+
+    /// The sha256 a running `cortex serve` serves for `handler`, from
+    /// `run/service.json` (empty when it serves none).
+    pub fn serving_sha(&self, handler: &str) -> Result<String> {
+        let doc: Value = serde_json::from_slice(&std::fs::read(self.join("run/service.json"))?)?;
+        Ok(doc["handlers"][handler]["sha256"].as_str().unwrap_or("").to_string())
     }
 
     /// The archive record of an event id, if archived.

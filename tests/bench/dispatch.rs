@@ -37,7 +37,7 @@ pub fn queue(root: &Root, n: usize, f: impl Fn(usize) -> (String, Value)) -> Res
 }
 
 /// Runs `cortex dispatch --json`; returns (summary, process wall time).
-fn dispatch(root: &Root) -> Result<(Value, Duration)> {
+pub fn dispatch(root: &Root) -> Result<(Value, Duration)> {
     let start = Instant::now();
     let out = root.command().args(["dispatch", "--json"]).stderr(std::process::Stdio::null()).output()?;
     let wall = start.elapsed();

@@ -8,7 +8,7 @@ use anyhow::{Result, ensure};
 use cortex::config::Config;
 use cortex::event::NewEvent;
 use cortex::sandbox::Sandbox;
-use cortex_tests::{Root, component, wait_for};
+use cortex_tests::{Root, component};
 use serde_json::{Value, json};
 
 use crate::dispatch::queue;
@@ -32,9 +32,7 @@ fn task_event(i: usize) -> (String, Value) {
 
 /// `cortex dispatch --json` on `root`: (events claimed per second, µs per claimed event).
 fn dispatch_rate(root: &Root) -> Result<(f64, f64)> {
-    let out = root.command().args(["dispatch", "--json"]).stderr(std::process::Stdio::null()).output()?;
-    ensure!(out.status.success(), "dispatch failed");
-    let s: Value = serde_json::from_slice(&out.stdout)?;
+    let (s, _) = crate::dispatch::dispatch(root)?;
     ensure!(s["dead_lettered"] == 0 && s["failed"].as_u64().unwrap_or(0) == 0, "failures: {s}");
     let secs = s["elapsed_ms"].as_f64().unwrap_or(0.0) / 1000.0;
     let claimed = s["claimed"].as_f64().unwrap_or(0.0);
@@ -64,11 +62,6 @@ fn with_custom_section(bytes: &[u8], tag: &str) -> Vec<u8> {
     leb(body.len(), &mut out);
     out.extend_from_slice(&body);
     out
-}
-
-fn serving_sha(root: &Root, handler: &str) -> Result<String> {
-    let doc: Value = serde_json::from_slice(&std::fs::read(root.join("run/service.json"))?)?;
-    Ok(doc["handlers"][handler]["sha256"].as_str().unwrap_or("").to_string())
 }
 
 pub fn run() -> Result<Vec<Row>> {
@@ -230,15 +223,8 @@ pub fn run() -> Result<Vec<Row>> {
     let svc = root.serve()?;
     let target = root.join("handlers/on-cost-tracking.wasm");
     let original = std::fs::read(&target)?;
-    let reload = |bytes: &[u8]| -> Result<Duration> {
-        let tmp = target.with_extension("wasm.new");
-        std::fs::write(&tmp, bytes)?;
-        let sha = cortex::sandbox::sha256_file(&tmp)?;
-        let t = Instant::now();
-        std::fs::rename(&tmp, &target)?;
-        wait_for(Duration::from_secs(120), || Ok(serving_sha(&root, "on-cost-tracking")? == sha))?;
-        Ok(t.elapsed())
-    };
+    let reload =
+        |bytes: &[u8]| crate::service::reload_time(&root, "on-cost-tracking", &target, bytes, Duration::from_secs(120));
     let mut new_version = Vec::new();
     let mut back = Vec::new();
     for i in 0..2 {

@@ -64,6 +64,25 @@ fn offer(root: &std::path::Path, prepared: Vec<(std::path::PathBuf, String)>, pe
     Ok(())
 }
 
+/// Deploys `bytes` over `handler`'s component under a running `cortex
+/// serve` (written beside it, renamed over it) and times the rename →
+/// the service serving that version.
+pub fn reload_time(
+    root: &Root,
+    handler: &str,
+    target: &std::path::Path,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<Duration> {
+    let tmp = target.with_extension("wasm.new");
+    std::fs::write(&tmp, bytes)?;
+    let sha = cortex::sandbox::sha256_file(&tmp)?;
+    let start = Instant::now();
+    std::fs::rename(&tmp, target)?;
+    wait_for(limit, || Ok(root.serving_sha(handler)? == sha))?;
+    Ok(start.elapsed())
+}
+
 fn ready_time(root: &Root) -> Result<(Duration, Service)> {
     let start = Instant::now();
     let svc = root.serve()?;
@@ -119,17 +138,7 @@ pub fn run() -> Result<Vec<Row>> {
     let mut reloads = Vec::new();
     for i in 0..6 {
         let next = if i % 2 == 0 { "reload-v2" } else { "reload-v1" };
-        let bytes = std::fs::read(component(next))?;
-        let sha = cortex::sandbox::sha256_file(std::path::Path::new(&component(next)))?;
-        let tmp = target.with_extension("wasm.new");
-        std::fs::write(&tmp, &bytes)?;
-        let start = Instant::now();
-        std::fs::rename(&tmp, &target)?;
-        wait_for(Duration::from_secs(10), || {
-            let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("run/service.json"))?)?;
-            Ok(doc["handlers"]["reload"]["sha256"] == sha.as_str())
-        })?;
-        reloads.push(start.elapsed());
+        reloads.push(reload_time(&root, "reload", &target, &std::fs::read(component(next))?, Duration::from_secs(10))?);
         std::thread::sleep(Duration::from_millis(300));
     }
     streamer.join().map_err(|_| anyhow::anyhow!("streamer panicked"))??;

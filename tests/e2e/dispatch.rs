@@ -62,8 +62,7 @@ events = ["task.*"]
     let summary = root.dispatch()?;
     assert_eq!(summary["emitted"], 4);
     assert_eq!(summary["handlers"]["sink"]["invocations"], 4, "follow-ups handled in the same run");
-    let tasks: Vec<Value> =
-        root.archived()?.into_iter().filter(|r| r["event"]["event_type"] == "task.created").collect();
+    let tasks = root.archived_of("task.created")?;
     assert_eq!(tasks.len(), 4);
     let from_trigger: Vec<&Value> =
         tasks.iter().filter(|r| r["event"]["metadata"]["caused_by"]["event_id"] == trigger.as_str()).collect();

@@ -19,12 +19,7 @@ fn with_priority(event_type: &str, ts: &str, priority: &str, payload: Value) -> 
 
 /// Archived events of one type, in archive order.
 fn archived_of(root: &Root, event_type: &str) -> Result<Vec<Value>> {
-    Ok(root
-        .archived()?
-        .into_iter()
-        .filter(|r| r["event"]["event_type"] == event_type)
-        .map(|r| r["event"].clone())
-        .collect())
+    Ok(root.archived_of(event_type)?.into_iter().map(|r| r["event"].clone()).collect())
 }
 
 fn dispatched(root: &Root) -> Result<Value> {

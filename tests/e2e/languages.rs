@@ -24,10 +24,6 @@ fn worker_event(n: u32, tokens: u64, model: &str, master: &str) -> String {
         + "\n"
 }
 
-fn archived_of(root: &Root, event_type: &str) -> Result<Vec<Value>> {
-    Ok(root.archived()?.into_iter().filter(|r| r["event"]["event_type"] == event_type).collect())
-}
-
 #[test]
 fn python_prices_tokens_and_javascript_notifies_through_dispatch() -> Result<()> {
     let root = Root::with_extras()?;
@@ -64,7 +60,7 @@ fn python_prices_tokens_and_javascript_notifies_through_dispatch() -> Result<()>
 
     // Python's budget alert, handled by JavaScript into a notification
     // (a custom type), all on one correlation chain.
-    let alerts = archived_of(&root, "system.health_alert")?;
+    let alerts = root.archived_of("system.health_alert")?;
     assert_eq!(alerts.len(), 1, "one alert for the day");
     let alert = &alerts[0];
     assert_eq!(alert["event"]["source"], "on-cost-tracking");
@@ -72,7 +68,7 @@ fn python_prices_tokens_and_javascript_notifies_through_dispatch() -> Result<()>
     assert_eq!(alert["event"]["correlation_id"], "task-9");
     assert_eq!(alert["handlers"][0]["name"], "on-alert-notify", "{alert}");
     assert!(alert["handlers"][0]["summary"].as_str().unwrap_or("").starts_with("high alert to #ops"), "{alert}");
-    let notes = archived_of(&root, "notification.requested")?;
+    let notes = root.archived_of("notification.requested")?;
     assert_eq!(notes.len(), 1);
     let note = &notes[0]["event"];
     assert_eq!(note["correlation_id"], "task-9");
@@ -114,7 +110,7 @@ fn python_and_javascript_handlers_serve_and_restart_from_the_compiled_cache() ->
     // 2 worker events, 2 task.completed from on-worker-complete, the alert
     // and its notification.
     wait_for(Duration::from_secs(30), || Ok(root.archived()?.len() == 6))?;
-    let notes = archived_of(&root, "notification.requested")?;
+    let notes = root.archived_of("notification.requested")?;
     assert_eq!(notes[0]["event"]["payload"]["channel"], "#incidents");
     assert!(
         notes[0]["event"]["payload"]["text"].as_str().unwrap_or("").starts_with("@oncall [CRITICAL] disk: /var at 99%")

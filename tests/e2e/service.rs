@@ -5,18 +5,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Result;
-use cortex_tests::{Root, component, metric, parse_metrics, wait_for};
+use cortex_tests::{Root, component, metric, parse_metrics, replace_atomically, wait_for};
 
 fn archived_count(root: &Root) -> usize {
     root.archived().map(|a| a.len()).unwrap_or(0)
-}
-
-/// Replaces a file the way deploys do: write beside it, rename over it.
-fn replace_atomically(target: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let tmp = target.with_extension("wasm.new");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, target)?;
-    Ok(())
 }
 
 /// (id, version) lines the reload fixtures appended.
@@ -110,10 +102,7 @@ fn a_handler_added_while_serving_starts_when_its_component_arrives() -> Result<(
     // Then the component, dropped into handlers/ as deploys do: that alone
     // brings the new config and the handler in, with no SIGHUP.
     replace_atomically(&root.join("handlers/late.wasm"), &std::fs::read(component("noop"))?)?;
-    wait_for(Duration::from_secs(10), || {
-        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("run/service.json"))?)?;
-        Ok(doc["handlers"]["late"]["sha256"].is_string())
-    })?;
+    wait_for(Duration::from_secs(10), || Ok(!root.serving_sha("late")?.is_empty()))?;
     let id = root.emit("learning.pattern_detected", r#"{"pattern": "p"}"#)?;
     wait_for(Duration::from_secs(10), || Ok(root.archived_record(&id)?.is_some()))?;
     let record = root.archived_record(&id)?.unwrap_or_default();
