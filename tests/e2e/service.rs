@@ -197,10 +197,12 @@ backoff_ms = 10
     wait_for(Duration::from_secs(5), || {
         Ok(metric(&parse_metrics(&svc.metrics()?)?, &["cortex_dead_lettered_total"]) == Some(1.0))
     })?;
-    wait_for(Duration::from_secs(5), || {
-        Ok(metric(&parse_metrics(&svc.metrics()?)?, &["cortex_events_total", "task.created", "outcome=\"handled\""])
-            == Some(7.0))
-    })?;
+    for (sample, value) in [
+        (&["cortex_events_total", "task.created", "outcome=\"handled\""][..], 7.0),
+        (&["cortex_events_total", "daemon.started", "outcome=\"unhandled\""][..], 1.0),
+    ] {
+        wait_for(Duration::from_secs(5), || Ok(metric(&parse_metrics(&svc.metrics()?)?, sample) == Some(value)))?;
+    }
     let text = svc.metrics()?;
     let samples = parse_metrics(&text)?;
     let get = |parts: &[&str]| metric(&samples, parts).unwrap_or_else(|| panic!("no sample {parts:?} in\n{text}"));
