@@ -15,18 +15,45 @@ pub fn cortex_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CORTEX_BIN") {
         return p.into();
     }
+    built_bin("cortex")
+}
+
+/// `cortex-failpoints`: the same command line with its crash points armed
+/// from `CORTEX_FAILPOINT` (see tests/failpoints.rs).
+pub fn cortex_failpoints_bin() -> PathBuf {
+    built_bin("cortex-failpoints")
+}
+
+/// A binary of this workspace beside the running test binary.
+fn built_bin(name: &str) -> PathBuf {
     // Test binaries live in <target>/<profile>/deps/, the bench beside cortex.
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().expect("binary dir");
-    [dir.join("cortex"), dir.parent().map(|p| p.join("cortex")).unwrap_or_default()]
+    [dir.join(name), dir.parent().map(|p| p.join(name)).unwrap_or_default()]
         .into_iter()
         .find(|p| p.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "the cortex binary is not beside {}: run `make test` (it builds it first) or set CORTEX_BIN",
+                "the {name} binary is not beside {}: run `make test` (it builds it first) or set CORTEX_BIN",
                 exe.display()
             )
         })
+}
+
+/// `text` (TOML) without the tables whose header starts with `prefix`.
+pub fn without_tables(text: &str, prefix: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            skipping = line.starts_with(prefix);
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// What a finished command left.
@@ -76,7 +103,18 @@ impl Root {
     }
 
     pub fn command(&self) -> Command {
-        let mut c = Command::new(cortex_bin());
+        self.command_of(cortex_bin())
+    }
+
+    /// `cortex-failpoints --root <root>`, aborting at crash point `point`.
+    pub fn failpoint_command(&self, point: &str) -> Command {
+        let mut c = self.command_of(cortex_failpoints_bin());
+        c.env("CORTEX_FAILPOINT", point);
+        c
+    }
+
+    fn command_of(&self, bin: PathBuf) -> Command {
+        let mut c = Command::new(bin);
         c.arg("--root").arg(&self.path).env_remove("CORTEX_ROOT").env_remove("RUST_LOG").env_remove("CORTEX_CACHE");
         if let Some(cache) = &self.cache {
             c.env("CORTEX_CACHE", cache);
@@ -235,12 +273,13 @@ pub fn component(name: &str) -> String {
 
 impl Root {
     /// A fresh root whose cortex.toml holds `handlers` (TOML) instead of the
-    /// seven built-in handlers. `{name}` placeholders like `{noop}` become
+    /// seven built-in handlers and the default schedules. `{name}` placeholders like `{noop}` become
     /// component paths.
     pub fn with_handlers(handlers: &str) -> Result<Root> {
         let root = Root::new()?;
         let base = std::fs::read_to_string(root.join("cortex.toml"))?;
-        let cut = base.find("[handlers.").unwrap_or(base.len());
+        // The default handlers and schedules go: a test states its own.
+        let cut = ["[schedules.", "[handlers."].iter().filter_map(|t| base.find(t)).min().unwrap_or(base.len());
         let mut text = handlers.to_string();
         for entry in list(&handlers_dir()) {
             if let Some(stem) = entry.strip_suffix(".wasm") {
@@ -263,7 +302,10 @@ impl Root {
         let text = std::fs::read_to_string(root.join("cortex.toml"))?;
         let (head, tail) = text
             .split_at(text.find("# [handlers.on-cost-tracking]").context("no commented extras in the default config")?);
-        let mut out = head.replace("custom_types = []", "custom_types = [\"notification.requested\"]");
+        // The default schedules would add events at minute boundaries to
+        // tests that count what was archived.
+        let mut out = without_tables(head, "[schedules.")
+            .replace("custom_types = []", "custom_types = [\"notification.requested\"]");
         for line in tail.lines() {
             let code = line
                 .strip_prefix("# ")

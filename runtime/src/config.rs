@@ -27,6 +27,37 @@ pub struct Config {
     /// Handlers by name, in name order.
     #[serde(default)]
     pub handlers: BTreeMap<String, HandlerConfig>,
+    /// Events `cortex serve` emits on a timer, by name.
+    #[serde(default)]
+    pub schedules: BTreeMap<String, ScheduleConfig>,
+}
+
+/// `[schedules.NAME]`: an event that `cortex serve` queues on a timer (see
+/// [`crate::schedule`]).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// A fixed period, `30s`, `5m`, `1h` or `1d`, on multiples of it since
+    /// the Unix epoch.
+    #[serde(default)]
+    pub every: Option<String>,
+    /// Or a cron expression (five fields, or six with seconds first), in UTC.
+    #[serde(default)]
+    pub cron: Option<String>,
+    pub event_type: String,
+    /// The payload; `schedule`, `tick` and, after missed ticks, `missed`
+    /// are added.
+    #[serde(default)]
+    pub payload: toml::Table,
+    #[serde(default)]
+    pub priority: Option<event::Priority>,
+    /// Defaults to `cortex-scheduler`.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Fire every tick missed while no service ran (at most 1,000), instead
+    /// of only the latest.
+    #[serde(default)]
+    pub catch_up: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -261,6 +292,24 @@ impl Config {
         }
         if self.dispatch.lease_secs == 0 {
             bail!("dispatch.lease_secs: must be at least 1");
+        }
+        for (name, s) in &self.schedules {
+            crate::schedule::Timing::of(s).with_context(|| format!("schedules.{name}"))?;
+            if !event::is_valid_type_name(&s.event_type) {
+                bail!(
+                    "schedules.{name}.event_type: {:?} is not a type name (e.g. system.cleanup_needed)",
+                    s.event_type
+                );
+            }
+            if self.validator().category(&s.event_type).is_none() {
+                bail!(
+                    "schedules.{name}.event_type: {:?} is neither a built-in type nor in [events] custom_types",
+                    s.event_type
+                );
+            }
+            if contains_datetime(&toml::Value::Table(s.payload.clone())) {
+                bail!("schedules.{name}.payload: a TOML date-time has no JSON spelling; quote it as a string");
+            }
         }
         for (name, h) in &self.handlers {
             if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || name.is_empty() {

@@ -34,13 +34,20 @@ const MAX_BATCH: usize = 256;
 /// The handlers currently serving, by name; swapped whole on reload.
 pub type Handlers = Arc<RwLock<Arc<BTreeMap<String, Arc<Loaded>>>>>;
 
-/// Loads every handler of a config.
-///
-/// # Errors
-/// Naming each handler that does not load, and why.
-pub fn load_all(sandbox: &Sandbox, config: &Config) -> Result<BTreeMap<String, Arc<Loaded>>> {
+/// The handlers that did not load, by name, with why; their events wait in
+/// the queue (deferred) until a reload loads them.
+pub type Broken = Arc<RwLock<BTreeMap<String, String>>>;
+
+/// How long an event that waits for a handler that does not load stays out
+/// of the serving order before it is looked at again.
+const DEFER: Duration = Duration::from_secs(2);
+
+/// Loads every handler of a config. One that does not load (its component
+/// is missing or broken, or its `describe()` traps or times out) does not
+/// stop the others: it is returned in the second map with the reason.
+pub fn load_all(sandbox: &Sandbox, config: &Config) -> (BTreeMap<String, Arc<Loaded>>, BTreeMap<String, String>) {
     let mut out = BTreeMap::new();
-    let mut errors = Vec::new();
+    let mut broken = BTreeMap::new();
     for (name, h) in &config.handlers {
         match sandbox.load(name, h) {
             Ok(l) => {
@@ -52,18 +59,14 @@ pub fn load_all(sandbox: &Sandbox, config: &Config) -> Result<BTreeMap<String, A
                 }
                 out.insert(name.clone(), Arc::new(l));
             }
-            Err(e) => errors.push(format!("{e:#}")),
+            Err(e) => {
+                let why = format!("{e:#}");
+                tracing::error!(handler = %name, error = %why, "handler failed to load; its events wait in the queue until it loads (fix it, run `make handlers`, or remove it from cortex.toml)");
+                broken.insert(name.clone(), why);
+            }
         }
     }
-    if !errors.is_empty() {
-        return Err(anyhow!(
-            "{} of {} handlers failed to load (fix them, run `make handlers`, or remove them from cortex.toml):\n  {}",
-            errors.len(),
-            config.handlers.len(),
-            errors.join("\n  ")
-        ));
-    }
-    Ok(out)
+    (out, broken)
 }
 
 /// Per-handler counters.
@@ -83,8 +86,13 @@ pub struct Summary {
     pub unhandled: u64,
     pub retried: u64,
     pub dead_lettered: u64,
+    /// Events put back because a handler they route to does not load.
+    pub deferred: u64,
     pub emitted: u64,
     pub recovered_claims: usize,
+    /// Handlers that did not load, with why (their events wait).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub broken: BTreeMap<String, String>,
     pub handlers: BTreeMap<String, HandlerStats>,
     pub elapsed_ms: f64,
 }
@@ -97,6 +105,12 @@ impl std::fmt::Display for Summary {
             "dispatched {} events in {:.1} ms ({rate:.0}/s): {} handled, {} unhandled, {} retried, {} dead-lettered; {} follow-up events emitted",
             self.claimed, self.elapsed_ms, self.handled, self.unhandled, self.retried, self.dead_lettered, self.emitted
         )?;
+        if self.deferred > 0 {
+            writeln!(f, "{} events wait in the queue for handlers that do not load", self.deferred)?;
+        }
+        for (name, why) in &self.broken {
+            writeln!(f, "handler {name} does not load: {why}")?;
+        }
         if self.recovered_claims > 0 {
             writeln!(f, "recovered {} stale claims from a stopped dispatcher", self.recovered_claims)?;
         }
@@ -130,6 +144,9 @@ struct Job {
 /// An event whose handlers are running.
 struct Pending {
     claim: Claim,
+    /// Handlers this event routes to that do not load: it goes back to the
+    /// queue unrun, its attempt unchanged.
+    waits_for: Vec<String>,
     /// Delivered more often than its handlers allow (e.g. it crashed the
     /// dispatcher each time, so only lease recovery saw it): dead-letter it
     /// without running it again.
@@ -178,6 +195,7 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     config: Arc<RwLock<Arc<Config>>>,
     handlers: Handlers,
+    broken: Broken,
 }
 
 impl Dispatcher {
@@ -186,13 +204,17 @@ impl Dispatcher {
         sandbox: Arc<Sandbox>,
         config: Arc<Config>,
         handlers: BTreeMap<String, Arc<Loaded>>,
+        broken: BTreeMap<String, String>,
     ) -> Dispatcher {
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_broken(broken.keys().map(String::as_str));
         Dispatcher {
             queue,
             sandbox,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             config: Arc::new(RwLock::new(config)),
             handlers: Arc::new(RwLock::new(Arc::new(handlers))),
+            broken: Arc::new(RwLock::new(broken)),
         }
     }
 
@@ -211,6 +233,11 @@ impl Dispatcher {
     /// The live handler set (the service swaps it on reload).
     pub fn handlers(&self) -> Handlers {
         self.handlers.clone()
+    }
+
+    /// The handlers that do not load (the service updates it on reload).
+    pub fn broken(&self) -> Broken {
+        self.broken.clone()
     }
 
     /// The live config (the service swaps it on reload).
@@ -278,6 +305,8 @@ impl Dispatcher {
                 })
             };
 
+            // Entries this run put back for a handler that does not load.
+            let mut deferred = std::collections::BTreeSet::new();
             let claim_result = (|| -> Result<()> {
                 let lease = Duration::from_secs(config.dispatch.lease_secs);
                 let mut last_recovery = Instant::now();
@@ -310,11 +339,19 @@ impl Dispatcher {
                             .filter(|n| !claim.delivery.done.iter().any(|d| d == n))
                             .map(str::to_string)
                             .collect();
+                        let waits_for: Vec<String> = {
+                            let broken = self.broken.read().unwrap_or_else(|e| e.into_inner());
+                            names.iter().filter(|n| broken.contains_key(*n)).cloned().collect()
+                        };
                         let max_attempts =
                             names.iter().filter_map(|n| config.handlers.get(n)).map(|h| h.max_attempts).max();
                         let exhausted = max_attempts.filter(|&m| claim.name.attempt > m);
-                        let names = if exhausted.is_some() { Vec::new() } else { names };
+                        let names = if exhausted.is_some() || !waits_for.is_empty() { Vec::new() } else { names };
+                        if !waits_for.is_empty() && exhausted.is_none() {
+                            deferred.insert(claim.name.key());
+                        }
                         let pending = Arc::new(Pending {
+                            waits_for,
                             exhausted,
                             results: Mutex::new((0..names.len()).map(|_| None).collect()),
                             remaining: Mutex::new(names.len()),
@@ -342,6 +379,9 @@ impl Dispatcher {
                     let depth = self.queue.depth()?;
                     match until {
                         _ if depth.queued == 0 && wake.is_none() => return Ok(()),
+                        // A one-shot run does not wait for handlers that do
+                        // not load: what is left waits for them in the queue.
+                        _ if wake.is_none() && depth.queued <= deferred.len() => return Ok(()),
                         Until::NothingDue if wake.is_none() => return Ok(()),
                         Until::Drained if wake.is_none() => {
                             let wait = depth.next_due_ms.map_or(50, |d| d.saturating_sub(now_ms()).clamp(1, 1000));
@@ -375,6 +415,8 @@ impl Dispatcher {
         summary.unhandled = committed.unhandled;
         summary.retried = committed.retried;
         summary.dead_lettered = committed.dead_lettered;
+        summary.deferred = committed.deferred;
+        summary.broken = self.broken.read().unwrap_or_else(|e| e.into_inner()).clone();
         summary.emitted = committed.emitted;
         summary.handlers = committed.handlers;
         summary.elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -489,6 +531,7 @@ fn commit_loop(
                         Verdict::Ack(_) => "handled",
                         Verdict::Retry { .. } => "retried",
                         Verdict::DeadLetter(_) => "dead_lettered",
+                        Verdict::Defer { .. } => "deferred",
                     };
                     (s.claim.event.event_type.clone(), outcome, s.emitted.len())
                 })
@@ -518,12 +561,18 @@ fn commit_loop(
 fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
     let pending = Arc::try_unwrap(pending).unwrap_or_else(|p| Pending {
         claim: p.claim.clone(),
+        waits_for: p.waits_for.clone(),
         exhausted: p.exhausted,
         names: p.names.clone(),
         results: Mutex::new(p.results.lock().unwrap_or_else(|e| e.into_inner()).iter_mut().map(Option::take).collect()),
         remaining: Mutex::new(0),
     });
     let claim = pending.claim;
+    if !pending.waits_for.is_empty() {
+        summary.deferred += 1;
+        tracing::debug!(event_id = %claim.event.event_id, handlers = ?pending.waits_for, "event waits for handlers that do not load");
+        return Settlement { claim, emitted: Vec::new(), verdict: Verdict::Defer { due: SystemTime::now() + DEFER } };
+    }
     let ran: Vec<Ran> = pending.results.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().flatten().collect();
     let attempt = claim.name.attempt;
     let mut emitted = Vec::new();
@@ -652,13 +701,14 @@ fn dead_letter(
     Settlement { claim, emitted, verdict: Verdict::DeadLetter(record) }
 }
 
-/// Loads the handlers of a config into a ready dispatcher.
+/// Loads the handlers of a config into a ready dispatcher. A handler that
+/// does not load is reported in [`Dispatcher::broken`]; the others serve.
 ///
 /// # Errors
-/// When a handler does not load.
+/// When the sandbox cannot be started.
 pub fn prepare(queue: Arc<dyn Queue>, root: &std::path::Path, config: Arc<Config>) -> Result<Dispatcher> {
     let fuel = config.handlers.values().any(|h| h.limits.fuel.is_some());
     let sandbox = Arc::new(Sandbox::new(root, config.validator(), fuel).context("failed to start the sandbox")?);
-    let handlers = load_all(&sandbox, &config)?;
-    Ok(Dispatcher::new(queue, sandbox, config, handlers))
+    let (handlers, broken) = load_all(&sandbox, &config);
+    Ok(Dispatcher::new(queue, sandbox, config, handlers, broken))
 }

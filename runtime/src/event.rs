@@ -14,8 +14,9 @@ use chrono::{DateTime, FixedOffset, Local, SecondsFormat};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// The 17 built-in event types of the seed architecture, with their category.
-pub const CATALOGUE: [(&str, Category); 17] = [
+/// The built-in event types: the seed architecture's 17, and
+/// `system.heartbeat_check`, which the default heartbeat schedule emits.
+pub const CATALOGUE: [(&str, Category); 18] = [
     ("worker.started", Category::Worker),
     ("worker.completed", Category::Worker),
     ("worker.failed", Category::Worker),
@@ -31,6 +32,7 @@ pub const CATALOGUE: [(&str, Category); 17] = [
     ("learning.model_updated", Category::Learning),
     ("system.cleanup_needed", Category::System),
     ("system.health_alert", Category::System),
+    ("system.heartbeat_check", Category::System),
     ("daemon.started", Category::Daemon),
     ("daemon.stopped", Category::Daemon),
 ];
@@ -543,10 +545,10 @@ mod tests {
     }
 
     #[test]
-    fn catalogue_has_17_types_in_7_categories() {
+    fn catalogue_has_18_types_in_7_categories() {
         let mut cats: Vec<Category> = CATALOGUE.iter().map(|(_, c)| *c).collect();
         cats.dedup();
-        assert_eq!(CATALOGUE.len(), 17);
+        assert_eq!(CATALOGUE.len(), 18);
         assert_eq!(cats.len(), 7);
     }
 

@@ -104,21 +104,28 @@ pub fn sync_filesystem(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A crash point for the reliability suite. Built with the `failpoints`
-/// feature (the test build enables it), `CORTEX_FAILPOINT=<name>` aborts the
-/// process right there; without the feature this compiles to nothing.
+/// The crash point armed in this process, if any: `None` until
+/// [`arm_failpoints`] runs, which only the reliability suite's
+/// `cortex-failpoints` binary does. The shipped `cortex` never arms one, so
+/// `CORTEX_FAILPOINT` in a user's environment changes nothing.
+static FAILPOINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Arms the crash point named by `CORTEX_FAILPOINT` (for the crash-point
+/// matrix in the tests crate).
+pub fn arm_failpoints() {
+    let _ = FAILPOINT.set(std::env::var("CORTEX_FAILPOINT").ok());
+}
+
+/// A crash point for the reliability suite: aborts the process here when
+/// [`arm_failpoints`] armed this name; otherwise one load of a `OnceLock`.
 #[inline]
 pub fn failpoint(name: &str) {
-    #[cfg(feature = "failpoints")]
+    if let Some(Some(armed)) = FAILPOINT.get()
+        && armed == name
     {
-        static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-        if ARMED.get_or_init(|| std::env::var("CORTEX_FAILPOINT").ok()).as_deref() == Some(name) {
-            eprintln!("cortex: failpoint {name}: aborting");
-            std::process::abort();
-        }
+        eprintln!("cortex: failpoint {name}: aborting");
+        std::process::abort();
     }
-    #[cfg(not(feature = "failpoints"))]
-    let _ = name;
 }
 
 /// Writes a whole file durably: temp file, fsync, rename, directory fsync.

@@ -20,7 +20,8 @@
 //! - [`sandbox`]: the wasmtime engine, component cache and per-event instances.
 //! - [`replay`]: `cortex replay`: select archived events, dry-run, requeue or run directly.
 //! - [`dlq`]: `cortex dlq`: list, show, retry and purge dead letters.
-//! - [`service`]: `cortex serve`: watcher, hot reload, metrics, shutdown.
+//! - [`schedule`]: `[schedules]`: timer events that `cortex serve` queues once per tick.
+//! - [`service`]: `cortex serve`: watcher, hot reload, metrics, shutdown, schedules.
 //! - [`status`]: what `cortex status` reports.
 
 pub mod config;
@@ -38,6 +39,7 @@ pub mod replay;
 pub mod route;
 pub mod sandbox;
 pub mod scaffold;
+pub mod schedule;
 pub mod service;
 pub mod status;
 

@@ -320,9 +320,13 @@ struct EmitArgs {
     batch: bool,
 }
 
+/// `cortex dispatch` ran, but handlers did not load; their events wait.
+const EXIT_HANDLERS_NOT_LOADING: u8 = 4;
+
 /// Exit codes: 0 success, 1 failure (bad input or an operation that failed),
-/// 2 usage errors (from clap).
-fn main() -> ExitCode {
+/// 2 usage errors (from clap), 4 `dispatch` ran but handlers did not load. Public so that the tests crate's
+/// `cortex-failpoints` binary runs this same `main` with its crash points armed.
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The dispatcher logs one "handler completed" line per invocation, as
     // the seed's monitoring expects; other commands only warnings.
@@ -655,6 +659,17 @@ fn dispatch(layout: &Layout, json: bool, no_wait: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         print!("{summary}");
+    }
+    if !summary.broken.is_empty() {
+        for (name, why) in &summary.broken {
+            eprintln!("cortex: handler {name} failed to load: {why}");
+        }
+        eprintln!(
+            "cortex: {} of {} handlers do not load; the events routed to them wait in the queue (fix them, run `make handlers`, or remove them from cortex.toml)",
+            summary.broken.len(),
+            dispatcher.handlers().read().unwrap_or_else(|e| e.into_inner()).len() + summary.broken.len()
+        );
+        return Ok(ExitCode::from(EXIT_HANDLERS_NOT_LOADING));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -59,6 +59,8 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     active: Family<VersionLabels, Gauge>,
     active_keys: Mutex<Vec<VersionLabels>>,
+    broken: Family<HandlerLabel, Gauge>,
+    broken_keys: Mutex<Vec<HandlerLabel>>,
     queue_depth: Gauge,
     queue_delayed: Gauge,
     claimed: Gauge,
@@ -84,6 +86,8 @@ impl Metrics {
             emitted: Counter::default(),
             reloads: Family::default(),
             active: Family::default(),
+            broken: Family::default(),
+            broken_keys: Mutex::default(),
             active_keys: Mutex::new(Vec::new()),
             queue_depth: Gauge::default(),
             queue_delayed: Gauge::default(),
@@ -115,6 +119,11 @@ impl Metrics {
             "handler_active_version",
             "1 for the component version each handler is serving",
             m.active.clone(),
+        );
+        registry.register(
+            "handler_load_failed",
+            "1 for each configured handler that does not load (its events wait in the queue)",
+            m.broken.clone(),
         );
         registry.register("queue_depth", "Events waiting in the queue (ready or delayed)", m.queue_depth.clone());
         registry.register("queue_delayed", "Queued retries not yet due", m.queue_delayed.clone());
@@ -156,6 +165,19 @@ impl Metrics {
         for (handler, sha256, version) in versions {
             let k = VersionLabels { handler: handler.into(), sha256: sha256.into(), version: version.into() };
             self.active.get_or_create(&k).set(1);
+            keys.push(k);
+        }
+    }
+
+    /// Records the handlers that do not load, replacing the previous set.
+    pub fn set_broken<'a>(&self, handlers: impl IntoIterator<Item = &'a str>) {
+        let mut keys = self.broken_keys.lock().unwrap_or_else(|e| e.into_inner());
+        for old in keys.drain(..) {
+            self.broken.remove(&old);
+        }
+        for handler in handlers {
+            let k = HandlerLabel { handler: handler.into() };
+            self.broken.get_or_create(&k).set(1);
             keys.push(k);
         }
     }

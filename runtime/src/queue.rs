@@ -144,6 +144,9 @@ pub enum Verdict {
     Retry { due: SystemTime, delivery: Delivery },
     /// Failed for good: keep this forensic record.
     DeadLetter(Value),
+    /// Not run (a handler it routes to does not load): back in the queue
+    /// no earlier than `due`, with the same attempt number.
+    Defer { due: SystemTime },
 }
 
 /// A claim, the events its handlers emitted, and its verdict.
@@ -481,6 +484,22 @@ impl FsQueue {
         Ok(())
     }
 
+    /// Puts a claim back in the queue as `attempt`, not due before `due`.
+    /// Moving the claim back is the last step of its entry.
+    fn stage_requeue(&self, commit: &mut Commit, name: &EntryName, attempt: u32, due: SystemTime) {
+        let mut next = name.clone();
+        next.attempt = attempt;
+        next.due_ms = Some(due.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0));
+        commit.moves.push((
+            self.layout.claimed().join(name.file_name()),
+            self.layout.queue().join(next.file_name()),
+            false,
+        ));
+        commit.dirs.insert(self.layout.queue());
+        commit.dirs.insert(self.layout.claimed());
+        commit.new_names.push(next.file_name());
+    }
+
     fn stage_record(&self, commit: &mut Commit, target: PathBuf, record: &impl Serialize) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(record).context("failed to serialize a record")?;
         let t = fsio::write_tmp(&self.layout.tmp(), "record", &bytes, false)?;
@@ -687,14 +706,10 @@ impl Queue for FsQueue {
                     }
                     Verdict::Retry { due, delivery } => {
                         self.stage_record(&mut commit, self.attempts_path(&s.claim.name), delivery)?;
-                        let mut next = s.claim.name.clone();
-                        next.attempt += 1;
-                        next.due_ms = Some(due.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0));
-                        // Moving the claim back is the last step of this entry.
-                        commit.moves.push((claimed, self.layout.queue().join(next.file_name()), false));
-                        commit.dirs.insert(self.layout.queue());
-                        commit.dirs.insert(self.layout.claimed());
-                        commit.new_names.push(next.file_name());
+                        self.stage_requeue(&mut commit, &s.claim.name, s.claim.name.attempt + 1, *due);
+                    }
+                    Verdict::Defer { due } => {
+                        self.stage_requeue(&mut commit, &s.claim.name, s.claim.name.attempt, *due);
                     }
                 }
             }

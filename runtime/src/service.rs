@@ -22,7 +22,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::dispatch::{self, Dispatcher, Until};
+use crate::dispatch::{self, Broken, Dispatcher, Until};
 use crate::fsio;
 use crate::layout::Layout;
 use crate::queue::{FsQueue, Queue, now_rfc3339, now_us};
@@ -53,7 +53,13 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
     let started = Instant::now();
     let config = Arc::new(Config::load(layout.root())?);
     let queue = Arc::new(FsQueue::open(layout.clone(), config.validator())?);
-    let dispatcher = Arc::new(dispatch::prepare(queue.clone(), layout.root(), config.clone())?);
+    // Loading runs guest code (`describe`), whose WASI calls block on a
+    // runtime of their own: never on this one's threads.
+    let dispatcher = {
+        let (queue, root, config) = (queue.clone(), layout.root().to_path_buf(), config.clone());
+        let prepared = tokio::task::spawn_blocking(move || dispatch::prepare(queue, &root, config));
+        Arc::new(prepared.await.context("loading the handlers panicked")??)
+    };
     let metrics = dispatcher.metrics();
     let reloader = Arc::new(Reloader::new(layout.clone(), dispatcher.clone(), config));
     reloader.publish(&options)?;
@@ -74,6 +80,12 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
             result
         })?
     };
+    let schedule_thread = {
+        let (layout, dispatcher, stop) = (layout.clone(), dispatcher.clone(), stop.clone());
+        std::thread::Builder::new().name("cortex-schedule".into()).spawn(move || {
+            schedule_loop(&layout, &dispatcher, &stop);
+        })?
+    };
     let reload_thread = {
         let (reloader, stop, options_listen) = (reloader.clone(), stop.clone(), options.listen);
         std::thread::Builder::new().name("cortex-reload".into()).spawn(move || {
@@ -87,7 +99,7 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("failed to listen on {addr} (use --listen ADDR or --listen off)"))?;
-            let app = http_app(queue.clone(), metrics.clone(), ready.clone());
+            let app = http_app(queue.clone(), metrics.clone(), ready.clone(), dispatcher.broken());
             Some(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!(error = %e, "metrics server stopped");
@@ -132,6 +144,7 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
         .context("the dispatcher thread panicked")?
         .map_err(|_| anyhow::anyhow!("the dispatcher thread panicked"))??;
     let _ = reload_thread.join();
+    let _ = schedule_thread.join();
     if let Some(server) = server {
         server.abort();
     }
@@ -140,7 +153,12 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
     Ok(())
 }
 
-fn http_app(queue: Arc<FsQueue>, metrics: Arc<crate::metrics::Metrics>, ready: Arc<AtomicBool>) -> axum::Router {
+fn http_app(
+    queue: Arc<FsQueue>,
+    metrics: Arc<crate::metrics::Metrics>,
+    ready: Arc<AtomicBool>,
+    broken: Broken,
+) -> axum::Router {
     use axum::http::StatusCode;
     use axum::routing::get;
     axum::Router::new()
@@ -172,8 +190,20 @@ fn http_app(queue: Arc<FsQueue>, metrics: Arc<crate::metrics::Metrics>, ready: A
             "/readyz",
             get(move || {
                 let ready = ready.load(Ordering::Relaxed);
+                // Serving, but some handlers do not load: still ready (the
+                // others serve), with the detail for whoever looks.
+                let detail: String = broken
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|(name, why)| format!("handler {name} does not load: {}\n", why.replace(['\n', '\r'], " ")))
+                    .collect();
                 async move {
-                    if ready { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+                    match (ready, detail.is_empty()) {
+                        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string()),
+                        (true, true) => (StatusCode::OK, "ready\n".to_string()),
+                        (true, false) => (StatusCode::OK, format!("ready (degraded)\n{detail}")),
+                    }
                 }
             }),
         )
@@ -232,6 +262,47 @@ fn watch(
         }
     }
     Ok(watcher)
+}
+
+/// Queues the events of `[schedules]` as their ticks come, with the live
+/// config (a reload's new schedules apply from their next tick).
+fn schedule_loop(layout: &Layout, dispatcher: &Dispatcher, stop: &AtomicBool) {
+    const POLL: Duration = Duration::from_millis(200);
+    let mut next_check = Instant::now();
+    let mut had_schedules = true;
+    while !stop.load(Ordering::Relaxed) {
+        if Instant::now() < next_check {
+            std::thread::sleep(POLL);
+            continue;
+        }
+        next_check = Instant::now() + Duration::from_secs(1);
+        let config = dispatcher.config_slot().read().unwrap_or_else(|e| e.into_inner()).clone();
+        // Nothing to fire, and nothing recorded to forget: no lock to take.
+        if config.schedules.is_empty() && !had_schedules {
+            continue;
+        }
+        had_schedules = !config.schedules.is_empty();
+        let fired = crate::schedule::schedules(&config).and_then(|schedules| {
+            let now = chrono::Utc::now().timestamp();
+            let pending = crate::schedule::due(layout, &schedules, &config.validator(), now)?;
+            dispatcher.queue().enqueue(&pending.events).context("failed to queue scheduled events")?;
+            let fired: Vec<(String, String)> = pending
+                .events
+                .iter()
+                .map(|e| (e.event_id.clone(), e.payload.get("schedule").and_then(|v| v.as_str()).unwrap_or("").into()))
+                .collect();
+            pending.commit()?;
+            Ok(fired)
+        });
+        match fired {
+            Ok(fired) => {
+                for (event_id, schedule) in fired {
+                    tracing::info!(%schedule, %event_id, "schedule fired");
+                }
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "schedules could not fire; trying again in a second"),
+        }
+    }
 }
 
 fn reload_loop(reloader: &Reloader, rx: &mpsc::Receiver<()>, stop: &AtomicBool, listen: Option<SocketAddr>) {
@@ -332,6 +403,7 @@ impl Reloader {
         let sandbox = self.dispatcher.sandbox();
         let current = self.current();
         let mut next = BTreeMap::new();
+        let mut broken = BTreeMap::new();
         let (mut swapped, mut failed) = (Vec::new(), Vec::new());
         for (name, h) in &config.handlers {
             let path = sandbox.component_path(h);
@@ -354,26 +426,41 @@ impl Reloader {
                     next.insert(name.clone(), Arc::new(l));
                 }
                 Err(e) => {
-                    tracing::error!(handler = %name, error = %format!("{e:#}"), "reload failed; the handler keeps serving its previous version");
-                    failed.push(name.clone());
-                    if let Some(old) = current.get(name) {
-                        next.insert(name.clone(), old.clone());
+                    let why = format!("{e:#}");
+                    match current.get(name) {
+                        Some(old) => {
+                            tracing::error!(handler = %name, error = %why, "reload failed; the handler keeps serving its previous version");
+                            next.insert(name.clone(), old.clone());
+                        }
+                        None => {
+                            tracing::error!(handler = %name, error = %why, "handler does not load; its events wait in the queue until it does");
+                            broken.insert(name.clone(), why);
+                        }
                     }
+                    failed.push(name.clone());
                 }
             }
         }
-        if config_changed && !failed.is_empty() {
-            tracing::error!(handlers = ?failed, "reload refused: the new cortex.toml names handlers that do not load; keeping the running configuration");
+        // A handler serving a version loaded under the old config cannot
+        // keep it under a new one: take the new config whole or not at all.
+        let stranded: Vec<&String> = failed.iter().filter(|n| current.contains_key(*n)).collect();
+        if config_changed && !stranded.is_empty() {
+            tracing::error!(handlers = ?stranded, "reload refused: the new cortex.toml names handlers that do not load; keeping the running configuration");
             metrics.reload(false);
             return;
         }
         for _ in &failed {
             metrics.reload(false);
         }
-        if swapped.is_empty() && !config_changed {
+        let broken_slot = self.dispatcher.broken();
+        let broken_changed = broken_slot.read().unwrap_or_else(|e| e.into_inner()).keys().ne(broken.keys());
+        if swapped.is_empty() && !config_changed && !broken_changed {
             return;
         }
         *self.dispatcher.handlers().write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        // Only now that the loaded ones serve may their waiting events run.
+        metrics.set_broken(broken.keys().map(String::as_str));
+        *broken_slot.write().unwrap_or_else(|e| e.into_inner()) = broken;
         *self.dispatcher.config_slot().write().unwrap_or_else(|e| e.into_inner()) = config.clone();
         *self.active_config.lock().unwrap_or_else(|e| e.into_inner()) = (text, config);
         metrics.reload(true);
@@ -402,11 +489,13 @@ impl Reloader {
                 )
             })
             .collect();
+        let broken = self.dispatcher.broken().read().unwrap_or_else(|e| e.into_inner()).clone();
         let doc = json!({
             "pid": std::process::id(),
             "listen": options.listen.map(|a| a.to_string()),
             "updated_at": now_rfc3339(),
             "handlers": handlers,
+            "not_loading": broken,
         });
         let path = status_file(&self.layout);
         if let Some(dir) = path.parent() {

@@ -20,6 +20,13 @@ pub struct Status {
     pub oldest: Option<Oldest>,
     pub events_by_type: BTreeMap<String, u64>,
     pub logged_events: u64,
+    /// Handlers the running `cortex serve` could not load, with why (their
+    /// events wait in the queue).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub handlers_not_loading: BTreeMap<String, String>,
+    /// What each schedule last fired (`run/schedules.json`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub schedules: BTreeMap<String, crate::schedule::Fired>,
     #[serde(skip)]
     pub skipped: Vec<Skipped>,
 }
@@ -51,6 +58,9 @@ pub fn gather(queue: &FsQueue) -> Result<Status> {
         None => None,
     };
     let (events_by_type, skipped) = Journal::new(queue.layout().clone()).counts_by_type()?;
+    let handlers_not_loading = crate::service::running(queue.layout())
+        .and_then(|doc| serde_json::from_value(doc["not_loading"].clone()).ok())
+        .unwrap_or_default();
     Ok(Status {
         root: queue.layout().root().display().to_string(),
         queue_depth: depth.queued,
@@ -61,6 +71,8 @@ pub fn gather(queue: &FsQueue) -> Result<Status> {
         oldest,
         logged_events: events_by_type.values().sum(),
         events_by_type,
+        handlers_not_loading,
+        schedules: crate::schedule::fired(queue.layout()),
         skipped,
     })
 }
@@ -83,6 +95,15 @@ impl std::fmt::Display for Status {
                 o.event_id, o.event_type, o.priority, o.age_seconds
             )?,
             None => writeln!(f, "oldest queued: (queue empty)")?,
+        }
+        for (name, why) in &self.handlers_not_loading {
+            writeln!(f, "NOT LOADING:   handler {name} (its events wait in the queue): {why}")?;
+        }
+        for (name, fired) in &self.schedules {
+            let tick = chrono::DateTime::from_timestamp(fired.last_tick, 0).map(|t| t.to_rfc3339()).unwrap_or_default();
+            let when =
+                fired.last_fired_at.as_deref().map_or("not fired yet".to_string(), |at| format!("fired at {at}"));
+            writeln!(f, "schedule:      {name} ({}): last tick {tick}, {when}", fired.spec)?;
         }
         writeln!(f, "logged events: {}", self.logged_events)?;
         for (t, n) in &self.events_by_type {

@@ -1,6 +1,6 @@
 //! The crash-point matrix: abort the process after each step of the
-//! delivery protocol (fail points compiled in for the tests only), restart,
-//! and check the invariants.
+//! delivery protocol (fail points armed only in the tests' `cortex-failpoints`
+//! binary), restart, and check the invariants.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,12 +20,8 @@ fn a_producer_crash_at_any_step_leaves_a_whole_event_or_none() -> Result<()> {
     for point in ["emit.written", "emit.synced", "emit.renamed", "emit.dir-synced"] {
         let root = Root::with_handlers("[handlers.sink]\ncomponent = \"{noop}\"\nevents = [\"*\"]\n")?;
         short_lease(&root)?;
-        let out: cortex_tests::Out = root
-            .command()
-            .args(["emit", "task.created", "s", r#"{"n": 1}"#])
-            .env("CORTEX_FAILPOINT", point)
-            .output()?
-            .into();
+        let out: cortex_tests::Out =
+            root.failpoint_command(point).args(["emit", "task.created", "s", r#"{"n": 1}"#]).output()?.into();
         assert_ne!(out.code, 0, "{point}: the fail point did not fire");
         assert!(out.stdout.trim().is_empty(), "{point}: an id was reported for an event that may not exist");
         // Whatever is in the queue is whole and valid.
@@ -72,7 +68,7 @@ events = ["task.*"]
         short_lease(&root)?;
         let triggers: Vec<String> =
             (0..5).map(|_| root.emit("worker.started", r#"{"count": 2}"#)).collect::<Result<_>>()?;
-        let out: cortex_tests::Out = root.command().args(["dispatch"]).env("CORTEX_FAILPOINT", point).output()?.into();
+        let out: cortex_tests::Out = root.failpoint_command(point).args(["dispatch"]).output()?.into();
         assert_ne!(out.code, 0, "{point}: the fail point did not fire: {}", out.stderr);
         std::thread::sleep(Duration::from_millis(1100));
         let s = root.dispatch()?;
@@ -94,5 +90,18 @@ events = ["task.*"]
         assert!(root.files("events/queue").is_empty() && root.files("events/claimed").is_empty(), "{point}");
         let _: Vec<Value> = root.dead_letters()?;
     }
+    Ok(())
+}
+
+#[test]
+fn the_shipped_binary_has_no_armed_crash_points() -> Result<()> {
+    let root = Root::with_handlers("[handlers.sink]\ncomponent = \"{noop}\"\nevents = [\"*\"]\n")?;
+    for (args, point) in
+        [(vec!["emit", "task.created", "s", r#"{"n": 1}"#], "emit.written"), (vec!["dispatch"], "settle.written")]
+    {
+        let out: cortex_tests::Out = root.command().args(&args).env("CORTEX_FAILPOINT", point).output()?.into();
+        assert_eq!(out.code, 0, "{point}: the shipped cortex aborted at a crash point: {}", out.stderr);
+    }
+    assert_eq!(root.archived()?.len(), 1, "the event was emitted and handled");
     Ok(())
 }

@@ -254,12 +254,39 @@ events = ["task.*"]
     let out = root.fails(&["handlers", "check"])?;
     assert!(out.stderr.contains("1 of 2 handlers do not load"), "{}", out.stderr);
     let id = root.emit("task.created", "{}")?;
+    let other = root.emit("worker.started", "{}")?;
     let out = root.fails(&["dispatch"])?;
+    assert_eq!(out.code, 4, "a dispatch with handlers that do not load exits 4: {}", out.stderr);
     assert!(out.stderr.contains("handler broken") && out.stderr.contains("failed to load"), "{}", out.stderr);
-    assert!(
-        root.files("events/queue").iter().any(|f| f.contains(&id)),
-        "a refused dispatch must leave the queue alone"
-    );
+    assert!(out.stdout.contains("1 events wait in the queue for handlers that do not load"), "{}", out.stdout);
+    // The event the broken handler would take waits, unrun; the rest flow.
+    assert!(root.files("events/queue").iter().any(|f| f.contains(&id)), "an event of a broken handler must wait");
+    assert!(root.archived_record(&id)?.is_none() && root.files("events/dead-letter").is_empty());
+    assert!(root.archived_record(&other)?.is_some(), "the good handler still serves");
+    Ok(())
+}
+
+#[test]
+fn a_handler_whose_describe_traps_leaves_the_others_serving_and_its_events_waiting() -> Result<()> {
+    let root = Root::with_handlers(
+        "[handlers.good]\ncomponent = \"{noop}\"\nevents = [\"worker.*\"]\n\
+         [handlers.mute]\ncomponent = \"{describe-trap}\"\nevents = [\"task.*\"]\n",
+    )?;
+    let waiting = root.emit("task.created", "{}")?;
+    let served = root.emit("worker.started", "{}")?;
+    let out = root.run(&["dispatch", "--json"])?;
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    let summary: Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!(summary["handled"], 1, "{summary}");
+    assert_eq!(summary["deferred"], 1, "{summary}");
+    assert!(summary["broken"]["mute"].as_str().unwrap_or("").contains("describe() failed"), "{summary}");
+    assert!(root.archived_record(&served)?.is_some());
+    let queued = root.files("events/queue");
+    assert!(queued.len() == 1 && queued[0].contains(&waiting) && queued[0].contains("-a1-"), "{queued:?}");
+    // Its attempt count is untouched: waiting is not failing.
+    let out = root.run(&["dispatch"])?;
+    assert_eq!(out.code, 4);
+    assert!(root.files("events/queue")[0].contains("-a1-"));
     Ok(())
 }
 

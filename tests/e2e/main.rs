@@ -8,6 +8,7 @@ mod languages;
 mod reliability;
 mod replay;
 mod sandbox;
+mod schedule;
 mod schema;
 mod service;
 mod store;

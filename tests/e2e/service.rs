@@ -92,8 +92,8 @@ fn hot_reload_under_a_stream_switches_version_and_handles_each_event_once() -> R
 fn a_handler_added_while_serving_starts_when_its_component_arrives() -> Result<()> {
     let root = reload_root()?;
     let svc = root.serve()?;
-    // The table first: its component is not there yet, so the new config is
-    // refused whole and the old one keeps serving.
+    // The table first: its component is not there yet, so the handler is
+    // reported as not loading (a failed reload) while the others serve.
     root.configure("\n[handlers.late]\ncomponent = \"handlers/late.wasm\"\nevents = [\"learning.*\"]\n")?;
     wait_for(Duration::from_secs(10), || {
         Ok(metric(&parse_metrics(&svc.metrics()?)?, &["cortex_reloads_total", "result=\"failed\""]).unwrap_or(0.0)
@@ -217,6 +217,35 @@ backoff_ms = 10
     assert_eq!(get(&["cortex_queue_depth"]), 0.0);
     assert_eq!(get(&["cortex_dead_letters"]), 1.0);
     assert_eq!(get(&["cortex_handler_active_version", "handler=\"poison\""]), 1.0);
+    assert_eq!(svc.stop()?, 0);
+    Ok(())
+}
+
+#[test]
+fn a_handler_that_does_not_load_is_reported_while_the_others_serve_and_runs_once_it_loads() -> Result<()> {
+    let root = Root::with_handlers(
+        "[handlers.good]\ncomponent = \"{noop}\"\nevents = [\"worker.*\"]\n\
+         [handlers.late]\ncomponent = \"handlers/late.wasm\"\nevents = [\"task.*\"]\n",
+    )?;
+    std::fs::copy(component("describe-trap"), root.join("handlers/late.wasm"))?;
+    let svc = root.serve()?;
+    let waiting = root.emit("task.created", "{}")?;
+    let served = root.emit("worker.started", "{}")?;
+    wait_for(Duration::from_secs(20), || Ok(root.archived_record(&served)?.is_some()))?;
+    assert!(root.archived_record(&waiting)?.is_none(), "the broken handler's event must wait");
+    let (code, body) = cortex_tests::http_get(&svc.addr, "/readyz")?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("degraded") && body.contains("handler late does not load"), "{body}");
+    let metrics = cortex_tests::http_get(&svc.addr, "/metrics")?.1;
+    assert!(metrics.contains("cortex_handler_load_failed{handler=\"late\"} 1"), "{metrics}");
+    let status = root.ok(&["status"])?;
+    assert!(status.contains("NOT LOADING:   handler late"), "{status}");
+    // A good component arrives: the waiting event runs, nothing was lost.
+    replace_atomically(&root.join("handlers/late.wasm"), &std::fs::read(component("noop"))?)?;
+    wait_for(Duration::from_secs(20), || Ok(root.archived_record(&waiting)?.is_some()))?;
+    let (_, body) = cortex_tests::http_get(&svc.addr, "/readyz")?;
+    assert_eq!(body.trim(), "ready");
+    assert!(root.files("events/dead-letter").is_empty());
     assert_eq!(svc.stop()?, 0);
     Ok(())
 }

@@ -2,7 +2,10 @@
 //! Every `worker.heartbeat` updates its worker in
 //! `/state/heartbeats/workers.json` and then, taking the event's time as now,
 //! reports each other worker that has been silent past the threshold with one
-//! `worker.failed` — once per silence, until it beats again.
+//! `worker.failed` — once per silence, until it beats again. A
+//! `system.heartbeat_check` (the default `heartbeat-check` schedule emits one
+//! a minute) does the same check with no beat, so a silence is noticed even
+//! when every worker has gone quiet.
 
 use cortex_sdk::fields::opt_str;
 use cortex_sdk::{Event, FollowUp, Handler, Priority, Result, config_or, json, state};
@@ -10,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 const WORKERS: &str = "/state/heartbeats/workers.json";
+/// The scheduled check: report silent workers without a beat.
+const CHECK: &str = "system.heartbeat_check";
 /// Silent workers reported per event: keeps a mass outage under the host's
 /// per-invocation emit limit; the rest are reported by the next heartbeats.
 const MAX_REPORTS: usize = 16;
@@ -18,7 +23,7 @@ struct OnWorkerHeartbeat;
 
 impl Handler for OnWorkerHeartbeat {
     const NAME: &'static str = "on-worker-heartbeat";
-    const EVENTS: &'static [&'static str] = &["worker.heartbeat"];
+    const EVENTS: &'static [&'static str] = &["worker.heartbeat", CHECK];
 
     fn handle(event: Event) -> Result<String> {
         let threshold_secs: i64 = config_or("threshold_secs", 90)?;
@@ -67,23 +72,10 @@ struct Applied {
 
 fn apply(workers: &mut Workers, event: &Event, threshold_secs: i64) -> Result<Applied> {
     let now = cortex_sdk::event_time(event)?;
-    let id = match opt_str(&event.payload, "worker_id")? {
-        Some(id) if !id.trim().is_empty() => id,
-        _ => event.source.clone(),
-    };
-    let me = workers.workers.entry(id.clone()).or_default();
-    me.beats += 1;
-    // A heartbeat older than the latest one (a late redelivery) proves
-    // nothing about the silence since.
-    if me.last_seen.is_empty() || now >= me.last_seen_epoch {
-        me.last_seen = event.timestamp.clone();
-        me.last_seen_epoch = now;
-        me.flagged = false;
-    }
-
+    let beating = if event.event_type == CHECK { None } else { Some(record_beat(workers, event, now)?) };
     let mut follow_ups = Vec::new();
     let mut reported = Vec::new();
-    for (other, w) in workers.workers.iter_mut().filter(|(other, _)| **other != id) {
+    for (other, w) in workers.workers.iter_mut().filter(|(other, _)| beating.as_ref() != Some(*other)) {
         let silent_secs = now - w.last_seen_epoch;
         if w.flagged || silent_secs <= threshold_secs || follow_ups.len() >= MAX_REPORTS {
             continue;
@@ -97,12 +89,32 @@ fn apply(workers: &mut Workers, event: &Event, threshold_secs: i64) -> Result<Ap
         reported.push(format!("{other} ({silent_secs}s)"));
     }
     cortex_sdk::remember(&mut workers.recent_event_ids, &event.id);
-    let beats = workers.workers[&id].beats;
-    let mut summary = format!("heartbeat {beats} from {id}");
+    let mut summary = match &beating {
+        Some(id) => format!("heartbeat {} from {id}", workers.workers[id].beats),
+        None => format!("heartbeat check of {} workers", workers.workers.len()),
+    };
     if !reported.is_empty() {
         summary.push_str(&format!("; silent past {threshold_secs}s: {}", reported.join(", ")));
     }
     Ok(Applied { summary, follow_ups })
+}
+
+/// Records a `worker.heartbeat`; returns the worker's id.
+fn record_beat(workers: &mut Workers, event: &Event, now: i64) -> Result<String> {
+    let id = match opt_str(&event.payload, "worker_id")? {
+        Some(id) if !id.trim().is_empty() => id,
+        _ => event.source.clone(),
+    };
+    let me = workers.workers.entry(id.clone()).or_default();
+    me.beats += 1;
+    // A heartbeat older than the latest one (a late redelivery) proves
+    // nothing about the silence since.
+    if me.last_seen.is_empty() || now >= me.last_seen_epoch {
+        me.last_seen = event.timestamp.clone();
+        me.last_seen_epoch = now;
+        me.flagged = false;
+    }
+    Ok(id)
 }
 
 #[cfg(test)]
@@ -148,6 +160,23 @@ mod tests {
         assert!(!w.workers["a"].flagged);
         assert_eq!(failed_workers(&apply(&mut w, &beat("b", 400), 90).unwrap()), [json!("a")]);
         assert_eq!(w.workers["b"].beats, 5);
+    }
+
+    #[test]
+    fn the_scheduled_check_reports_silence_with_no_beat() {
+        let mut w = Workers::default();
+        apply(&mut w, &beat("a", 0), 90).unwrap();
+        apply(&mut w, &beat("b", 50), 90).unwrap();
+        let mut check = beat("x", 120);
+        check.event_type = CHECK.into();
+        check.payload.clear();
+        let a = apply(&mut w, &check, 90).unwrap();
+        assert_eq!(failed_workers(&a), [json!("a")], "{}", a.summary);
+        assert!(a.summary.starts_with("heartbeat check of 2 workers"), "{}", a.summary);
+        assert!(!w.workers.contains_key("x"), "a check is not a beat");
+        let mut later = beat("y", 200);
+        later.event_type = CHECK.into();
+        assert_eq!(failed_workers(&apply(&mut w, &later, 90).unwrap()), [json!("b")], "a is reported once");
     }
 
     #[test]
