@@ -22,6 +22,7 @@
 //! - [`dlq`]: `cortex dlq`: list, show, retry and purge dead letters.
 //! - [`service`]: `cortex serve`: watcher, hot reload, metrics, shutdown.
 //! - [`status`]: what `cortex status` reports.
+//! - [`text`]: guest and producer text escaped for terminals and log lines.
 
 pub mod config;
 pub mod dispatch;
@@ -40,6 +41,7 @@ pub mod sandbox;
 pub mod scaffold;
 pub mod service;
 pub mod status;
+pub mod text;
 
 /// The commented `cortex.toml` that `cortex init` writes.
 pub const DEFAULT_CONFIG: &str = include_str!("default-cortex.toml");
