@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{self, DEFAULT_MAX_EVENT_BYTES, Validator};
+use crate::event::{self, DEFAULT_MAX_EVENT_BYTES, Priority, Validator};
 
 /// The file name of the configuration inside a root.
 pub const CONFIG_FILE: &str = "cortex.toml";
@@ -95,16 +95,24 @@ pub struct DispatchConfig {
     /// and is taken back.
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u64,
+    /// Follow-up generations an event may be from the producer's event
+    /// (`metadata.caused_by.hops`); an event past it is an event loop and
+    /// is dead-lettered without running.
+    #[serde(default = "default_max_hops")]
+    pub max_hops: u32,
 }
 
 impl Default for DispatchConfig {
     fn default() -> Self {
-        DispatchConfig { workers: 0, lease_secs: default_lease_secs() }
+        DispatchConfig { workers: 0, lease_secs: default_lease_secs(), max_hops: default_max_hops() }
     }
 }
 
 fn default_lease_secs() -> u64 {
     300
+}
+fn default_max_hops() -> u32 {
+    16
 }
 
 /// Access a handler has to one directory under the root.
@@ -201,6 +209,19 @@ pub struct HandlerConfig {
     /// Settings the handler reads through `config(key)`.
     #[serde(default)]
     pub settings: BTreeMap<String, toml::Value>,
+    /// Event type patterns the handler may emit; unset, any type the
+    /// validator accepts.
+    #[serde(default)]
+    pub emits: Option<Vec<String>>,
+    /// The most urgent priority the handler's follow-ups may have.
+    #[serde(default = "default_max_priority")]
+    pub max_priority: Priority,
+    /// Whether an emit may name a `source` other than the handler's name.
+    #[serde(default)]
+    pub may_set_source: bool,
+    /// Whether an emit may name a `master` other than the triggering event's.
+    #[serde(default)]
+    pub may_set_master: bool,
 }
 
 fn default_max_attempts() -> u32 {
@@ -211,6 +232,9 @@ fn default_backoff_ms() -> u64 {
 }
 fn default_concurrency() -> usize {
     1
+}
+fn default_max_priority() -> Priority {
+    Priority::High
 }
 
 /// Whether a setting holds a TOML date-time, which has no JSON spelling.
@@ -293,6 +317,13 @@ impl Config {
         if self.dispatch.lease_secs == 0 {
             bail!("dispatch.lease_secs: must be at least 1");
         }
+        if self.dispatch.max_hops == 0 || u64::from(self.dispatch.max_hops) >= event::MAX_HOPS_RECORDED {
+            bail!(
+                "dispatch.max_hops: {} is outside 1..{} (a handler's follow-up is one hop)",
+                self.dispatch.max_hops,
+                event::MAX_HOPS_RECORDED
+            );
+        }
         for (name, s) in &self.schedules {
             crate::schedule::Timing::of(s).with_context(|| format!("schedules.{name}"))?;
             if !event::is_valid_type_name(&s.event_type) {
@@ -312,17 +343,21 @@ impl Config {
             }
         }
         for (name, h) in &self.handlers {
-            if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || name.is_empty() {
+            if !event::is_valid_handler_name(name) {
                 bail!("handlers.{name}: a handler name is letters, digits, '-' and '_'");
             }
             if h.events.is_empty() {
                 bail!("handlers.{name}.events: list at least one event type pattern");
             }
-            for p in &h.events {
-                if p.is_empty()
-                    || !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._*?".contains(c))
-                {
-                    bail!("handlers.{name}.events: {p:?} is not an event type or glob (e.g. worker.* or task.failed)");
+            for (key, patterns) in [("events", &h.events), ("emits", h.emits.as_ref().unwrap_or(&Vec::new()))] {
+                for p in patterns {
+                    if p.is_empty()
+                        || !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._*?".contains(c))
+                    {
+                        bail!(
+                            "handlers.{name}.{key}: {p:?} is not an event type or glob (e.g. worker.* or task.failed)"
+                        );
+                    }
                 }
             }
             for g in &h.grants {
@@ -408,6 +443,41 @@ mod tests {
             let err = format!("{:#}", Config::parse(&text).unwrap_err());
             assert!(err.contains("inside the root"), "{dir}: {err}");
         }
+    }
+
+    #[test]
+    fn emit_trust_defaults_are_narrow_and_checked() {
+        let c = Config::parse("[handlers.a]\ncomponent='a.wasm'\nevents=['x.*']\n").unwrap();
+        let h = &c.handlers["a"];
+        assert_eq!(
+            (h.emits.as_ref(), h.max_priority, h.may_set_source, h.may_set_master),
+            (None, Priority::High, false, false)
+        );
+        assert_eq!(c.dispatch.max_hops, 16);
+        let c = Config::parse(
+            "[handlers.a]\ncomponent='a.wasm'\nevents=['x.*']\nemits=['task.*']\nmax_priority='critical'\nmay_set_source=true\n",
+        )
+        .unwrap();
+        assert_eq!(c.handlers["a"].emits.as_deref(), Some(&["task.*".to_string()][..]));
+        assert_eq!(c.handlers["a"].max_priority, Priority::Critical);
+        let err = format!(
+            "{:#}",
+            Config::parse("[handlers.a]\ncomponent='a.wasm'\nevents=['x.*']\nemits=['Task!']\n").unwrap_err()
+        );
+        assert!(err.contains("handlers.a.emits"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::parse("[handlers.a]\ncomponent='a.wasm'\nevents=['x.*']\nmax_priority='urgent'\n").unwrap_err()
+        );
+        assert!(err.contains("urgent"), "{err}");
+        assert!(Config::parse("[dispatch]\nmax_hops = 0\n").is_err());
+    }
+
+    #[test]
+    fn the_default_config_parses() {
+        let c = Config::parse(crate::DEFAULT_CONFIG).unwrap();
+        assert_eq!(c.handlers["on-security-alert"].max_priority, Priority::Critical);
+        assert!(c.handlers["on-routing-decision"].may_set_master);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::queue::{AttemptRecord, Claim, Delivery, Failure, Queue, Settlement, Verdict, now_ms, now_rfc3339};
 use crate::route;
 use crate::sandbox::{Fault, Loaded, Sandbox};
+use crate::text::Escaped;
 
 /// Events claimed but not yet settled, at most.
 const MAX_IN_FLIGHT: usize = 512;
@@ -151,6 +152,9 @@ struct Pending {
     /// dispatcher each time, so only lease recovery saw it): dead-letter it
     /// without running it again.
     exhausted: Option<u32>,
+    /// Further from a producer's event than `dispatch.max_hops` allows (an
+    /// event loop): dead-letter it without running it.
+    looped: Option<u32>,
     names: Vec<String>,
     results: Mutex<Vec<Option<Ran>>>,
     remaining: Mutex<usize>,
@@ -346,13 +350,24 @@ impl Dispatcher {
                         let max_attempts =
                             names.iter().filter_map(|n| config.handlers.get(n)).map(|h| h.max_attempts).max();
                         let exhausted = max_attempts.filter(|&m| claim.name.attempt > m);
-                        let names = if exhausted.is_some() || !waits_for.is_empty() { Vec::new() } else { names };
-                        if !waits_for.is_empty() && exhausted.is_none() {
+                        let max_hops = config.dispatch.max_hops;
+                        let looped =
+                            (!names.is_empty() && claim.event.hops() > u64::from(max_hops)).then_some(max_hops);
+                        // An event that is to be dead-lettered anyway does not wait.
+                        let waits_for =
+                            if exhausted.is_some() || looped.is_some() { Vec::new() } else { waits_for };
+                        let names = if exhausted.is_some() || looped.is_some() || !waits_for.is_empty() {
+                            Vec::new()
+                        } else {
+                            names
+                        };
+                        if !waits_for.is_empty() {
                             deferred.insert(claim.name.key());
                         }
                         let pending = Arc::new(Pending {
                             waits_for,
                             exhausted,
+                            looped,
                             results: Mutex::new((0..names.len()).map(|_| None).collect()),
                             remaining: Mutex::new(names.len()),
                             names,
@@ -465,19 +480,21 @@ fn lane(
                 crate::fsio::failpoint("dispatch.handler-done");
                 let ms = inv.duration.as_secs_f64() * 1000.0;
                 metrics.invocation(name, inv.result.as_ref().map_or_else(|f| f.kind.as_str(), |_| "ok"), inv.duration);
+                // Summaries, errors and output are the guest's text: escaped,
+                // so they cannot drive the terminal or forge a log line.
                 match &inv.result {
                     Ok(summary) => {
-                        tracing::info!(handler = name, event_id = %event.event_id, event_type = %event.event_type, duration_ms = ms, summary = %summary, "handler completed")
+                        tracing::info!(handler = name, event_id = %event.event_id, event_type = %event.event_type, duration_ms = ms, summary = %Escaped(summary), "handler completed")
                     }
                     Err(f) => {
-                        tracing::warn!(handler = name, event_id = %event.event_id, event_type = %event.event_type, duration_ms = ms, kind = %f.kind, error = %f.message, "handler failed")
+                        tracing::warn!(handler = name, event_id = %event.event_id, event_type = %event.event_type, duration_ms = ms, kind = %f.kind, error = %Escaped(&f.message), "handler failed")
                     }
                 }
                 if !inv.stdout.is_empty() {
-                    tracing::info!(handler = name, event_id = %event.event_id, "stdout: {}", inv.stdout.trim_end());
+                    tracing::info!(handler = name, event_id = %event.event_id, "stdout: {}", Escaped(inv.stdout.trim_end()));
                 }
                 if !inv.stderr.is_empty() {
-                    tracing::info!(handler = name, event_id = %event.event_id, "stderr: {}", inv.stderr.trim_end());
+                    tracing::info!(handler = name, event_id = %event.event_id, "stderr: {}", Escaped(inv.stderr.trim_end()));
                 }
                 Ran {
                     handler: name.to_string(),
@@ -563,6 +580,7 @@ fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
         claim: p.claim.clone(),
         waits_for: p.waits_for.clone(),
         exhausted: p.exhausted,
+        looped: p.looped,
         names: p.names.clone(),
         results: Mutex::new(p.results.lock().unwrap_or_else(|e| e.into_inner()).iter_mut().map(Option::take).collect()),
         remaining: Mutex::new(0),
@@ -604,6 +622,10 @@ fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
         }
     }
     summary.emitted += emitted.len() as u64;
+
+    if let Some(max_hops) = pending.looped {
+        return cut_loop(summary, claim, emitted, max_hops);
+    }
 
     if let Some(max_attempts) = pending.exhausted {
         let reason = format!(
@@ -686,7 +708,7 @@ fn dead_letter(
 ) -> Settlement {
     summary.dead_lettered += 1;
     let attempt = claim.name.attempt;
-    tracing::error!(event_id = %claim.event.event_id, attempts = attempt, %reason, "event moved to the dead-letter queue");
+    tracing::error!(event_id = %claim.event.event_id, attempts = attempt, reason = %Escaped(&reason), "event moved to the dead-letter queue");
     let record = json!({
         "event": claim.event,
         "entry": claim.name.key(),
@@ -699,6 +721,35 @@ fn dead_letter(
         "history": delivery.history,
     });
     Settlement { claim, emitted, verdict: Verdict::DeadLetter(record) }
+}
+
+/// The dead letter of an event past `dispatch.max_hops`: the reason names
+/// the loop, and the record's `loop` the link that closed it, for `cortex
+/// status` to report.
+fn cut_loop(summary: &mut Summary, claim: Claim, emitted: Vec<Event>, max_hops: u32) -> Settlement {
+    let event = &claim.event;
+    let cause = event.metadata.extra.get("caused_by");
+    let text = |key: &str| cause.and_then(|c| c[key].as_str()).unwrap_or("?").to_string();
+    let (handler, trigger_type, trigger_id) = (text("handler"), text("event_type"), text("event_id"));
+    let hops = event.hops();
+    let reason = format!(
+        "event loop: {hops} hops of caused_by from a producer's event, over dispatch.max_hops = {max_hops}; handler {handler} emitted this {} while handling {trigger_type} {trigger_id}; not run (fix the handler's emits, or raise dispatch.max_hops if the chain is meant to be this long)",
+        event.event_type
+    );
+    let link = json!({
+        "hops": hops,
+        "max_hops": max_hops,
+        "handler": handler,
+        "trigger_type": trigger_type,
+        "trigger_id": trigger_id,
+        "event_type": event.event_type,
+    });
+    let (delivery, attempt) = (claim.delivery.clone(), claim.name.attempt);
+    let mut settlement = dead_letter(summary, claim, emitted, attempt, reason, Vec::new(), delivery);
+    if let Verdict::DeadLetter(record) = &mut settlement.verdict {
+        record["loop"] = link;
+    }
+    settlement
 }
 
 /// Loads the handlers of a config into a ready dispatcher. A handler that

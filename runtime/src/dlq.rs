@@ -22,6 +22,7 @@ use crate::fsio;
 use crate::layout::Layout;
 use crate::queue::{FsQueue, Queue, now_rfc3339};
 use crate::replay::Filter;
+use crate::text::{Escaped, escape_lines};
 
 /// One dead-letter file.
 #[derive(Debug, Clone)]
@@ -66,21 +67,23 @@ impl DeadLetter {
             || self.event.as_ref().is_some_and(|e| e.event_id == id)
     }
 
-    /// One line for `dlq list`.
+    /// One line for `dlq list`; text from the event and its handlers is
+    /// escaped for the terminal.
     pub fn line(&self) -> String {
         let reason: String = self.reason().chars().take(100).collect();
+        let reason = Escaped(&reason);
         match &self.event {
             Some(e) => format!(
                 "{}  {}  {}  attempts {}  {}",
-                e.event_id,
-                e.event_type,
-                self.record["dead_lettered_at"].as_str().unwrap_or("?"),
+                Escaped(&e.event_id),
+                Escaped(&e.event_type),
+                Escaped(self.record["dead_lettered_at"].as_str().unwrap_or("?")),
                 self.record["attempts"].as_u64().map_or("?".to_string(), |a| a.to_string()),
                 reason
             ),
             None => format!(
                 "{}  (not an event)  {}  {}",
-                self.key,
+                Escaped(&self.key),
                 self.record["dead_lettered_at"].as_str().unwrap_or("?"),
                 reason
             ),
@@ -88,26 +91,34 @@ impl DeadLetter {
     }
 
     /// The forensic record, readable: why, each attempt's failures with
-    /// handler, kind, message and component hash, the event.
+    /// handler, kind, message and component hash, the event. Every string
+    /// from the record is escaped for the terminal: handlers wrote the
+    /// messages, producers the event.
     pub fn describe(&self) -> String {
         let r = &self.record;
-        let s = |v: &Value| v.as_str().unwrap_or("?").to_string();
+        let s = |v: &Value| Escaped(v.as_str().unwrap_or("?")).to_string();
         let mut out = String::new();
-        let _ = writeln!(out, "dead letter {}", self.key);
+        let _ = writeln!(out, "dead letter {}", Escaped(&self.key));
         let _ = writeln!(out, "  file:            {}", self.path.display());
         match &self.event {
             Some(e) => {
-                let _ = writeln!(out, "  event:           {} {} from {}", e.event_id, e.event_type, e.source);
-                let _ = writeln!(out, "  timestamp:       {}", e.timestamp);
+                let _ = writeln!(
+                    out,
+                    "  event:           {} {} from {}",
+                    Escaped(&e.event_id),
+                    Escaped(&e.event_type),
+                    Escaped(&e.source)
+                );
+                let _ = writeln!(out, "  timestamp:       {}", Escaped(&e.timestamp));
                 let _ = writeln!(out, "  priority:        {}", e.priority());
                 if let Some(c) = &e.correlation_id {
-                    let _ = writeln!(out, "  correlation_id:  {c}");
+                    let _ = writeln!(out, "  correlation_id:  {}", Escaped(c));
                 }
                 let _ = writeln!(out, "  queue entry:     {}", s(&r["entry"]));
             }
             None => {
                 if let Some(f) = r["file"].as_str() {
-                    let _ = writeln!(out, "  dropped file:    {f}");
+                    let _ = writeln!(out, "  dropped file:    {}", Escaped(f));
                 }
             }
         }
@@ -116,7 +127,7 @@ impl DeadLetter {
             let max = r["max_attempts"].as_u64().map_or(String::new(), |m| format!(" (max_attempts {m})"));
             let _ = writeln!(out, "  attempts:        {a}{max}");
         }
-        let _ = writeln!(out, "  reason:          {}", self.reason());
+        let _ = writeln!(out, "  reason:          {}", Escaped(self.reason()));
         for h in r["failed_handlers"].as_array().into_iter().flatten() {
             let _ = writeln!(
                 out,
@@ -128,7 +139,7 @@ impl DeadLetter {
         }
         let succeeded = self.succeeded_handlers();
         if !succeeded.is_empty() {
-            let _ = writeln!(out, "  succeeded:       {} (skipped on retry)", succeeded.join(", "));
+            let _ = writeln!(out, "  succeeded:       {} (skipped on retry)", Escaped(&succeeded.join(", ")));
         }
         if let Some(retry) = self.event.as_ref().and_then(|e| e.metadata.extra.get("dlq_retry")) {
             let _ = writeln!(
@@ -139,15 +150,15 @@ impl DeadLetter {
             );
         }
         for attempt in r["history"].as_array().into_iter().flatten() {
-            let _ = writeln!(out, "  attempt {} at {}:", attempt["attempt"], s(&attempt["at"]));
+            let _ = writeln!(out, "  attempt {} at {}:", Escaped(&attempt["attempt"].to_string()), s(&attempt["at"]));
             for f in attempt["failures"].as_array().into_iter().flatten() {
-                let handler = f["handler"].as_str().filter(|h| !h.is_empty()).unwrap_or("(dispatcher)");
+                let handler = Escaped(f["handler"].as_str().filter(|h| !h.is_empty()).unwrap_or("(dispatcher)"));
                 let _ = writeln!(out, "    {handler}: {}: {}", s(&f["kind"]), s(&f["message"]));
-                let sha = f["component_sha256"].as_str().filter(|h| !h.is_empty()).unwrap_or("-");
+                let sha = Escaped(f["component_sha256"].as_str().filter(|h| !h.is_empty()).unwrap_or("-"));
                 let _ =
                     writeln!(out, "      component sha256 {sha}, {:.3} ms", f["duration_ms"].as_f64().unwrap_or(0.0));
                 if let Some(detail) = f["detail"].as_str().filter(|d| !d.is_empty() && *d != f["message"]) {
-                    for line in detail.lines() {
+                    for line in escape_lines(detail) {
                         let _ = writeln!(out, "      | {line}");
                     }
                 }
@@ -155,11 +166,12 @@ impl DeadLetter {
         }
         match &self.event {
             Some(e) => {
-                let _ = writeln!(out, "  payload:         {}", Value::Object(e.payload.clone()));
+                let payload = Value::Object(e.payload.clone()).to_string();
+                let _ = writeln!(out, "  payload:         {}", Escaped(&payload));
             }
             None => {
                 let _ = writeln!(out, "  raw:");
-                for line in r["raw"].as_str().unwrap_or("").lines() {
+                for line in escape_lines(r["raw"].as_str().unwrap_or("")) {
                     let _ = writeln!(out, "    {line}");
                 }
             }

@@ -174,6 +174,16 @@ impl Event {
         self.metadata.priority
     }
 
+    /// How many handler emits separate this event from a producer's:
+    /// `metadata.caused_by.hops`, which the host sets on every emit (0 for
+    /// a producer's event; 1 for a follow-up recorded before hops were).
+    pub fn hops(&self) -> u64 {
+        match self.metadata.extra.get("caused_by") {
+            None => 0,
+            Some(c) => c.get("hops").and_then(Value::as_u64).unwrap_or(1),
+        }
+    }
+
     /// The parsed timestamp. Validation guarantees it parses; an event built
     /// by hand with a bad one falls back to the Unix epoch.
     pub fn time(&self) -> DateTime<FixedOffset> {
@@ -264,6 +274,15 @@ pub fn is_valid_event_id(id: &str) -> bool {
         && b[19] == b'_'
         && b[20..].iter().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
 }
+
+/// A handler name as `cortex.toml` allows it: letters, digits, `-` and `_`.
+pub fn is_valid_handler_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The largest `metadata.caused_by.hops` an event may carry: far past any
+/// sane `dispatch.max_hops`, small enough to add to without overflow.
+pub const MAX_HOPS_RECORDED: u64 = 1 << 20;
 
 /// `category.name`, lowercase letters, digits and underscores, dot-separated.
 pub fn is_valid_type_name(t: &str) -> bool {
@@ -471,6 +490,38 @@ impl Validator {
                     }
                     Some(v) => bad("metadata.tags", format!("expected an array of strings, found {}", kind(v))),
                 }
+                // What the host records when a handler emits: a forged one
+                // could pass a loop off as a fresh event or point anywhere.
+                match m.get("caused_by") {
+                    None => {}
+                    Some(Value::Object(c)) => {
+                        match c.get("event_id") {
+                            Some(Value::String(id)) if is_valid_event_id(id) => {}
+                            Some(v) => bad(
+                                "metadata.caused_by.event_id",
+                                format!("{} is not an event id", serde_json::to_string(v).unwrap_or_default()),
+                            ),
+                            None => bad("metadata.caused_by.event_id", "required field is missing".into()),
+                        }
+                        match c.get("handler") {
+                            Some(Value::String(h)) if is_valid_handler_name(h) => {}
+                            Some(v) => bad(
+                                "metadata.caused_by.handler",
+                                format!("{} is not a handler name", serde_json::to_string(v).unwrap_or_default()),
+                            ),
+                            None => bad("metadata.caused_by.handler", "required field is missing".into()),
+                        }
+                        match c.get("hops") {
+                            None => {}
+                            Some(v) if v.as_u64().is_some_and(|h| h <= MAX_HOPS_RECORDED) => {}
+                            Some(v) => bad(
+                                "metadata.caused_by.hops",
+                                format!("expected a whole number up to {MAX_HOPS_RECORDED}, found {v}"),
+                            ),
+                        }
+                    }
+                    Some(v) => bad("metadata.caused_by", format!("expected an object, found {}", kind(v))),
+                }
             }
             Some(v) => bad("metadata", format!("expected an object, found {}", kind(v))),
         }
@@ -608,6 +659,22 @@ mod tests {
         v["payload"] = json!({"blob": "x".repeat(2000)});
         let small = Validator::new(vec![], 1000);
         assert!(small.validate(v).unwrap_err().to_string().contains("over the 1000 byte limit"));
+    }
+
+    #[test]
+    fn caused_by_is_checked_and_counts_hops() {
+        let mut v = good();
+        let e = Validator::default().validate(v.clone()).unwrap();
+        assert_eq!(e.hops(), 0);
+        v["metadata"]["caused_by"] = json!({"event_id": "evt_20251201_120000_abc123", "handler": "h-1"});
+        assert_eq!(Validator::default().validate(v.clone()).unwrap().hops(), 1, "a follow-up from before hops");
+        v["metadata"]["caused_by"]["hops"] = json!(7);
+        assert_eq!(Validator::default().validate(v.clone()).unwrap().hops(), 7);
+        v["metadata"]["caused_by"] = json!({"event_id": "../x", "handler": "a b", "hops": -1});
+        let paths: Vec<String> = Validator::default().problems(&v).into_iter().map(|p| p.path).collect();
+        assert_eq!(paths, ["metadata.caused_by.event_id", "metadata.caused_by.handler", "metadata.caused_by.hops"]);
+        v["metadata"]["caused_by"] = json!("evt");
+        assert!(Validator::default().validate(v).is_err());
     }
 
     #[test]

@@ -152,6 +152,12 @@ pub fn run(req: &Request) -> Result<Value> {
         backoff_ms: 0,
         concurrency: 1,
         settings: req.settings.clone(),
+        // A test run shows what the component emits; the trust limits of a
+        // configured handler are the dispatcher's to enforce.
+        emits: None,
+        max_priority: crate::event::Priority::Critical,
+        may_set_source: true,
+        may_set_master: true,
     };
     let sandbox =
         Sandbox::new(&root, req.validator.clone(), req.limits.fuel.is_some())?.with_cache_dir(req.cache_dir.clone());
@@ -419,13 +425,15 @@ fn short(v: &Value) -> String {
 
 /// Prints a report for people.
 pub fn print_text(report: &Value, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    // Everything in a report but the numbers came from the guest or the event.
+    use crate::text::{Escaped, escape_lines};
     let h = &report["handler"];
     writeln!(
         out,
         "component {}\n  {} v{} (sha256 {}), loaded in {} ms{}",
-        report["component"].as_str().unwrap_or(""),
-        h["name"].as_str().unwrap_or("?"),
-        h["version"].as_str().unwrap_or("?"),
+        Escaped(report["component"].as_str().unwrap_or("")),
+        Escaped(h["name"].as_str().unwrap_or("?")),
+        Escaped(h["version"].as_str().unwrap_or("?")),
         report["sha256"].as_str().map_or("", |s| &s[..12.min(s.len())]),
         report["load_ms"],
         if report["compiled_from_cache"] == true { " from the compiled cache" } else { " (compiled now)" },
@@ -437,25 +445,27 @@ pub fn print_text(report: &Value, out: &mut impl std::io::Write) -> std::io::Res
             "\nevent {}/{}  {}  {} {}",
             i + 1,
             runs.len(),
-            r["event_file"].as_str().unwrap_or(""),
-            r["event_type"].as_str().unwrap_or(""),
-            r["event_id"].as_str().unwrap_or("")
+            Escaped(r["event_file"].as_str().unwrap_or("")),
+            Escaped(r["event_type"].as_str().unwrap_or("")),
+            Escaped(r["event_id"].as_str().unwrap_or(""))
         )?;
         if let Some(w) = r["warning"].as_str() {
-            writeln!(out, "  warning  {w}")?;
+            writeln!(out, "  warning  {}", Escaped(w))?;
         }
         match r["outcome"].as_str() {
-            Some("ok") => writeln!(out, "  outcome  ok: {}", r["summary"].as_str().unwrap_or(""))?,
-            Some(kind) => writeln!(out, "  outcome  FAILED ({kind}): {}", r["error"].as_str().unwrap_or(""))?,
+            Some("ok") => writeln!(out, "  outcome  ok: {}", Escaped(r["summary"].as_str().unwrap_or("")))?,
+            Some(kind) => {
+                writeln!(out, "  outcome  FAILED ({}): {}", Escaped(kind), Escaped(r["error"].as_str().unwrap_or("")))?
+            }
             None => {}
         }
         for e in r["emitted"].as_array().into_iter().flatten() {
             writeln!(
                 out,
                 "  emitted  {} ({}) {}",
-                e["event_type"].as_str().unwrap_or(""),
-                e["priority"].as_str().unwrap_or(""),
-                short(&e["payload"])
+                Escaped(e["event_type"].as_str().unwrap_or("")),
+                Escaped(e["priority"].as_str().unwrap_or("")),
+                Escaped(&short(&e["payload"]))
             )?;
         }
         for (path, f) in r["files"].as_object().into_iter().flatten() {
@@ -465,25 +475,25 @@ pub fn print_text(report: &Value, out: &mut impl std::io::Write) -> std::io::Res
                 _ => '~',
             };
             let bytes = f["bytes"].as_u64().map(|b| format!(" ({b} bytes)")).unwrap_or_default();
-            writeln!(out, "  wrote    {sign} {path}{bytes}")?;
+            writeln!(out, "  wrote    {sign} {}{bytes}", Escaped(path))?;
         }
         for l in r["logs"].as_array().into_iter().flatten() {
             writeln!(
                 out,
                 "  log      {:<5} {}",
                 l["level"].as_str().unwrap_or(""),
-                l["message"].as_str().unwrap_or("")
+                Escaped(l["message"].as_str().unwrap_or(""))
             )?;
         }
         for stream in ["stdout", "stderr"] {
-            for line in r[stream].as_str().unwrap_or("").lines().take(20) {
+            for line in escape_lines(r[stream].as_str().unwrap_or("")).take(20) {
                 writeln!(out, "  {stream:<8} {line}")?;
             }
         }
         writeln!(out, "  took     {} ms", r["duration_ms"])?;
     }
     if let Some(k) = report["kept_root"].as_str() {
-        writeln!(out, "\nsandbox root kept at {k}")?;
+        writeln!(out, "\nsandbox root kept at {}", Escaped(k))?;
     }
     Ok(())
 }

@@ -23,6 +23,7 @@
 //! - [`schedule`]: `[schedules]`: timer events that `cortex serve` queues once per tick.
 //! - [`service`]: `cortex serve`: watcher, hot reload, metrics, shutdown, schedules.
 //! - [`status`]: what `cortex status` reports.
+//! - [`text`]: guest and producer text escaped for terminals and log lines.
 
 pub mod config;
 pub mod dispatch;
@@ -42,6 +43,7 @@ pub mod scaffold;
 pub mod schedule;
 pub mod service;
 pub mod status;
+pub mod text;
 
 /// The commented `cortex.toml` that `cortex init` writes.
 pub const DEFAULT_CONFIG: &str = include_str!("default-cortex.toml");

@@ -429,7 +429,7 @@ fn replay(layout: &Layout, args: ReplayArgs) -> Result<ExitCode> {
         write!(out, "{report}")?;
     }
     out.flush()?;
-    Ok(if report.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if report.failed > 0 || !report.refused.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn dlq(layout: &Layout, command: DlqCommand) -> Result<ExitCode> {

@@ -151,7 +151,8 @@ pub fn mark_replay(event: &mut Event, now: &str, handler: Option<&str>) {
 /// nothing was queued.
 pub fn run(queue: &FsQueue, config: &Config, request: &Request, progress: Progress) -> Result<Report> {
     request.check(config)?;
-    let selection = select(queue.layout(), &request.filter, request.origin, progress)?;
+    let validator = config.validator();
+    let selection = select(queue.layout(), &request.filter, request.origin, &validator, progress)?;
     let now = now_rfc3339();
     let mut events = selection.events;
     for e in &mut events {
@@ -169,7 +170,8 @@ pub fn run(queue: &FsQueue, config: &Config, request: &Request, progress: Progre
         selected: 0,
         files_read: selection.files_read.len(),
         full_scan: selection.full_scan,
-        skipped_lines: selection.skipped.iter().map(ToString::to_string).collect(),
+        skipped_lines: selection.skipped.iter().filter(|s| !s.refused).map(ToString::to_string).collect(),
+        refused: selection.skipped.iter().filter(|s| s.refused).map(ToString::to_string).collect(),
         handlers: BTreeMap::new(),
         requeued: 0,
         invocations: 0,
@@ -201,7 +203,7 @@ pub fn run(queue: &FsQueue, config: &Config, request: &Request, progress: Progre
     }
     report.selected = events.len();
     if !request.dry_run && request.mode == Mode::Requeue {
-        requeue(queue, &config.validator(), &events)?;
+        requeue(queue, &validator, &events)?;
         report.requeued = events.len();
     }
     Ok(report)
@@ -224,10 +226,9 @@ fn requeue(queue: &FsQueue, validator: &Validator, events: &[Event]) -> Result<(
     queue.enqueue(events).context("failed to queue the replayed events; none of them was queued")
 }
 
-/// Archived events were validated when they were first queued; what may
-/// have changed since is the config: a custom type dropped, a lower size
-/// limit. Checking those two is enough, and far cheaper than validating
-/// each envelope again.
+/// Selection validated every envelope against the current config; the
+/// replay mark added to each since, so a copy near the size limit may have
+/// grown past it.
 fn still_accepted(validator: &Validator, e: &Event) -> std::result::Result<(), String> {
     if validator.category(&e.event_type).is_none() {
         return Err(format!("type {} is no longer known (declare it under [events] custom_types)", e.event_type));

@@ -1,5 +1,6 @@
 //! `cortex status`: queue depth, the oldest queued event and its age, events
-//! by type in the logs, and the dead-letter count.
+//! by type in the logs, the dead-letter count, and the event loops the
+//! dispatcher cut (dead letters past `dispatch.max_hops`).
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,7 @@ use serde::Serialize;
 
 use crate::journal::{Journal, Skipped};
 use crate::queue::{FsQueue, Queue, now_us};
+use crate::text::Escaped;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -17,6 +19,9 @@ pub struct Status {
     pub delayed_retries: usize,
     pub claimed: usize,
     pub dead_letters: usize,
+    /// Event loops cut at `dispatch.max_hops`, one entry per link that
+    /// closed one (handler, the type it handled, the type it emitted).
+    pub loops: Vec<Loop>,
     pub oldest: Option<Oldest>,
     pub events_by_type: BTreeMap<String, u64>,
     pub logged_events: u64,
@@ -37,6 +42,45 @@ pub struct Oldest {
     pub event_type: String,
     pub priority: String,
     pub age_seconds: f64,
+}
+
+/// An event loop the dispatcher cut: handler `handler`, handling a
+/// `trigger_type` event, emitted an `event_type` event past the hop limit.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Loop {
+    pub handler: String,
+    pub trigger_type: String,
+    pub event_type: String,
+    /// Dead letters of this link.
+    pub count: usize,
+    /// The event id of the latest one, for `cortex dlq show`.
+    pub last_event_id: String,
+}
+
+/// The loops among the dead letters, most frequent first.
+fn loops(layout: &crate::layout::Layout) -> Result<Vec<Loop>> {
+    let mut out: Vec<Loop> = Vec::new();
+    for letter in crate::dlq::list(layout)?.letters {
+        let link = &letter.record["loop"];
+        if !link.is_object() {
+            continue;
+        }
+        let text = |key: &str| link[key].as_str().unwrap_or("?").to_string();
+        let (handler, trigger_type, event_type) = (text("handler"), text("trigger_type"), text("event_type"));
+        let id = letter.event.as_ref().map_or_else(|| letter.key.clone(), |e| e.event_id.clone());
+        match out
+            .iter_mut()
+            .find(|l| (&l.handler, &l.trigger_type, &l.event_type) == (&handler, &trigger_type, &event_type))
+        {
+            Some(l) => {
+                l.count += 1;
+                l.last_event_id = id;
+            }
+            None => out.push(Loop { handler, trigger_type, event_type, count: 1, last_event_id: id }),
+        }
+    }
+    out.sort_by(|a, b| b.count.cmp(&a.count));
+    Ok(out)
 }
 
 /// Gathers the status of one root.
@@ -61,6 +105,7 @@ pub fn gather(queue: &FsQueue) -> Result<Status> {
     let handlers_not_loading = crate::service::running(queue.layout())
         .and_then(|doc| serde_json::from_value(doc["not_loading"].clone()).ok())
         .unwrap_or_default();
+    let loops = if depth.dead_letters > 0 { loops(queue.layout())? } else { Vec::new() };
     Ok(Status {
         root: queue.layout().root().display().to_string(),
         queue_depth: depth.queued,
@@ -68,6 +113,7 @@ pub fn gather(queue: &FsQueue) -> Result<Status> {
         delayed_retries: depth.delayed,
         claimed: depth.claimed,
         dead_letters: depth.dead_letters,
+        loops,
         oldest,
         logged_events: events_by_type.values().sum(),
         events_by_type,
@@ -88,6 +134,22 @@ impl std::fmt::Display for Status {
         }
         writeln!(f, "claimed:       {}", self.claimed)?;
         writeln!(f, "dead letters:  {}", self.dead_letters)?;
+        if !self.loops.is_empty() {
+            let n: usize = self.loops.iter().map(|l| l.count).sum();
+            writeln!(f, "event loops:   {n} cut at dispatch.max_hops (see `cortex dlq show ID`)")?;
+            for l in &self.loops {
+                // Dead-letter files are not validated: escape what they say.
+                writeln!(
+                    f,
+                    "  {:>8}  {}: {} -> {}  (last {})",
+                    l.count,
+                    Escaped(&l.handler),
+                    Escaped(&l.trigger_type),
+                    Escaped(&l.event_type),
+                    Escaped(&l.last_event_id)
+                )?;
+            }
+        }
         match &self.oldest {
             Some(o) => writeln!(
                 f,

@@ -12,3 +12,4 @@ mod schedule;
 mod schema;
 mod service;
 mod store;
+mod trust;

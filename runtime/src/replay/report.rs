@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{Mode, Origin};
+use crate::text::{Escaped, escape_lines};
 
 /// One handler run on one event (direct mode).
 #[derive(Debug, Clone, Serialize)]
@@ -69,6 +70,9 @@ pub struct Report {
     pub files_read: usize,
     pub full_scan: bool,
     pub skipped_lines: Vec<String>,
+    /// Selected lines that are not valid events (edited or forged since
+    /// they were written): never replayed.
+    pub refused: Vec<String>,
     /// Events per handler reached.
     pub handlers: BTreeMap<String, usize>,
     pub requeued: usize,
@@ -117,9 +121,9 @@ impl Report {
                         "{head}  {}  FAILED ({}): {}",
                         r.handler,
                         r.kind.as_deref().unwrap_or("?"),
-                        r.message.as_deref().unwrap_or("")
+                        Escaped(r.message.as_deref().unwrap_or(""))
                     ));
-                    out.extend(r.stderr.lines().map(|l| format!("    stderr: {l}")));
+                    out.extend(escape_lines(&r.stderr).map(|l| format!("    stderr: {l}")));
                 }
             }
         }
@@ -129,6 +133,12 @@ impl Report {
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.refused.is_empty() {
+            writeln!(f, "refused {} selected lines that are not valid events (not replayed):", self.refused.len())?;
+            for r in &self.refused {
+                writeln!(f, "  {r}")?;
+            }
+        }
         let handlers = if self.handlers.is_empty() {
             "no handler".to_string()
         } else {

@@ -1,5 +1,11 @@
 //! Selection: the archive's files a filter can match, read in chunks,
 //! each event once in its latest copy; or the dead-letter queue.
+//!
+//! Every selected event is validated as a producer's would be: an archive
+//! or dead-letter file may have been edited or forged since the host wrote
+//! it, and a replayed event goes back into the queue (whose file names
+//! hold its id) and the handlers. An invalid one is refused, with its file
+//! and line, and never selected.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -12,13 +18,14 @@ use serde::{Deserialize, Serialize};
 
 use super::{Filter, Origin, Progress};
 use crate::dlq;
-use crate::event::Event;
+use crate::event::{Event, Validator};
 use crate::layout::Layout;
 
 /// Bytes read from an archive file at a time.
 const CHUNK: usize = 4 << 20;
 
-/// A line of an archive file that could not be read.
+/// A line of an archive file that could not be read, or held an event
+/// that is not valid (`refused`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Skipped {
     pub file: PathBuf,
@@ -26,15 +33,27 @@ pub struct Skipped {
     pub line: Option<usize>,
     pub offset: u64,
     pub why: String,
+    /// Read, but not a valid event: refused rather than torn.
+    pub refused: bool,
 }
 
 impl std::fmt::Display for Skipped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.refused { "refused" } else { "skipped" };
+        // The reason quotes what the line holds: escaped for the terminal.
+        let why = crate::text::Escaped(&self.why);
         match self.line {
-            Some(n) => write!(f, "{}:{n}: skipped: {}", self.file.display(), self.why),
-            None => write!(f, "{} at byte {}: skipped: {}", self.file.display(), self.offset, self.why),
+            Some(n) => write!(f, "{}:{n}: {what}: {why}", self.file.display()),
+            None if self.refused => write!(f, "{}: {what}: {why}", self.file.display()),
+            None => write!(f, "{} at byte {}: {what}: {why}", self.file.display(), self.offset),
         }
     }
+}
+
+/// An event as a producer's would be checked, or why it is refused.
+fn revalidate(validator: &Validator, e: Event) -> std::result::Result<Event, String> {
+    let value = serde_json::to_value(&e).map_err(|err| format!("does not serialize: {err}"))?;
+    validator.validate(value).map_err(|invalid| format!("not a valid event: {invalid}"))
 }
 
 /// The events a filter selected, and how they were found.
@@ -132,6 +151,9 @@ fn parse_line(line: &str, compact: bool) -> std::result::Result<Event, String> {
     })
 }
 
+/// Takes each event read; `Err` refuses it, saying why.
+type Sink<'s> = dyn FnMut(Event) -> std::result::Result<(), String> + 's;
+
 /// Reads one archive file in chunks, handing each event to `sink`. With a
 /// `needle` (an event id), only lines containing it are parsed, and only
 /// the event with that id is handed on.
@@ -144,7 +166,7 @@ struct Scanner<'a> {
 }
 
 impl Scanner<'_> {
-    fn scan(&mut self, file: &ArchiveFile, needle: Option<&str>, sink: &mut dyn FnMut(Event)) -> Result<()> {
+    fn scan(&mut self, file: &ArchiveFile, needle: Option<&str>, sink: &mut Sink) -> Result<()> {
         let path = &file.path;
         let compact = matches!(file.span, Span::Month(_));
         let mut f = match File::open(path) {
@@ -171,6 +193,7 @@ impl Scanner<'_> {
                         line: needle.is_none().then_some(line_no + 1),
                         offset,
                         why: "partial last line (cut by a crash?)".into(),
+                        refused: false,
                     });
                 }
                 return Ok(());
@@ -196,28 +219,32 @@ impl Scanner<'_> {
         line_no: &mut usize,
         compact: bool,
         needle: Option<&str>,
-        sink: &mut dyn FnMut(Event),
+        sink: &mut Sink,
     ) {
         let mut handle = |this: &mut Self, line: std::result::Result<&str, String>, at: u64, n: usize| {
-            let why = match line {
+            let (why, refused) = match line {
                 Ok(line) => {
                     let line = line.trim_end();
                     if line.is_empty() || needle.is_some_and(|id| !line.contains(id)) {
                         return;
                     }
                     match parse_line(line, compact) {
-                        Ok(e) if needle.is_none_or(|id| e.event_id == id) => return sink(e),
+                        Ok(e) if needle.is_none_or(|id| e.event_id == id) => match sink(e) {
+                            Ok(()) => return,
+                            Err(why) => (why, true),
+                        },
                         Ok(_) => return,
-                        Err(why) => why,
+                        Err(why) => (why, false),
                     }
                 }
-                Err(why) => why,
+                Err(why) => (why, false),
             };
             this.skipped.push(Skipped {
                 file: path.to_path_buf(),
                 line: needle.is_none().then_some(n),
                 offset: at,
                 why,
+                refused,
             });
         };
         match std::str::from_utf8(region) {
@@ -258,24 +285,44 @@ fn id_date(id: &str) -> Option<NaiveDate> {
 /// When `--event-id` names an event that is not there (saying where it
 /// is, if it is queued or dead-lettered), or it does not match the other
 /// filters; when the archive or the dead-letter queue cannot be read.
-pub fn select(layout: &Layout, filter: &Filter, origin: Origin, progress: Progress) -> Result<Selection> {
+/// Events `validator` refuses are not errors: they are listed in
+/// [`Selection::skipped`] as refused.
+pub fn select(
+    layout: &Layout,
+    filter: &Filter,
+    origin: Origin,
+    validator: &Validator,
+    progress: Progress,
+) -> Result<Selection> {
     if origin == Origin::DeadLetters {
         let listing = dlq::list(layout)?;
         let mut c = Collector::default();
+        let mut skipped = Vec::new();
         for l in listing.letters {
             if let Some(e) = l.event.filter(|e| filter.matches(e)) {
-                c.push(e);
+                match revalidate(validator, e) {
+                    Ok(e) => c.push(e),
+                    Err(why) => skipped.push(Skipped { file: l.path, line: None, offset: 0, why, refused: true }),
+                }
             }
         }
         if let Some(id) = &filter.event_id
             && c.events.is_empty()
         {
+            if let Some(refused) = skipped.first() {
+                bail!("event {id} cannot be replayed: {refused}");
+            }
             bail!(
                 "event {id} is not in the dead-letter queue{}; see `cortex dlq list`",
                 if filter.describe().contains(' ') { " (or does not match the other filters)" } else { "" }
             );
         }
-        return Ok(Selection { events: c.events, files_read: vec![layout.dead_letter()], ..Selection::default() });
+        return Ok(Selection {
+            events: c.events,
+            files_read: vec![layout.dead_letter()],
+            skipped,
+            ..Selection::default()
+        });
     }
 
     let files = archive_files(&layout.archive())?;
@@ -291,7 +338,10 @@ pub fn select(layout: &Layout, filter: &Filter, origin: Origin, progress: Progre
                 scanner.total_bytes += picks.iter().map(|&i| files[i].size).sum::<u64>();
                 for i in picks {
                     read[i] = true;
-                    scanner.scan(&files[i], Some(id), &mut |e| *found = Some(e))?;
+                    scanner.scan(&files[i], Some(id), &mut |e| {
+                        *found = Some(revalidate(validator, e)?);
+                        Ok(())
+                    })?;
                 }
                 Ok(())
             };
@@ -319,7 +369,12 @@ pub fn select(layout: &Layout, filter: &Filter, origin: Origin, progress: Progre
                 scan(&mut scanner, (0..files.len()).collect(), &mut found)?;
             }
             match found {
-                None => return Err(not_found(layout, id, scanner.files_read.len())),
+                None => {
+                    if let Some(refused) = scanner.skipped.iter().find(|s| s.refused) {
+                        bail!("event {id} cannot be replayed: {refused}");
+                    }
+                    return Err(not_found(layout, id, scanner.files_read.len()));
+                }
                 Some(e) if !filter.matches(&e) => bail!(
                     "event {id} is archived ({} {} at {}) but does not match the other filters ({}); drop them to select it",
                     e.event_type,
@@ -337,8 +392,9 @@ pub fn select(layout: &Layout, filter: &Filter, origin: Origin, progress: Progre
             for f in picks {
                 scanner.scan(f, None, &mut |e| {
                     if filter.matches(&e) {
-                        c.push(e);
+                        c.push(revalidate(validator, e)?);
                     }
+                    Ok(())
                 })?;
             }
         }

@@ -12,10 +12,16 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::HandlerImports;
 use super::wit;
-use crate::event::{Event, Validator};
+use crate::config::HandlerConfig;
+use crate::event::{Event, Priority, Validator};
+use crate::text::Escaped;
 
-/// Log lines kept per invocation (the rest are counted, not kept).
+/// Log lines kept and forwarded to the host's log per invocation; the rest
+/// are counted and dropped, never forwarded.
 const MAX_LOG_LINES: usize = 1000;
+/// Bytes of log messages kept and forwarded per invocation (the line cap
+/// alone would still let 1000 lines of 4 KiB through).
+const MAX_LOG_BYTES: usize = 256 * 1024;
 /// Longest log line kept, in bytes.
 const MAX_LOG_LINE: usize = 4096;
 
@@ -26,18 +32,32 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// What the handler's config lets it put in the envelope of what it emits.
+struct EmitPolicy {
+    emits: Option<Vec<String>>,
+    max_priority: Priority,
+    may_set_source: bool,
+    may_set_master: bool,
+}
+
 /// Per-invocation context behind the host functions.
 pub struct CallContext {
     handler: String,
     settings: Arc<std::collections::BTreeMap<String, String>>,
     trigger_id: String,
+    trigger_type: String,
     trigger_correlation: Option<String>,
+    trigger_master: Option<String>,
+    trigger_hops: u64,
     validator: Arc<Validator>,
     max_emits: usize,
+    policy: EmitPolicy,
     /// Events the handler emitted, validated, in order.
     pub emitted: Vec<Event>,
     pub logs: Vec<LogLine>,
+    log_bytes: usize,
     dropped_logs: usize,
+    dropped_log_bytes: usize,
 }
 
 impl CallContext {
@@ -47,18 +67,70 @@ impl CallContext {
         trigger: &Event,
         validator: Arc<Validator>,
         max_emits: usize,
+        config: &HandlerConfig,
     ) -> CallContext {
         CallContext {
             handler: handler.to_string(),
             settings,
             trigger_id: trigger.event_id.clone(),
+            trigger_type: trigger.event_type.clone(),
             trigger_correlation: trigger.correlation_id.clone(),
+            trigger_master: trigger.metadata.master.clone(),
+            trigger_hops: trigger.hops(),
             validator,
             max_emits,
+            policy: EmitPolicy {
+                emits: config.emits.clone(),
+                max_priority: config.max_priority,
+                may_set_source: config.may_set_source,
+                may_set_master: config.may_set_master,
+            },
             emitted: Vec::new(),
             logs: Vec::new(),
+            log_bytes: 0,
             dropped_logs: 0,
+            dropped_log_bytes: 0,
         }
+    }
+
+    /// Why the handler's config does not let it emit this, if it does not.
+    fn refusal(&self, new: &wit::NewEvent, priority: Option<Priority>) -> Option<String> {
+        let (name, policy) = (&self.handler, &self.policy);
+        if let Some(patterns) = &policy.emits
+            && !patterns.iter().any(|p| crate::route::glob_match(p, &new.event_type))
+        {
+            return Some(format!(
+                "emit refused: event type {:?} is not in handlers.{name}.emits ({})",
+                new.event_type,
+                patterns.join(", ")
+            ));
+        }
+        if let Some(source) = &new.source
+            && source != name
+            && !policy.may_set_source
+        {
+            return Some(format!(
+                "emit refused: source {source:?} is not this handler's name; leave it unset (it defaults to {name:?}) or set handlers.{name}.may_set_source = true"
+            ));
+        }
+        if let Some(master) = &new.master
+            && Some(master) != self.trigger_master.as_ref()
+            && !policy.may_set_master
+        {
+            return Some(format!(
+                "emit refused: master {master:?} is not the triggering event's ({}); set handlers.{name}.may_set_master = true to allow it",
+                self.trigger_master.as_deref().map_or("none".to_string(), |m| format!("{m:?}"))
+            ));
+        }
+        if let Some(p) = priority
+            && p < policy.max_priority
+        {
+            return Some(format!(
+                "emit refused: priority {p} is above this handler's max_priority {} (handlers.{name}.max_priority)",
+                policy.max_priority
+            ));
+        }
+        None
     }
 
     fn emit(&mut self, new: wit::NewEvent) -> Result<String, String> {
@@ -68,17 +140,20 @@ impl CallContext {
                 self.max_emits
             ));
         }
+        let priority = new.priority.map(|p| match p {
+            wit::Priority::Critical => Priority::Critical,
+            wit::Priority::High => Priority::High,
+            wit::Priority::Medium => Priority::Medium,
+            wit::Priority::Low => Priority::Low,
+        });
+        if let Some(why) = self.refusal(&new, priority) {
+            return Err(why);
+        }
         let payload = match serde_json::from_str::<Value>(&new.payload) {
             Ok(Value::Object(m)) => m,
             Ok(other) => return Err(format!("payload: expected a JSON object, found {}", crate::event::kind(&other))),
             Err(e) => return Err(format!("payload: malformed JSON: {e}")),
         };
-        let priority = new.priority.map(|p| match p {
-            wit::Priority::Critical => crate::event::Priority::Critical,
-            wit::Priority::High => crate::event::Priority::High,
-            wit::Priority::Medium => crate::event::Priority::Medium,
-            wit::Priority::Low => crate::event::Priority::Low,
-        });
         let mut value = crate::event::NewEvent {
             event_type: new.event_type,
             source: new.source.unwrap_or_else(|| self.handler.clone()),
@@ -94,9 +169,13 @@ impl CallContext {
             tags: new.tags,
         }
         .into_value();
+        // Set by the host alone (the guest's new-event has no metadata), so
+        // the dispatcher can trust the hop count to cut event loops.
         let mut caused_by = Map::new();
         caused_by.insert("event_id".into(), Value::String(self.trigger_id.clone()));
+        caused_by.insert("event_type".into(), Value::String(self.trigger_type.clone()));
         caused_by.insert("handler".into(), Value::String(self.handler.clone()));
+        caused_by.insert("hops".into(), Value::from(self.trigger_hops.saturating_add(1)));
         value["metadata"]["caused_by"] = Value::Object(caused_by);
         match self.validator.validate(value) {
             Ok(event) => {
@@ -109,6 +188,13 @@ impl CallContext {
     }
 
     fn log(&mut self, level: wit::Level, mut message: String) {
+        // Past the caps a line is only counted: a flood costs the host a
+        // copy of each line, never a write to its log.
+        if self.logs.len() >= MAX_LOG_LINES || self.log_bytes >= MAX_LOG_BYTES {
+            self.dropped_logs += 1;
+            self.dropped_log_bytes = self.dropped_log_bytes.saturating_add(message.len());
+            return;
+        }
         let name = match level {
             wit::Level::Trace => "trace",
             wit::Level::Debug => "debug",
@@ -116,27 +202,41 @@ impl CallContext {
             wit::Level::Warn => "warn",
             wit::Level::Error => "error",
         };
-        if message.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
+        let limit = MAX_LOG_LINE.min(MAX_LOG_BYTES - self.log_bytes);
+        if message.len() > limit {
+            let mut cut = limit;
             while !message.is_char_boundary(cut) {
                 cut -= 1;
             }
             message.truncate(cut);
             message.push('…');
         }
-        let (handler, event) = (&self.handler, &self.trigger_id);
+        self.log_bytes += message.len();
+        let (handler, event, text) = (&self.handler, &self.trigger_id, Escaped(&message));
         match level {
-            wit::Level::Trace => tracing::trace!(handler, event, "{message}"),
-            wit::Level::Debug => tracing::debug!(handler, event, "{message}"),
-            wit::Level::Info => tracing::info!(handler, event, "{message}"),
-            wit::Level::Warn => tracing::warn!(handler, event, "{message}"),
-            wit::Level::Error => tracing::error!(handler, event, "{message}"),
+            wit::Level::Trace => tracing::trace!(handler, event, "{text}"),
+            wit::Level::Debug => tracing::debug!(handler, event, "{text}"),
+            wit::Level::Info => tracing::info!(handler, event, "{text}"),
+            wit::Level::Warn => tracing::warn!(handler, event, "{text}"),
+            wit::Level::Error => tracing::error!(handler, event, "{text}"),
         }
-        if self.logs.len() < MAX_LOG_LINES {
-            self.logs.push(LogLine { level: name.into(), message });
-        } else {
-            self.dropped_logs += 1;
+        self.logs.push(LogLine { level: name.into(), message });
+    }
+
+    /// Ends the invocation's logging: when lines were dropped over the caps,
+    /// says so once, in the host's log and as the handler's last kept line.
+    pub fn finish_logs(&mut self) {
+        if self.dropped_logs == 0 {
+            return;
         }
+        let message = format!(
+            "{} more log lines ({} bytes) were dropped: over the per-invocation cap of {MAX_LOG_LINES} lines or {} KiB",
+            self.dropped_logs,
+            self.dropped_log_bytes,
+            MAX_LOG_BYTES >> 10
+        );
+        tracing::warn!(handler = %self.handler, event = %self.trigger_id, "{message}");
+        self.logs.push(LogLine { level: "warn".into(), message });
     }
 }
 
@@ -171,5 +271,84 @@ impl HandlerImports for State {
 
     fn config(&mut self, key: String) -> Option<String> {
         self.call.settings.get(&key).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(config: &str) -> CallContext {
+        let config = crate::config::Config::parse(&format!("[handlers.h]\ncomponent='h.wasm'\nevents=['*']\n{config}"))
+            .expect("test config parses");
+        let trigger = Validator::default()
+            .validate(serde_json::json!({"event_id": "evt_20251201_120000_abc123", "event_type": "task.failed",
+                "timestamp": "2025-12-01T12:00:00Z", "source": "s", "metadata": {"master": "m"}}))
+            .expect("test trigger validates");
+        CallContext::new("h", Arc::default(), &trigger, Arc::new(Validator::default()), 10, &config.handlers["h"])
+    }
+
+    fn new_event(event_type: &str) -> wit::NewEvent {
+        wit::NewEvent {
+            event_type: event_type.into(),
+            payload: "{}".into(),
+            source: None,
+            correlation_id: None,
+            priority: None,
+            master: None,
+            tags: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn logs_are_capped_in_lines_and_bytes_and_the_drop_is_told_once() {
+        let mut call = context("");
+        for _ in 0..100_000 {
+            call.log(wit::Level::Info, "x".repeat(4096));
+        }
+        call.finish_logs();
+        let kept: usize = call.logs.iter().map(|l| l.message.len()).sum();
+        assert!(kept <= MAX_LOG_BYTES + 4096, "{kept} bytes kept");
+        let last = &call.logs.last().expect("a line").message;
+        assert!(last.starts_with(&format!("{} more log lines", 100_000 - (call.logs.len() - 1))), "{last}");
+        let mut call = context("");
+        for _ in 0..5000 {
+            call.log(wit::Level::Info, "short".into());
+        }
+        call.finish_logs();
+        assert_eq!(call.logs.len(), MAX_LOG_LINES + 1);
+    }
+
+    #[test]
+    fn emits_stay_within_the_handlers_config() {
+        let mut call = context("emits = ['task.*']");
+        let mut e = new_event("task.created");
+        e.source = Some("h".into());
+        e.master = Some("m".into());
+        e.priority = Some(wit::Priority::High);
+        let id = call.emit(e).expect("its own name, the trigger's master, high: allowed");
+        let emitted = &call.emitted[0];
+        assert_eq!((emitted.event_id.as_str(), emitted.source.as_str()), (id.as_str(), "h"));
+        assert_eq!(emitted.metadata.extra["caused_by"]["hops"], 1);
+        assert_eq!(emitted.metadata.extra["caused_by"]["event_type"], "task.failed");
+
+        let refused = |call: &mut CallContext, e: wit::NewEvent| call.emit(e).expect_err("refused");
+        assert!(refused(&mut call, new_event("system.health_alert")).contains("not in handlers.h.emits"));
+        let mut e = new_event("task.created");
+        e.source = Some("other".into());
+        assert!(refused(&mut call, e).contains("may_set_source"));
+        let mut e = new_event("task.created");
+        e.master = Some("other".into());
+        assert!(refused(&mut call, e).contains("may_set_master"));
+        let mut e = new_event("task.created");
+        e.priority = Some(wit::Priority::Critical);
+        assert!(refused(&mut call, e).contains("max_priority high"));
+
+        let mut call = context("max_priority = 'critical'\nmay_set_source = true\nmay_set_master = true");
+        let mut e = new_event("system.health_alert");
+        e.source = Some("other".into());
+        e.master = Some("other".into());
+        e.priority = Some(wit::Priority::Critical);
+        call.emit(e).expect("allowed by the config");
     }
 }

@@ -339,6 +339,7 @@ impl Sandbox {
                 trigger,
                 self.validator.clone(),
                 limits.max_emits,
+                &loaded.config,
             ),
             stdout,
             stderr,
@@ -419,7 +420,8 @@ impl Sandbox {
             }),
             other => other,
         };
-        let call = state.call;
+        let mut call = state.call;
+        call.finish_logs();
         Invocation { result, emitted: call.emitted, logs: call.logs, stdout, stderr, duration: start.elapsed() }
     }
 }
