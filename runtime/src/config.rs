@@ -100,12 +100,33 @@ pub struct DispatchConfig {
     /// is dead-lettered without running.
     #[serde(default = "default_max_hops")]
     pub max_hops: u32,
+    /// What to do with a component whose `describe()` does not declare
+    /// every event type its `[handlers]` table routes to it.
+    #[serde(default)]
+    pub describe_mismatch: Mismatch,
 }
 
 impl Default for DispatchConfig {
     fn default() -> Self {
-        DispatchConfig { workers: 0, lease_secs: default_lease_secs(), max_hops: default_max_hops() }
+        DispatchConfig {
+            workers: 0,
+            lease_secs: default_lease_secs(),
+            max_hops: default_max_hops(),
+            describe_mismatch: Mismatch::default(),
+        }
     }
+}
+
+/// `dispatch.describe_mismatch`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mismatch {
+    /// The component does not load (at start its events wait; on reload
+    /// the version serving keeps serving).
+    #[default]
+    Refuse,
+    /// It loads, with a warning at every load.
+    Warn,
 }
 
 fn default_lease_secs() -> u64 {

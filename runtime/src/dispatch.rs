@@ -50,7 +50,7 @@ pub fn load_all(sandbox: &Sandbox, config: &Config) -> (BTreeMap<String, Arc<Loa
     let mut out = BTreeMap::new();
     let mut broken = BTreeMap::new();
     for (name, h) in &config.handlers {
-        match sandbox.load(name, h) {
+        match sandbox.load(name, h).and_then(|l| declared(&l, config.dispatch.describe_mismatch).map(|()| l)) {
             Ok(l) => {
                 let load_ms = l.load_time.as_secs_f64() * 1000.0;
                 if l.from_cache {
@@ -68,6 +68,47 @@ pub fn load_all(sandbox: &Sandbox, config: &Config) -> (BTreeMap<String, Arc<Loa
         }
     }
     (out, broken)
+}
+
+/// The event patterns a handler's config routes to it that its component's
+/// `describe()` does not declare (a wrong component swapped in, or a config
+/// that grew without the handler).
+pub fn undeclared(loaded: &Loaded) -> Vec<String> {
+    let declared = &loaded.info.events;
+    loaded
+        .config
+        .events
+        .iter()
+        .filter(|p| !declared.iter().any(|d| d == *p || route::glob_match(d, p)))
+        .cloned()
+        .collect()
+}
+
+/// Applies `dispatch.describe_mismatch` to a loaded handler.
+///
+/// # Errors
+/// Naming the undeclared patterns, when the mode is `refuse`.
+pub fn declared(loaded: &Loaded, mode: crate::config::Mismatch) -> Result<()> {
+    let missing = undeclared(loaded);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let what = format!(
+        "handler {}: cortex.toml routes {} to it, but its component {} declares only {} in describe()",
+        loaded.name,
+        missing.join(", "),
+        loaded.path.display(),
+        if loaded.info.events.is_empty() { "nothing".into() } else { loaded.info.events.join(", ") }
+    );
+    match mode {
+        crate::config::Mismatch::Refuse => Err(anyhow!(
+            "{what}: refused (is it the right component? dispatch.describe_mismatch = \"warn\" loads it anyway)"
+        )),
+        crate::config::Mismatch::Warn => {
+            tracing::warn!("{what}; loading it anyway (dispatch.describe_mismatch = \"warn\")");
+            Ok(())
+        }
+    }
 }
 
 /// Per-handler counters.
@@ -354,8 +395,7 @@ impl Dispatcher {
                         let looped =
                             (!names.is_empty() && claim.event.hops() > u64::from(max_hops)).then_some(max_hops);
                         // An event that is to be dead-lettered anyway does not wait.
-                        let waits_for =
-                            if exhausted.is_some() || looped.is_some() { Vec::new() } else { waits_for };
+                        let waits_for = if exhausted.is_some() || looped.is_some() { Vec::new() } else { waits_for };
                         let names = if exhausted.is_some() || looped.is_some() || !waits_for.is_empty() {
                             Vec::new()
                         } else {

@@ -332,7 +332,11 @@ pub fn main() -> ExitCode {
     // the seed's monitoring expects; other commands only warnings.
     let json_logs = matches!(cli.command, Command::Serve { log_format: LogFormat::Json, .. });
     init_tracing(
-        if matches!(cli.command, Command::Dispatch { .. } | Command::Serve { .. }) { "info" } else { "warn" },
+        if matches!(cli.command, Command::Dispatch { .. } | Command::Serve { .. }) {
+            "info"
+        } else {
+            "warn,cortex::progress=info"
+        },
         json_logs,
     );
     match run(cli) {
@@ -784,7 +788,12 @@ fn handler_test(layout: &Layout, args: TestArgs) -> Result<ExitCode> {
         settings,
         limits,
         validator: Validator::new(validator_types, max_bytes),
-        cache_dir: user_cache_dir(),
+        // A handler of this root: its compiled cache, so a component that
+        // `serve` or `dispatch` compiled is not compiled again.
+        cache_dir: match (&args.handler, std::env::var_os(cortex::sandbox::CACHE_ENV)) {
+            (Some(_), None) => layout.cache(),
+            _ => user_cache_dir(),
+        },
         attempt: args.attempt,
         keep: args.keep,
         name: args.handler,
@@ -834,7 +843,10 @@ fn handlers(layout: &Layout, json: bool, check: bool) -> Result<ExitCode> {
     for (name, h) in &config.handlers {
         let path = sandbox.component_path(h);
         let (loads, sha256, info, error) = match sandbox.load(name, h) {
-            Ok(l) => (true, Some(l.sha256.clone()), Some(l.info.clone()), None),
+            Ok(l) => match cortex::dispatch::declared(&l, config.dispatch.describe_mismatch) {
+                Ok(()) => (true, Some(l.sha256.clone()), Some(l.info.clone()), None),
+                Err(e) => (false, Some(l.sha256.clone()), Some(l.info.clone()), Some(format!("{e:#}"))),
+            },
             Err(e) => (false, cortex::sandbox::sha256_file(&path).ok(), None, Some(format!("{e:#}"))),
         };
         broken += usize::from(!loads);

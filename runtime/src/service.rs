@@ -418,7 +418,8 @@ impl Reloader {
             }
             let loaded = bytes
                 .with_context(|| format!("failed to read component {} of handler {name}", path.display()))
-                .and_then(|b| sandbox.load_bytes(name, h, &path, &b));
+                .and_then(|b| sandbox.load_bytes(name, h, &path, &b))
+                .and_then(|l| dispatch::declared(&l, config.dispatch.describe_mismatch).map(|()| l));
             match loaded {
                 Ok(l) => {
                     tracing::info!(handler = %name, sha256 = %l.sha256, version = %l.info.version, load_ms = l.load_time.as_secs_f64() * 1000.0, "handler reloaded");

@@ -310,3 +310,45 @@ fn compiled_components_are_cached_and_handler_completed_is_logged() -> Result<()
     assert_eq!(std::fs::metadata(root.join(&format!("cache/{}", cache[0])))?.modified()?, modified);
     Ok(())
 }
+
+#[test]
+fn a_component_that_does_not_declare_its_routed_events_is_refused_or_warned_about() -> Result<()> {
+    // The heartbeat component declares worker.heartbeat; routing task.* to it
+    // is the wrong component behind a table.
+    let table = "[handlers.watch]\ncomponent = \"{on-worker-heartbeat}\"\nevents = [\"task.*\"]\n\
+                 grants = [{ dir = \"state/heartbeats\", mode = \"rw\" }]\n";
+    let root = Root::with_handlers(table)?;
+    let out = root.fails(&["handlers", "check"])?;
+    assert!(
+        out.stdout.contains("cortex.toml routes task.* to it") && out.stdout.contains("declares only worker.heartbeat"),
+        "{}",
+        out.stdout
+    );
+    let id = root.emit("task.created", "{}")?;
+    let out = root.run(&["dispatch"])?;
+    assert_eq!(out.code, 4, "refused: its events wait: {}", out.stderr);
+    assert!(root.archived_record(&id)?.is_none() && root.files("events/dead-letter").is_empty());
+    // Told to warn, it loads (and says so) and the event runs.
+    let config = std::fs::read_to_string(root.join("cortex.toml"))?
+        .replace("describe_mismatch = \"refuse\"", "describe_mismatch = \"warn\"");
+    std::fs::write(root.join("cortex.toml"), config)?;
+    let out = root.run(&["dispatch"])?;
+    assert!(out.stderr.contains("loading it anyway"), "{}", out.stderr);
+    assert!(root.archived_record(&id)?.is_some());
+    Ok(())
+}
+
+#[test]
+fn a_first_compile_says_so_before_it_starts() -> Result<()> {
+    let root = Root::with_handlers("[handlers.sink]\ncomponent = \"{noop}\"\nevents = [\"*\"]\n")?;
+    let out = root.run(&["handlers", "check"])?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("compiling handler sink") && out.stderr.contains("not in the compiled cache yet"),
+        "{}",
+        out.stderr
+    );
+    let out = root.run(&["handlers", "check"])?;
+    assert!(!out.stderr.contains("compiling"), "the second load reads the cache: {}", out.stderr);
+    Ok(())
+}

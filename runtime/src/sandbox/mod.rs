@@ -50,6 +50,10 @@ mod bindings {
 use bindings::cortex::events::types as wit;
 use bindings::{Handler, HandlerPre};
 
+/// The tracing target of progress lines (a first compile) that commands
+/// which log only warnings still show.
+pub const PROGRESS: &str = "cortex::progress";
+
 /// Environment variable naming a compiled-component cache directory to use
 /// instead of `<root>/cache/` (shared by several roots, or by tests).
 pub const CACHE_ENV: &str = "CORTEX_CACHE";
@@ -236,7 +240,7 @@ impl Sandbox {
         let start = Instant::now();
         let sha256 = hex(&Sha256::digest(bytes));
         let (component, from_cache) = self
-            .compile(bytes, &sha256)
+            .compile(bytes, &sha256, &format!("handler {name} ({})", path.display()))
             .with_context(|| format!("handler {name}: {} is not a loadable component", path.display()))?;
         let pre = self
             .linker
@@ -268,7 +272,7 @@ impl Sandbox {
     /// The compiled form of a component: from `cache/` when a previous run
     /// compiled the same bytes with a compatible engine, else compiled now
     /// and stored there.
-    fn compile(&self, bytes: &[u8], sha256: &str) -> Result<(Component, bool)> {
+    fn compile(&self, bytes: &[u8], sha256: &str, what: &str) -> Result<(Component, bool)> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
         let cached = self.cache_dir.join(format!("{sha256}-{:016x}.cwasm", h.finish()));
@@ -286,6 +290,13 @@ impl Sandbox {
         if !bytes.starts_with(b"\0asm") {
             bail!("not a WebAssembly file (no \\0asm header)");
         }
+        // A 12-18 MB Python or JavaScript component compiles for seconds:
+        // say so before, not after.
+        tracing::info!(
+            target: PROGRESS,
+            "compiling {what}, {:.1} MB, not in the compiled cache yet (a Python or JavaScript component takes several seconds; later loads read it from the cache)",
+            bytes.len() as f64 / 1e6
+        );
         let component = Component::from_binary(&self.engine, bytes).map_err(anyhow_err)?;
         if let Ok(serialized) = component.serialize() {
             let stored = std::fs::create_dir_all(&self.cache_dir)
