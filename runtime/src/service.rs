@@ -52,7 +52,9 @@ pub fn status_file(layout: &Layout) -> PathBuf {
 pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output = ()>) -> Result<()> {
     let started = Instant::now();
     let config = Arc::new(Config::load(layout.root())?);
-    let queue = Arc::new(FsQueue::open(layout.clone(), config.validator())?);
+    let queue = Arc::new(
+        FsQueue::open(layout.clone(), config.validator())?.with_archive_retention(config.archive.retention_days),
+    );
     let dispatcher = Arc::new(dispatch::prepare(queue.clone(), layout.root(), config.clone())?);
     let metrics = dispatcher.metrics();
     let reloader = Arc::new(Reloader::new(layout.clone(), dispatcher.clone(), config));
