@@ -215,7 +215,8 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
         .open(from)
         .with_context(|| format!("failed to open directory {} (without following links)", from.display()))?;
-    let rd = std::fs::read_dir(beneath::proc_path(&handle)).with_context(|| format!("failed to list {}", from.display()))?;
+    let rd =
+        std::fs::read_dir(beneath::proc_path(&handle)).with_context(|| format!("failed to list {}", from.display()))?;
     for entry in rd {
         let entry = entry.with_context(|| format!("failed to list {}", from.display()))?;
         let (src, dst) = (from.join(entry.file_name()), to.join(entry.file_name()));

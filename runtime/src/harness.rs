@@ -291,10 +291,8 @@ fn walk(root: &Path, path: &Path, out: &mut BTreeMap<String, FileState>) {
         out.insert(rel, FileState::Link { target });
     } else if kind.is_dir() {
         // Listed through a descriptor opened without following a link.
-        let Ok(dir) = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-            .open(path)
+        let Ok(dir) =
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(path)
         else {
             return;
         };

@@ -569,7 +569,8 @@ fn init(layout: &Layout, handlers: Option<PathBuf>) -> Result<ExitCode> {
 
 fn open(layout: &Layout) -> Result<(Config, FsQueue)> {
     let config = Config::load(layout.root())?;
-    let queue = FsQueue::open(layout.clone(), config.validator())?.with_archive_retention(config.archive.retention_days);
+    let queue =
+        FsQueue::open(layout.clone(), config.validator())?.with_archive_retention(config.archive.retention_days);
     Ok((config, queue))
 }
 

@@ -806,9 +806,9 @@ impl Queue for FsQueue {
             }
             return Err(e);
         }
-        let cleanup = batch.iter().any(|s| {
-            matches!(s.verdict, Verdict::Ack(_)) && s.claim.event.event_type == "system.cleanup_needed"
-        });
+        let cleanup = batch
+            .iter()
+            .any(|s| matches!(s.verdict, Verdict::Ack(_)) && s.claim.event.event_type == "system.cleanup_needed");
         self.apply(commit, "settle")?;
         if cleanup && let Err(e) = self.prune_archive() {
             tracing::warn!(error = %format!("{e:#}"), "failed to apply the archive retention");

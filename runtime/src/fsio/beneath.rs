@@ -103,16 +103,13 @@ fn refused(e: std::io::Error, path: &Path) -> anyhow::Error {
             let target = std::fs::read_link(path).map(|t| format!(" (-> {})", t.display())).unwrap_or_default();
             anyhow::anyhow!("refusing to follow the symlink {}{target}", path.display())
         }
-        Some(libc::ENOTDIR) => {
-            match std::fs::symlink_metadata(path) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    let target =
-                        std::fs::read_link(path).map(|t| format!(" (-> {})", t.display())).unwrap_or_default();
-                    anyhow::anyhow!("refusing to follow the symlink {}{target}", path.display())
-                }
-                _ => anyhow::anyhow!("{} is not a directory", path.display()),
+        Some(libc::ENOTDIR) => match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(path).map(|t| format!(" (-> {})", t.display())).unwrap_or_default();
+                anyhow::anyhow!("refusing to follow the symlink {}{target}", path.display())
             }
-        }
+            _ => anyhow::anyhow!("{} is not a directory", path.display()),
+        },
         _ => anyhow::Error::new(e).context(format!("failed to open {}", path.display())),
     }
 }
