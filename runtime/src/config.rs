@@ -24,6 +24,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub dispatch: DispatchConfig,
+    #[serde(default)]
+    pub archive: ArchiveConfig,
     /// Handlers by name, in name order.
     #[serde(default)]
     pub handlers: BTreeMap<String, HandlerConfig>,
@@ -136,6 +138,33 @@ fn default_max_hops() -> u32 {
     16
 }
 
+/// Archive days kept by default.
+pub const DEFAULT_RETENTION_DAYS: u64 = 30;
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Days an archive day file is kept after its last append (not after
+    /// the date in its name, which is the events' own date); 0 keeps
+    /// everything.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u64,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig { retention_days: DEFAULT_RETENTION_DAYS }
+    }
+}
+
+fn default_retention_days() -> u64 {
+    DEFAULT_RETENTION_DAYS
+}
+
+/// Top-level entries of a root that belong to the runtime: a grant inside
+/// one of them needs `unsafe_allow` (the archive may be granted read-only).
+pub const RESERVED_DIRS: &[&str] = &["events", "cache", "handlers", "run", CONFIG_FILE];
+
 /// Access a handler has to one directory under the root.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -150,6 +179,30 @@ pub struct Grant {
     /// A directory relative to the root; the handler sees it at `/<dir>`.
     pub dir: String,
     pub mode: Access,
+    /// Grants a directory the runtime itself uses (`events/...`, `cache`,
+    /// `handlers`, `run`, the whole root): a handler could then damage the
+    /// queue or replace compiled code the host loads. Only with this set,
+    /// and `cortex handlers check` warns about it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unsafe_allow: bool,
+}
+
+impl Grant {
+    /// The grant's directory as plain components (`.` and slashes dropped).
+    pub fn parts(&self) -> Vec<&str> {
+        self.dir.split('/').filter(|p| !p.is_empty() && *p != ".").collect()
+    }
+
+    /// Whether this grant reaches into the runtime's own files (see
+    /// [`RESERVED_DIRS`]); the archive read-only is not.
+    pub fn is_reserved(&self) -> bool {
+        let parts = self.parts();
+        match parts.first() {
+            None => true,
+            Some(_) if parts == ["events", "archive"] && self.mode == Access::Ro => false,
+            Some(first) => RESERVED_DIRS.contains(first),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -304,7 +357,40 @@ impl Config {
             ),
             Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
         };
-        Config::parse(&text).with_context(|| format!("invalid configuration in {}", path.display()))
+        let config = Config::parse(&text).with_context(|| format!("invalid configuration in {}", path.display()))?;
+        config.check_grants_on_disk(root).with_context(|| format!("invalid configuration in {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Refuses a grant whose path under `root` passes through a symlink
+    /// (one a handler planted resolves outside the root, or into another
+    /// handler's grant). Missing directories are fine: they are created,
+    /// without following links, when the handler first runs.
+    ///
+    /// # Errors
+    /// Naming the handler, the grant and the link.
+    pub fn check_grants_on_disk(&self, root: &Path) -> Result<()> {
+        for (name, h) in &self.handlers {
+            for g in &h.grants {
+                let mut at = root.to_path_buf();
+                for part in g.parts() {
+                    at.push(part);
+                    match std::fs::symlink_metadata(&at) {
+                        Ok(m) if m.file_type().is_symlink() => {
+                            let target = std::fs::read_link(&at).map(|t| t.display().to_string()).unwrap_or_default();
+                            bail!(
+                                "handlers.{name}.grants: dir {:?} passes through the symlink {} (-> {target}), which may resolve outside the root or into another grant; remove the link",
+                                g.dir,
+                                at.display()
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Parses and checks configuration text.
@@ -383,6 +469,13 @@ impl Config {
             }
             for g in &h.grants {
                 check_grant_dir(&g.dir).with_context(|| format!("handlers.{name}.grants: dir {:?}", g.dir))?;
+                if g.is_reserved() && !g.unsafe_allow {
+                    bail!(
+                        "handlers.{name}.grants: dir {:?} is the runtime's own ({}); a handler granted it could damage the queue or replace code the host runs. Grant a directory under state/ instead, or add `unsafe_allow = true` to this grant if you really mean it",
+                        g.dir,
+                        if g.parts().is_empty() { "the whole root".to_string() } else { format!("{}/", g.parts()[0]) }
+                    );
+                }
             }
             if h.max_attempts == 0 {
                 bail!("handlers.{name}.max_attempts: must be at least 1");
@@ -404,6 +497,33 @@ impl Config {
                 }
             }
         }
+        self.check_overlaps()
+    }
+
+    /// Refuses two grants (of one handler or of two) where one contains
+    /// the other and either is read-write: the writer could plant a symlink
+    /// where the other grant's directory is, or swap it, and read-write
+    /// access to a directory another handler owns is not isolation.
+    /// The same directory read-only twice is fine.
+    fn check_overlaps(&self) -> Result<()> {
+        let grants: Vec<(&str, &Grant)> =
+            self.handlers.iter().flat_map(|(n, h)| h.grants.iter().map(move |g| (n.as_str(), g))).collect();
+        for (i, (a_name, a)) in grants.iter().enumerate() {
+            for (b_name, b) in &grants[i + 1..] {
+                let (pa, pb) = (a.parts(), b.parts());
+                let nested = pa.starts_with(&pb) || pb.starts_with(&pa);
+                let writes = a.mode == Access::Rw || b.mode == Access::Rw;
+                if nested && writes {
+                    bail!(
+                        "handlers.{a_name}.grants: dir {:?} ({}) overlaps dir {:?} ({}) of handler {b_name}; a read-write grant must not contain, or sit inside, another grant",
+                        a.dir,
+                        mode_name(a.mode),
+                        b.dir,
+                        mode_name(b.mode)
+                    );
+                }
+            }
+        }
         Ok(())
     }
 
@@ -417,6 +537,13 @@ impl Config {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             n => n,
         }
+    }
+}
+
+fn mode_name(mode: Access) -> &'static str {
+    match mode {
+        Access::Ro => "ro",
+        Access::Rw => "rw",
     }
 }
 
@@ -464,6 +591,46 @@ mod tests {
             let err = format!("{:#}", Config::parse(&text).unwrap_err());
             assert!(err.contains("inside the root"), "{dir}: {err}");
         }
+    }
+
+    fn with_grants(handlers: &[(&str, &str)]) -> Result<Config> {
+        let mut text = String::new();
+        for (name, grants) in handlers {
+            text.push_str(&format!("[handlers.{name}]\ncomponent='a.wasm'\nevents=['x.y']\ngrants=[{grants}]\n"));
+        }
+        Config::parse(&text)
+    }
+
+    #[test]
+    fn runtime_dirs_need_an_explicit_opt_in() {
+        for dir in [".", "events", "events/archive", "events/queue", "cache", "handlers", "run", "cortex.toml"] {
+            let err = format!("{:#}", with_grants(&[("a", &format!("{{dir={dir:?}, mode='rw'}}"))]).unwrap_err());
+            assert!(err.contains("runtime's own") && err.contains("unsafe_allow"), "{dir}: {err}");
+            let c = with_grants(&[("a", &format!("{{dir={dir:?}, mode='rw', unsafe_allow=true}}"))]).unwrap();
+            assert!(c.handlers["a"].grants[0].unsafe_allow, "{dir}");
+        }
+        for dir in ["cache", "events", "events/queue", "."] {
+            assert!(with_grants(&[("a", &format!("{{dir={dir:?}, mode='ro'}}"))]).is_err(), "{dir} ro");
+        }
+        with_grants(&[("a", "{dir='events/archive', mode='ro'}")]).unwrap();
+        with_grants(&[("a", "{dir='state/a', mode='rw'}"), ("b", "{dir='reports', mode='rw'}")]).unwrap();
+    }
+
+    #[test]
+    fn read_write_grants_must_not_overlap() {
+        for (a, b) in [
+            ("{dir='state', mode='rw'}", "{dir='state/b', mode='ro'}"),
+            ("{dir='state/b', mode='rw'}", "{dir='state', mode='ro'}"),
+            ("{dir='state/x', mode='rw'}", "{dir='./state/x/', mode='rw'}"),
+            ("{dir='state/x', mode='ro'}", "{dir='state/x', mode='rw'}"),
+        ] {
+            let err = format!("{:#}", with_grants(&[("a", a), ("b", b)]).unwrap_err());
+            assert!(err.contains("overlaps"), "{a} {b}: {err}");
+            let both = format!("{a}, {b}");
+            assert!(with_grants(&[("a", &both)]).is_err(), "one handler: {both}");
+        }
+        with_grants(&[("a", "{dir='state/x', mode='ro'}"), ("b", "{dir='state/x', mode='ro'}")]).unwrap();
+        with_grants(&[("a", "{dir='state/xy', mode='rw'}"), ("b", "{dir='state/x', mode='rw'}")]).unwrap();
     }
 
     #[test]

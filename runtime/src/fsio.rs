@@ -12,7 +12,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+
+pub mod beneath;
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -172,33 +174,112 @@ pub fn append_lines(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()
     Ok(())
 }
 
-/// Copies a directory tree (symlinks as symlinks); a missing source is an
-/// empty tree.
+/// Copies a directory tree without following a symlink anywhere: the
+/// source root must be a real directory (a symlink there is refused, named),
+/// links inside are copied as links, files are opened `O_NOFOLLOW` and
+/// copied sparsely (only their data segments; holes stay holes), and nothing
+/// is written through a link that already sits in the destination. A missing
+/// source is an empty tree.
 ///
 /// # Errors
-/// When a directory cannot be listed or created, or an entry copied.
+/// When the source root is a symlink or not a directory, a destination
+/// entry is a symlink, or a directory cannot be listed or created, or an
+/// entry copied.
 pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to).with_context(|| format!("failed to create {}", to.display()))?;
-    let rd = match std::fs::read_dir(from) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("failed to list {}", from.display())),
-    };
+    match std::fs::symlink_metadata(from) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return make_dir(to),
+        Err(e) => return Err(e).with_context(|| format!("failed to stat {}", from.display())),
+        Ok(m) if m.file_type().is_symlink() => {
+            let target = std::fs::read_link(from).map(|t| t.display().to_string()).unwrap_or_default();
+            bail!("refusing to copy {}: it is a symlink (-> {target}), not a directory", from.display())
+        }
+        Ok(m) if !m.is_dir() => bail!("refusing to copy {}: it is not a directory", from.display()),
+        Ok(_) => {}
+    }
+    copy_dir(from, to)
+}
+
+/// Creates `dir` (and missing parents), refusing one that exists as anything
+/// but a real directory.
+fn make_dir(dir: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => bail!("refusing to copy into {}: it exists and is not a directory (a symlink?)", dir.display()),
+        Err(_) => {}
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("failed to create {}", parent.display()))?;
+    }
+    std::fs::create_dir(dir).with_context(|| format!("failed to create {}", dir.display()))
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    make_dir(to)?;
+    // Listed through a descriptor opened without following a link, so a
+    // directory swapped for a symlink after the check is refused, not read.
+    let handle = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(from)
+        .with_context(|| format!("failed to open directory {} (without following links)", from.display()))?;
+    let rd =
+        std::fs::read_dir(beneath::proc_path(&handle)).with_context(|| format!("failed to list {}", from.display()))?;
     for entry in rd {
         let entry = entry.with_context(|| format!("failed to list {}", from.display()))?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let (src, dst) = (from.join(entry.file_name()), to.join(entry.file_name()));
         let kind = entry.file_type().with_context(|| format!("failed to stat {}", src.display()))?;
         if kind.is_dir() {
-            copy_tree(&src, &dst)?;
+            copy_dir(&src, &dst)?;
         } else if kind.is_symlink() {
             let target = std::fs::read_link(&src).with_context(|| format!("failed to read link {}", src.display()))?;
-            let _ = std::fs::remove_file(&dst);
+            remove_entry(&dst)?;
             std::os::unix::fs::symlink(&target, &dst)
                 .with_context(|| format!("failed to copy link {}", src.display()))?;
-        } else {
-            std::fs::copy(&src, &dst)
+        } else if kind.is_file() {
+            remove_entry(&dst)?;
+            copy_file_sparse(&src, &dst)
                 .with_context(|| format!("failed to copy {} to {}", src.display(), dst.display()))?;
         }
+        // Sockets, FIFOs and devices are not copied: a guest cannot make them
+        // and reading one could block.
     }
+    Ok(())
+}
+
+/// Removes a destination file or link (never following it) so the copy
+/// creates a fresh one; a directory there is an error.
+fn remove_entry(dst: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(dst) {
+        Ok(m) if m.is_dir() => bail!("refusing to replace the directory {} with a file", dst.display()),
+        Ok(_) => std::fs::remove_file(dst).with_context(|| format!("failed to replace {}", dst.display())),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Copies one regular file: opened without following a link, written to a
+/// new file (`O_EXCL`), only the data segments copied, so a sparse file
+/// stays sparse instead of being written out densely.
+///
+/// # Errors
+/// When either file cannot be opened, read or written.
+pub fn copy_file_sparse(src: &Path, dst: &Path) -> std::io::Result<()> {
+    let mut input = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(src)?;
+    let meta = input.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut output =
+        OpenOptions::new().write(true).create_new(true).mode(0o644).custom_flags(libc::O_NOFOLLOW).open(dst)?;
+    let len = meta.len();
+    for (offset, size) in beneath::data_segments(&input, len)? {
+        input.seek(SeekFrom::Start(offset))?;
+        output.seek(SeekFrom::Start(offset))?;
+        let copied = std::io::copy(&mut (&mut input).take(size), &mut output)?;
+        if copied < size {
+            // The file shrank while being copied: keep what was there.
+            break;
+        }
+    }
+    output.set_len(len)?;
     Ok(())
 }

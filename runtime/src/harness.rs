@@ -135,7 +135,7 @@ pub fn run(req: &Request) -> Result<Value> {
     }
     for g in &req.grants {
         let dir = root.join(&g.dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+        crate::fsio::beneath::open_dir(&root, Path::new(&g.dir), crate::fsio::beneath::Create::Yes)?;
         if let Some(seed) = &g.seed {
             copy_seed(seed, &dir)
                 .with_context(|| format!("failed to copy {} into the sandbox's {}", seed.display(), g.dir))?;
@@ -146,7 +146,7 @@ pub fn run(req: &Request) -> Result<Value> {
     let config = HandlerConfig {
         component: component.clone(),
         events: vec!["*".into()],
-        grants: req.grants.iter().map(|g| Grant { dir: g.dir.clone(), mode: g.mode }).collect(),
+        grants: req.grants.iter().map(|g| Grant { dir: g.dir.clone(), mode: g.mode, unsafe_allow: true }).collect(),
         limits: req.limits.clone(),
         max_attempts: 1,
         backoff_ms: 0,
@@ -267,13 +267,18 @@ fn run_report(
     Value::Object(run)
 }
 
+/// What a snapshot saw at one path: a regular file (its apparent length,
+/// the bytes allocated to it, and a hash of its data segments) or a symlink
+/// (never followed).
 #[derive(PartialEq)]
-struct FileState {
-    len: u64,
-    sha256: [u8; 32],
+enum FileState {
+    File { len: u64, allocated: u64, sha256: [u8; 32] },
+    Link { target: String },
 }
 
-/// Every file under the grants, by root-relative path.
+/// Every file and symlink under the grants, by root-relative path; nothing
+/// is read through a link, and a grant directory that is itself a link (a
+/// handler replaced it) is reported as that link.
 fn snapshot(root: &Path, grants: &[GrantSpec]) -> BTreeMap<String, FileState> {
     let mut out = BTreeMap::new();
     for g in grants {
@@ -282,20 +287,61 @@ fn snapshot(root: &Path, grants: &[GrantSpec]) -> BTreeMap<String, FileState> {
     out
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, FileState>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(kind) = entry.file_type() else { continue };
-        if kind.is_dir() {
-            walk(root, &path, out);
-        } else if kind.is_file() {
-            let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
-            if let Ok(bytes) = std::fs::read(&path) {
-                out.insert(rel, FileState { len: bytes.len() as u64, sha256: Sha256::digest(&bytes).into() });
+fn walk(root: &Path, path: &Path, out: &mut BTreeMap<String, FileState>) {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let rel = path.strip_prefix(root).unwrap_or(path).to_string_lossy().into_owned();
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        let target = std::fs::read_link(path).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+        out.insert(rel, FileState::Link { target });
+    } else if kind.is_dir() {
+        // Listed through a descriptor opened without following a link.
+        let Ok(dir) =
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(path)
+        else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(crate::fsio::beneath::proc_path(&dir)) else { return };
+        for entry in entries.flatten() {
+            walk(root, &path.join(entry.file_name()), out);
+        }
+    } else if kind.is_file() {
+        let Ok(file) = open_nofollow(path) else { return };
+        let Ok(meta) = file.metadata() else { return };
+        let Ok(sha256) = hash_data(&file, meta.len()) else { return };
+        out.insert(rel, FileState::File { len: meta.len(), allocated: meta.blocks() * 512, sha256 });
+    }
+}
+
+fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)
+}
+
+/// A hash of a file's data segments and where they sit: holes are not read,
+/// so a sparse file of gigabytes costs what its data does.
+fn hash_data(file: &std::fs::File, len: u64) -> std::io::Result<[u8; 32]> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut h = Sha256::new();
+    h.update(len.to_le_bytes());
+    let mut f = file;
+    let mut buf = vec![0u8; 64 * 1024];
+    for (offset, size) in crate::fsio::beneath::data_segments(file, len)? {
+        h.update(offset.to_le_bytes());
+        f.seek(SeekFrom::Start(offset))?;
+        let mut left = size;
+        while left > 0 {
+            let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+            let n = f.read(&mut buf[..want])?;
+            if n == 0 {
+                break;
             }
+            h.update(&buf[..n]);
+            left -= n as u64;
         }
     }
+    Ok(h.finalize().into())
 }
 
 fn file_changes(
@@ -312,11 +358,22 @@ fn file_changes(
         };
         let mut entry = Map::new();
         entry.insert("change".into(), json!(change));
-        entry.insert("bytes".into(), json!(state.len));
-        if state.len <= MAX_SHOWN_FILE
-            && let Ok(bytes) = std::fs::read(root.join(path))
-        {
-            show_content(path, &bytes, &mut entry);
+        match state {
+            FileState::Link { target } => {
+                entry.insert("symlink".into(), json!(target));
+            }
+            FileState::File { len, allocated, .. } => {
+                entry.insert("bytes".into(), json!(len));
+                // Apparent length far beyond what is stored: a sparse file.
+                if *allocated < *len && len - allocated >= 4096 {
+                    entry.insert("sparse".into(), json!(true));
+                    entry.insert("allocated_bytes".into(), json!(allocated));
+                } else if *len <= MAX_SHOWN_FILE
+                    && let Ok(bytes) = read_nofollow(&root.join(path))
+                {
+                    show_content(path, &bytes, &mut entry);
+                }
+            }
         }
         out.insert(path.clone(), Value::Object(entry));
     }
@@ -324,6 +381,13 @@ fn file_changes(
         out.insert(path.clone(), json!({"change": "removed"}));
     }
     out
+}
+
+fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    open_nofollow(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// JSON files parsed, JSONL files as a list of parsed lines, other UTF-8 as text.
@@ -474,8 +538,13 @@ pub fn print_text(report: &Value, out: &mut impl std::io::Write) -> std::io::Res
                 Some("removed") => '-',
                 _ => '~',
             };
-            let bytes = f["bytes"].as_u64().map(|b| format!(" ({b} bytes)")).unwrap_or_default();
-            writeln!(out, "  wrote    {sign} {}{bytes}", Escaped(path))?;
+            let what = match (f["symlink"].as_str(), f["bytes"].as_u64(), f["allocated_bytes"].as_u64()) {
+                (Some(target), _, _) => format!(" -> {} (a symlink)", Escaped(target)),
+                (None, Some(b), Some(a)) => format!(" ({b} bytes, sparse: {a} allocated)"),
+                (None, Some(b), None) => format!(" ({b} bytes)"),
+                _ => String::new(),
+            };
+            writeln!(out, "  wrote    {sign} {}{what}", Escaped(path))?;
         }
         for l in r["logs"].as_array().into_iter().flatten() {
             writeln!(

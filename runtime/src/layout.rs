@@ -5,7 +5,9 @@
 //! <root>/events/queue/               pending events, one JSON file each
 //! <root>/events/claimed/             events a dispatcher is working on (leased)
 //! <root>/events/attempts/            delivery records of events that failed before
-//! <root>/events/archive/YYYY-MM-DD.jsonl  processed events with their outcome
+//! <root>/events/archive/YYYY-MM-DD.jsonl  processed events with their outcome, by
+//!                                    the event's date; kept [archive] retention_days
+//!                                    after the file's last append
 //! <root>/events/dead-letter/         events that failed for good, with forensics
 //! <root>/events/tmp/                 files being written; renamed into place when whole
 //! <root>/events/<category>-events.jsonl
@@ -51,7 +53,11 @@ impl Layout {
         self.root.join("events/attempts")
     }
     pub fn archive(&self) -> PathBuf {
-        self.root.join("events/archive")
+        self.root.join(Layout::archive_rel())
+    }
+    /// The archive relative to the root, for opening it from a root handle.
+    pub fn archive_rel() -> &'static Path {
+        Path::new("events/archive")
     }
     pub fn dead_letter(&self) -> PathBuf {
         self.root.join("events/dead-letter")

@@ -577,7 +577,8 @@ fn init(layout: &Layout, handlers: Option<PathBuf>) -> Result<ExitCode> {
 
 fn open(layout: &Layout) -> Result<(Config, FsQueue)> {
     let config = Config::load(layout.root())?;
-    let queue = FsQueue::open(layout.clone(), config.validator())?;
+    let queue =
+        FsQueue::open(layout.clone(), config.validator())?.with_archive_retention(config.archive.retention_days);
     Ok((config, queue))
 }
 
@@ -858,6 +859,7 @@ fn handlers(layout: &Layout, json: bool, check: bool) -> Result<ExitCode> {
             "events": h.events,
             "declared_events": info.as_ref().map(|i| i.events.clone()),
             "grants": h.grants.iter().map(|g| format!("{}:{}", g.dir, if g.mode == cortex::config::Access::Rw { "rw" } else { "ro" })).collect::<Vec<_>>(),
+            "unsafe_grants": h.grants.iter().filter(|g| g.unsafe_allow && g.is_reserved()).map(|g| g.dir.clone()).collect::<Vec<_>>(),
             "loads": loads,
             "error": error,
             "serving_sha256": serving.as_ref().and_then(|s| s["handlers"][name]["sha256"].as_str().map(str::to_string)),
@@ -892,12 +894,23 @@ fn handlers(layout: &Layout, json: bool, check: bool) -> Result<ExitCode> {
             if let Some(e) = r["error"].as_str() {
                 println!("    error:     {e}");
             }
+            for dir in r["unsafe_grants"].as_array().into_iter().flatten().filter_map(|v| v.as_str()) {
+                println!("    warning:   grant {dir} is the runtime's own directory (unsafe_allow = true)");
+            }
             if let Some(s) = r["serving_sha256"].as_str() {
                 println!("    serving:   {s} (in the running cortex serve)");
             }
         }
     }
     if check {
+        for r in &rows {
+            for dir in r["unsafe_grants"].as_array().into_iter().flatten().filter_map(|v| v.as_str()) {
+                eprintln!(
+                    "cortex: warning: handler {} is granted {dir} with unsafe_allow = true: it can damage the queue or the code the host runs there",
+                    r["name"].as_str().unwrap_or("")
+                );
+            }
+        }
         if broken > 0 {
             eprintln!("cortex: {broken} of {} handlers do not load", rows.len());
             return Ok(ExitCode::FAILURE);

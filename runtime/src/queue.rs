@@ -257,6 +257,21 @@ pub struct FsQueue {
     /// Claims this process holds and has not settled: never stale, however
     /// long they wait behind other events.
     held: Mutex<BTreeSet<String>>,
+    /// Archive day files whose last append is older than this are removed
+    /// (`[archive] retention_days`); `None` keeps them forever.
+    archive_retention: Option<Duration>,
+    /// When this process last pruned the archive.
+    last_prune: Mutex<Option<std::time::Instant>>,
+}
+
+/// How often a long-running queue prunes the archive from `recover`.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// What [`FsQueue::prune_archive`] removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Pruned {
+    pub files: Vec<String>,
+    pub bytes: u64,
 }
 
 /// A thread that removes files whose removal need not be durable: a settled
@@ -312,7 +327,78 @@ impl FsQueue {
             pending: Mutex::new(BTreeSet::new()),
             reaper: Mutex::new(None),
             held: Mutex::new(BTreeSet::new()),
+            archive_retention: Some(Duration::from_secs(crate::config::DEFAULT_RETENTION_DAYS * 86_400)),
+            last_prune: Mutex::new(None),
         })
+    }
+
+    /// Keeps archive day files for `days` after their last append (0: forever).
+    #[must_use]
+    pub fn with_archive_retention(mut self, days: u64) -> FsQueue {
+        self.archive_retention = (days > 0).then(|| Duration::from_secs(days.saturating_mul(86_400)));
+        self
+    }
+
+    /// Removes the archive files (`*.jsonl` regular files) whose last append
+    /// — their modification time — is older than the retention. Retention
+    /// goes by when events were archived, never by the date in a day file's
+    /// name (the event's own timestamp): a back-dated event archived today
+    /// stays for the whole retention period. Runs when a dispatcher starts,
+    /// hourly in a long-running one, and after a `system.cleanup_needed`
+    /// event is settled.
+    ///
+    /// # Errors
+    /// When the archive directory cannot be opened (a symlink there is
+    /// refused) or listed.
+    pub fn prune_archive(&self) -> Result<Pruned> {
+        *self.last_prune.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+        let mut out = Pruned::default();
+        let Some(retention) = self.archive_retention else { return Ok(out) };
+        let dir = fsio::beneath::open_dir(self.layout.root(), Layout::archive_rel(), fsio::beneath::Create::No)?;
+        let listing = std::fs::read_dir(fsio::beneath::proc_path(&dir))
+            .with_context(|| format!("failed to list {}", self.layout.archive().display()))?;
+        for entry in listing.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+            // DirEntry::metadata does not follow a symlink.
+            let Ok(meta) = entry.metadata() else { continue };
+            if !name.ends_with(".jsonl") || !meta.is_file() {
+                continue;
+            }
+            let age = meta.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or_default();
+            if age <= retention {
+                continue;
+            }
+            match fsio::beneath::unlink(&dir, &name) {
+                Ok(()) => {
+                    out.bytes += meta.len();
+                    out.files.push(name);
+                }
+                Err(e) => tracing::warn!(file = %name, error = %e, "failed to remove an expired archive file"),
+            }
+        }
+        if !out.files.is_empty() {
+            dir.sync_all().with_context(|| format!("failed to sync {}", self.layout.archive().display()))?;
+            tracing::info!(files = ?out.files, bytes = out.bytes, "removed archive files past their retention");
+        }
+        Ok(out)
+    }
+
+    /// Appends archive lines to the day file `name`, opened under the
+    /// archive directory without following a symlink. A symlink planted in
+    /// its place is removed (never written through) and the file created anew.
+    fn append_archive(dir: &File, name: &str, lines: &[u8]) -> Result<()> {
+        let mut f = match fsio::beneath::open_append(dir, name) {
+            Err(e) if fsio::beneath::is_symlink_error(&e) => {
+                tracing::warn!(file = %name, "removing a symlink planted in place of an archive day file");
+                fsio::beneath::unlink(dir, name)
+                    .with_context(|| format!("failed to remove the symlink events/archive/{name}"))?;
+                fsio::beneath::open_append(dir, name)
+            }
+            other => other,
+        }
+        .with_context(|| format!("failed to open the archive file events/archive/{name}"))?;
+        fsio::beneath::append_to(&mut f, lines, true)
+            .with_context(|| format!("failed to append to events/archive/{name}"))
     }
 
     pub fn layout(&self) -> &Layout {
@@ -321,7 +407,9 @@ impl FsQueue {
 
     /// The archive file of an event: `archive/<date of its timestamp>.jsonl`.
     /// One append-only file per day, not one file per event: the dispatcher
-    /// creates no inode per event, and replaying a day reads one file.
+    /// creates no inode per event, and replaying a day reads one file. The
+    /// name is the event's date (what `replay --date` selects by); retention
+    /// goes by the file's last append instead (see [`FsQueue::prune_archive`]).
     pub fn archive_path(&self, event: &Event) -> PathBuf {
         let date = event.timestamp.get(..10).filter(|d| d.bytes().all(|b| b.is_ascii_digit() || b == b'-'));
         self.layout.archive().join(format!("{}.jsonl", date.unwrap_or("undated")))
@@ -531,12 +619,16 @@ impl FsQueue {
             fsio::sync_dir(dir)?;
         }
         fsio::failpoint(&format!("{stage}.dir-synced"));
-        for (path, lines) in &commit.archive {
-            fsio::append_lines(path, lines, true).with_context(|| format!("failed to append to {}", path.display()))?;
-        }
         if !commit.archive.is_empty() {
+            // Opened from the root without following a link at any step:
+            // handlers never get to redirect the host's appends.
+            let dir = fsio::beneath::open_dir(self.layout.root(), Layout::archive_rel(), fsio::beneath::Create::No)?;
+            for (path, lines) in &commit.archive {
+                let name = path.file_name().and_then(|n| n.to_str()).context("archive file without a name")?;
+                Self::append_archive(&dir, name, lines)?;
+            }
             // A day file may have just been created.
-            fsio::sync_dir(&self.layout.archive())?;
+            dir.sync_all().with_context(|| format!("failed to sync directory {}", self.layout.archive().display()))?;
         }
         fsio::failpoint(&format!("{stage}.archived"));
         self.remember(commit.new_names);
@@ -729,11 +821,22 @@ impl Queue for FsQueue {
             }
             return Err(e);
         }
-        self.apply(commit, "settle")
+        let cleanup = batch
+            .iter()
+            .any(|s| matches!(s.verdict, Verdict::Ack(_)) && s.claim.event.event_type == "system.cleanup_needed");
+        self.apply(commit, "settle")?;
+        if cleanup && let Err(e) = self.prune_archive() {
+            tracing::warn!(error = %format!("{e:#}"), "failed to apply the archive retention");
+        }
+        Ok(())
     }
 
     fn recover(&self, lease: Duration) -> Result<Recovered> {
         let mut out = Recovered::default();
+        let due = self.last_prune.lock().unwrap_or_else(|e| e.into_inner()).is_none_or(|t| t.elapsed() > PRUNE_EVERY);
+        if due && let Err(e) = self.prune_archive() {
+            tracing::warn!(error = %format!("{e:#}"), "failed to apply the archive retention");
+        }
         // Temp files of a writer that died: never visible to readers, only
         // garbage. Anything older than a lease is nobody's work in progress.
         if let Ok(entries) = std::fs::read_dir(self.layout.tmp()) {

@@ -206,38 +206,38 @@ fn heartbeat_reports_each_silence_once() -> Result<()> {
 }
 
 #[test]
-fn cleanup_removes_old_archive_days_and_honours_dry_run() -> Result<()> {
+fn cleanup_reports_the_archive_and_the_host_keeps_it_by_last_append() -> Result<()> {
     let root = Root::new()?;
     let old = "{\"event\": {\"event_id\": \"evt_20200101_000000_aaaaaa\"}, \"outcome\": \"handled\"}\n";
+    let age = |name: &str, days: u64| -> Result<()> {
+        let at = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 86_400 + 60);
+        std::fs::File::options().write(true).open(root.join(&format!("events/archive/{name}")))?.set_modified(at)?;
+        Ok(())
+    };
+    // Last appended to 40 and 35 days ago: past the retention of 30.
     std::fs::write(root.join("events/archive/2020-01-01.jsonl"), old.repeat(3))?;
+    age("2020-01-01.jsonl", 40)?;
+    std::fs::write(root.join("events/archive/2026-11-30.jsonl"), old)?;
+    age("2026-11-30.jsonl", 35)?;
+    // Named for an old date but appended to yesterday: kept.
     std::fs::write(root.join("events/archive/2020-01-02.jsonl"), old)?;
-    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
-    std::fs::write(root.join(&format!("events/archive/{today}.jsonl")), old)?;
-
-    root.emit("system.cleanup_needed", r#"{"retention_days": 30, "dry_run": true}"#)?;
-    dispatched(&root)?;
-    let run = root.read_json("state/cleanup/last-run.json")?;
-    assert_eq!(run["dry_run"], true);
-    assert_eq!(run["files_removed"], 2);
-    assert_eq!(run["events_removed"], 4);
-    assert!(root.join("events/archive/2020-01-01.jsonl").exists(), "dry run removed a file");
+    age("2020-01-02.jsonl", 1)?;
 
     root.emit("system.cleanup_needed", r#"{"retention_days": 30}"#)?;
     dispatched(&root)?;
-    let run = root.read_json("state/cleanup/last-run.json")?;
-    assert_eq!(run["dry_run"], false);
-    assert_eq!(run["files_removed"], 2);
     assert!(!root.join("events/archive/2020-01-01.jsonl").exists());
-    assert!(!root.join("events/archive/2020-01-02.jsonl").exists());
-    assert!(root.join(&format!("events/archive/{today}.jsonl")).exists(), "today's archive must stay");
-    assert_eq!(
-        root.read_json("state/cleanup/history.json")?.as_array().map(Vec::len).or_else(|| root
-            .read_json("state/cleanup/history.json")
-            .ok()?["runs"]
-            .as_array()
-            .map(Vec::len)),
-        Some(2)
-    );
+    assert!(!root.join("events/archive/2026-11-30.jsonl").exists());
+    assert!(root.join("events/archive/2020-01-02.jsonl").exists(), "an archive file appended to yesterday went");
+
+    let run = root.read_json("state/cleanup/last-run.json")?;
+    assert_eq!(run["retention_days"], 30);
+    let names: Vec<&str> = run["files"].as_array().into_iter().flatten().filter_map(|f| f["name"].as_str()).collect();
+    assert!(names.contains(&"2020-01-02.jsonl"), "{run}");
+    assert_eq!(run["files_expired"], 0, "{run}");
+
+    root.emit("system.cleanup_needed", "{}")?;
+    dispatched(&root)?;
+    assert_eq!(root.read_json("state/cleanup/history.json")?["runs"].as_array().map(Vec::len), Some(2));
     Ok(())
 }
 

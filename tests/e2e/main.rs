@@ -4,6 +4,7 @@
 mod crash;
 mod dispatch;
 mod handlers;
+mod host_boundary;
 mod languages;
 mod reliability;
 mod replay;

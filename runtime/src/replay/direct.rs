@@ -75,11 +75,23 @@ pub(super) fn direct(
                 .with_context(|| format!("failed to create {}", dir.path().join(d).display()))?;
         }
         let names: BTreeSet<&str> = plan.iter().flat_map(|(_, hs)| hs.iter().map(String::as_str)).collect();
-        for name in names {
-            for g in &config.handlers[name].grants {
-                fsio::copy_tree(&layout.root().join(&g.dir), &dir.path().join(&g.dir))
-                    .with_context(|| format!("failed to copy grant {} of handler {name} for the dry run", g.dir))?;
+        // Outermost grants first; one inside a grant already copied came with it.
+        let mut grants: Vec<(&str, Vec<&str>)> = names
+            .iter()
+            .flat_map(|name| config.handlers[*name].grants.iter().map(move |g| (*name, g.parts())))
+            .collect();
+        grants.sort_by_key(|(_, parts)| parts.len());
+        let mut copied: Vec<Vec<&str>> = Vec::new();
+        for (name, parts) in grants {
+            if copied.iter().any(|c| parts.starts_with(c)) {
+                continue;
             }
+            let rel = parts.join("/");
+            // copy_tree follows no link: a grant a handler swapped for a
+            // symlink is refused instead of read from (or written onto).
+            fsio::copy_tree(&layout.root().join(&rel), &dir.path().join(&rel))
+                .with_context(|| format!("failed to copy grant {rel} of handler {name} for the dry run"))?;
+            copied.push(parts);
         }
         Some(dir)
     } else {

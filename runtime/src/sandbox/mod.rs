@@ -367,15 +367,22 @@ impl Sandbox {
         Ok(store)
     }
 
+    /// Hands the guest its grant: the directory is opened (and missing parts
+    /// created) from the root one component at a time without following a
+    /// symlink, so a link a handler planted on the path — to `/etc`, or into
+    /// another handler's grant — is refused, not preopened. wasmtime-wasi
+    /// only takes a path, so it gets `/proc/self/fd/N` of the directory
+    /// already opened: exactly that inode, whatever the path names by then.
     fn preopen(&self, wasi: &mut WasiCtxBuilder, grant: &Grant) -> Result<()> {
-        let host = self.root.join(&grant.dir);
-        std::fs::create_dir_all(&host).with_context(|| format!("failed to create {}", host.display()))?;
+        let dir = fsio::beneath::open_dir(&self.root, Path::new(&grant.dir), fsio::beneath::Create::Yes)?;
         let guest = format!("/{}", grant.dir.trim_matches('/'));
         let perms = match grant.mode {
             Access::Ro => FsPerms::ReadOnly,
             Access::Rw => FsPerms::ReadWrite,
         };
-        wasi.preopened_dir(&host, &guest, perms).map_err(anyhow_err)?;
+        // `dir` stays open until wasmtime-wasi has opened its own descriptor.
+        wasi.preopened_dir(fsio::beneath::proc_path(&dir), &guest, perms).map_err(anyhow_err)?;
+        drop(dir);
         Ok(())
     }
 
