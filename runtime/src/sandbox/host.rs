@@ -52,7 +52,7 @@ impl CallContext {
             handler: handler.to_string(),
             settings,
             trigger_id: trigger.event_id.clone(),
-            trigger_correlation: trigger.correlation_id.clone(),
+            trigger_correlation: trigger.correlation_id.clone().filter(|c| !c.is_empty()),
             validator,
             max_emits,
             emitted: Vec::new(),
@@ -87,6 +87,7 @@ impl CallContext {
             // trigger itself when it had none.
             correlation_id: new
                 .correlation_id
+                .filter(|c| !c.is_empty())
                 .or_else(|| self.trigger_correlation.clone())
                 .or_else(|| Some(self.trigger_id.clone())),
             priority,
