@@ -11,3 +11,4 @@ mod sandbox;
 mod schema;
 mod service;
 mod store;
+mod user;
