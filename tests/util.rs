@@ -332,13 +332,20 @@ impl Root {
         Ok(out.stdout.lines().map(str::to_string).collect())
     }
 
-    /// Runs `cortex dispatch --json` and returns its summary.
+    /// Runs `cortex dispatch --json` and returns its summary; requires exit
+    /// code 3 when the run dead-lettered events, else 0.
     pub fn dispatch(&self) -> Result<Value> {
         let out = self.run(&["dispatch", "--json"])?;
-        if out.code != 0 {
+        if out.code != 0 && out.code != 3 {
             bail!("dispatch exited {}:\n{}", out.code, out.stderr);
         }
-        serde_json::from_str(&out.stdout).with_context(|| format!("dispatch printed: {}", out.stdout))
+        let s: Value =
+            serde_json::from_str(&out.stdout).with_context(|| format!("dispatch printed: {}", out.stdout))?;
+        let expected = if s["dead_lettered"].as_u64().unwrap_or(0) > 0 { 3 } else { 0 };
+        if out.code != expected {
+            bail!("dispatch exited {} but should exit {expected} after this run:\n{s}\n{}", out.code, out.stderr);
+        }
+        Ok(s)
     }
 
     /// Dead-letter records.

@@ -60,17 +60,29 @@ impl DeadLetter {
             .or_else(|| std::fs::metadata(&self.path).and_then(|m| m.modified()).ok())
     }
 
-    /// Whether `id` names this dead letter: its event id, key or file name.
-    pub fn is(&self, id: &str) -> bool {
-        self.key == id
-            || self.path.file_name().is_some_and(|n| n == id)
-            || self.event.as_ref().is_some_and(|e| e.event_id == id)
+    /// The event id: the event's, or, for a queue entry that could not be
+    /// read as an event, the id in its key (`{rank}-{µs}-{event_id}`).
+    pub fn event_id(&self) -> Option<&str> {
+        match &self.event {
+            Some(e) => Some(&e.event_id),
+            None => self.key.splitn(3, '-').nth(2).filter(|id| crate::event::is_valid_event_id(id)),
+        }
     }
 
-    /// One line for `dlq list`; text from the event and its handlers is
-    /// escaped for the terminal.
+    /// Whether `id` names this dead letter: its event id, key or file name.
+    pub fn is(&self, id: &str) -> bool {
+        self.key == id || self.path.file_name().is_some_and(|n| n == id) || self.event_id() == Some(id)
+    }
+
+    /// One line for `dlq list`; it starts with what `dlq show` accepts (the
+    /// event id when there is one, else the key), and a reason cut short
+    /// ends in `…`.
     pub fn line(&self) -> String {
-        let reason: String = self.reason().chars().take(100).collect();
+        const SHOWN: usize = 100;
+        let mut reason: String = self.reason().chars().take(SHOWN).collect();
+        if reason.len() < self.reason().len() {
+            reason.push('…');
+        }
         let reason = Escaped(&reason);
         match &self.event {
             Some(e) => format!(
@@ -82,8 +94,9 @@ impl DeadLetter {
                 reason
             ),
             None => format!(
-                "{}  (not an event)  {}  {}",
-                Escaped(&self.key),
+                "{}  (not an event{})  {}  {}",
+                Escaped(self.event_id().unwrap_or(&self.key)),
+                if self.event_id().is_some() { format!("; key {}", Escaped(&self.key)) } else { String::new() },
                 self.record["dead_lettered_at"].as_str().unwrap_or("?"),
                 reason
             ),
@@ -221,11 +234,26 @@ pub fn list(layout: &Layout) -> Result<Listing> {
 fn read(path: &Path) -> Result<DeadLetter> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("failed to read dead letter {}", path.display()))?;
-    let record: Value =
-        serde_json::from_str(&text).with_context(|| format!("dead letter {} is not JSON", path.display()))?;
+    let record: Value = match serde_json::from_str(&text) {
+        Ok(record) => record,
+        // A record of an event nested deeper than the reader goes (accepted
+        // before emits checked nesting): kept listable, showable and
+        // purgeable as raw text instead of a warning on every command.
+        Err(e) if too_deep(&e) => json!({
+            "raw": text,
+            "reason": format!("the dead-letter record is nested too deeply to read ({e}); purge it, or fix it by hand"),
+        }),
+        Err(e) => return Err(e).with_context(|| format!("dead letter {} is not JSON", path.display())),
+    };
     let event = record.get("event").and_then(|e| serde_json::from_value(e.clone()).ok());
     let key = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
     Ok(DeadLetter { key, path: path.to_path_buf(), record, event })
+}
+
+/// Whether serde_json refused a document for nesting deeper than its
+/// recursion limit (it has no error category of its own for it).
+fn too_deep(e: &serde_json::Error) -> bool {
+    e.is_syntax() && e.to_string().contains("recursion limit exceeded")
 }
 
 impl Listing {

@@ -40,6 +40,12 @@ pub const CATALOGUE: [(&str, Category); 18] = [
 /// Default limit on the serialized size of one event (1 MiB).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
 
+/// How deeply `payload` and `metadata` may nest (an object or array inside
+/// another counts one level each; `{}` is one level). Well under the JSON
+/// reader's recursion limit (128), so that every event accepted here can be
+/// read back from the queue, the logs and the archive with its envelope.
+pub const MAX_NESTING: usize = 64;
+
 /// The top-level fields an envelope may carry; anything else is a typo.
 const FIELDS: [&str; 7] = ["event_id", "event_type", "timestamp", "source", "correlation_id", "metadata", "payload"];
 
@@ -226,7 +232,8 @@ impl NewEvent {
         event.insert("event_type".into(), Value::String(self.event_type));
         event.insert("timestamp".into(), Value::String(now.to_rfc3339_opts(SecondsFormat::Millis, false)));
         event.insert("source".into(), Value::String(self.source));
-        if let Some(c) = self.correlation_id {
+        // An empty correlation id is no correlation id.
+        if let Some(c) = self.correlation_id.filter(|c| !c.is_empty()) {
             event.insert("correlation_id".into(), Value::String(c));
         }
         event.insert("metadata".into(), Value::Object(metadata));
@@ -380,7 +387,14 @@ impl Validator {
     ///
     /// # Errors
     /// Every problem found, each with its field path.
-    pub fn validate(&self, value: Value) -> Result<Event, Invalid> {
+    pub fn validate(&self, mut value: Value) -> Result<Event, Invalid> {
+        // An empty correlation id is no correlation id: stored as `""` it
+        // would be inherited by follow-ups instead of the trigger's id.
+        if let Some(obj) = value.as_object_mut()
+            && obj.get("correlation_id").and_then(Value::as_str).is_some_and(|c| c.is_empty())
+        {
+            obj.remove("correlation_id");
+        }
         let problems = self.problems(&value);
         if !problems.is_empty() {
             return Err(Invalid(problems));
@@ -529,8 +543,37 @@ impl Validator {
             None | Some(Value::Object(_)) => {}
             Some(v) => bad("payload", format!("expected an object, found {}", kind(v))),
         }
+        for field in ["metadata", "payload"] {
+            if let Some(v) = obj.get(field) {
+                let depth = nesting(v);
+                if depth > MAX_NESTING {
+                    bad(field, format!("nested {depth} levels deep, over the limit of {MAX_NESTING}"));
+                }
+            }
+        }
         out
     }
+}
+
+/// How deeply a JSON value nests: 0 for a scalar, 1 for `{}` or `[]`, one
+/// more per container inside. Iterative, so no input can exhaust the stack.
+pub fn nesting(v: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 1)];
+    while let Some((v, depth)) = stack.pop() {
+        match v {
+            Value::Array(items) => {
+                deepest = deepest.max(depth);
+                stack.extend(items.iter().map(|i| (i, depth + 1)));
+            }
+            Value::Object(map) => {
+                deepest = deepest.max(depth);
+                stack.extend(map.values().map(|i| (i, depth + 1)));
+            }
+            _ => {}
+        }
+    }
+    deepest
 }
 
 fn check_timestamp(ts: &str) -> Result<(), String> {
@@ -675,6 +718,42 @@ mod tests {
         assert_eq!(paths, ["metadata.caused_by.event_id", "metadata.caused_by.handler", "metadata.caused_by.hops"]);
         v["metadata"]["caused_by"] = json!("evt");
         assert!(Validator::default().validate(v).is_err());
+    }
+
+    #[test]
+    fn deep_payloads_are_refused_with_their_depth() {
+        let mut deep = json!(1);
+        for _ in 0..MAX_NESTING {
+            deep = json!([deep]);
+        }
+        let mut v = good();
+        v["payload"] = json!({"ok": deep.clone()});
+        let err = Validator::default().validate(v).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("payload: nested {} levels deep, over the limit of {MAX_NESTING}", MAX_NESTING + 1)),
+            "{err}"
+        );
+        let mut v = good();
+        v["payload"] = json!({"ok": deep[0].clone()});
+        let e = Validator::default().validate(v).expect("exactly at the limit is fine");
+        // What is accepted can be read back, envelope and all.
+        assert!(Validator::default().parse(&e.to_json()).is_ok());
+        assert_eq!(nesting(&json!({})), 1);
+        assert_eq!(nesting(&json!({"a": [1, {"b": []}]})), 4);
+    }
+
+    #[test]
+    fn an_empty_correlation_id_is_absent() {
+        let mut v = good();
+        v["correlation_id"] = json!("");
+        assert_eq!(Validator::default().validate(v).unwrap().correlation_id, None);
+        let new = NewEvent {
+            event_type: "task.failed".into(),
+            source: "t".into(),
+            correlation_id: Some(String::new()),
+            ..Default::default()
+        };
+        assert!(new.into_value().get("correlation_id").is_none());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! call into the library, print `{:#}` error chains and map them to exit codes.
 
 use std::io::{BufReader, IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -38,14 +38,23 @@ enum Command {
     },
     /// Build, validate, log and queue an event (or a JSONL batch from stdin).
     Emit(EmitArgs),
-    /// Check an event document (FILE, or `-` / nothing for stdin).
-    Validate { file: Option<PathBuf> },
+    /// Check an event document or a JSONL file of events (problems of a
+    /// JSONL file are reported with their line numbers).
+    Validate {
+        /// A file, `-` or nothing for stdin, or the event itself as an
+        /// argument (anything starting with `{`).
+        #[arg(value_name = "FILE|-|EVENT_JSON")]
+        input: Option<String>,
+    },
     /// Queue depth, oldest queued event, events by type, dead letters.
     Status {
         #[arg(long)]
         json: bool,
     },
     /// Process everything queued, including follow-up events, then exit.
+    ///
+    /// Exits 3 when events were dead-lettered in the run (see `cortex dlq
+    /// list`), so that scripts and cron notice; 1 on errors.
     Dispatch {
         /// Print the summary as JSON.
         #[arg(long)]
@@ -89,11 +98,11 @@ struct FilterArgs {
     /// Events whose timestamp is on this date (as written in the timestamp).
     #[arg(long, value_name = "YYYY-MM-DD", value_parser = replay::parse_date)]
     date: Option<String>,
-    /// Events at or after this time.
-    #[arg(long, value_name = "RFC3339", value_parser = replay::parse_time)]
+    /// Events at or after this time: RFC 3339, or a time ago (30s, 10m, 2h, 3d, 1w).
+    #[arg(long, value_name = "RFC3339|AGO", value_parser = replay::parse_time)]
     since: Option<DateTime<FixedOffset>>,
-    /// Events before this time.
-    #[arg(long, value_name = "RFC3339", value_parser = replay::parse_time)]
+    /// Events before this time: RFC 3339, or a time ago (30s, 10m, 2h, 3d, 1w).
+    #[arg(long, value_name = "RFC3339|AGO", value_parser = replay::parse_time)]
     until: Option<DateTime<FixedOffset>>,
     /// Event type, exact or a glob, e.g. 'worker.*'.
     #[arg(long = "type", value_name = "GLOB")]
@@ -302,8 +311,10 @@ struct EmitArgs {
     /// Component that emits the event.
     #[arg(required_unless_present = "batch")]
     source: Option<String>,
-    /// The payload, a JSON object.
-    #[arg(required_unless_present = "batch")]
+    /// The payload, a JSON object; `@FILE` reads it from a file and `-`
+    /// from stdin. Use one of those for large payloads: the OS refuses to
+    /// start a command with an argument over 128 KiB.
+    #[arg(required_unless_present = "batch", value_name = "PAYLOAD_JSON|@FILE|-")]
     payload: Option<String>,
     correlation_id: Option<String>,
     /// critical, high, medium (default) or low.
@@ -315,17 +326,23 @@ struct EmitArgs {
     /// Print the whole event as JSON instead of its id.
     #[arg(long)]
     json: bool,
-    /// Read JSONL events from stdin and queue all of them or none.
+    /// Read JSONL events from stdin and queue all of them or none (lines
+    /// whose event_id is already in the batch or the root are skipped and
+    /// reported on stderr).
     #[arg(long, conflicts_with_all = ["event_type", "source", "payload", "correlation_id", "priority", "tags", "master"])]
     batch: bool,
 }
 
+/// `cortex dispatch` finished, but dead-lettered events in the run.
+const EXIT_DEAD_LETTERED: u8 = 3;
 /// `cortex dispatch` ran, but handlers did not load; their events wait.
 const EXIT_HANDLERS_NOT_LOADING: u8 = 4;
 
 /// Exit codes: 0 success, 1 failure (bad input or an operation that failed),
-/// 2 usage errors (from clap), 4 `dispatch` ran but handlers did not load. Public so that the tests crate's
-/// `cortex-failpoints` binary runs this same `main` with its crash points armed.
+/// 2 usage errors (from clap), 3 [`EXIT_DEAD_LETTERED`], 4
+/// [`EXIT_HANDLERS_NOT_LOADING`] (it takes precedence over 3). Public so
+/// that the tests crate's `cortex-failpoints` binary runs this same `main`
+/// with its crash points armed.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The dispatcher logs one "handler completed" line per invocation, as
@@ -367,7 +384,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Init { handlers } => init(&layout, handlers),
         Command::Emit(args) => emit(&layout, args),
-        Command::Validate { file } => validate(&layout, file.as_deref()),
+        Command::Validate { input } => validate(&layout, input.as_deref()),
         Command::Status { json } => status(&layout, json),
         Command::Dispatch { json, no_wait } => dispatch(&layout, json, no_wait),
         Command::Serve { listen, .. } => serve(layout, &listen),
@@ -591,7 +608,11 @@ fn emit(layout: &Layout, args: EmitArgs) -> Result<ExitCode> {
         if stdin.is_terminal() {
             eprintln!("cortex: reading JSONL events from the terminal; end with Ctrl-D");
         }
-        let events = producer.emit_batch(BufReader::new(stdin.lock()))?;
+        let batch = producer.emit_batch(BufReader::new(stdin.lock()))?;
+        for d in &batch.skipped {
+            eprintln!("cortex: {d}");
+        }
+        let events = batch.events;
         for e in &events {
             if args.json {
                 writeln!(out, "{}", e.to_json())?;
@@ -600,16 +621,36 @@ fn emit(layout: &Layout, args: EmitArgs) -> Result<ExitCode> {
             }
         }
         out.flush()?;
-        eprintln!("queued {} events", events.len());
+        if batch.skipped.is_empty() {
+            eprintln!("queued {} events", events.len());
+        } else {
+            eprintln!(
+                "queued {} events; skipped {} whose event_id was already known (the id is the idempotency key)",
+                events.len(),
+                batch.skipped.len()
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     // clap guarantees these three unless --batch.
     let (event_type, source, payload) =
         (args.event_type.unwrap_or_default(), args.source.unwrap_or_default(), args.payload.unwrap_or_default());
-    let payload: serde_json::Value =
-        serde_json::from_str(&payload).with_context(|| format!("PAYLOAD_JSON is not valid JSON: {payload:?}"))?;
+    let (payload, from) = match payload.as_str() {
+        "-" => (read_stdin()?, "the payload on stdin".to_string()),
+        p if p.starts_with('@') => (
+            std::fs::read_to_string(&p[1..]).with_context(|| format!("failed to read the payload file {}", &p[1..]))?,
+            format!("the payload file {}", &p[1..]),
+        ),
+        _ => (payload, "PAYLOAD_JSON".to_string()),
+    };
+    let payload = strip_bom(&payload);
+    let payload: serde_json::Value = serde_json::from_str(payload).with_context(|| {
+        let shown: String = payload.chars().take(200).collect();
+        let more = if shown.len() < payload.len() { "…" } else { "" };
+        format!("{from} is not valid JSON: {shown:?}{more}")
+    })?;
     let serde_json::Value::Object(payload) = payload else {
-        anyhow::bail!("PAYLOAD_JSON must be a JSON object, e.g. '{{\"worker_id\": \"w-1\"}}'");
+        anyhow::bail!("{from} must be a JSON object, e.g. '{{\"worker_id\": \"w-1\"}}'");
     };
     let event = producer
         .emit(NewEvent {
@@ -631,27 +672,57 @@ fn emit(layout: &Layout, args: EmitArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn validate(layout: &Layout, file: Option<&Path>) -> Result<ExitCode> {
+fn validate(layout: &Layout, input: Option<&str>) -> Result<ExitCode> {
     // Custom types come from the root's config when there is one.
     let validator =
         if layout.config().exists() { Config::load(layout.root())?.validator() } else { Validator::default() };
-    let text = match file {
-        None => read_stdin()?,
-        Some(p) if p == Path::new("-") => read_stdin()?,
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("failed to read {}", p.display()))?,
+    let text = match input {
+        None | Some("-") => read_stdin()?,
+        // The event itself, as the seed's `validate "$(cat e.json)"` passes it.
+        Some(arg) if strip_bom(arg).trim_start().starts_with('{') => arg.to_string(),
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("failed to read {p}"))?,
     };
-    match validator.parse(&text) {
-        Ok(e) => {
-            println!("valid: {} {}", e.event_id, e.event_type);
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(invalid) => {
-            for p in &invalid.0 {
-                println!("{p}");
+    let text = strip_bom(&text);
+    // JSONL when the first line is a whole JSON document of its own (and
+    // more lines follow); else one (possibly pretty-printed) event.
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let jsonl = lines.next().is_some_and(|(_, first)| serde_json::from_str::<serde_json::Value>(first).is_ok())
+        && lines.next().is_some();
+    if !jsonl {
+        return Ok(match validator.parse(text) {
+            Ok(e) => {
+                println!("valid: {} {}", e.event_id, e.event_type);
+                ExitCode::SUCCESS
             }
-            Ok(ExitCode::FAILURE)
+            Err(invalid) => {
+                for p in &invalid.0 {
+                    println!("{p}");
+                }
+                ExitCode::FAILURE
+            }
+        });
+    }
+    let (mut total, mut bad) = (0, 0);
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        total += 1;
+        if let Err(invalid) = validator.parse(line) {
+            bad += 1;
+            for p in &invalid.0 {
+                println!("line {}: {p}", i + 1);
+            }
         }
     }
+    if bad > 0 {
+        println!("{bad} of {total} events are invalid");
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("valid: {total} events");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Text without a leading UTF-8 byte order mark (editors on Windows add one).
+fn strip_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
 fn dispatch(layout: &Layout, json: bool, no_wait: bool) -> Result<ExitCode> {
@@ -675,6 +746,13 @@ fn dispatch(layout: &Layout, json: bool, no_wait: bool) -> Result<ExitCode> {
             dispatcher.handlers().read().unwrap_or_else(|e| e.into_inner()).len() + summary.broken.len()
         );
         return Ok(ExitCode::from(EXIT_HANDLERS_NOT_LOADING));
+    }
+    if summary.dead_lettered > 0 {
+        eprintln!(
+            "cortex: {} events were dead-lettered in this run (exit code {EXIT_DEAD_LETTERED}); see `cortex dlq list`",
+            summary.dead_lettered
+        );
+        return Ok(ExitCode::from(EXIT_DEAD_LETTERED));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -220,6 +220,21 @@ pub trait Queue: Send + Sync {
     /// Finishes background work (e.g. removing settled claims) before exit.
     fn flush(&self) {}
 
+    /// Which of these events the store already holds, each with where
+    /// ("queued", "being handled", "dead-lettered", "archived"): the event
+    /// id is the idempotency key, so a producer's re-send is skipped. A
+    /// check before enqueueing, not a lock: two producers sending the same
+    /// id at the same moment may both get through.
+    ///
+    /// The default (for a store that cannot tell) knows none of them.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    fn known(&self, events: &[&Event]) -> Result<BTreeMap<String, &'static str>> {
+        let _ = events;
+        Ok(BTreeMap::new())
+    }
+
     /// Acknowledges one claim.
     ///
     /// # Errors
@@ -502,6 +517,51 @@ impl FsQueue {
     }
 }
 
+/// A directory's entries; `None` when it does not exist.
+fn read_dir_if_any(dir: &Path) -> Result<Option<std::fs::ReadDir>> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => Ok(Some(rd)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("failed to list {}", dir.display())),
+    }
+}
+
+/// The event id in a dead letter's file name (`{rank}-{µs}-{event_id}.json`).
+fn dead_letter_event_id(name: &str) -> Option<&str> {
+    name.strip_suffix(".json")?.splitn(3, '-').nth(2)
+}
+
+/// Which of `ids` an archive file holds in a whole record (or, in a
+/// compacted month, a bare event). Lines are searched for `"event_id":"…"`
+/// and only a line that names a wanted id is parsed, to confirm that it is
+/// the line's own event (a follow-up's record also names its trigger).
+fn archived_ids(path: &Path, ids: &BTreeSet<&str>, found: &mut BTreeSet<String>) -> Result<()> {
+    use std::io::BufRead;
+    const KEY: &str = "\"event_id\":\"";
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("failed to open archive file {}", path.display())),
+    };
+    for line in std::io::BufReader::new(file).split(b'\n') {
+        let line = line.with_context(|| format!("failed to read archive file {}", path.display()))?;
+        let Ok(line) = std::str::from_utf8(&line) else { continue };
+        let named = line.match_indices(KEY).filter_map(|(at, _)| {
+            let rest = &line[at + KEY.len()..];
+            rest.find('"').map(|end| &rest[..end])
+        });
+        if !named.into_iter().any(|id| ids.contains(id)) {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+        let own = v["event"]["event_id"].as_str().or_else(|| v["event_id"].as_str());
+        if let Some(id) = own.filter(|id| ids.contains(id)) {
+            found.insert(id.to_string());
+        }
+    }
+    Ok(())
+}
+
 fn list_names(dir: &Path) -> Result<Vec<EntryName>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("failed to list {}", dir.display()))? {
@@ -700,6 +760,61 @@ impl Queue for FsQueue {
         }
         fsio::failpoint("emit.synced");
         self.apply(commit, "emit")
+    }
+
+    fn known(&self, events: &[&Event]) -> Result<BTreeMap<String, &'static str>> {
+        let mut out = BTreeMap::new();
+        if events.is_empty() {
+            return Ok(out);
+        }
+        let ids: BTreeSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        for (dir, place) in [(self.layout.queue(), "queued"), (self.layout.claimed(), "being handled")] {
+            for name in list_names(&dir)? {
+                if ids.contains(name.event_id.as_str()) {
+                    out.insert(name.event_id, place);
+                }
+            }
+        }
+        let dead = self.layout.dead_letter();
+        if let Some(rd) = read_dir_if_any(&dead)? {
+            for entry in rd {
+                let entry = entry.with_context(|| format!("failed to list {}", dead.display()))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(id) = dead_letter_event_id(&name).filter(|id| ids.contains(id)) {
+                    out.entry(id.to_string()).or_insert("dead-lettered");
+                }
+            }
+        }
+        // The archive: the day files (and compacted months) that can hold
+        // these events, from the dates of their timestamps and of their ids
+        // (stamped in the producer's time zone), a day either side.
+        let mut dates = BTreeSet::new();
+        for e in events {
+            let id_date = e.event_id.get(4..12).and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y%m%d").ok());
+            let ts_date = e.timestamp.get(..10).and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+            for d in id_date.into_iter().chain(ts_date) {
+                dates.extend([d.pred_opt(), Some(d), d.succ_opt()].into_iter().flatten());
+            }
+        }
+        let prefixes: BTreeSet<String> = dates
+            .iter()
+            .flat_map(|d| [d.format("%Y-%m-%d.").to_string(), d.format("%Y-%m.compact.").to_string()])
+            .collect();
+        let archive = self.layout.archive();
+        let mut found = BTreeSet::new();
+        if let Some(rd) = read_dir_if_any(&archive)? {
+            for entry in rd {
+                let entry = entry.with_context(|| format!("failed to list {}", archive.display()))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".jsonl") && prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+                    archived_ids(&entry.path(), &ids, &mut found)?;
+                }
+            }
+        }
+        for id in found {
+            out.entry(id).or_insert("archived");
+        }
+        Ok(out)
     }
 
     fn claim(&self) -> Result<Option<Claim>> {

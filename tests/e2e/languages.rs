@@ -302,3 +302,52 @@ fn scaffolds_in_each_language_build_and_pass_their_own_test() -> Result<()> {
     }
     Ok(())
 }
+
+/// The security chain with the shapes the built-in handlers really emit:
+/// `on-security-alert` puts a scan's `findings` in the alert as a
+/// per-severity object, and the JavaScript notifier counts it.
+#[test]
+fn security_alerts_reach_the_javascript_notifier_with_their_counts() -> Result<()> {
+    let root = Root::with_extras()?;
+    let lines = [
+        json!({"event_type": "security.scan_completed", "source": "trivy", "correlation_id": "scan-chain",
+            "payload": {"scan_id": "scan-42", "scanner": "trivy", "target": "api",
+                "findings": {"critical": 1, "high": 2, "medium": 5}}}),
+        json!({"event_type": "security.vulnerability_found", "source": "trivy",
+            "payload": {"id": "CVE-2025-1234", "severity": "high", "package": "openssl", "target": "api"}}),
+    ];
+    let batch: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let ids = root.batch(&batch)?;
+    let summary = root.dispatch()?;
+    assert_eq!(summary["dead_lettered"], 0, "{summary}");
+
+    let alerts = root.archived_of("system.health_alert")?;
+    assert_eq!(alerts.len(), 2, "one alert per trigger: {alerts:?}");
+    let scan_alert = alerts.iter().find(|a| a["event"]["payload"]["scan"].is_object()).context("no scan alert")?;
+    assert_eq!(scan_alert["event"]["payload"]["scan"]["findings"]["high"], 2, "{scan_alert}");
+    assert_eq!(scan_alert["event"]["correlation_id"], "scan-chain");
+
+    let notes = root.archived_of("notification.requested")?;
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    for n in &notes {
+        let text = n["event"]["payload"].to_string();
+        assert!(!text.contains("[object Object]"), "{text}");
+    }
+    let scan_note = notes
+        .iter()
+        .find(|n| n["event"]["payload"]["dedupe_key"] == "security-scan:scan-42")
+        .context("no notification for the scan")?;
+    assert_eq!(
+        scan_note["event"]["payload"]["title"],
+        "[CRITICAL] security scan scan-42 of api found 8 findings (1 critical, 2 high, 5 medium)"
+    );
+    assert_eq!(scan_note["event"]["correlation_id"], "scan-chain");
+    let vuln_note = notes
+        .iter()
+        .find(|n| n["event"]["payload"]["dedupe_key"] == "security:CVE-2025-1234:openssl:api")
+        .context("no notification for the vulnerability")?;
+    assert_eq!(vuln_note["event"]["payload"]["title"], "[CRITICAL] CVE-2025-1234 (high) — openssl in api");
+    // Without a correlation id of its own, the chain is traced to its trigger.
+    assert_eq!(vuln_note["event"]["correlation_id"], ids[1].as_str());
+    Ok(())
+}

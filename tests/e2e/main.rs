@@ -14,3 +14,4 @@ mod schema;
 mod service;
 mod store;
 mod trust;
+mod user;

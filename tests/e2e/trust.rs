@@ -96,7 +96,7 @@ fn an_event_loop_is_cut_at_max_hops_dead_lettered_and_reported_by_status() -> Re
     let root = Root::with_handlers("[handlers.looper]\ncomponent = \"{emit-loop}\"\nevents = [\"task.created\"]\n")?;
     let first = root.emit("task.created", r#"{"n": 1}"#)?;
     let out = run_within(&root, &["dispatch", "--json"], Duration::from_secs(60))?;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.code, 3, "a run that dead-lettered exits 3: {}", out.stderr);
 
     // The producer's event (0 hops) and 16 generations of follow-ups ran;
     // the 17th generation was dead-lettered without running.

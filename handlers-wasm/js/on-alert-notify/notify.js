@@ -42,6 +42,22 @@ function money(x) {
   return typeof x === "number" ? `$${x >= 1 ? x.toFixed(2) : x.toFixed(4)}` : String(x);
 }
 
+/**
+ * Scan findings as text: a count ("2 findings"), or a per-severity object
+ * as on-security-alert emits it ({critical: 1, high: 2, medium: 0, ...}) →
+ * "3 findings (1 critical, 2 high)", most severe first, zeros left out.
+ */
+export function findingsText(findings) {
+  const plural = (n) => `${n} finding${n === 1 ? "" : "s"}`;
+  if (typeof findings === "number" && Number.isFinite(findings)) return plural(findings);
+  if (findings === null || typeof findings !== "object" || Array.isArray(findings)) return "findings";
+  const counts = Object.entries(findings).filter(([, n]) => typeof n === "number" && Number.isFinite(n) && n > 0);
+  const rank = (k) => { const i = SEVERITIES.indexOf(k); return i < 0 ? -1 : i; };
+  counts.sort(([a], [b]) => rank(b) - rank(a));
+  const total = counts.reduce((sum, [, n]) => sum + n, 0);
+  return counts.length ? `${plural(total)} (${counts.map(([k, n]) => `${n} ${k}`).join(", ")})` : plural(0);
+}
+
 /** Headline and dedupe key by the component that raised the alert. */
 function describeAlert(p) {
   const component = typeof p.component === "string" && p.component ? p.component : "system";
@@ -52,12 +68,13 @@ function describeAlert(p) {
   }
   if (component === "security" && p.scan) {
     const s = p.scan;
-    const n = s.critical ?? s.findings ?? "?";
-    return { title: `security scan ${s.scan_id ?? s.target ?? ""} found ${n} critical finding(s)`.replace("  ", " "), key: `security-scan:${s.scan_id ?? s.target ?? ""}` };
+    const on = s.target && s.scan_id ? ` of ${s.target}` : "";
+    return { title: `security scan ${s.scan_id ?? s.target ?? ""}${on} found ${findingsText(s.findings ?? s.critical)}`.replace("  ", " "), key: `security-scan:${s.scan_id ?? s.target ?? ""}` };
   }
   if (component === "task") {
     const on = p.worker_id ? ` on ${p.worker_id}` : "";
-    return { title: `task ${p.task_id ?? "?"} failed permanently${on}`, key: `task:${p.task_id ?? p.signature ?? ""}` };
+    const how = p.retries_exhausted ? `failed after ${p.attempt ?? "?"} attempts (retries exhausted)` : "failed permanently";
+    return { title: `task ${p.task_id ?? "?"} ${how}${on}`, key: `task:${p.task_id ?? p.signature ?? ""}` };
   }
   if (component === "cost") {
     return { title: `token spend ${money(p.cost_usd)} on ${p.day} is over the ${money(p.budget_usd)} daily budget`, key: `cost:${p.day}` };

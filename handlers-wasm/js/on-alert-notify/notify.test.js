@@ -1,7 +1,7 @@
 // Native unit tests: `node --test` in this folder.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { notification, parseSettings } from "./notify.js";
+import { findingsText, notification, parseSettings } from "./notify.js";
 
 const settings = (o = {}) => parseSettings((k) => (o[k] === undefined ? undefined : typeof o[k] === "string" ? o[k] : JSON.stringify(o[k])));
 const alert = (payload, priority = "critical") => ({ eventId: "evt_20251201_121500_aaa111", timestamp: "2025-12-01T12:15:00-06:00", source: "on-task-failure", priority, payload });
@@ -42,4 +42,25 @@ test("bad settings are refused with the setting's name", () => {
   assert.throws(() => settings({ channels: "nope" }), /setting channels/);
   assert.throws(() => settings({ channels: { urgent: "#x" } }), /channels.urgent: not a severity/);
   assert.throws(() => settings({ min_severity: "loud" }), /min_severity/);
+});
+
+test("a scan alert counts findings by severity, as on-security-alert emits them", () => {
+  const scan = { scan_id: "scan-9", scanner: "trivy", target: "api", findings: { critical: 1, high: 2, medium: 0, low: 4, info: 0 } };
+  const n = notification(alert({ severity: "critical", component: "security", scan, source_event: "evt_s" }), settings());
+  assert.equal(n.title, "[CRITICAL] security scan scan-9 of api found 7 findings (1 critical, 2 high, 4 low)");
+  assert.doesNotMatch(n.text, /\[object Object\]/);
+  assert.equal(n.dedupe_key, "security-scan:scan-9");
+});
+
+test("findings may also be a plain count", () => {
+  assert.equal(findingsText(3), "3 findings");
+  assert.equal(findingsText(1), "1 finding");
+  assert.equal(findingsText({ high: 1 }), "1 finding (1 high)");
+  assert.equal(findingsText({}), "0 findings");
+  assert.equal(findingsText("lots"), "findings");
+});
+
+test("a task out of retries says so", () => {
+  const n = notification(alert({ severity: "high", component: "task", task_id: "task_7", error: "read ECONNRESET", retries_exhausted: true, attempt: 3, max_retries: 3 }), settings());
+  assert.equal(n.title, "[HIGH] task task_7 failed after 3 attempts (retries exhausted)");
 });

@@ -4,7 +4,8 @@
 //! counted in `/state/failures/patterns.json`. Transient failures of a task are
 //! retried by emitting `task.created` (logged in `/state/failures/auto-fix.json`);
 //! a signature recurring within the window emits `learning.pattern_detected`
-//! once per burst; a permanent failure at high or critical priority raises a
+//! once per burst; a failure at high or critical priority that will not be
+//! retried (permanent, or transient with its retries exhausted) raises a
 //! `system.health_alert`.
 
 use cortex_sdk::fields::{opt_bool, opt_str, opt_u64, req_str};
@@ -23,22 +24,49 @@ const MAX_RETRIES_LOGGED: usize = 100;
 /// Signatures kept; the least recently seen go first, so the file stays small
 /// even when errors embed ids the normaliser does not recognise.
 const MAX_PATTERNS: usize = 500;
-/// Error texts that mean "try again later".
+/// Error texts that mean "try again later" (matched in lowercase): timeouts,
+/// rate limits, network resets and refusals as Node, Python, Go and curl
+/// word them, overloaded or unavailable services.
 const TRANSIENT: &[&str] = &[
     "timeout",
     "timed out",
+    "etimedout",
+    "esockettimedout",
+    "deadline exceeded",
     "rate limit",
     "ratelimit",
+    "rate-limit",
+    "too many requests",
+    "throttl",
+    "quota exceeded",
     "temporar",
     "transient",
-    "connection reset",
-    "connection refused",
-    "unavailable",
     "try again",
-    "deadline exceeded",
+    "eagain",
+    "eai_again",
+    "connection reset",
+    "reset by peer",
+    "econnreset",
+    "connection refused",
+    "econnrefused",
+    "connection aborted",
+    "econnaborted",
+    "connection closed",
+    "broken pipe",
+    "epipe",
+    "socket hang up",
+    "network is unreachable",
+    "enetunreach",
+    "ehostunreach",
+    "unavailable",
+    "overloaded",
+    "bad gateway",
+    "server error",
 ];
-/// HTTP statuses that mean the same, matched as whole numbers.
-const TRANSIENT_CODES: &[&str] = &["429", "502", "503"];
+/// HTTP statuses that mean the same, matched as whole numbers: request
+/// timeout, too many requests, and the 5xx a server answers when it is
+/// failing or overloaded.
+const TRANSIENT_CODES: &[&str] = &["408", "429", "500", "502", "503", "504"];
 
 struct OnTaskFailure;
 
@@ -211,6 +239,7 @@ fn apply(patterns: &mut Patterns, auto_fix: &mut AutoFix, event: &Event, setting
         (Some(_), true) => did.push(format!("retries exhausted ({}/{})", failure.attempt, settings.max_retries)),
         _ => {}
     }
+    let exhausted = retryable && failure.task_id.is_some() && !retried;
 
     // (b) the signature recurs: report it once per burst.
     if let Some(occurrences) = occurrences {
@@ -222,12 +251,18 @@ fn apply(patterns: &mut Patterns, auto_fix: &mut AutoFix, event: &Event, setting
         did.push(format!("pattern detected ({occurrences} in {}s)", settings.window_secs));
     }
 
-    // (c) a permanent failure that someone was waiting on.
-    if !retryable && matches!(event.priority, Priority::High | Priority::Critical) {
+    // (c) a failure that someone was waiting on and that will not be
+    // retried: permanent, or out of retries.
+    if (!retryable || exhausted) && matches!(event.priority, Priority::High | Priority::Critical) {
         let mut payload = json!({
             "severity": event.priority_name(), "component": "task", "error": failure.error,
             "signature": signature, "source_event": event.id,
         });
+        if exhausted {
+            payload["retries_exhausted"] = json!(true);
+            payload["attempt"] = json!(failure.attempt);
+            payload["max_retries"] = json!(settings.max_retries);
+        }
         if let Some(task_id) = &failure.task_id {
             payload["task_id"] = json!(task_id);
         }
@@ -509,6 +544,52 @@ mod tests {
         assert!(is_transient("got 429"));
         assert!(!is_transient("item 14290 not found"));
         assert!(!is_transient("KeyError: 'user_id'"));
+        for transient in [
+            "read ECONNRESET",
+            "Error: socket hang up",
+            "HTTP 429 Too Many Requests",
+            "status=429",
+            "upstream returned HTTP 504",
+            "500 Internal Server Error",
+            "Bad Gateway",
+            "connect ECONNREFUSED 10.0.0.7:5432",
+            "getaddrinfo EAI_AGAIN api.example.com",
+            "write EPIPE",
+            "[Errno 104] Connection reset by peer",
+            "anthropic.RateLimitError: rate_limit_error",
+            "Request throttled, slow down",
+            "The model is overloaded",
+            "ETIMEDOUT",
+        ] {
+            assert!(is_transient(transient), "{transient}");
+        }
+        for permanent in ["HTTP 404 Not Found", "401 Unauthorized", "ValueError: invalid literal", "5000 rows expected"] {
+            assert!(!is_transient(permanent), "{permanent}");
+        }
+    }
+
+    #[test]
+    fn exhausted_retries_of_a_high_priority_task_raise_an_alert() {
+        let (mut p, mut fix) = (Patterns::default(), AutoFix::default());
+        let mut last = failed(1, 0, "read ECONNRESET", "high");
+        last.payload.insert("attempt".into(), json!(3));
+        let a = apply(&mut p, &mut fix, &last, &SETTINGS).unwrap();
+        assert_eq!(types(&a), ["system.health_alert"], "{}", a.summary);
+        let alert = &a.follow_ups[0];
+        assert_eq!(alert.priority, Some(Priority::Critical));
+        assert_eq!(alert.payload["severity"], "high");
+        assert_eq!(alert.payload["retries_exhausted"], true);
+        assert_eq!(alert.payload["attempt"], 3);
+        assert_eq!(alert.payload["max_retries"], 3);
+        assert!(a.summary.contains("retries exhausted") && a.summary.contains("health alert raised"), "{}", a.summary);
+
+        // With attempts left it is retried, and nobody is paged.
+        let first = failed(2, 1, "read ECONNRESET", "high");
+        assert_eq!(types(&apply(&mut p, &mut fix, &first, &SETTINGS).unwrap()), ["task.created"]);
+        // A low-priority task out of retries is recorded, not alerted.
+        let mut low = failed(3, 2, "socket hang up", "low");
+        low.payload.insert("attempt".into(), json!(3));
+        assert!(apply(&mut p, &mut fix, &low, &SETTINGS).unwrap().follow_ups.is_empty());
     }
 
     #[test]

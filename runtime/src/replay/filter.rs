@@ -20,13 +20,36 @@ pub fn parse_date(s: &str) -> std::result::Result<String, String> {
     }
 }
 
-/// `--since` / `--until`: an RFC 3339 time with its offset.
+/// `--since` / `--until`: an RFC 3339 time with its offset, or a time
+/// relative to now: `30s`, `10m`, `2h`, `3d` or `1w` ago.
 ///
 /// # Errors
-/// Saying what the expected form is.
+/// Saying what the expected forms are.
 pub fn parse_time(s: &str) -> std::result::Result<DateTime<FixedOffset>, String> {
-    DateTime::parse_from_rfc3339(s).map_err(|_| {
-        format!("{s:?} is not an RFC 3339 time with an offset (e.g. 2025-12-01T00:00:00Z or 2025-12-01T06:00:00-06:00)")
+    parse_time_at(s, chrono::Local::now().fixed_offset())
+}
+
+fn parse_time_at(s: &str, now: DateTime<FixedOffset>) -> std::result::Result<DateTime<FixedOffset>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t);
+    }
+    let ago = s
+        .char_indices()
+        .last()
+        .and_then(|(i, unit)| Some((s[..i].parse::<i64>().ok().filter(|n| *n >= 0)?, unit)))
+        .and_then(|(n, unit)| match unit {
+            's' => chrono::TimeDelta::try_seconds(n),
+            'm' => chrono::TimeDelta::try_minutes(n),
+            'h' => chrono::TimeDelta::try_hours(n),
+            'd' => chrono::TimeDelta::try_days(n),
+            'w' => chrono::TimeDelta::try_weeks(n),
+            _ => None,
+        })
+        .and_then(|d| now.checked_sub_signed(d));
+    ago.ok_or_else(|| {
+        format!(
+            "{s:?} is neither an RFC 3339 time with an offset (e.g. 2025-12-01T00:00:00Z or 2025-12-01T06:00:00-06:00) nor a time ago such as 30s, 10m, 2h, 3d or 1w"
+        )
     })
 }
 
@@ -133,6 +156,19 @@ mod tests {
         }
         assert!(parse_time("2025-12-01T00:00:00Z").is_ok());
         assert!(parse_time("2025-12-01").unwrap_err().contains("RFC 3339"));
+        let now = parse_time("2025-12-01T12:00:00-06:00").unwrap();
+        for (ago, then) in [
+            ("10m", "2025-12-01T11:50:00-06:00"),
+            ("2h", "2025-12-01T10:00:00-06:00"),
+            ("3d", "2025-11-28T12:00:00-06:00"),
+            ("1w", "2025-11-24T12:00:00-06:00"),
+            ("30s", "2025-12-01T11:59:30-06:00"),
+        ] {
+            assert_eq!(parse_time_at(ago, now), parse_time(then), "{ago}");
+        }
+        for bad in ["10", "m", "-5m", "10x", "1.5h", "10 m", "99999999999999999d"] {
+            assert!(parse_time_at(bad, now).unwrap_err().contains("10m"), "{bad}");
+        }
         assert!(parse_event_id("evt_20251201_120000_abc123").is_ok());
         assert!(parse_event_id("abc").unwrap_err().contains("evt_YYYYMMDD_HHMMSS"));
     }

@@ -74,7 +74,7 @@ impl CallContext {
             settings,
             trigger_id: trigger.event_id.clone(),
             trigger_type: trigger.event_type.clone(),
-            trigger_correlation: trigger.correlation_id.clone(),
+            trigger_correlation: trigger.correlation_id.clone().filter(|c| !c.is_empty()),
             trigger_master: trigger.metadata.master.clone(),
             trigger_hops: trigger.hops(),
             validator,
@@ -162,6 +162,7 @@ impl CallContext {
             // trigger itself when it had none.
             correlation_id: new
                 .correlation_id
+                .filter(|c| !c.is_empty())
                 .or_else(|| self.trigger_correlation.clone())
                 .or_else(|| Some(self.trigger_id.clone())),
             priority,
