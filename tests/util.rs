@@ -56,6 +56,22 @@ pub fn without_tables(text: &str, prefix: &str) -> String {
     out
 }
 
+/// Every claim file under `<root>/events/claimed/` (in each dispatcher's
+/// claim directory, and any left flat by an older version).
+pub fn claims_under(root: &Path) -> Vec<String> {
+    let claimed = root.join("events/claimed");
+    let mut out = Vec::new();
+    for entry in list(&claimed) {
+        let path = claimed.join(&entry);
+        if path.is_dir() {
+            out.extend(list(&path).into_iter().filter(|f| f.ends_with(".json")));
+        } else {
+            out.push(entry);
+        }
+    }
+    out
+}
+
 /// What a finished command left.
 #[derive(Debug)]
 pub struct Out {
@@ -359,10 +375,21 @@ impl Root {
     }
 
     /// The sha256 a running `cortex serve` serves for `handler`, from
-    /// `run/service.json` (empty when it serves none).
+    /// `run/services/*.json` (empty when none serves it).
     pub fn serving_sha(&self, handler: &str) -> Result<String> {
-        let doc: Value = serde_json::from_slice(&std::fs::read(self.join("run/service.json"))?)?;
-        Ok(doc["handlers"][handler]["sha256"].as_str().unwrap_or("").to_string())
+        for file in self.files("run/services") {
+            let doc: Value = serde_json::from_slice(&std::fs::read(self.join(&format!("run/services/{file}")))?)?;
+            if let Some(sha) = doc["handlers"][handler]["sha256"].as_str() {
+                return Ok(sha.to_string());
+            }
+        }
+        Ok(String::new())
+    }
+
+    /// Every claim file under `events/claimed/` (in each dispatcher's
+    /// claim directory, and any left flat by an older version).
+    pub fn claims(&self) -> Vec<String> {
+        claims_under(&self.path)
     }
 
     /// The archive record of an event id, if archived.

@@ -361,7 +361,9 @@ impl Dispatcher {
                     }
                     // A long-running dispatcher also takes back the claims of
                     // others that died while it ran.
-                    if wake.is_some() && last_recovery.elapsed() > lease / 4 {
+                    // Every two seconds: a dead dispatcher's claims are
+                    // known at once (its lock is free), not after the lease.
+                    if wake.is_some() && last_recovery.elapsed() > (lease / 4).min(Duration::from_secs(2)) {
                         last_recovery = Instant::now();
                         let r = self.queue.recover(lease)?;
                         if r.requeued + r.finished > 0 {

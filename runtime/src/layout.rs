@@ -14,7 +14,8 @@
 //! <root>/state/                      handler state
 //! <root>/handlers/                   components named by cortex.toml
 //! <root>/cache/                      compiled components
-//! <root>/run/service.json             what a running `cortex serve` serves
+//! <root>/run/services/<pid>.json      what each running `cortex serve` serves
+//! <root>/run/schedules.json           the last tick each schedule fired
 //! ```
 //! All of it must sit on one filesystem: durability rests on renames.
 

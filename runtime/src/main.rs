@@ -940,7 +940,7 @@ fn handlers(layout: &Layout, json: bool, check: bool) -> Result<ExitCode> {
             "unsafe_grants": h.grants.iter().filter(|g| g.unsafe_allow && g.is_reserved()).map(|g| g.dir.clone()).collect::<Vec<_>>(),
             "loads": loads,
             "error": error,
-            "serving_sha256": serving.as_ref().and_then(|s| s["handlers"][name]["sha256"].as_str().map(str::to_string)),
+            "serving_sha256": serving.iter().find_map(|s| s["handlers"][name]["sha256"].as_str().map(str::to_string)),
         }));
     }
     if json {

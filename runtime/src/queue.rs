@@ -37,6 +37,8 @@ use crate::fsio;
 use crate::journal::Journal;
 use crate::layout::Layout;
 
+mod owner;
+
 /// Batches at least this large are made durable with one `syncfs`; smaller
 /// ones with an `fdatasync` per file, which does not wait for unrelated
 /// dirty data elsewhere on the filesystem.
@@ -269,9 +271,9 @@ pub struct FsQueue {
     pending: Mutex<BTreeSet<String>>,
     /// Removes settled claims off the commit path (see [`FsQueue::flush`]).
     reaper: Mutex<Option<Reaper>>,
-    /// Claims this process holds and has not settled: never stale, however
-    /// long they wait behind other events.
-    held: Mutex<BTreeSet<String>>,
+    /// The `events/claimed/` directory this queue claims into, made at the
+    /// first claim and locked while this process lives (see [`owner`]).
+    owner: Mutex<Option<owner::Owner>>,
     /// Archive day files whose last append is older than this are removed
     /// (`[archive] retention_days`); `None` keeps them forever.
     archive_retention: Option<Duration>,
@@ -341,7 +343,7 @@ impl FsQueue {
             validator,
             pending: Mutex::new(BTreeSet::new()),
             reaper: Mutex::new(None),
-            held: Mutex::new(BTreeSet::new()),
+            owner: Mutex::new(None),
             archive_retention: Some(Duration::from_secs(crate::config::DEFAULT_RETENTION_DAYS * 86_400)),
             last_prune: Mutex::new(None),
         })
@@ -634,17 +636,13 @@ impl FsQueue {
 
     /// Puts a claim back in the queue as `attempt`, not due before `due`.
     /// Moving the claim back is the last step of its entry.
-    fn stage_requeue(&self, commit: &mut Commit, name: &EntryName, attempt: u32, due: SystemTime) {
+    fn stage_requeue(&self, commit: &mut Commit, claim_dir: &Path, name: &EntryName, attempt: u32, due: SystemTime) {
         let mut next = name.clone();
         next.attempt = attempt;
         next.due_ms = Some(due.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0));
-        commit.moves.push((
-            self.layout.claimed().join(name.file_name()),
-            self.layout.queue().join(next.file_name()),
-            false,
-        ));
+        commit.moves.push((claim_dir.join(name.file_name()), self.layout.queue().join(next.file_name()), false));
         commit.dirs.insert(self.layout.queue());
-        commit.dirs.insert(self.layout.claimed());
+        commit.dirs.insert(claim_dir.to_path_buf());
         commit.new_names.push(next.file_name());
     }
 
@@ -728,7 +726,8 @@ impl FsQueue {
         }
     }
 
-    /// Waits until every settled claim has been removed.
+    /// Waits until every settled claim has been removed, then gives up
+    /// this queue's claim directory if nothing is left in it.
     pub fn flush(&self) {
         if let Some(r) = self.reaper.lock().unwrap_or_else(|e| e.into_inner()).take() {
             drop(r.tx);
@@ -736,6 +735,31 @@ impl FsQueue {
                 let _ = t.join();
             }
         }
+        if let Some(owner) = self.owner.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            owner.retire();
+        }
+    }
+
+    /// The directory this queue claims into (made at the first claim).
+    fn claim_dir(&self) -> Result<PathBuf> {
+        let mut owner = self.owner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(o) = owner.as_ref() {
+            return Ok(o.dir.clone());
+        }
+        let o = owner::Owner::create(&self.layout).context("failed to make this dispatcher's claim directory")?;
+        let dir = o.dir.clone();
+        *owner = Some(o);
+        Ok(dir)
+    }
+
+    /// Every claim file: the old flat ones and those in owner directories.
+    fn claim_names(&self) -> Result<Vec<EntryName>> {
+        let mut names = list_names(&self.layout.claimed())?;
+        for dir in owner::dirs(&self.layout.claimed()) {
+            // An owner directory may vanish while listed: its owner retired.
+            names.extend(list_names(&dir).unwrap_or_default());
+        }
+        Ok(names)
     }
 }
 
@@ -768,8 +792,8 @@ impl Queue for FsQueue {
             return Ok(out);
         }
         let ids: BTreeSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-        for (dir, place) in [(self.layout.queue(), "queued"), (self.layout.claimed(), "being handled")] {
-            for name in list_names(&dir)? {
+        for (names, place) in [(self.entries()?, "queued"), (self.claim_names()?, "being handled")] {
+            for name in names {
                 if ids.contains(name.event_id.as_str()) {
                     out.insert(name.event_id, place);
                 }
@@ -849,7 +873,7 @@ impl Queue for FsQueue {
                 }
             };
             let from = self.layout.queue().join(&next);
-            let to = self.layout.claimed().join(&next);
+            let to = self.claim_dir()?.join(&next);
             match std::fs::rename(&from, &to) {
                 Ok(()) => {}
                 // Another dispatcher won it.
@@ -857,7 +881,6 @@ impl Queue for FsQueue {
                 Err(e) => return Err(e).with_context(|| format!("failed to claim queue entry {}", from.display())),
             }
             let name = EntryName::parse(&next).expect("parsed when listed");
-            self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(next.clone());
             let delivery = if name.attempt > 1 { self.read_delivery(&name)? } else { Delivery::default() };
             match self.read_claimed(&to) {
                 Ok(event) => return Ok(Some(Claim { name, event, delivery })),
@@ -885,17 +908,12 @@ impl Queue for FsQueue {
         if batch.is_empty() {
             return Ok(());
         }
-        {
-            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-            for st in &batch {
-                held.remove(&st.claim.name.file_name());
-            }
-        }
+        let claim_dir = self.claim_dir()?;
         let mut commit = Commit::default();
         let staged = (|| -> Result<()> {
             for s in &batch {
                 self.stage_events(&mut commit, &s.emitted, false)?;
-                let claimed = self.layout.claimed().join(s.claim.name.file_name());
+                let claimed = claim_dir.join(s.claim.name.file_name());
                 match &s.verdict {
                     Verdict::Ack(record) => {
                         let lines = commit.archive.entry(self.archive_path(&s.claim.event)).or_default();
@@ -913,10 +931,10 @@ impl Queue for FsQueue {
                     }
                     Verdict::Retry { due, delivery } => {
                         self.stage_record(&mut commit, self.attempts_path(&s.claim.name), delivery)?;
-                        self.stage_requeue(&mut commit, &s.claim.name, s.claim.name.attempt + 1, *due);
+                        self.stage_requeue(&mut commit, &claim_dir, &s.claim.name, s.claim.name.attempt + 1, *due);
                     }
                     Verdict::Defer { due } => {
-                        self.stage_requeue(&mut commit, &s.claim.name, s.claim.name.attempt, *due);
+                        self.stage_requeue(&mut commit, &claim_dir, &s.claim.name, s.claim.name.attempt, *due);
                     }
                 }
             }
@@ -962,17 +980,21 @@ impl Queue for FsQueue {
                     .and_then(|m| m.modified().ok())
                     .and_then(|m| m.elapsed().ok())
                     .is_some_and(|a| a > lease);
-                if old && std::fs::remove_file(e.path()).is_ok() {
+                // A claim directory half made by a process that died.
+                let removed = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    old && e.file_name().to_string_lossy().starts_with("o-")
+                        && std::fs::remove_dir_all(e.path()).is_ok()
+                } else {
+                    old && std::fs::remove_file(e.path()).is_ok()
+                };
+                if removed {
                     out.stale_temp_files += 1;
                 }
             }
         }
         let claimed = self.layout.claimed();
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Claims from before owner directories: by their lease.
         for name in list_names(&claimed)? {
-            if held.contains(&name.file_name()) {
-                continue;
-            }
             let path = claimed.join(name.file_name());
             let Ok(meta) = std::fs::metadata(&path) else { continue };
             // The claiming rename set ctime: that is when the lease began.
@@ -982,40 +1004,38 @@ impl Queue for FsQueue {
             if age < lease {
                 continue;
             }
-            // Work already recorded? Then only the removal of the claim was lost.
-            let done = match std::fs::read_to_string(&path).ok().and_then(|t| self.validator.parse(&t).ok()) {
-                Some(event) => archived_entry(&self.archive_path(&event), &name.key()),
-                None => false,
-            } || self.dead_letter_path(&name).exists();
-            if done {
-                std::fs::remove_file(&path)
-                    .with_context(|| format!("failed to remove finished claim {}", path.display()))?;
-                out.finished += 1;
-                continue;
-            }
-            let mut delivery = if name.attempt > 1 { self.read_delivery(&name)? } else { Delivery::default() };
-            delivery.history.push(AttemptRecord {
-                attempt: name.attempt,
-                at: now_rfc3339(),
-                failures: vec![Failure {
+            let failure = Failure {
+                handler: String::new(),
+                component_sha256: String::new(),
+                kind: "lease-expired".into(),
+                message: format!("claim held for {}s without being settled: its dispatcher stopped", age.as_secs()),
+                detail: String::new(),
+                duration_ms: age.as_secs_f64() * 1000.0,
+            };
+            self.take_back(&path, &name, failure, &mut out)?;
+        }
+        // Claims of dispatchers that died: at once, whatever their age.
+        let mine = self.owner.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|o| o.dir.clone());
+        for orphan in owner::orphans(&claimed, mine.as_deref())? {
+            for name in list_names(&orphan.dir)? {
+                let path = orphan.dir.join(name.file_name());
+                let died =
+                    orphan.pid.map_or_else(|| "its dispatcher".to_string(), |p| format!("its dispatcher (pid {p})"));
+                let failure = Failure {
                     handler: String::new(),
                     component_sha256: String::new(),
-                    kind: "lease-expired".into(),
-                    message: format!("claim held for {}s without being settled: its dispatcher stopped", age.as_secs()),
+                    kind: "owner-died".into(),
+                    message: format!("{died} died holding this claim (its claim lock was free)"),
                     detail: String::new(),
-                    duration_ms: age.as_secs_f64() * 1000.0,
-                }],
-            });
-            fsio::write_durably(
-                &self.layout.tmp(),
-                &self.attempts_path(&name),
-                &serde_json::to_vec_pretty(&delivery)?,
-            )?;
-            let mut next = name.clone();
-            next.attempt += 1;
-            next.due_ms = None;
-            fsio::rename_noreplace(&path, &self.layout.queue().join(next.file_name()))?;
-            out.requeued += 1;
+                    duration_ms: 0.0,
+                };
+                self.take_back(&path, &name, failure, &mut out)?;
+            }
+            fsio::sync_dir(&orphan.dir)?;
+            let dir = orphan.dir.clone();
+            if let Err(e) = orphan.remove() {
+                tracing::warn!(dir = %dir.display(), error = %format!("{e:#}"), "could not remove a dead dispatcher's claim directory");
+            }
         }
         if out.requeued + out.finished > 0 {
             fsio::sync_dir(&self.layout.queue())?;
@@ -1037,7 +1057,7 @@ impl Queue for FsQueue {
             queued: entries.len(),
             delayed: delayed.len(),
             next_due_ms: delayed.iter().filter_map(|e| e.due_ms).min(),
-            claimed: count_json(&self.layout.claimed())?,
+            claimed: self.claim_names()?.len(),
             dead_letters: count_json(&self.layout.dead_letter())?,
             oldest: entries.iter().min_by_key(|e| e.enqueued_us).cloned(),
         })
@@ -1045,6 +1065,32 @@ impl Queue for FsQueue {
 }
 
 impl FsQueue {
+    /// Takes back one claim whose dispatcher is gone: finishes its ack when
+    /// its work was already recorded, else puts it back in the queue with
+    /// the attempt raised and `failure` in its history.
+    fn take_back(&self, path: &Path, name: &EntryName, failure: Failure, out: &mut Recovered) -> Result<()> {
+        // Work already recorded? Then only the removal of the claim was lost.
+        let done = match std::fs::read_to_string(path).ok().and_then(|t| self.validator.parse(&t).ok()) {
+            Some(event) => archived_entry(&self.archive_path(&event), &name.key()),
+            None => false,
+        } || self.dead_letter_path(name).exists();
+        if done {
+            std::fs::remove_file(path)
+                .with_context(|| format!("failed to remove finished claim {}", path.display()))?;
+            out.finished += 1;
+            return Ok(());
+        }
+        let mut delivery = if name.attempt > 1 { self.read_delivery(name)? } else { Delivery::default() };
+        delivery.history.push(AttemptRecord { attempt: name.attempt, at: now_rfc3339(), failures: vec![failure] });
+        fsio::write_durably(&self.layout.tmp(), &self.attempts_path(name), &serde_json::to_vec_pretty(&delivery)?)?;
+        let mut next = name.clone();
+        next.attempt += 1;
+        next.due_ms = None;
+        fsio::rename_noreplace(path, &self.layout.queue().join(next.file_name()))?;
+        out.requeued += 1;
+        Ok(())
+    }
+
     fn read_delivery(&self, name: &EntryName) -> Result<Delivery> {
         let path = self.attempts_path(name);
         match std::fs::read(&path) {

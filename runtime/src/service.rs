@@ -37,9 +37,16 @@ pub struct Options {
     pub listen: Option<SocketAddr>,
 }
 
-/// The file `cortex handlers list` reads to show what a running service serves.
+/// Where each running service says what it serves: `run/services/`, one
+/// `<pid>.json` per process, so several services on one root never
+/// clobber each other's record.
+pub fn status_dir(layout: &Layout) -> PathBuf {
+    layout.root().join("run/services")
+}
+
+/// This process's record in [`status_dir`].
 pub fn status_file(layout: &Layout) -> PathBuf {
-    layout.root().join("run/service.json")
+    status_dir(layout).join(format!("{}.json", std::process::id()))
 }
 
 /// Runs the service until `shutdown` completes, then stops claiming, lets
@@ -480,7 +487,7 @@ impl Reloader {
             .any(|h| h.limits.fuel.is_some())
     }
 
-    /// Writes `run/service.json`: pid, address and the versions serving.
+    /// Writes `run/services/<pid>.json`: pid, address and the versions serving.
     fn publish(&self, options: &Options) -> Result<()> {
         let handlers: serde_json::Map<String, serde_json::Value> = self
             .current()
@@ -532,12 +539,27 @@ fn sd_notify(state: &str) {
     }
 }
 
-/// Whether the service recorded in `run/service.json` is alive, and what it
-/// serves.
-pub fn running(layout: &Layout) -> Option<serde_json::Value> {
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(status_file(layout)).ok()?).ok()?;
-    let pid = doc["pid"].as_u64()? as i32;
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    let alive = unsafe { libc::kill(pid, 0) } == 0;
-    alive.then_some(doc)
+/// The services running on this root, each as its `run/services/<pid>.json`
+/// says (pid, listen address, the versions serving, handlers not loading),
+/// in pid order. A record whose process is gone (killed, so it could not
+/// remove it) is removed here.
+pub fn running(layout: &Layout) -> Vec<serde_json::Value> {
+    let dir = status_dir(layout);
+    let mut out: Vec<(i32, serde_json::Value)> = Vec::new();
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Some(pid) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        if unsafe { libc::kill(pid, 0) } != 0 {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        if let Some(doc) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+            out.push((pid, doc));
+        }
+    }
+    out.sort_by_key(|(pid, _)| *pid);
+    out.into_iter().map(|(_, doc)| doc).collect()
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::journal::{Journal, Skipped};
 use crate::queue::{FsQueue, Queue, now_us};
@@ -29,11 +29,25 @@ pub struct Status {
     /// events wait in the queue).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub handlers_not_loading: BTreeMap<String, String>,
+    /// Every live `cortex serve` on this root.
+    pub services: Vec<Service>,
     /// What each schedule last fired (`run/schedules.json`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub schedules: BTreeMap<String, crate::schedule::Fired>,
     #[serde(skip)]
     pub skipped: Vec<Skipped>,
+}
+
+/// A running `cortex serve`, from its `run/services/<pid>.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Service {
+    pub pid: u32,
+    #[serde(default)]
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub updated_at: String,
+    #[serde(default, skip_serializing)]
+    pub not_loading: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -102,9 +116,11 @@ pub fn gather(queue: &FsQueue) -> Result<Status> {
         None => None,
     };
     let (events_by_type, skipped) = Journal::new(queue.layout().clone()).counts_by_type()?;
-    let handlers_not_loading = crate::service::running(queue.layout())
-        .and_then(|doc| serde_json::from_value(doc["not_loading"].clone()).ok())
-        .unwrap_or_default();
+    let services: Vec<Service> = crate::service::running(queue.layout())
+        .into_iter()
+        .filter_map(|doc| serde_json::from_value(doc).ok())
+        .collect();
+    let handlers_not_loading = services.iter().flat_map(|s| s.not_loading.clone()).collect();
     let loops = if depth.dead_letters > 0 { loops(queue.layout())? } else { Vec::new() };
     Ok(Status {
         root: queue.layout().root().display().to_string(),
@@ -118,6 +134,7 @@ pub fn gather(queue: &FsQueue) -> Result<Status> {
         logged_events: events_by_type.values().sum(),
         events_by_type,
         handlers_not_loading,
+        services,
         schedules: crate::schedule::fired(queue.layout()),
         skipped,
     })
@@ -157,6 +174,13 @@ impl std::fmt::Display for Status {
                 o.event_id, o.event_type, o.priority, o.age_seconds
             )?,
             None => writeln!(f, "oldest queued: (queue empty)")?,
+        }
+        if self.services.is_empty() {
+            writeln!(f, "services:      none running")?;
+        }
+        for svc in &self.services {
+            let on = svc.listen.as_deref().map_or_else(|| "no listener".to_string(), |l| format!("http://{l}"));
+            writeln!(f, "service:       pid {} on {on} (status at {})", svc.pid, svc.updated_at)?;
         }
         for (name, why) in &self.handlers_not_loading {
             writeln!(f, "NOT LOADING:   handler {name} (its events wait in the queue): {why}")?;

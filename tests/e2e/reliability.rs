@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use cortex_tests::{Root, wait_for};
+use serde_json::Value;
 
 /// Every id archived exactly once: returns (lost, duplicated, unexpected).
 fn audit(root: &Root, ids: &[String]) -> Result<(usize, usize, usize)> {
@@ -238,8 +239,7 @@ fn a_full_disk_refuses_emits_and_never_acks_what_it_could_not_write() -> Result<
         .iter()
         .map(|f| std::fs::read_to_string(archive.join(f)).unwrap_or_default())
         .collect();
-    let unacked =
-        cortex_tests::list(&path.join("events/queue")).len() + cortex_tests::list(&path.join("events/claimed")).len();
+    let unacked = cortex_tests::list(&path.join("events/queue")).len() + cortex_tests::claims_under(&path).len();
     let acked = ids.iter().filter(|id| archived_text.contains(id.as_str())).count();
     assert_eq!(unacked + acked, ids.len(), "an event was acknowledged without its archive record");
 
@@ -296,5 +296,69 @@ fn a_slow_producer_is_never_read_half_written() -> Result<()> {
     assert!(dl["reason"].as_str().unwrap().contains("invalid event"), "{dl}");
     assert_eq!(dl["raw"].as_str().map(str::len), Some(event.len() / 3));
     assert_eq!(svc.stop()?, 0);
+    Ok(())
+}
+
+#[test]
+fn a_killed_services_claims_are_taken_back_in_seconds_not_after_the_lease() -> Result<()> {
+    // The default lease (300 s) stays: only the dead owners' free locks can
+    // bring their claims back this fast.
+    let root = Root::with_handlers("[handlers.sink]\ncomponent = \"{noop}\"\nevents = [\"*\"]\n")?;
+    let mut ids = Vec::new();
+    for round in 0..10 {
+        let mut svc = root.serve()?;
+        ids.extend(root.batch(&batch_of(100, &format!("k{round}")))?);
+        std::thread::sleep(Duration::from_millis(fastrand_ms(round)));
+        svc.child.kill()?; // SIGKILL
+        svc.child.wait()?;
+    }
+    let left = root.claims().len();
+    let svc = root.serve()?;
+    // Drained within seconds: every event archived, or dead-lettered after
+    // using up its attempts in the crashes.
+    wait_for(Duration::from_secs(15), || {
+        Ok(root.files("events/queue").is_empty() && root.claims().is_empty() && {
+            let done = root.archived()?.len() + root.dead_letters()?.len();
+            done >= ids.len()
+        })
+    })?;
+    assert_eq!(svc.stop()?, 0);
+    let exhausted: Vec<String> =
+        root.dead_letters()?.iter().map(|d| d["event"]["event_id"].as_str().unwrap_or("").to_string()).collect();
+    let (lost, duplicated, unexpected) = audit(&root, &ids)?;
+    let lost = lost - ids.iter().filter(|id| exhausted.contains(id)).count();
+    eprintln!(
+        "kill -9 x10 with the default lease: {left} claims of dead services, {lost} lost, {duplicated} duplicated"
+    );
+    assert_eq!((lost, duplicated, unexpected), (0, 0, 0));
+    assert!(root.files("events/claimed").is_empty(), "dead services' claim directories are removed");
+    Ok(())
+}
+
+#[test]
+fn a_live_dispatchers_claim_is_never_taken_and_every_service_is_listed() -> Result<()> {
+    let root = Root::with_handlers(
+        "[handlers.slow]\ncomponent = \"{loop-forever}\"\nevents = [\"task.created\"]\nmax_attempts = 1\n\
+         [handlers.slow.limits]\ndeadline_ms = 3000\n",
+    )?;
+    let (a, b) = (root.serve()?, root.serve()?);
+    root.emit("task.created", "{}")?;
+    wait_for(Duration::from_secs(10), || Ok(root.claims().len() == 1))?;
+    // A one-shot dispatcher at the same moment leaves the live claim alone.
+    let out = root.run(&["dispatch", "--no-wait", "--json"])?;
+    let summary: Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!(summary["recovered_claims"], 0, "{summary}");
+    assert_eq!(root.claims().len(), 1, "the live service's claim was taken");
+    let status = root.ok(&["status"])?;
+    let services = status.lines().filter(|l| l.starts_with("service:")).count();
+    assert_eq!(services, 2, "{status}");
+    // Stopping one leaves the other's record.
+    assert_eq!(b.stop()?, 0);
+    let status = root.ok(&["status"])?;
+    assert_eq!(status.lines().filter(|l| l.starts_with("service:")).count(), 1, "{status}");
+    wait_for(Duration::from_secs(15), || Ok(root.files("events/dead-letter").len() == 1))?;
+    assert_eq!(a.stop()?, 0);
+    let status = root.ok(&["status"])?;
+    assert!(status.contains("services:      none running"), "{status}");
     Ok(())
 }
