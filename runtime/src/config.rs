@@ -223,10 +223,20 @@ pub struct HandlerLimits {
     /// Events one invocation may emit.
     #[serde(default = "default_max_emits")]
     pub max_emits: usize,
-    /// Bytes one invocation may add to files under its grants (writes,
-    /// appends, growing a file); past it writes fail with ENOSPC.
+    /// Bytes one invocation may add to files under its grants: each write
+    /// counts the bytes written or the growth of the file, whichever is
+    /// larger (a write far past the end counts the hole); past it writes
+    /// fail with ENOSPC.
     #[serde(default = "default_write_bytes")]
     pub write_bytes: u64,
+    /// Files, directories and links one invocation may create under its
+    /// grants; past it creating one fails with ENOSPC.
+    #[serde(default = "default_max_new_files")]
+    pub max_new_files: u64,
+    /// Files and directories one invocation may hold open at once (its
+    /// grants' own handles not counted); past it opens are refused.
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: u64,
 }
 
 impl Default for HandlerLimits {
@@ -238,6 +248,8 @@ impl Default for HandlerLimits {
             output_bytes: default_output_bytes(),
             max_emits: default_max_emits(),
             write_bytes: default_write_bytes(),
+            max_new_files: default_max_new_files(),
+            max_open_files: default_max_open_files(),
         }
     }
 }
@@ -256,6 +268,12 @@ fn default_max_emits() -> usize {
 }
 fn default_write_bytes() -> u64 {
     64 << 20
+}
+fn default_max_new_files() -> u64 {
+    1000
+}
+fn default_max_open_files() -> u64 {
+    64
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

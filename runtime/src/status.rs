@@ -93,7 +93,7 @@ fn loops(layout: &crate::layout::Layout) -> Result<Vec<Loop>> {
             None => out.push(Loop { handler, trigger_type, event_type, count: 1, last_event_id: id }),
         }
     }
-    out.sort_by(|a, b| b.count.cmp(&a.count));
+    out.sort_by_key(|b| std::cmp::Reverse(b.count));
     Ok(out)
 }
 

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -245,12 +244,15 @@ impl CallContext {
 pub struct State {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: super::limiter::Limiter,
     pub call: CallContext,
     pub stdout: MemoryOutputPipe,
     pub stderr: MemoryOutputPipe,
-    /// Bytes this invocation may still add to files under its grants.
-    pub write_budget: super::quota::WriteBudget,
+    /// What this invocation may still do to files under its grants.
+    pub quota: super::quota::Quota,
+    /// When the invocation's wall-clock deadline passes, for host calls
+    /// that wait (the epoch deadline covers the guest's own code).
+    pub deadline: std::time::Instant,
 }
 
 impl WasiView for State {

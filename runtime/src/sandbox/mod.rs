@@ -6,14 +6,18 @@
 //! and instance with its own WASI context: the handler's filesystem grants as
 //! preopens, captured and capped stdout/stderr, clocks and random, and
 //! nothing else (no sockets, no environment, no arguments). Limits are
-//! enforced by the engine: an epoch deadline, an optional fuel budget, a
-//! memory cap that traps, and a bounded wasm stack.
+//! enforced by the engine: an epoch deadline (carried across waiting host
+//! calls by `deadline`), an optional fuel budget, a memory cap over all of
+//! an instance's memories (`limiter`), a bounded wasm stack, and caps on
+//! what the guest may do to files (`quota`).
 //!
 //! This module is the only place that names `wasmtime` types in its API's
 //! insides; the rest of the runtime sees [`Sandbox`], [`Loaded`] and
 //! [`Invocation`].
 
+mod deadline;
 mod host;
+mod limiter;
 mod quota;
 
 use std::collections::BTreeMap;
@@ -27,7 +31,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, Trap};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
@@ -91,8 +95,8 @@ pub struct Loaded {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Fault {
     /// `error` (the handler's `Err`), `timeout`, `fuel`, `memory`,
-    /// `stack-overflow`, `output-limit`, `write-limit`, `trap`, or
-    /// `instantiate`.
+    /// `stack-overflow`, `output-limit`, `write-limit`, `fd-limit`, `trap`,
+    /// or `instantiate`.
     pub kind: String,
     pub message: String,
     /// The whole error chain with the wasm backtrace, for forensics.
@@ -148,6 +152,11 @@ impl Sandbox {
         pool.total_memories(512);
         pool.total_tables(1024);
         pool.max_memory_size(4 << 30);
+        // One component may not take more than its share of the pool; its
+        // memories together are capped by limits.memory_mb (`limiter`).
+        pool.max_core_instances_per_component(limiter::MAX_CORE_INSTANCES);
+        pool.max_memories_per_component(limiter::MAX_MEMORIES);
+        pool.max_tables_per_component(limiter::MAX_TABLES);
         // Reset small memories and tables in place instead of returning them
         // to the kernel: that avoids a TLB shootdown across cores per event,
         // which otherwise dominates the cost of a fresh instance.
@@ -161,21 +170,33 @@ impl Sandbox {
         let engine = Engine::new(&config).map_err(anyhow_err).context("failed to create the wasm engine")?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow_err).context("failed to link WASI")?;
-        // wasi:filesystem/types again, through the write budget.
+        // wasi:filesystem/types again, through the file quotas, and
+        // wasi:io/poll again, bounded by the deadline.
         linker.allow_shadowing(true);
         wasmtime_wasi::p2::bindings::sync::filesystem::types::add_to_linker::<State, quota::QuotaFsData>(
             &mut linker,
-            |s| {
-                let budget = s.write_budget.clone();
-                quota::QuotaFs { inner: wasmtime_wasi::filesystem::WasiFilesystemView::filesystem(s), budget }
+            |s| quota::QuotaFs {
+                inner: wasmtime_wasi::filesystem::WasiFilesystemCtxView {
+                    ctx: s.wasi.filesystem(),
+                    table: &mut s.table,
+                },
+                quota: &mut s.quota,
             },
         )
         .map_err(anyhow_err)
-        .context("failed to link the filesystem write budget")?;
+        .context("failed to link the filesystem quotas")?;
+        wasmtime_wasi::p2::bindings::sync::io::poll::add_to_linker::<State, deadline::DeadlinedData>(
+            &mut linker,
+            |s| deadline::Deadlined { table: &mut s.table, deadline: s.deadline },
+        )
+        .map_err(anyhow_err)
+        .context("failed to link the deadline on wasi:io/poll")?;
         linker.allow_shadowing(false);
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(anyhow_err)
             .context("failed to link the cortex host functions")?;
+
+        raise_fd_limit();
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (weak, stop) = (engine.weak(), ticker_stop.clone());
@@ -340,10 +361,7 @@ impl Sandbox {
         let state = State {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(usize::try_from(limits.memory_mb << 20).unwrap_or(usize::MAX))
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: limiter::Limiter::new(limits.memory_mb),
             call: CallContext::new(
                 &loaded.name,
                 loaded.settings.clone(),
@@ -354,7 +372,11 @@ impl Sandbox {
             ),
             stdout,
             stderr,
-            write_budget: quota::WriteBudget::new(limits.write_bytes),
+            quota: quota::Quota::new(limits),
+            // A deadline too far to represent is no deadline.
+            deadline: Instant::now()
+                .checked_add(Duration::from_millis(limits.deadline_ms))
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1 << 32)),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -428,11 +450,27 @@ impl Sandbox {
                 ),
                 detail: f.detail,
             }),
-            Err(f) if state.write_budget.exceeded() && matches!(f.kind.as_str(), "trap" | "error") => Err(Fault {
+            Err(f) if state.quota.bytes_exceeded() && matches!(f.kind.as_str(), "trap" | "error") => Err(Fault {
                 kind: "write-limit".into(),
                 message: format!(
-                    "wrote more than {} bytes to files under its grants (limits.write_bytes); further writes were refused with ENOSPC: {}",
+                    "wrote more than {} bytes to files under its grants (limits.write_bytes; a write past the end of a file counts the gap too); further writes were refused with ENOSPC: {}",
                     limits.write_bytes, f.message
+                ),
+                detail: f.detail,
+            }),
+            Err(f) if state.quota.new_files_exceeded() && matches!(f.kind.as_str(), "trap" | "error") => Err(Fault {
+                kind: "write-limit".into(),
+                message: format!(
+                    "created more than {} files, directories and links under its grants (limits.max_new_files); further ones were refused with ENOSPC: {}",
+                    limits.max_new_files, f.message
+                ),
+                detail: f.detail,
+            }),
+            Err(f) if state.quota.open_files_exceeded() && matches!(f.kind.as_str(), "trap" | "error") => Err(Fault {
+                kind: "fd-limit".into(),
+                message: format!(
+                    "held more than {} files and directories open at once (limits.max_open_files); further opens were refused: {}",
+                    limits.max_open_files, f.message
                 ),
                 detail: f.detail,
             }),
@@ -441,6 +479,23 @@ impl Sandbox {
         let mut call = state.call;
         call.finish_logs();
         Invocation { result, emitted: call.emitted, logs: call.logs, stdout, stderr, duration: start.elapsed() }
+    }
+}
+
+/// Raises the soft limit on open file descriptors to the hard limit, as
+/// servers do: guests hold descriptors too (at most `limits.max_open_files`
+/// plus their grants per invocation), and the host's own (queue, journal,
+/// sockets) must still open once they do.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::debug!("could not raise the open-file limit to {}", lim.rlim_max);
+            }
+        }
     }
 }
 
@@ -484,9 +539,13 @@ fn classify(e: &wasmtime::Error, limits: &HandlerLimits, default_kind: &str) -> 
         Some(Trap::StackOverflow) => {
             ("stack-overflow", format!("wasm stack overflow (the stack is capped at {} KiB)", MAX_WASM_STACK >> 10))
         }
-        _ if text.contains("forcing trap when growing memory") || text.contains("memory minimum size") => {
-            ("memory", format!("memory limit of {} MiB exceeded (limits.memory_mb): {text}", limits.memory_mb))
-        }
+        _ if e.downcast_ref::<limiter::MemoryCapExceeded>().is_some() || text.contains("memory minimum size") => (
+            "memory",
+            format!(
+                "memory limit of {} MiB exceeded (limits.memory_mb, all memories together): {text}",
+                limits.memory_mb
+            ),
+        ),
         _ if text.contains("write beyond capacity") => (
             "output-limit",
             format!("wrote more than {} bytes to stdout/stderr (limits.output_bytes)", limits.output_bytes),
