@@ -156,22 +156,7 @@ pub fn write_durably(tmp_dir: &Path, target: &Path, bytes: &[u8]) -> Result<()> 
 /// When the file cannot be opened, written or synced.
 pub fn append_lines(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     let mut f = OpenOptions::new().create(true).append(true).read(true).open(path)?;
-    let len = f.metadata()?.len();
-    let mut out = Vec::with_capacity(bytes.len() + 1);
-    if len > 0 {
-        let mut last = [0u8; 1];
-        f.seek(SeekFrom::Start(len - 1))?;
-        f.read_exact(&mut last)?;
-        if last[0] != b'\n' {
-            out.push(b'\n');
-        }
-    }
-    out.extend_from_slice(bytes);
-    f.write_all(&out)?;
-    if sync {
-        f.sync_data()?;
-    }
-    Ok(())
+    beneath::append_to(&mut f, bytes, sync)
 }
 
 /// Copies a directory tree without following a symlink anywhere: the
