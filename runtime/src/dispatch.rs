@@ -52,7 +52,7 @@ pub fn load_all(sandbox: &Sandbox, config: &Config) -> (BTreeMap<String, Arc<Loa
     for (name, h) in &config.handlers {
         match sandbox.load(name, h).and_then(|l| declared(&l, config.dispatch.describe_mismatch).map(|()| l)) {
             Ok(l) => {
-                let load_ms = l.load_time.as_secs_f64() * 1000.0;
+                let load_ms = crate::text::millis(l.load_time);
                 if l.from_cache {
                     tracing::debug!(handler = %name, load_ms, "handler loaded from the compiled cache");
                 } else {
@@ -476,7 +476,7 @@ impl Dispatcher {
         summary.broken = self.broken.read().unwrap_or_else(|e| e.into_inner()).clone();
         summary.emitted = committed.emitted;
         summary.handlers = committed.handlers;
-        summary.elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
+        summary.elapsed_ms = crate::text::millis(start.elapsed());
         Ok(summary)
     }
 }
@@ -520,7 +520,7 @@ fn lane(
                 let inv = sandbox.invoke(&loaded, event, job.pending.claim.name.attempt);
                 slots.release();
                 crate::fsio::failpoint("dispatch.handler-done");
-                let ms = inv.duration.as_secs_f64() * 1000.0;
+                let ms = crate::text::millis(inv.duration);
                 metrics.invocation(name, inv.result.as_ref().map_or_else(|f| f.kind.as_str(), |_| "ok"), inv.duration);
                 // Summaries, errors and output are the guest's text: escaped,
                 // so they cannot drive the terminal or forge a log line.
@@ -652,7 +652,7 @@ fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
                     "version": r.version,
                     "component_sha256": r.sha256,
                     "summary": text,
-                    "duration_ms": r.duration.as_secs_f64() * 1000.0,
+                    "duration_ms": crate::text::millis(r.duration),
                     "emitted": r.emitted.iter().map(|e| e.event_id.clone()).collect::<Vec<_>>(),
                 }));
                 emitted.extend(r.emitted.iter().cloned());
@@ -711,7 +711,7 @@ fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
                 kind: f.kind.clone(),
                 message: f.message.clone(),
                 detail: f.detail.clone(),
-                duration_ms: r.duration.as_secs_f64() * 1000.0,
+                duration_ms: crate::text::millis(r.duration),
             })
             .collect(),
     });

@@ -431,28 +431,33 @@ impl Validator {
             if !FIELDS.contains(&key.as_str()) {
                 // A key that is not a plain word is quoted, so "" or " x" stays visible.
                 let plain = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-                let path = if plain { key.clone() } else { format!("{key:?}") };
+                let path = if plain { key.clone() } else { crate::text::quote(key) };
                 bad(&path, format!("unknown field (the envelope has: {})", FIELDS.join(", ")));
             }
         }
         match obj.get("event_id") {
             None => bad("event_id", "required field is missing".into()),
             Some(Value::String(id)) if is_valid_event_id(id) => {}
-            Some(Value::String(id)) => {
-                bad("event_id", format!("{id:?} does not match evt_YYYYMMDD_HHMMSS_<6+ lowercase alphanumerics>"))
-            }
+            Some(Value::String(id)) => bad(
+                "event_id",
+                format!("{} does not match evt_YYYYMMDD_HHMMSS_<6+ lowercase alphanumerics>", crate::text::quote(id)),
+            ),
             Some(v) => bad("event_id", format!("expected a string, found {}", kind(v))),
         }
         match obj.get("event_type") {
             None => bad("event_type", "required field is missing".into()),
             Some(Value::String(t)) if !is_valid_type_name(t) => bad(
                 "event_type",
-                format!("{t:?} is not a type name (lowercase dot-separated words, e.g. worker.completed)"),
+                format!(
+                    "{} is not a type name (lowercase dot-separated words, e.g. worker.completed)",
+                    crate::text::quote(t)
+                ),
             ),
             Some(Value::String(t)) if self.category(t).is_none() => bad(
                 "event_type",
                 format!(
-                    "unknown event type {t:?}: not in the catalogue; declare it under [events] custom_types in cortex.toml"
+                    "unknown event type {}: not in the catalogue; declare it under [events] custom_types in cortex.toml",
+                    crate::text::quote(t)
                 ),
             ),
             Some(Value::String(_)) => {}
@@ -580,7 +585,10 @@ fn check_timestamp(ts: &str) -> Result<(), String> {
     // RFC 3339 proper: chrono alone would also take a space for the `T`.
     let b = ts.as_bytes();
     if b.len() < 19 || b[10] != b'T' || !ts.is_char_boundary(19) {
-        return Err(format!("{ts:?} is not an RFC 3339 timestamp (e.g. 2025-12-01T12:00:00-06:00)"));
+        return Err(format!(
+            "{} is not an RFC 3339 timestamp (e.g. 2025-12-01T12:00:00-06:00)",
+            crate::text::quote(ts)
+        ));
     }
     let tail = &ts[19..];
     let zone = match tail.strip_prefix('.') {
@@ -594,10 +602,13 @@ fn check_timestamp(ts: &str) -> Result<(), String> {
             && zone.bytes().enumerate().all(|(i, c)| i == 0 || i == 3 || c.is_ascii_digit()));
     let fraction_ok = !tail.starts_with('.') || tail.len() - zone.len() > 1;
     if zone.is_empty() {
-        return Err(format!("{ts:?} has no UTC offset; add one, e.g. Z or -06:00"));
+        return Err(format!("{} has no UTC offset; add one, e.g. Z or -06:00", crate::text::quote(ts)));
     }
     if !zone_ok || !fraction_ok || DateTime::parse_from_rfc3339(ts).is_err() {
-        return Err(format!("{ts:?} is not a valid RFC 3339 timestamp (e.g. 2025-12-01T12:00:00-06:00)"));
+        return Err(format!(
+            "{} is not a valid RFC 3339 timestamp (e.g. 2025-12-01T12:00:00-06:00)",
+            crate::text::quote(ts)
+        ));
     }
     Ok(())
 }

@@ -48,6 +48,7 @@ enum Command {
     },
     /// Queue depth, oldest queued event, events by type, dead letters.
     Status {
+        /// Print the status as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -74,8 +75,16 @@ enum Command {
         log_format: LogFormat,
     },
     /// Show the configured handlers; write and test new ones.
-    #[command(alias = "handler")]
     Handlers {
+        #[command(subcommand)]
+        command: HandlersCommand,
+    },
+    // `cortex handlers` under the singular name: a separate hidden command
+    // rather than an alias, so that its help and usage errors say
+    // `Usage: cortex handler ...`, the name the user typed.
+    /// Show the configured handlers; write and test new ones.
+    #[command(hide = true)]
+    Handler {
         #[command(subcommand)]
         command: HandlersCommand,
     },
@@ -113,6 +122,7 @@ struct FilterArgs {
     /// critical, high, medium or low.
     #[arg(long)]
     priority: Option<Priority>,
+    /// Events with this correlation id.
     #[arg(long, value_name = "ID")]
     correlation_id: Option<String>,
 }
@@ -175,6 +185,7 @@ enum DlqCommand {
     List {
         #[command(flatten)]
         filter: FilterArgs,
+        /// Print the dead letters (key, file and record) as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -198,6 +209,7 @@ enum DlqCommand {
         all: bool,
         #[command(flatten)]
         filter: FilterArgs,
+        /// Print the retried events as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -225,6 +237,7 @@ enum LogFormat {
 enum HandlersCommand {
     /// Each handler: component, sha256, events, grants, and whether it loads.
     List {
+        /// Print the handlers as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -236,6 +249,7 @@ enum HandlersCommand {
     New {
         /// The handler's name, e.g. on-invoice-paid.
         name: String,
+        /// The language of the scaffold.
         #[arg(long, value_enum, default_value = "rust")]
         lang: cortex::scaffold::Lang,
         /// Event types or globs it handles (repeatable; default '*').
@@ -316,12 +330,15 @@ struct EmitArgs {
     /// start a command with an argument over 128 KiB.
     #[arg(required_unless_present = "batch", value_name = "PAYLOAD_JSON|@FILE|-")]
     payload: Option<String>,
+    /// The event's correlation_id, shared by related events (empty: none).
     correlation_id: Option<String>,
     /// critical, high, medium (default) or low.
     priority: Option<Priority>,
-    #[arg(long = "tag")]
+    /// A tag for metadata.tags (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
     tags: Vec<String>,
-    #[arg(long)]
+    /// metadata.master: the agent or run the event belongs to.
+    #[arg(long, value_name = "NAME")]
     master: Option<String>,
     /// Print the whole event as JSON instead of its id.
     #[arg(long)]
@@ -388,12 +405,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status { json } => status(&layout, json),
         Command::Dispatch { json, no_wait } => dispatch(&layout, json, no_wait),
         Command::Serve { listen, .. } => serve(layout, &listen),
-        Command::Handlers { command: HandlersCommand::List { json } } => handlers(&layout, json, false),
-        Command::Handlers { command: HandlersCommand::Check } => handlers(&layout, false, true),
-        Command::Handlers { command: HandlersCommand::Test(args) } => handler_test(&layout, *args),
-        Command::Handlers { command: HandlersCommand::New { name, lang, events, dir } } => {
-            handler_new(&name, lang, &events, dir)
-        }
+        Command::Handlers { command } | Command::Handler { command } => match command {
+            HandlersCommand::List { json } => handlers(&layout, json, false),
+            HandlersCommand::Check => handlers(&layout, false, true),
+            HandlersCommand::Test(args) => handler_test(&layout, *args),
+            HandlersCommand::New { name, lang, events, dir } => handler_new(&name, lang, &events, dir),
+        },
         Command::Replay(args) => replay(&layout, args),
         Command::Dlq { command } => dlq(&layout, command),
     }
@@ -644,11 +661,8 @@ fn emit(layout: &Layout, args: EmitArgs) -> Result<ExitCode> {
         _ => (payload, "PAYLOAD_JSON".to_string()),
     };
     let payload = strip_bom(&payload);
-    let payload: serde_json::Value = serde_json::from_str(payload).with_context(|| {
-        let shown: String = payload.chars().take(200).collect();
-        let more = if shown.len() < payload.len() { "…" } else { "" };
-        format!("{from} is not valid JSON: {shown:?}{more}")
-    })?;
+    let payload: serde_json::Value = serde_json::from_str(payload)
+        .with_context(|| format!("{from} is not valid JSON: {}", cortex::text::quote(payload)))?;
     let serde_json::Value::Object(payload) = payload else {
         anyhow::bail!("{from} must be a JSON object, e.g. '{{\"worker_id\": \"w-1\"}}'");
     };
@@ -848,6 +862,8 @@ fn handler_test(layout: &Layout, args: TestArgs) -> Result<ExitCode> {
         settings = h.settings.clone();
         limits = h.limits.clone();
     }
+    let guessing = args.handler.is_none() && args.grants.is_empty();
+    let component_stem = args.component.file_stem().map(|s| s.to_os_string());
     for g in args.grants {
         grants.retain(|old| old.dir != g.dir);
         grants.push(g);
@@ -878,6 +894,15 @@ fn handler_test(layout: &Layout, args: TestArgs) -> Result<ExitCode> {
         name: args.handler,
     };
     let report = cortex::harness::run(&request)?;
+    // Run without --handler and --grant, a handler of the root fails for
+    // want of the directories and settings its table gives it: say so.
+    let failed = report["runs"].as_array().into_iter().flatten().filter(|r| r["outcome"] != "ok").count();
+    let table = config.as_ref().filter(|_| guessing && failed > 0).and_then(|c| {
+        c.handlers.iter().find_map(|(name, h)| {
+            let same_file = h.component.file_stem().is_some_and(|s| Some(s) == component_stem.as_deref());
+            (same_file || report["handler"]["name"] == name.as_str()).then_some(name)
+        })
+    });
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
@@ -889,8 +914,12 @@ fn handler_test(layout: &Layout, args: TestArgs) -> Result<ExitCode> {
         std::fs::write(path, text).with_context(|| format!("failed to write {}", path.display()))?;
         eprintln!("wrote the expectation {}: edit out what should not be checked", path.display());
     }
+    if let Some(name) = table {
+        eprintln!(
+            "cortex: hint: the root's cortex.toml has [handlers.{name}]; run with --handler {name} to use its grants and settings"
+        );
+    }
     let Some(expect) = args.expect else {
-        let failed = report["runs"].as_array().into_iter().flatten().filter(|r| r["outcome"] != "ok").count();
         if failed > 0 {
             eprintln!("cortex: {failed} event(s) failed (give --expect FILE to state that a failure is expected)");
             return Ok(ExitCode::FAILURE);

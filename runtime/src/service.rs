@@ -122,8 +122,8 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
     sd_notify("READY=1");
     tracing::info!(
         root = %layout.root().display(),
-        listen = ?options.listen,
-        ready_ms = started.elapsed().as_secs_f64() * 1000.0,
+        listen = %options.listen.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        ready_ms = crate::text::millis(started.elapsed()),
         "cortex serving"
     );
 
@@ -402,7 +402,7 @@ impl Reloader {
                 }
             }
         } else {
-            active_config
+            active_config.clone()
         };
         if config_changed && config.handlers.values().any(|h| h.limits.fuel.is_some()) != self.any_fuel() {
             tracing::error!("reload refused: turning fuel metering on or off needs a restart");
@@ -431,7 +431,7 @@ impl Reloader {
                 .and_then(|l| dispatch::declared(&l, config.dispatch.describe_mismatch).map(|()| l));
             match loaded {
                 Ok(l) => {
-                    tracing::info!(handler = %name, sha256 = %l.sha256, version = %l.info.version, load_ms = l.load_time.as_secs_f64() * 1000.0, "handler reloaded");
+                    tracing::info!(handler = %name, sha256 = %l.sha256, version = %l.info.version, was = %current.get(name).map_or_else(|| "(new)".to_string(), |o| format!("{} v{}", o.sha256, o.info.version)), load_ms = crate::text::millis(l.load_time), "handler reloaded");
                     swapped.push(name.clone());
                     next.insert(name.clone(), Arc::new(l));
                 }
@@ -472,6 +472,9 @@ impl Reloader {
         metrics.set_broken(broken.keys().map(String::as_str));
         *broken_slot.write().unwrap_or_else(|e| e.into_inner()) = broken;
         *self.dispatcher.config_slot().write().unwrap_or_else(|e| e.into_inner()) = config.clone();
+        if config_changed {
+            tracing::info!(changed = %config_changes(&active_config, &config), "cortex.toml reloaded");
+        }
         *self.active_config.lock().unwrap_or_else(|e| e.into_inner()) = (text, config);
         metrics.reload(true);
         self.record_active();
@@ -513,6 +516,40 @@ impl Reloader {
         }
         fsio::write_durably(&self.layout.tmp(), &path, serde_json::to_string_pretty(&doc)?.as_bytes())
     }
+}
+
+/// What differs between two configs, for the reload log line: the
+/// top-level sections that changed, and the handlers and schedules added,
+/// removed or changed, by name, e.g. `handlers added: b; handlers changed: a; limits`.
+fn config_changes(old: &Config, new: &Config) -> String {
+    fn keyed<T: PartialEq>(what: &str, old: &BTreeMap<String, T>, new: &BTreeMap<String, T>, out: &mut Vec<String>) {
+        let names = |f: &dyn Fn(&String) -> bool, m: &BTreeMap<String, T>| -> Vec<String> {
+            m.keys().filter(|k| f(k)).map(|k| crate::text::escape(k).into_owned()).collect()
+        };
+        for (verb, list) in [
+            ("added", names(&|k| !old.contains_key(k), new)),
+            ("removed", names(&|k| !new.contains_key(k), old)),
+            ("changed", names(&|k| new.get(k).is_some_and(|n| n != &old[k]), old)),
+        ] {
+            if !list.is_empty() {
+                out.push(format!("{what} {verb}: {}", list.join(", ")));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    keyed("handlers", &old.handlers, &new.handlers, &mut out);
+    keyed("schedules", &old.schedules, &new.schedules, &mut out);
+    for (section, changed) in [
+        ("events", old.events != new.events),
+        ("limits", old.limits != new.limits),
+        ("dispatch", old.dispatch != new.dispatch),
+        ("archive", old.archive != new.archive),
+    ] {
+        if changed {
+            out.push(section.to_string());
+        }
+    }
+    if out.is_empty() { "nothing that takes effect (comments or layout)".to_string() } else { out.join("; ") }
 }
 
 /// Tells systemd (`Type=notify`) about readiness and shutdown, when it

@@ -51,6 +51,31 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
+/// How much of a bad input an error message quotes, in bytes.
+pub const QUOTE_BYTES: usize = 200;
+
+/// `text` quoted for an error message about it: in double quotes with
+/// quotes and controls escaped (Rust's `{:?}`, then [`Escaped`] for what
+/// that leaves, such as bidirectional overrides), and cut at [`QUOTE_BYTES`] with
+/// "… (N bytes)" when longer, so that a 100 KB bad payload is not echoed
+/// whole to the terminal or a log.
+pub fn quote(text: &str) -> String {
+    if text.len() <= QUOTE_BYTES {
+        return Escaped(&format!("{text:?}")).to_string();
+    }
+    let mut cut = QUOTE_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes)", Escaped(&format!("{:?}", &text[..cut])), text.len())
+}
+
+/// Milliseconds of a duration for a log field, rounded to microseconds so
+/// that `duration_ms=0.228` does not print as `0.22781900000000002`.
+pub fn millis(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +89,21 @@ mod tests {
         assert!(matches!(escape("plain text, ünïcode ✓"), Cow::Borrowed(_)));
         let lines: Vec<_> = escape_lines("one\x1b\ntwo").collect();
         assert_eq!(lines, ["one\\u{1b}", "two"]);
+    }
+
+    #[test]
+    fn a_long_input_is_quoted_in_part_with_its_size() {
+        assert_eq!(quote("a\nb"), "\"a\\nb\"");
+        let long = "é".repeat(50_000);
+        let q = quote(&long);
+        assert!(q.len() < QUOTE_BYTES + 40, "{q}");
+        assert!(q.ends_with("… (100000 bytes)"), "{q}");
+    }
+
+    #[test]
+    fn milliseconds_have_at_most_three_decimals() {
+        let ms = millis(std::time::Duration::from_nanos(227_819));
+        assert_eq!(ms, 0.228);
+        assert_eq!(format!("{}", millis(std::time::Duration::from_nanos(300_941_834_999))), "300941.835");
     }
 }

@@ -109,7 +109,8 @@ impl CallContext {
             && !policy.may_set_source
         {
             return Some(format!(
-                "emit refused: source {source:?} is not this handler's name; leave it unset (it defaults to {name:?}) or set handlers.{name}.may_set_source = true"
+                "emit refused: source {} is not this handler's name; leave it unset (it defaults to {name:?}) or set handlers.{name}.may_set_source = true",
+                crate::text::quote(source)
             ));
         }
         if let Some(master) = &new.master
