@@ -39,9 +39,11 @@ pub type Handlers = Arc<RwLock<Arc<BTreeMap<String, Arc<Loaded>>>>>;
 /// the queue (deferred) until a reload loads them.
 pub type Broken = Arc<RwLock<BTreeMap<String, String>>>;
 
-/// How long an event that waits for a handler that does not load stays out
-/// of the serving order before it is looked at again.
+/// How long an event that waits for a handler that does not load first
+/// stays out of the serving order; doubled each time it is put back again,
+/// up to [`MAX_DEFER`], so a large backlog is not churned every few seconds.
 const DEFER: Duration = Duration::from_secs(2);
+const MAX_DEFER: Duration = Duration::from_secs(30);
 
 /// Loads every handler of a config. One that does not load (its component
 /// is missing or broken, or its `describe()` traps or times out) does not
@@ -189,6 +191,8 @@ struct Pending {
     /// Handlers this event routes to that do not load: it goes back to the
     /// queue unrun, its attempt unchanged.
     waits_for: Vec<String>,
+    /// How long it then stays out of the serving order.
+    defer_for: Duration,
     /// Delivered more often than its handlers allow (e.g. it crashed the
     /// dispatcher each time, so only lease recovery saw it): dead-letter it
     /// without running it again.
@@ -241,6 +245,8 @@ pub struct Dispatcher {
     config: Arc<RwLock<Arc<Config>>>,
     handlers: Handlers,
     broken: Broken,
+    /// How often each waiting entry was put back (for its next delay).
+    deferrals: Mutex<BTreeMap<String, u32>>,
 }
 
 impl Dispatcher {
@@ -260,6 +266,7 @@ impl Dispatcher {
             config: Arc::new(RwLock::new(config)),
             handlers: Arc::new(RwLock::new(Arc::new(handlers))),
             broken: Arc::new(RwLock::new(broken)),
+            deferrals: Mutex::default(),
         }
     }
 
@@ -403,11 +410,21 @@ impl Dispatcher {
                         } else {
                             names
                         };
-                        if !waits_for.is_empty() {
-                            deferred.insert(claim.name.key());
-                        }
+                        let defer_for = {
+                            let mut deferrals = self.deferrals.lock().unwrap_or_else(|e| e.into_inner());
+                            if waits_for.is_empty() {
+                                deferrals.remove(&claim.name.key());
+                                Duration::ZERO
+                            } else {
+                                deferred.insert(claim.name.key());
+                                let n = deferrals.entry(claim.name.key()).or_insert(0);
+                                *n += 1;
+                                DEFER.saturating_mul(1 << (*n - 1).min(8)).min(MAX_DEFER)
+                            }
+                        };
                         let pending = Arc::new(Pending {
                             waits_for,
+                            defer_for,
                             exhausted,
                             looped,
                             results: Mutex::new((0..names.len()).map(|_| None).collect()),
@@ -621,6 +638,7 @@ fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
     let pending = Arc::try_unwrap(pending).unwrap_or_else(|p| Pending {
         claim: p.claim.clone(),
         waits_for: p.waits_for.clone(),
+        defer_for: p.defer_for,
         exhausted: p.exhausted,
         looped: p.looped,
         names: p.names.clone(),
@@ -631,7 +649,11 @@ fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
     if !pending.waits_for.is_empty() {
         summary.deferred += 1;
         tracing::debug!(event_id = %claim.event.event_id, handlers = ?pending.waits_for, "event waits for handlers that do not load");
-        return Settlement { claim, emitted: Vec::new(), verdict: Verdict::Defer { due: SystemTime::now() + DEFER } };
+        return Settlement {
+            claim,
+            emitted: Vec::new(),
+            verdict: Verdict::Defer { due: SystemTime::now() + pending.defer_for },
+        };
     }
     let ran: Vec<Ran> = pending.results.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().flatten().collect();
     let attempt = claim.name.attempt;
