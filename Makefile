@@ -87,8 +87,10 @@ test: build handlers
 	cd handlers-wasm/js && node --test
 	$(CARGO) test --release --workspace
 
+# The bench binary `make build` already built: `cargo run -p` would resolve
+# other features than the --workspace build and compile wasmtime again.
 bench: build handlers
-	$(CARGO) run --release -p cortex-tests --bin cortex-bench
+	$(TARGET)/release/cortex-bench
 
 # Property-based fuzzing of the envelope parser/validator and the config
 # loader, bounded by case count (make test runs the same properties with 256).
