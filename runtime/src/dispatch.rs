@@ -152,9 +152,6 @@ impl std::fmt::Display for Summary {
         if self.deferred > 0 {
             writeln!(f, "{} events wait in the queue for handlers that do not load", self.deferred)?;
         }
-        for (name, why) in &self.broken {
-            writeln!(f, "handler {name} does not load: {why}")?;
-        }
         if self.recovered_claims > 0 {
             writeln!(f, "recovered {} stale claims from a stopped dispatcher", self.recovered_claims)?;
         }
@@ -404,12 +401,9 @@ impl Dispatcher {
                         let looped =
                             (!names.is_empty() && claim.event.hops() > u64::from(max_hops)).then_some(max_hops);
                         // An event that is to be dead-lettered anyway does not wait.
-                        let waits_for = if exhausted.is_some() || looped.is_some() { Vec::new() } else { waits_for };
-                        let names = if exhausted.is_some() || looped.is_some() || !waits_for.is_empty() {
-                            Vec::new()
-                        } else {
-                            names
-                        };
+                        let doomed = exhausted.is_some() || looped.is_some();
+                        let waits_for = if doomed { Vec::new() } else { waits_for };
+                        let names = if doomed || !waits_for.is_empty() { Vec::new() } else { names };
                         let defer_for = {
                             let mut deferrals = self.deferrals.lock().unwrap_or_else(|e| e.into_inner());
                             if waits_for.is_empty() {

@@ -480,10 +480,7 @@ fn short(v: &Value) -> String {
     if s.len() <= 200 {
         return s;
     }
-    let mut cut = 200;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
+    let cut = s.floor_char_boundary(200);
     format!("{}… ({} bytes)", &s[..cut], s.len())
 }
 

@@ -982,7 +982,7 @@ impl Queue for FsQueue {
                     .is_some_and(|a| a > lease);
                 // A claim directory half made by a process that died.
                 let removed = if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    old && e.file_name().to_string_lossy().starts_with("o-")
+                    old && owner::is_owner_name(&e.file_name().to_string_lossy())
                         && std::fs::remove_dir_all(e.path()).is_ok()
                 } else {
                     old && std::fs::remove_file(e.path()).is_ok()
@@ -1004,15 +1004,8 @@ impl Queue for FsQueue {
             if age < lease {
                 continue;
             }
-            let failure = Failure {
-                handler: String::new(),
-                component_sha256: String::new(),
-                kind: "lease-expired".into(),
-                message: format!("claim held for {}s without being settled: its dispatcher stopped", age.as_secs()),
-                detail: String::new(),
-                duration_ms: age.as_secs_f64() * 1000.0,
-            };
-            self.take_back(&path, &name, failure, &mut out)?;
+            let why = format!("claim held for {}s without being settled: its dispatcher stopped", age.as_secs());
+            self.take_back(&path, &name, ("lease-expired", why, age), &mut out)?;
         }
         // Claims of dispatchers that died: at once, whatever their age.
         let mine = self.owner.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|o| o.dir.clone());
@@ -1021,15 +1014,8 @@ impl Queue for FsQueue {
                 let path = orphan.dir.join(name.file_name());
                 let died =
                     orphan.pid.map_or_else(|| "its dispatcher".to_string(), |p| format!("its dispatcher (pid {p})"));
-                let failure = Failure {
-                    handler: String::new(),
-                    component_sha256: String::new(),
-                    kind: "owner-died".into(),
-                    message: format!("{died} died holding this claim (its claim lock was free)"),
-                    detail: String::new(),
-                    duration_ms: 0.0,
-                };
-                self.take_back(&path, &name, failure, &mut out)?;
+                let why = format!("{died} died holding this claim (its claim lock was free)");
+                self.take_back(&path, &name, ("owner-died", why, Duration::ZERO), &mut out)?;
             }
             fsio::sync_dir(&orphan.dir)?;
             let dir = orphan.dir.clone();
@@ -1067,8 +1053,15 @@ impl Queue for FsQueue {
 impl FsQueue {
     /// Takes back one claim whose dispatcher is gone: finishes its ack when
     /// its work was already recorded, else puts it back in the queue with
-    /// the attempt raised and `failure` in its history.
-    fn take_back(&self, path: &Path, name: &EntryName, failure: Failure, out: &mut Recovered) -> Result<()> {
+    /// the attempt raised and `why` (kind, message, how long it was held) in
+    /// its history.
+    fn take_back(
+        &self,
+        path: &Path,
+        name: &EntryName,
+        (kind, message, held): (&str, String, Duration),
+        out: &mut Recovered,
+    ) -> Result<()> {
         // Work already recorded? Then only the removal of the claim was lost.
         let done = match std::fs::read_to_string(path).ok().and_then(|t| self.validator.parse(&t).ok()) {
             Some(event) => archived_entry(&self.archive_path(&event), &name.key()),
@@ -1081,6 +1074,14 @@ impl FsQueue {
             return Ok(());
         }
         let mut delivery = if name.attempt > 1 { self.read_delivery(name)? } else { Delivery::default() };
+        let failure = Failure {
+            handler: String::new(),
+            component_sha256: String::new(),
+            kind: kind.into(),
+            message,
+            detail: String::new(),
+            duration_ms: held.as_secs_f64() * 1000.0,
+        };
         delivery.history.push(AttemptRecord { attempt: name.attempt, at: now_rfc3339(), failures: vec![failure] });
         fsio::write_durably(&self.layout.tmp(), &self.attempts_path(name), &serde_json::to_vec_pretty(&delivery)?)?;
         let mut next = name.clone();

@@ -205,7 +205,7 @@ fn http_app(
                     .read()
                     .unwrap_or_else(|e| e.into_inner())
                     .iter()
-                    .map(|(name, why)| format!("handler {name} does not load: {}\n", why.replace(['\n', '\r'], " ")))
+                    .map(|(name, why)| format!("handler {name} does not load: {}\n", crate::text::escape(why)))
                     .collect();
                 async move {
                     match (ready, detail.is_empty()) {
@@ -279,6 +279,7 @@ fn schedule_loop(layout: &Layout, dispatcher: &Dispatcher, stop: &AtomicBool) {
     const POLL: Duration = Duration::from_millis(200);
     let mut next_check = Instant::now();
     let mut had_schedules = true;
+    let mut checked: Option<(Arc<Config>, Vec<crate::schedule::Schedule>, crate::event::Validator)> = None;
     while !stop.load(Ordering::Relaxed) {
         if Instant::now() < next_check {
             std::thread::sleep(POLL);
@@ -291,18 +292,29 @@ fn schedule_loop(layout: &Layout, dispatcher: &Dispatcher, stop: &AtomicBool) {
             continue;
         }
         had_schedules = !config.schedules.is_empty();
-        let fired = crate::schedule::schedules(&config).and_then(|schedules| {
+        // Parsed once per configuration, not once a second.
+        if !checked.as_ref().is_some_and(|(c, ..)| Arc::ptr_eq(c, &config)) {
+            match crate::schedule::schedules(&config) {
+                Ok(schedules) => checked = Some((config.clone(), schedules, config.validator())),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "schedules could not be read; trying again in a second");
+                    continue;
+                }
+            }
+        }
+        let Some((_, schedules, validator)) = checked.as_ref() else { continue };
+        let fired = (|| -> Result<Vec<(String, String)>> {
             let now = chrono::Utc::now().timestamp();
-            let pending = crate::schedule::due(layout, &schedules, &config.validator(), now)?;
+            let pending = crate::schedule::due(layout, schedules, validator, now)?;
             dispatcher.queue().enqueue(&pending.events).context("failed to queue scheduled events")?;
-            let fired: Vec<(String, String)> = pending
+            let fired = pending
                 .events
                 .iter()
                 .map(|e| (e.event_id.clone(), e.payload.get("schedule").and_then(|v| v.as_str()).unwrap_or("").into()))
                 .collect();
             pending.commit()?;
             Ok(fired)
-        });
+        })();
         match fired {
             Ok(fired) => {
                 for (event_id, schedule) in fired {

@@ -63,10 +63,7 @@ pub fn quote(text: &str) -> String {
     if text.len() <= QUOTE_BYTES {
         return Escaped(&format!("{text:?}")).to_string();
     }
-    let mut cut = QUOTE_BYTES;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
+    let cut = text.floor_char_boundary(QUOTE_BYTES);
     format!("{}… ({} bytes)", Escaped(&format!("{:?}", &text[..cut])), text.len())
 }
 

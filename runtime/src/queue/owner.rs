@@ -20,6 +20,12 @@ use anyhow::{Context, Result};
 
 use crate::layout::Layout;
 
+/// Whether `name` (an entry of `events/claimed/` or `events/tmp/`) is an
+/// owner directory's name.
+pub fn is_owner_name(name: &str) -> bool {
+    name.starts_with(PREFIX)
+}
+
 /// The lock file in an owner directory.
 const LOCK: &str = ".lock";
 /// Owner directories' names start with this.
@@ -112,7 +118,7 @@ pub fn orphans(claimed: &Path, mine: Option<&Path>) -> Result<Vec<Orphan>> {
         let entry = entry.with_context(|| format!("failed to list {}", claimed.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let dir = entry.path();
-        if !name.starts_with(PREFIX) || !entry.file_type().is_ok_and(|t| t.is_dir()) || Some(dir.as_path()) == mine {
+        if !is_owner_name(&name) || !entry.file_type().is_ok_and(|t| t.is_dir()) || Some(dir.as_path()) == mine {
             continue;
         }
         let pid = name.strip_prefix(PREFIX).and_then(|r| r.split('-').next()).and_then(|p| p.parse().ok());
@@ -137,7 +143,7 @@ pub fn dirs(claimed: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(claimed)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().starts_with(PREFIX))
+                .filter(|e| is_owner_name(&e.file_name().to_string_lossy()))
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                 .map(|e| e.path())
                 .collect()

@@ -205,11 +205,7 @@ impl CallContext {
         };
         let limit = MAX_LOG_LINE.min(MAX_LOG_BYTES - self.log_bytes);
         if message.len() > limit {
-            let mut cut = limit;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
+            message.truncate(message.floor_char_boundary(limit));
             message.push('…');
         }
         self.log_bytes += message.len();

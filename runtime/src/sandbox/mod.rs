@@ -509,10 +509,7 @@ fn cap(mut text: String) -> String {
         return text;
     }
     let total = text.len();
-    let mut cut = MAX_MESSAGE;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
+    let cut = text.floor_char_boundary(MAX_MESSAGE);
     text.truncate(cut);
     text.push_str(&format!("… ({} of {total} bytes cut)", total - cut));
     text
