@@ -9,11 +9,12 @@ reports (`reports/`), importable and unit-tested on its own.
   it applies in its module docs;
 * `summary`: the period's named figures and the executive highlights;
 * `charts`: Altair charts of those frames, and `svg()` to inline them;
-* `llm`: the optional language-model summary (off unless configured).
+* `llm`: the optional language-model summary (off unless configured);
+* `options`: the root and period from arguments, and headless figures out.
 """
 
-from . import charts, cost, llm, routing, security, summary, workers
+from . import charts, cost, llm, options, routing, security, summary, workers
 from .load import SEVERITIES, Dataset, Period, Root, parse_time
 
 __all__ = ["SEVERITIES", "Dataset", "Period", "Root", "parse_time",
-           "charts", "cost", "llm", "routing", "security", "summary", "workers"]
+           "charts", "cost", "llm", "options", "routing", "security", "summary", "workers"]

@@ -40,6 +40,15 @@ def confidence_by_day(decisions: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def by_master(decisions: pl.DataFrame) -> pl.DataFrame:
+    """Per master: decisions and mean confidence."""
+    return (
+        decisions.group_by("master")
+        .agg(decisions=pl.len(), mean_confidence=pl.col("confidence").mean())
+        .sort("master")
+    )
+
+
 def by_expert(decisions: pl.DataFrame, low: float = LOW) -> pl.DataFrame:
     """Per master and expert: decisions, mean confidence, low-confidence
     count and rate."""
