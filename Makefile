@@ -81,7 +81,7 @@ run: build handlers
 	@echo "serving $(ROOT): metrics on http://127.0.0.1:9464/metrics; Ctrl-C stops"
 	$(CORTEX) serve --root $(ROOT)
 
-test: build handlers
+test: build handlers analysis-test
 	cd handlers-wasm && CARGO_TARGET_DIR=$(TARGET)/wasm-native $(CARGO) test --release --workspace
 	for d in handlers-wasm/py/on-*/; do (cd "$$d" && $(TOOLS)/py/bin/python -m unittest --quiet) || exit 1; done
 	cd handlers-wasm/js && node --test
@@ -107,3 +107,45 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+# The analysis side (analysis/, reports/): a pinned Python toolchain in
+# $(TARGET)/tools/analysis (marimo, polars, altair, vl-convert, pytest),
+# never installed globally. ROOT as for `make run`; DAYS, FROM, TO, OUT below.
+ANALYSIS      := $(TOOLS)/analysis
+ANALYSIS_PY   := $(ANALYSIS)/bin/python
+DAYS          ?= 7
+FROM          ?=
+TO            ?=
+OUT           ?= $(ROOT)/reports
+NOTEBOOK_PORT ?= 2718
+
+.PHONY: demo notebooks reports analysis-test
+
+$(ANALYSIS)/.installed: analysis/requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: Python 3.11+ is needed for the notebooks and reports" >&2; exit 1; }
+	$(PYTHON) -m venv $(ANALYSIS)
+	$(ANALYSIS)/bin/pip install --disable-pip-version-check --quiet -r $<
+	touch $@
+
+# A simulated week (DAYS days) emitted and dispatched into ROOT through the
+# real pipeline, with the Python cost handler enabled.
+demo: build handlers $(ANALYSIS)/.installed
+	$(ANALYSIS_PY) analysis/demo.py --root $(ROOT) --cortex $(CORTEX) --handlers $(HANDLERS_OUT) --days $(DAYS)
+
+# The three notebooks as read-only apps on loopback only
+# (http://127.0.0.1:$(NOTEBOOK_PORT)); marimo's frontend ships in its package.
+notebooks: $(ANALYSIS)/.installed
+	@echo "notebooks of $(ROOT) on http://127.0.0.1:$(NOTEBOOK_PORT) (loopback only); Ctrl-C stops"
+	cd analysis && CORTEX_ROOT=$(abspath $(ROOT)) $(ANALYSIS)/bin/marimo run --host 127.0.0.1 --port $(NOTEBOOK_PORT) --headless \
+	  routing-optimization.py security-dashboard.py worker-performance.py
+
+# Self-contained HTML for FROM..TO (dates, TO included; default the last DAYS days) in OUT.
+reports: $(ANALYSIS)/.installed
+	$(ANALYSIS_PY) reports/render.py --root $(ROOT) $(if $(FROM),--from $(FROM)) $(if $(TO),--to $(TO)) --days $(DAYS) --out $(OUT)
+
+# Unit tests of analysis/cortexdata, then a small demo root (two days) with
+# every notebook run headless and every report rendered and checked against
+# the archive. The compiled-component cache is kept between runs.
+analysis-test: build handlers $(ANALYSIS)/.installed
+	CORTEX=$(CORTEX) CORTEX_HANDLERS=$(HANDLERS_OUT) CORTEX_CACHE=$(TARGET)/analysis-cache \
+	  $(ANALYSIS_PY) -m pytest -q -p no:cacheprovider analysis/tests
