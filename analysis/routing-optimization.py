@@ -48,7 +48,7 @@ def _(cd, decisions, mo):
     mo.vstack([
         mo.md("## Confidence per master and expert"),
         mo.ui.altair_chart(cd.charts.confidence_trend(cd.routing.confidence_by_day(decisions))),
-        mo.ui.table(experts.to_dicts(), selection=None),
+        mo.ui.table(cd.charts.rows(experts), selection=None),
     ])
     return (experts,)
 
@@ -60,7 +60,7 @@ def _(cd, data, decisions, mo):
         mo.md(f"""## Drift
     Mean confidence in each half of the period; a change of {cd.routing.DRIFT_PCT:.0f}% or more with
     {cd.routing.MIN_DECISIONS}+ decisions in each half is reported below."""),
-        mo.ui.table(drift.to_dicts(), selection=None),
+        mo.ui.table(cd.charts.rows(drift), selection=None),
     ])
     return (drift,)
 
@@ -72,7 +72,7 @@ def _(cd, decisions, experts, mo):
         mo.md(f"""## Low-confidence hot spots
     Pairs with {cd.routing.HOT_RATE:.0%}+ of decisions below {cd.routing.LOW}."""),
         mo.ui.altair_chart(cd.charts.low_rate(experts)),
-        mo.ui.table(hot.to_dicts(), selection=None),
+        mo.ui.table(cd.charts.rows(hot), selection=None),
     ])
     return (hot,)
 
@@ -81,7 +81,7 @@ def _(cd, decisions, experts, mo):
 def _(cd, data, mo):
     handler = cd.routing.handler_stats(data.root.state("routing/stats.json"))
     mo.vstack([mo.md("## The routing handler's statistics (all time, `state/routing/stats.json`)"),
-               mo.ui.table(handler.to_dicts(), selection=None)])
+               mo.ui.table(cd.charts.rows(handler), selection=None)])
     return
 
 

@@ -54,8 +54,8 @@ def _(aged, cd, mo):
         mo.md("## Open findings by severity and age"),
         mo.ui.altair_chart(cd.charts.open_by_severity(aged)),
         mo.ui.altair_chart(cd.charts.finding_age(aged)),
-        mo.ui.table(aged.select("id", "severity", "target", "package", "scanner", "age_days", "occurrences",
-                                "last_seen").to_dicts(), selection=None),
+        mo.ui.table(cd.charts.rows(aged.select("id", "severity", "target", "package", "scanner", "age_days",
+                                               "occurrences", "last_seen")), selection=None),
     ])
     return
 
@@ -67,7 +67,7 @@ def _(cd, data, mo):
         mo.md("## Trends"),
         mo.ui.altair_chart(cd.charts.new_findings(cd.security.new_by_day(data.sightings))),
         mo.ui.altair_chart(cd.charts.scan_findings(scans_daily)),
-        mo.ui.table(scans_daily.to_dicts(), selection=None),
+        mo.ui.table(cd.charts.rows(scans_daily), selection=None),
     ])
     return
 
@@ -81,7 +81,7 @@ def _(cd, data, mo):
         mo.ui.table(fixed.select("id", "severity", "target", "scanner", "last_seen", "last_scan").to_dicts(),
                     selection=None),
         mo.md("## Scan gaps"),
-        mo.ui.table(gaps.to_dicts(), selection=None),
+        mo.ui.table(cd.charts.rows(gaps), selection=None),
     ])
     return fixed, gaps
 

@@ -51,7 +51,7 @@ def _(cd, mo, runs):
         mo.md("## Per worker"),
         mo.ui.altair_chart(cd.charts.run_time(per_worker)),
         mo.ui.altair_chart(cd.charts.failure_rate(per_worker)),
-        mo.ui.table(per_worker.to_dicts(), selection=None),
+        mo.ui.table(cd.charts.rows(per_worker), selection=None),
     ])
     return (per_worker,)
 
@@ -62,7 +62,7 @@ def _(cd, mo, runs):
     mo.vstack([
         mo.md("## Per model"),
         mo.ui.altair_chart(cd.charts.run_time(per_model, "model")),
-        mo.ui.table(per_model.to_dicts(), selection=None),
+        mo.ui.table(cd.charts.rows(per_model), selection=None),
         mo.md("## Per day"),
         mo.ui.altair_chart(cd.charts.runs_per_day(cd.workers.by_day(runs))),
     ])
@@ -77,9 +77,9 @@ def _(cd, data, mo, runs):
         mo.md(f"""## Outliers
     Slow: p95 run time over {cd.workers.SLOW_FACTOR}x the median p95 of the master's workers.
     Failing: failure rate over {cd.workers.FAIL_FACTOR}x the fleet's, with {cd.workers.FAIL_MIN}+ failures."""),
-        mo.ui.table(flagged.to_dicts(), selection=None),
+        mo.ui.table(cd.charts.rows(flagged), selection=None),
         mo.md("## Recurring errors (numbers masked)"),
-        mo.ui.table(errors.to_dicts(), selection=None),
+        mo.ui.table(cd.charts.rows(errors), selection=None),
     ])
     return errors, flagged
 

@@ -70,7 +70,7 @@ def finding_age(aged: pl.DataFrame) -> alt.Chart:
 def new_findings(new_by_day: pl.DataFrame) -> alt.Chart:
     """Findings first seen per day, by severity (from security.new_by_day)."""
     return alt.Chart(_values(new_by_day), title="Findings first seen per day").mark_bar().encode(
-        x=alt.X("day:T", title=None, timeUnit="yearmonthdate"), y=alt.Y("findings:Q", title="findings"),
+        x=alt.X("day:O", title=None), y=alt.Y("findings:Q", title="findings"),
         color=_severity(),
     ).properties(width=WIDTH, height=220)
 
@@ -79,8 +79,8 @@ def scan_findings(scans_by_day: pl.DataFrame) -> alt.Chart:
     """Findings reported by scans per day, by severity (from security.scans_by_day)."""
     long = scans_by_day.unpivot(index=["day", "scans"], on=SEVERITIES, variable_name="severity", value_name="findings")
     return alt.Chart(_values(long), title="Findings reported by scans per day").mark_bar().encode(
-        x=alt.X("day:T", title=None, timeUnit="yearmonthdate"), y=alt.Y("findings:Q"), color=_severity(),
-        tooltip=["day:T", "severity:N", "findings:Q", "scans:Q"],
+        x=alt.X("day:O", title=None), y=alt.Y("findings:Q"), color=_severity(),
+        tooltip=["day:N", "severity:N", "findings:Q", "scans:Q"],
     ).properties(width=WIDTH, height=220)
 
 
@@ -105,7 +105,7 @@ def runs_per_day(by_day: pl.DataFrame) -> alt.Chart:
     long = by_day.with_columns(completed=pl.col("runs") - pl.col("failed")).select("day", "completed", "failed") \
         .unpivot(index="day", variable_name="status", value_name="runs")
     return alt.Chart(_values(long), title="Worker runs per day").mark_bar().encode(
-        x=alt.X("day:T", title=None, timeUnit="yearmonthdate"), y=alt.Y("runs:Q"),
+        x=alt.X("day:O", title=None), y=alt.Y("runs:Q"),
         color=alt.Color("status:N", scale=alt.Scale(domain=["completed", "failed"], range=["#4c78a8", "#e45756"])),
     ).properties(width=WIDTH, height=220)
 
@@ -113,8 +113,8 @@ def runs_per_day(by_day: pl.DataFrame) -> alt.Chart:
 def cost_per_day(by_day: pl.DataFrame, budget: float | None = None) -> alt.Chart:
     """Spend per day stacked by model, with the daily budget as a rule (from cost.by_day)."""
     bars = alt.Chart(_values(by_day)).mark_bar().encode(
-        x=alt.X("day:T", title=None, timeUnit="yearmonthdate"), y=alt.Y("sum(cost_usd):Q", title="USD"),
-        color=alt.Color("model:N"), tooltip=["day:T", "model:N", alt.Tooltip("cost_usd:Q", format="$.2f")],
+        x=alt.X("day:O", title=None), y=alt.Y("sum(cost_usd):Q", title="USD"),
+        color=alt.Color("model:N"), tooltip=["day:N", "model:N", alt.Tooltip("cost_usd:Q", format="$.2f")],
     )
     layers = [bars]
     if budget is not None:
@@ -132,14 +132,21 @@ def spend_by(spend: pl.DataFrame, key: str) -> alt.Chart:
 
 
 def events_per_day(events: pl.DataFrame) -> alt.Chart:
-    """Archived events per day by category (the event type's prefix)."""
-    daily = (events.with_columns(day=pl.col("time").dt.date(),
+    """Archived producer events per day by category (the event type's
+    prefix). Follow-ups are left out: they carry the time a handler emitted
+    them, which for back-dated events (a replay, the demo) is not their day."""
+    daily = (events.filter(~pl.col("follow_up")).with_columns(day=pl.col("time").dt.date(),
                                  category=pl.col("event_type").str.split(".").list.first())
              .group_by("day", "category").agg(events=pl.len()).sort("day", "category"))
-    return alt.Chart(_values(daily), title="Events per day by category").mark_bar().encode(
-        x=alt.X("day:T", title=None, timeUnit="yearmonthdate"), y=alt.Y("events:Q"), color=alt.Color("category:N"),
-        tooltip=["day:T", "category:N", "events:Q"],
+    return alt.Chart(_values(daily), title="Producer events per day by category").mark_bar().encode(
+        x=alt.X("day:O", title=None), y=alt.Y("events:Q"), color=alt.Color("category:N"),
+        tooltip=["day:N", "category:N", "events:Q"],
     ).properties(width=WIDTH, height=240)
+
+
+def rows(frame: pl.DataFrame, digits: int = 2) -> list[dict]:
+    """A frame as rows for a notebook table, floats rounded for reading."""
+    return frame.with_columns(pl.col(pl.Float64).round(digits)).to_dicts()
 
 
 def svg(chart: alt.TopLevelMixin) -> str:
