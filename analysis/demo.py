@@ -143,7 +143,8 @@ def main(argv=None) -> int:
         cortex(args, binary, root, "emit", "--batch", stdin=batch, echo=False)
         done = cortex(args, binary, root, "dispatch", ok=tuple(DISPATCH_OK))
         dead += done.returncode == 3
-    print(f"demo: {len(events)} events over {plan.days} days ({plan.start:%Y-%m-%d %H:%M} to {plan.end:%Y-%m-%d %H:%M} UTC)"
+    span = f"{plan.start:%Y-%m-%d %H:%M} to {plan.end:%Y-%m-%d %H:%M} UTC"
+    print(f"demo: {len(events)} events over {plan.days} days ({span})"
           f" emitted and dispatched into {root}"
           + ("; some were dead-lettered on purpose (`cortex dlq list`)" if dead else ""))
     return 0

@@ -41,7 +41,8 @@ MASTERS = {
     "ops-master": ["deploy-expert", "infra-expert"],
 }
 #: Share of the day's tasks each master receives.
-MASTER_SHARE = {"code-master": 0.4, "security-master": 0.12, "test-master": 0.2, "docs-master": 0.13, "ops-master": 0.15}
+MASTER_SHARE = {"code-master": 0.4, "security-master": 0.12, "test-master": 0.2, "docs-master": 0.13,
+                "ops-master": 0.15}
 
 #: USD per million tokens, as the cost handler's `prices` setting takes them.
 PRICES = {
@@ -252,8 +253,9 @@ class Simulator:
         end = t + dt.timedelta(seconds=1 + secs)
         payload = {"worker_id": worker.worker_id, "task_id": task_id, "model": worker.model, "attempt": attempt}
         if not fails:
-            payload |= {"status": "completed", "duration_ms": int(secs * 1000), "tokens_used": input_tokens + output_tokens,
-                        "input_tokens": input_tokens, "output_tokens": output_tokens}
+            payload |= {"status": "completed", "duration_ms": int(secs * 1000),
+                        "tokens_used": input_tokens + output_tokens, "input_tokens": input_tokens,
+                        "output_tokens": output_tokens}
             self.emit(end, "worker.completed", worker.worker_id, payload,
                       correlation_id=task_id, master=master, priority=priority)
             return
@@ -268,7 +270,8 @@ class Simulator:
         payload |= {"status": "failed", "error": error, "duration_ms": int(secs * cut * 1000),
                     "input_tokens": int(input_tokens * cut), "output_tokens": int(output_tokens * cut * 0.3)}
         payload["tokens_used"] = payload["input_tokens"] + payload["output_tokens"]
-        self.emit(end, "worker.failed", worker.worker_id, payload, correlation_id=task_id, master=master, priority=priority)
+        self.emit(end, "worker.failed", worker.worker_id, payload, correlation_id=task_id, master=master,
+                  priority=priority)
         # The orchestrator picks a transient failure up again (the handler's
         # task.created retry says it should); a permanent one stays failed.
         if transient and attempt < 3:

@@ -16,7 +16,8 @@ import html
 import polars as pl
 
 STYLE = """
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d1d1f; margin: 0; background: #f6f6f4; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d1d1f; margin: 0;
+       background: #f6f6f4; }
 main { max-width: 980px; margin: 0 auto; padding: 28px 32px 48px; background: #fff; }
 header { border-bottom: 3px solid #243b55; margin-bottom: 18px; }
 h1 { margin: 0 0 4px; font-size: 26px; } h2 { margin-top: 34px; font-size: 19px; color: #243b55; }
@@ -96,7 +97,8 @@ class Page:
         rows = []
         for row in frame.select(columns).iter_rows():
             cells = "".join(
-                f'<td class="num">{html.escape(_text(v))}</td>' if isinstance(v, (int, float)) and not isinstance(v, bool)
+                f'<td class="num">{html.escape(_text(v))}</td>'
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
                 else f"<td>{html.escape(_text(v))}</td>" for v in row)
             rows.append(f"<tr>{cells}</tr>")
         self.parts.append(f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")

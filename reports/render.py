@@ -54,7 +54,8 @@ def index(names: list[str], period: cd.Period) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("reports", nargs="*", metavar="NAME", help=f"reports to render (default: all of {', '.join(REPORTS)})")
+    p.add_argument("reports", nargs="*", metavar="NAME",
+                   help=f"reports to render (default: all of {', '.join(REPORTS)})")
     p.add_argument("--root", default=None, help="coordination root (default: $CORTEX_ROOT, else ./coordination)")
     p.add_argument("--from", dest="start", help="first day (YYYY-MM-DD) or time (RFC 3339)")
     p.add_argument("--to", dest="end", help="last day, included (YYYY-MM-DD), or end time (RFC 3339); default now")

@@ -199,7 +199,8 @@ class Dataset:
             rows.append({
                 "event_id": e.get("event_id"), "event_type": e.get("event_type"), "time": r["_time"],
                 "source": e.get("source"), "correlation_id": e.get("correlation_id"), "master": meta.get("master"),
-                "priority": meta.get("priority", "medium"), "follow_up": bool(caused), "caused_by": caused.get("handler"),
+                "priority": meta.get("priority", "medium"), "follow_up": bool(caused),
+                "caused_by": caused.get("handler"),
                 "outcome": r.get("outcome"), "attempts": r.get("attempts"),
                 "latency_ms": (r.get("latency_us") or 0) / 1000,
                 "handler_ms": float(sum(h.get("duration_ms") or 0 for h in r.get("handlers") or [])),

@@ -100,7 +100,8 @@ def recommendations(data: Dataset) -> list[str]:
     out = []
     for row in outliers(runs).iter_rows(named=True):
         if row["reason"] == "slow":
-            out.append(f"{row['worker_id']} is slow: p95 run time {row['value']:.0f} s against {row['reference']:.0f} s "
+            out.append(f"{row['worker_id']} is slow: p95 run time {row['value']:.0f} s against "
+                       f"{row['reference']:.0f} s "
                        f"for {row['master']}'s workers ({row['value'] / row['reference']:.1f}x); check its host "
                        f"or move its tasks to its peers.")
         else:

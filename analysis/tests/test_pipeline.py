@@ -13,7 +13,6 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -117,7 +116,8 @@ def test_worker_notebook_counts_runs_and_failures_per_worker(demo, figures):
     fig = figures["worker-performance"]
     assert {r["worker_id"]: r["runs"] for r in fig["per_worker"]} == runs
     assert {r["worker_id"]: r["failed"] for r in fig["per_worker"]} == {w: failed[w] for w in runs}
-    durations = sorted(e["payload"]["duration_ms"] / 1000 for e in of(archived(demo), "worker.completed", "worker.failed")
+    durations = sorted(e["payload"]["duration_ms"] / 1000
+                       for e in of(archived(demo), "worker.completed", "worker.failed")
                        if e["payload"].get("worker_id") == "worker-implementation-001" and e["payload"].get("task_id"))
     p50 = next(r["p50_s"] for r in fig["per_worker"] if r["worker_id"] == "worker-implementation-001")
     middle = len(durations) // 2
