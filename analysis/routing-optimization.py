@@ -43,11 +43,19 @@ def _(args, cd, mo):
 
 
 @app.cell
-def _(cd, decisions, mo):
+def _(decisions, mo):
+    master = mo.ui.dropdown(options=sorted(decisions["master"].unique().to_list()), label="master (all when empty)")
+    return (master,)
+
+
+@app.cell
+def _(cd, decisions, master, mo):
     experts = cd.routing.by_expert(decisions)
+    picked = decisions if master.value is None else decisions.filter(decisions["master"] == master.value)
     mo.vstack([
         mo.md("## Confidence per master and expert"),
-        mo.ui.altair_chart(cd.charts.confidence_trend(cd.routing.confidence_by_day(decisions))),
+        master,
+        mo.ui.altair_chart(cd.charts.confidence_trend(cd.routing.confidence_by_day(picked))),
         mo.ui.table(cd.charts.rows(experts), selection=None),
     ])
     return (experts,)

@@ -17,7 +17,8 @@ notebooks and reports should find:
 * `worker-implementation-004` is slow and fails about a fifth of its runs;
 * bursts of rate-limit failures on some afternoons (a failure pattern,
   which the learning handler promotes once it has recurred);
-* `worker-ops-002` goes silent for three hours (a heartbeat timeout);
+* `worker-ops-002` goes silent for three hours, or four beats if longer (a
+  heartbeat timeout);
 * docs-master's workers run on the expensive model;
 * semgrep skips web-app one day (a scan gap);
 * a critical CVE appears on `billing-service` mid-week, and two routing
@@ -298,10 +299,12 @@ class Simulator:
         step = dt.timedelta(minutes=self.plan.heartbeat_minutes)
         crash_at = self.plan.start + (self.plan.end - self.plan.start) * 0.55
         crash_at = crash_at.replace(minute=0, second=0, microsecond=0)
+        # Longer than the handler's threshold (two and a half beats).
+        silence = max(dt.timedelta(hours=3), 4 * step)
         for n, worker in enumerate(WORKERS):
             t = self.plan.start + dt.timedelta(seconds=17 * n)
             while t < self.plan.end:
-                silent = worker.worker_id == "worker-ops-002" and crash_at <= t < crash_at + dt.timedelta(hours=3)
+                silent = worker.worker_id == "worker-ops-002" and crash_at <= t < crash_at + silence
                 if not silent:
                     self.emit(t, "worker.heartbeat", worker.worker_id,
                               {"worker_id": worker.worker_id, "load": round(self.rng.uniform(0.05, 0.95), 2),

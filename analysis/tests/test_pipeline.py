@@ -147,8 +147,9 @@ def test_weekly_summary_shows_the_archive_counts(demo, reports):
     assert int(fig["scans"]) == len(of(events, "security.scan_completed"))
     assert int(fig["health_alerts"]) == len(of(events, "system.health_alert")) > 0
     assert int(fig["dead_letters"]) == len(list((demo.root / "events" / "dead-letter").glob("*.json")))
-    assert int(fig["heartbeat_timeouts"]) == len([e for e in of(events, "worker.failed")
-                                                  if e["payload"].get("error") == "heartbeat timeout"])
+    timeouts = [e for e in of(events, "worker.failed") if e["payload"].get("error") == "heartbeat timeout"]
+    assert int(fig["heartbeat_timeouts"]) == len(timeouts)
+    assert [e["payload"]["worker_id"] for e in timeouts] == ["worker-ops-002"], "the planted silence"
 
 
 def test_security_audit_shows_findings_by_severity(demo, reports):
