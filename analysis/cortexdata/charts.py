@@ -51,10 +51,12 @@ def low_rate(by_expert: pl.DataFrame) -> alt.Chart:
 
 def open_by_severity(aged: pl.DataFrame) -> alt.Chart:
     """Open findings per target, by severity (from security.with_age)."""
-    return alt.Chart(_values(aged.select("target", "severity", "age_days")),
+    rank = pl.col("severity").replace_strict({s: i for i, s in enumerate(SEVERITIES)}, default=len(SEVERITIES),
+                                             return_dtype=pl.Int64)
+    return alt.Chart(_values(aged.select("target", "severity", "age_days", rank=rank)),
                      title="Open findings by target and severity").mark_bar().encode(
         x=alt.X("count():Q", title="open findings"), y=alt.Y("target:N", title=None),
-        color=_severity(), order=alt.Order("severity:N"),
+        color=_severity(), order=alt.Order("rank:Q"),
     ).properties(width=WIDTH, height=alt.Step(22))
 
 
