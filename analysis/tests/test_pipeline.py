@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import json
+import os
 import re
 import subprocess
 import sys
@@ -185,3 +186,10 @@ def test_reports_are_self_contained(reports, name):
     page = reports[name]
     assert "<svg" in page, "charts are inlined as SVG"
     assert not re.search(r"<script|<link|<img|\bsrc=|\bhref=|@import|url\(", page), "a reference outside the file"
+
+
+def test_a_second_demo_into_the_same_root_is_refused(demo):
+    done = subprocess.run([sys.executable, str(ANALYSIS / "demo.py"), "--root", str(demo.root),
+                           "--cortex", os.environ["CORTEX"], "--days", "1"], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "already holds events: use an empty root (ROOT=...) or --append" in done.stderr
