@@ -30,6 +30,9 @@ def build(data: cd.Dataset, page) -> None:
     page.figure("patterns_detected", f["patterns_detected"], "patterns detected")
     page.figure("model_updates", f["model_updates"], "learning model updates")
     page.figure("dead_letters", f["dead_letters"], "dead letters", tone="bad" if f["dead_letters"] else "good")
+    page.figure("events_logged", f["events_logged"], "events logged when queued")
+    page.figure("events_pending", f["events_pending"], "logged, not yet archived or dead-lettered",
+                tone="bad" if f["events_pending"] else "good")
 
     page.heading("Executive summary")
     highlights = cd.summary.highlights(data)

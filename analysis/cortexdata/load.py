@@ -7,6 +7,8 @@ The sources, as the runtime and the handlers write them (see
   (`event`, `outcome`, `attempts`, `latency_us`, `handlers`, ...), the day
   file named by the event's own date. Every frame of events comes from here.
 * `events/dead-letter/*.json`: events that failed for good, with forensics.
+* `events/<category>-events.jsonl`: every event as it was queued (what is
+  logged but neither archived nor dead-lettered is still pending).
 * `state/<handler>/...`: what the handlers keep (the security register,
   routing statistics, failure signatures, the cost ledger and totals).
 
@@ -149,6 +151,17 @@ class Root:
                     record["_time"] = t
                     records.append(record)
         return records
+
+    def logged(self, period: Period) -> list[dict]:
+        """Events of the category logs (`events/<category>-events.jsonl`,
+        written when an event is queued) whose time is in `period`."""
+        rows = []
+        for path in sorted((self.path / "events").glob("*-events.jsonl")):
+            for event in _read_jsonl(path):
+                t = parse_time(event.get("timestamp", ""))
+                if t is not None and t in period:
+                    rows.append(event)
+        return rows
 
     def dead_letters(self) -> list[dict]:
         rows = []
@@ -345,6 +358,14 @@ class Dataset:
                   "status": pl.String, "model": pl.String, "master": pl.String, "input_tokens": pl.Int64,
                   "output_tokens": pl.Int64, "tokens": pl.Int64, "cost_usd": pl.Float64}
         return _frame(self.root.ledger(self.period), schema)
+
+    @cached_property
+    def pending(self) -> list[dict]:
+        """Logged events of the period that are neither archived nor
+        dead-lettered: still queued, being handled, or waiting for a retry."""
+        done = {r["event"].get("event_id") for r in self.records}
+        done |= {(d.get("event") or {}).get("event_id") for d in self.dead_letters}
+        return [e for e in self.root.logged(self.period) if e.get("event_id") not in done]
 
     @cached_property
     def dead_letters(self) -> list[dict]:

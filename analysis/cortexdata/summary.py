@@ -47,6 +47,8 @@ def figures(data: Dataset) -> dict[str, float | int]:
         "follow_up_events": ev.filter(pl.col("follow_up")).height,
         "unhandled_events": ev.filter(pl.col("outcome") == "unhandled").height,
         "dead_letters": len(data.dead_letters),
+        "events_logged": len(data.root.logged(data.period)),
+        "events_pending": len(data.pending),
         "tasks_created": ev.filter((pl.col("event_type") == "task.created") & ~pl.col("follow_up")).height,
         "retries_queued": ev.filter((pl.col("event_type") == "task.created") & pl.col("follow_up")).height,
         "runs": runs.height,

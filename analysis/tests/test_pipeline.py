@@ -148,6 +148,10 @@ def test_weekly_summary_shows_the_archive_counts(demo, reports):
     assert int(fig["scans"]) == len(of(events, "security.scan_completed"))
     assert int(fig["health_alerts"]) == len(of(events, "system.health_alert")) > 0
     assert int(fig["dead_letters"]) == len(list((demo.root / "events" / "dead-letter").glob("*.json")))
+    logged = [json.loads(line) for p in (demo.root / "events").glob("*-events.jsonl")
+              for line in p.read_text().splitlines()]
+    assert int(fig["events_logged"]) == len([e for e in logged if demo.start <= ts(e["timestamp"]) < demo.end])
+    assert int(fig["events_pending"]) == 0, "the demo dispatched everything it emitted"
     timeouts = [e for e in of(events, "worker.failed") if e["payload"].get("error") == "heartbeat timeout"]
     assert int(fig["heartbeat_timeouts"]) == len(timeouts)
     assert [e["payload"]["worker_id"] for e in timeouts] == ["worker-ops-002"], "the planted silence"
