@@ -19,7 +19,7 @@ import re
 
 import polars as pl
 
-from .load import Dataset
+from .load import TIME, Dataset, parse_time
 
 SLOW_FACTOR = 1.5
 FAIL_FACTOR = 2.0
@@ -72,6 +72,22 @@ def outliers(runs: pl.DataFrame) -> pl.DataFrame:
         "worker_id", "master", reason=pl.lit("failing"), value=pl.col("failure_rate"),
         reference=pl.lit(fleet_rate))
     return pl.concat([slow, failing]).sort("worker_id", "reason")
+
+
+def liveness(heartbeats: dict | None, now) -> pl.DataFrame:
+    """The heartbeat handler's view (`state/heartbeats/workers.json`): per
+    worker its beats, last beat, minutes since it at `now`, and whether it
+    is flagged silent."""
+    schema = {"worker_id": pl.String, "beats": pl.Int64, "last_seen": TIME, "silent_min": pl.Float64,
+              "flagged": pl.Boolean}
+    rows = []
+    for worker, w in ((heartbeats or {}).get("workers") or {}).items():
+        seen = parse_time(w.get("last_seen", ""))
+        rows.append({"worker_id": worker, "beats": w.get("beats"), "last_seen": seen,
+                     "silent_min": None if seen is None else (now - seen).total_seconds() / 60,
+                     "flagged": bool(w.get("flagged"))})
+    frame = pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+    return frame.sort("worker_id")
 
 
 def error_shape(error: str) -> str:
