@@ -141,8 +141,19 @@ fn python_and_javascript_accept_producer_shapes_and_refuse_the_rest_at_once() ->
     let root = Root::with_extras()?;
     // The built-in Rust handler of worker.completed has its own rules for
     // these payloads; this test is about the Python and JavaScript ones.
-    let toml = std::fs::read_to_string(root.join("cortex.toml"))?;
-    std::fs::write(root.join("cortex.toml"), without_tables(&toml, "[handlers.on-worker-complete"))?;
+    let toml = without_tables(&std::fs::read_to_string(root.join("cortex.toml"))?, "[handlers.on-worker-complete");
+    // Issue 16: enabling the notifier without declaring its type passed
+    // `check`, then every notification was refused.
+    let undeclared = toml.replace(r#"custom_types = ["notification.requested"]"#, "custom_types = []");
+    assert_ne!(undeclared, toml);
+    std::fs::write(root.join("cortex.toml"), undeclared)?;
+    let out = root.fails(&["handlers", "check"])?;
+    assert!(
+        out.stderr.contains("handler on-alert-notify declares that it emits notification.requested, which is neither a built-in event type nor in [events] custom_types"),
+        "{}",
+        out.stderr
+    );
+    std::fs::write(root.join("cortex.toml"), toml)?;
     let out = root.ok(&["handlers", "check"])?;
     assert!(out.contains("all 8 handlers load"), "their declared emits pass check: {out}");
     let list: Value = serde_json::from_str(&root.ok(&["handlers", "list", "--json"])?)?;
