@@ -297,6 +297,9 @@ impl Sandbox {
             pre,
         };
         loaded.info = self.describe(&loaded).with_context(|| format!("handler {name}: describe() failed"))?;
+        if loaded.world() == World::V01 {
+            tracing::debug!(handler = %name, world = %World::V01, "linked with the 0.1.0 world: its errors are all retried, and it declares no emits or contracts");
+        }
         loaded.load_time = start.elapsed();
         Ok(loaded)
     }
