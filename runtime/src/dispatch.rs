@@ -732,7 +732,9 @@ fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
             .collect(),
     });
     let max_attempts = failures.iter().map(|(r, _)| r.max_attempts).min().unwrap_or(1);
-    if attempt >= max_attempts {
+    // A handler that refused the event (not retryable) would refuse it again.
+    let refused = failures.iter().any(|(_, f)| f.kind == "refused");
+    if attempt >= max_attempts || refused {
         let reason = failures
             .iter()
             .map(|(r, f)| format!("{}: {} ({})", r.handler, f.message, f.kind))

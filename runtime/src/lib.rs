@@ -17,7 +17,10 @@
 //! - [`producer`]: emit one event or a batch (the seed's event logger).
 //! - [`route`]: event type patterns to handlers.
 //! - [`dispatch`]: claim → route → run handlers → archive, retry or dead-letter.
-//! - [`sandbox`]: the wasmtime engine, component cache and per-event instances.
+//! - [`sandbox`]: the wasmtime engine, component cache and per-event instances;
+//!   both `cortex:events` worlds (0.2.0 and 0.1.0).
+//! - [`handlers`]: what a handler's `describe()` declares (emits, payload
+//!   contracts), checked against the config and shown by `cortex handlers`.
 //! - [`replay`]: `cortex replay`: select archived events, dry-run, requeue or run directly.
 //! - [`dlq`]: `cortex dlq`: list, show, retry and purge dead letters.
 //! - [`schedule`]: `[schedules]`: timer events that `cortex serve` queues once per tick.
@@ -30,6 +33,7 @@ pub mod dispatch;
 pub mod dlq;
 pub mod event;
 pub mod fsio;
+pub mod handlers;
 pub mod harness;
 pub mod journal;
 pub mod layout;

@@ -237,11 +237,16 @@ enum LogFormat {
 enum HandlersCommand {
     /// Each handler: component, sha256, events, grants, and whether it loads.
     List {
-        /// Print the handlers as JSON.
+        /// Print the handlers as JSON (with their declared emits and contracts).
         #[arg(long)]
         json: bool,
+        /// Also print the event types each handler declares it emits and the
+        /// JSON Schema of each payload contract it publishes.
+        #[arg(long, short)]
+        verbose: bool,
     },
-    /// Load every handler; exit 1 naming each one that does not load.
+    /// Load every handler; exit 1 naming each one that does not load, or
+    /// that declares emits the validator or its `emits` setting would refuse.
     Check,
     /// Scaffold a handler folder (source, Makefile, WIT, a fixture and its
     /// expectation) in Rust, Python or JavaScript; print the cortex.toml
@@ -406,8 +411,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Dispatch { json, no_wait } => dispatch(&layout, json, no_wait),
         Command::Serve { listen, .. } => serve(layout, &listen),
         Command::Handlers { command } | Command::Handler { command } => match command {
-            HandlersCommand::List { json } => handlers(&layout, json, false),
-            HandlersCommand::Check => handlers(&layout, false, true),
+            HandlersCommand::List { json, verbose } => handlers(&layout, json, verbose, false),
+            HandlersCommand::Check => handlers(&layout, false, false, true),
             HandlersCommand::Test(args) => handler_test(&layout, *args),
             HandlersCommand::New { name, lang, events, dir } => handler_new(&name, lang, &events, dir),
         },
@@ -941,12 +946,13 @@ fn handler_test(layout: &Layout, args: TestArgs) -> Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
-fn handlers(layout: &Layout, json: bool, check: bool) -> Result<ExitCode> {
+fn handlers(layout: &Layout, json: bool, verbose: bool, check: bool) -> Result<ExitCode> {
     let config = Config::load(layout.root())?;
     let fuel = config.handlers.values().any(|h| h.limits.fuel.is_some());
     let sandbox = cortex::sandbox::Sandbox::new(layout.root(), config.validator(), fuel)?;
     let serving = cortex::service::running(layout);
     let mut rows = Vec::new();
+    let mut details = Vec::new();
     let mut broken = 0;
     for (name, h) in &config.handlers {
         let path = sandbox.component_path(h);
@@ -958,7 +964,17 @@ fn handlers(layout: &Layout, json: bool, check: bool) -> Result<ExitCode> {
             Err(e) => (false, cortex::sandbox::sha256_file(&path).ok(), None, Some(format!("{e:#}"))),
         };
         broken += usize::from(!loads);
+        let problems = info.as_ref().map_or_else(Vec::new, |i| {
+            let mut p = cortex::handlers::emit_problems(name, i, h, &config.validator());
+            p.extend(cortex::handlers::contract_problems(name, i));
+            p
+        });
+        let declared = info.as_ref().map(cortex::handlers::declarations_json);
+        details.push(info.as_ref().filter(|_| verbose).map(cortex::handlers::declaration_lines).unwrap_or_default());
         rows.push(serde_json::json!({
+            "emits": declared.as_ref().map(|d| d["emits"].clone()),
+            "contracts": declared.as_ref().map(|d| d["contracts"].clone()),
+            "problems": problems,
             "name": name,
             "component": path.display().to_string(),
             "sha256": sha256,
@@ -975,7 +991,7 @@ fn handlers(layout: &Layout, json: bool, check: bool) -> Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        for r in &rows {
+        for (r, details) in rows.iter().zip(&details) {
             let sha = r["sha256"].as_str().map(|s| &s[..12.min(s.len())]).unwrap_or("(missing)");
             let state = if r["loads"] == true {
                 format!("loads (v{})", r["version"].as_str().unwrap_or("?"))
@@ -998,6 +1014,12 @@ fn handlers(layout: &Layout, json: bool, check: bool) -> Result<ExitCode> {
                     .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
                     .unwrap_or_default()
             );
+            for line in details {
+                println!("{line}");
+            }
+            for p in r["problems"].as_array().into_iter().flatten().filter_map(|v| v.as_str()) {
+                println!("    problem:   {p}");
+            }
             if let Some(e) = r["error"].as_str() {
                 println!("    error:     {e}");
             }
@@ -1018,8 +1040,18 @@ fn handlers(layout: &Layout, json: bool, check: bool) -> Result<ExitCode> {
                 );
             }
         }
+        let problems: Vec<&str> = rows
+            .iter()
+            .flat_map(|r| r["problems"].as_array().into_iter().flatten())
+            .filter_map(|v| v.as_str())
+            .collect();
+        for p in &problems {
+            eprintln!("cortex: {p}");
+        }
         if broken > 0 {
             eprintln!("cortex: {broken} of {} handlers do not load", rows.len());
+        }
+        if broken > 0 || !problems.is_empty() {
             return Ok(ExitCode::FAILURE);
         }
         println!("all {} handlers load", rows.len());

@@ -16,3 +16,4 @@ mod service;
 mod store;
 mod trust;
 mod user;
+mod world;

@@ -2,7 +2,7 @@
 // parses the payload and returns, so a dispatch of it measures the cost of a
 // JavaScript component per event, not the handler's work.
 export function describe() {
-  return { name: "noop-js", version: "0.1.0", events: ["*"] };
+  return { name: "noop-js", version: "0.1.0", events: ["*"], emits: [], contracts: [] };
 }
 
 export function handle(event) {

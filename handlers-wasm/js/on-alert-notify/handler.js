@@ -3,30 +3,60 @@
 // integration to deliver. Stateless: no grants. Settings: channels (a table
 // of severity = "channel", with default), min_severity, runbook_base,
 // mention_on_critical.
+//
+// Errors follow cortex:events@0.2.0: handle throws a handler-error record,
+// { message, retryable }. An alert whose shape no retry can fix (findings
+// that are neither a count nor an object of counts, a scan that is not an
+// object) is refused with retryable false, and the host dead-letters it at
+// once; a bad setting or a refused emit is retryable.
 import emit from "emit";
 import log from "log";
 import config from "config";
-import { notification, parseSettings } from "./notify.js";
+import { Refusal, SCHEMA, notification, parseSettings } from "./notify.js";
 
-const VERSION = "0.1.0";
+const VERSION = "0.2.0";
+const EVENTS = ["system.health_alert"];
+const EMITS = ["notification.requested"];
 
 export function describe() {
-  return { name: "on-alert-notify", version: VERSION, events: ["system.health_alert"] };
+  return {
+    name: "on-alert-notify",
+    version: VERSION,
+    events: EVENTS,
+    emits: EMITS,
+    contracts: EVENTS.map((eventType) => ({ eventType, schema: JSON.stringify(SCHEMA) })),
+  };
+}
+
+/** A handler-error: componentize-js turns a thrown object into the `err` case. */
+function failure(message, retryable) {
+  return { message: String(message), retryable };
 }
 
 export function handle(event) {
-  const settings = parseSettings((key) => config(key) ?? undefined);
-  const note = notification(
-    {
-      eventId: event.eventId,
-      timestamp: event.timestamp,
-      source: event.source,
-      priority: event.priority,
-      correlationId: event.correlationId,
-      payload: JSON.parse(event.payload),
-    },
-    settings,
-  );
+  let settings;
+  try {
+    settings = parseSettings((key) => config(key) ?? undefined);
+  } catch (e) {
+    throw failure(e, true);
+  }
+  let note;
+  try {
+    note = notification(
+      {
+        eventId: event.eventId,
+        timestamp: event.timestamp,
+        source: event.source,
+        priority: event.priority,
+        correlationId: event.correlationId,
+        payload: JSON.parse(event.payload),
+      },
+      settings,
+    );
+  } catch (e) {
+    if (e instanceof Refusal) throw failure(e.message, false);
+    throw failure(`could not format the alert: ${e}`, true);
+  }
   if (note === null) {
     return { summary: `below min_severity ${settings.minSeverity}: not notified` };
   }
@@ -41,8 +71,9 @@ export function handle(event) {
       tags: ["notification", note.severity],
     });
   } catch (e) {
-    log("error", `notification.requested refused: ${e} (is it in [events] custom_types?)`);
-    throw `could not queue the notification: ${e}`;
+    const why = e?.payload ?? e;
+    log("error", `notification.requested refused: ${why} (is it in [events] custom_types?)`);
+    throw failure(`could not queue the notification: ${why}`, true);
   }
   return { summary: `${note.severity} alert to ${note.channel}: ${note.title}` };
 }

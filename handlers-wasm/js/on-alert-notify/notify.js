@@ -58,6 +58,92 @@ export function findingsText(findings) {
   return counts.length ? `${plural(total)} (${counts.map(([k, n]) => `${n} ${k}`).join(", ")})` : plural(0);
 }
 
+/**
+ * A payload this handler cannot turn into a notification, whatever the
+ * retry: handler.js throws it as a cortex:events@0.2.0 handler-error with
+ * retryable false, so the host dead-letters the event at once.
+ */
+export class Refusal extends Error {}
+
+const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+const isCount = (v) => (typeof v === "number" && Number.isInteger(v) && v >= 0) || (typeof v === "string" && /^\s*\d+\s*$/.test(v));
+const shown = (v) => { const t = JSON.stringify(v) ?? String(v); return t.length > 200 ? `${t.slice(0, 200)}…` : t; };
+
+/**
+ * Scan findings as on-security-alert emits them (an object of severity =
+ * count) or as scanners report them (a plain count, or a numeric string),
+ * normalised to a number or an object of numbers; null when absent.
+ * Throws a Refusal naming the field for any other shape.
+ */
+export function parseFindings(findings, field = "payload.scan.findings") {
+  if (findings === undefined || findings === null) return null;
+  if (isCount(findings)) return Number(findings);
+  if (!isObject(findings)) throw new Refusal(`${field} must be a count or an object of severity = count, found ${shown(findings)}`);
+  const out = {};
+  for (const [k, n] of Object.entries(findings)) {
+    if (!isCount(n)) throw new Refusal(`${field}.${k} must be a non-negative integer, found ${shown(n)}`);
+    out[k] = Number(n);
+  }
+  return out;
+}
+
+/**
+ * Checks the parts of an alert that are read as structures, and returns the
+ * payload with findings normalised. Throws a Refusal naming the field when
+ * one has a shape no retry can fix.
+ */
+export function checkAlert(payload) {
+  if (!isObject(payload)) throw new Refusal(`payload must be an object, found ${shown(payload)}`);
+  for (const key of ["vulnerability", "scan"]) {
+    if (payload[key] !== undefined && payload[key] !== null && !isObject(payload[key])) {
+      throw new Refusal(`payload.${key} must be an object, found ${shown(payload[key])}`);
+    }
+  }
+  if (!isObject(payload.scan)) return payload;
+  const scan = { ...payload.scan };
+  for (const key of ["findings", "critical"]) {
+    if (scan[key] !== undefined) scan[key] = parseFindings(scan[key], `payload.scan.${key}`);
+  }
+  return { ...payload, scan };
+}
+
+/**
+ * The payload contract of system.health_alert as this handler reads it
+ * (published by describe(); `cortex handlers list --verbose` shows it).
+ */
+export const SCHEMA = {
+  $schema: "https://json-schema.org/draft/2020-12/schema",
+  title: "system.health_alert as on-alert-notify reads it",
+  type: "object",
+  properties: {
+    severity: { type: "string", description: "critical, high, medium, low or info (also moderate, error, warning); else the event priority" },
+    component: { type: "string", description: "security, task, cost, or any other component name" },
+    message: { type: "string" },
+    error: { type: "string" },
+    vulnerability: { type: "object", properties: { id: { type: "string" }, severity: { type: "string" }, package: { type: "string" }, target: { type: "string" } } },
+    scan: {
+      type: "object",
+      properties: {
+        scan_id: { type: "string" },
+        target: { type: "string" },
+        findings: {
+          description: "a count, or an object of severity = count",
+          anyOf: [
+            { type: "integer", minimum: 0 },
+            { type: "string", pattern: "^\\s*[0-9]+\\s*$" },
+            { type: "object", additionalProperties: { anyOf: [{ type: "integer", minimum: 0 }, { type: "string", pattern: "^\\s*[0-9]+\\s*$" }] } },
+          ],
+        },
+      },
+    },
+    task_id: { type: "string" },
+    worker_id: { type: "string" },
+    day: { type: "string" },
+    cost_usd: { type: "number" },
+    budget_usd: { type: "number" },
+  },
+};
+
 /** Headline and dedupe key by the component that raised the alert. */
 function describeAlert(p) {
   const component = typeof p.component === "string" && p.component ? p.component : "system";
@@ -91,7 +177,7 @@ const SHOWN = ["message", "error", "signature", "task_id", "worker_id", "day", "
  * and payload (parsed).
  */
 export function notification(alert, settings) {
-  const p = alert.payload;
+  const p = checkAlert(alert.payload);
   const severity = severityOf(p, alert.priority);
   if (SEVERITIES.indexOf(severity) < SEVERITIES.indexOf(settings.minSeverity)) return null;
   const { title, key } = describeAlert(p);

@@ -1,7 +1,7 @@
 // Native unit tests: `node --test` in this folder.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { findingsText, notification, parseSettings } from "./notify.js";
+import { Refusal, SCHEMA, checkAlert, findingsText, notification, parseFindings, parseSettings } from "./notify.js";
 
 const settings = (o = {}) => parseSettings((k) => (o[k] === undefined ? undefined : typeof o[k] === "string" ? o[k] : JSON.stringify(o[k])));
 const alert = (payload, priority = "critical") => ({ eventId: "evt_20251201_121500_aaa111", timestamp: "2025-12-01T12:15:00-06:00", source: "on-task-failure", priority, payload });
@@ -63,4 +63,33 @@ test("findings may also be a plain count", () => {
 test("a task out of retries says so", () => {
   const n = notification(alert({ severity: "high", component: "task", task_id: "task_7", error: "read ECONNRESET", retries_exhausted: true, attempt: 3, max_retries: 3 }), settings());
   assert.equal(n.title, "[HIGH] task task_7 failed after 3 attempts (retries exhausted)");
+});
+
+test("findings are accepted as a count, a numeric string or an object of counts", () => {
+  const title = (findings) => notification(alert({ severity: "high", component: "security", scan: { scan_id: "s1", findings } }), settings()).title;
+  assert.equal(title(3), "[HIGH] security scan s1 found 3 findings");
+  assert.equal(title("2"), "[HIGH] security scan s1 found 2 findings");
+  assert.equal(title({ critical: 1, high: "2" }), "[HIGH] security scan s1 found 3 findings (1 critical, 2 high)");
+  assert.equal(title(undefined), "[HIGH] security scan s1 found findings");
+  assert.equal(parseFindings(null), null);
+  assert.deepEqual(parseFindings({ low: "4", info: 0 }), { low: 4, info: 0 });
+});
+
+test("unusable shapes are refused, naming the field, as not retryable", () => {
+  const refused = (payload, pattern) => assert.throws(() => notification(alert(payload), settings()), (e) => e instanceof Refusal && pattern.test(e.message));
+  refused({ component: "security", scan: { findings: "lots" } }, /payload\.scan\.findings must be a count or an object of severity = count, found "lots"/);
+  refused({ component: "security", scan: { findings: [1, 2] } }, /payload\.scan\.findings must be a count/);
+  refused({ component: "security", scan: { findings: -1 } }, /payload\.scan\.findings must be a count/);
+  refused({ component: "security", scan: { findings: 1.5 } }, /payload\.scan\.findings must be a count/);
+  refused({ component: "security", scan: { findings: { high: "many" } } }, /payload\.scan\.findings\.high must be a non-negative integer, found "many"/);
+  refused({ component: "security", scan: { critical: { x: null } } }, /payload\.scan\.critical\.x/);
+  refused({ component: "security", scan: "scan-9" }, /payload\.scan must be an object/);
+  refused({ component: "security", vulnerability: ["CVE-1"] }, /payload\.vulnerability must be an object/);
+  assert.throws(() => checkAlert([]), Refusal);
+});
+
+test("the contract is a JSON Schema of the fields read", () => {
+  assert.equal(SCHEMA.type, "object");
+  assert.ok(SCHEMA.properties.scan.properties.findings.anyOf.length === 3);
+  assert.doesNotThrow(() => JSON.parse(JSON.stringify(SCHEMA)));
 });

@@ -10,7 +10,7 @@ from wit_world.imports import types
 
 class WitWorld(wit_world.WitWorld):
     def describe(self) -> types.Info:
-        return types.Info(name="noop-py", version="0.1.0", events=["*"])
+        return types.Info(name="noop-py", version="0.1.0", events=["*"], emits=[], contracts=[])
 
     def handle(self, event: types.Event) -> types.Outcome:
         payload = json.loads(event.payload)

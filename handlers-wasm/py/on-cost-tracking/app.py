@@ -3,6 +3,11 @@ master, into /state/cost, the data the cost report reads.
 
 Grant: `state/cost` read-write. Settings: `prices` (a table of model = USD per
 million tokens, or {input, output}), `default_model`, `daily_budget_usd`.
+
+Errors follow cortex:events@0.2.0: a payload it cannot price is refused as
+not retryable (the host dead-letters it at once); a bad setting or a state
+file it cannot use is retryable. Payload fields it ignores are logged as a
+warning, naming them.
 """
 
 import json
@@ -15,8 +20,13 @@ from wit_world.imports import types
 import cost
 
 STATE = "/state/cost"
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 EVENTS = ["worker.completed", "worker.failed"]
+EMITS = ["system.health_alert"]
+
+
+def _error(message, retryable):
+    return Err(types.HandlerError(message=message, retryable=retryable))
 
 
 def _load(path, default):
@@ -40,7 +50,7 @@ def _settings():
     try:
         budget = None if budget is None else float(budget)
     except ValueError:
-        raise cost.BadEvent(f"setting daily_budget_usd must be a number, found {budget!r}") from None
+        raise cost.BadSetting(f"setting daily_budget_usd must be a number, found {budget!r}") from None
     return {
         "prices": cost.parse_prices(wit_world.config("prices")),
         "default_model": wit_world.config("default_model"),
@@ -54,11 +64,16 @@ _PRIORITY = {"critical": types.Priority.CRITICAL, "high": types.Priority.HIGH,
 
 class WitWorld(wit_world.WitWorld):
     def describe(self) -> types.Info:
-        return types.Info(name="on-cost-tracking", version=VERSION, events=EVENTS)
+        schema = json.dumps(cost.SCHEMA, sort_keys=True)
+        return types.Info(name="on-cost-tracking", version=VERSION, events=EVENTS, emits=EMITS,
+                          contracts=[types.Contract(event_type=t, schema=schema) for t in EVENTS])
 
     def handle(self, event: types.Event) -> types.Outcome:
         try:
             payload = json.loads(event.payload)
+            ignored = cost.ignored_fields(payload)
+            if ignored:
+                wit_world.log(types.Level.WARN, f"ignored payload fields: {', '.join(ignored)}")
             settings = _settings()
             os.makedirs(f"{STATE}/ledger", exist_ok=True)
             totals = _load(f"{STATE}/totals.json", None) or cost.empty_totals()
@@ -70,10 +85,12 @@ class WitWorld(wit_world.WitWorld):
                 "master": event.master,
                 "payload": payload,
             }, settings)
+        except cost.BadSetting as e:
+            raise _error(str(e), retryable=True)
         except cost.BadEvent as e:
-            raise Err(str(e))
+            raise _error(str(e), retryable=False)
         except OSError as e:
-            raise Err(f"cannot use {STATE} (is state/cost granted read-write?): {e}")
+            raise _error(f"cannot use {STATE} (is state/cost granted read-write?): {e}", retryable=True)
         if ledger is None:
             return types.Outcome(summary=summary)
         # The ledger line first: a crash before totals.json is replaced means a
@@ -90,7 +107,7 @@ class WitWorld(wit_world.WitWorld):
                     master=event.master, tags=["cost"],
                 ))
             except Err as e:
-                raise Err(f"could not raise the budget alert: {e.value}")
+                raise _error(f"could not raise the budget alert: {e.value}", retryable=True)
         _save(f"{STATE}/totals.json", totals)
         if ledger["cost_usd"] is None:
             wit_world.log(types.Level.WARN, f"no price for model {ledger['model']}: add it to prices")

@@ -16,7 +16,46 @@ REMEMBERED_IDS = 5000
 
 
 class BadEvent(Exception):
-    """The event cannot be priced; the message says which field and why."""
+    """The event cannot be priced; the message says which field and why.
+    Delivering it again cannot help: app.py refuses it as not retryable."""
+
+
+class BadSetting(BadEvent):
+    """A setting is wrong: the event is fine, and a retry after the setting
+    is fixed can succeed (app.py reports it as retryable)."""
+
+
+#: Payload fields the handler reads.
+USED = {"worker_id", "task_id", "model", "tokens_used", "input_tokens", "output_tokens", "usage"}
+#: Worker-event fields it knows and has no use for: not warned about.
+UNUSED = {"status", "duration_ms", "error", "error_message", "result"}
+#: Keys of a `usage` object it reads (Anthropic and OpenAI spellings).
+USAGE_KEYS = {"input_tokens", "output_tokens", "prompt_tokens", "completion_tokens", "total_tokens"}
+
+_COUNT = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": "^\\s*[0-9]+\\s*$"}]}
+
+#: The payload contract of worker.completed and worker.failed, published by
+#: describe() (`cortex handlers list --verbose` shows it).
+SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "worker event with token usage",
+    "description": "Token usage as tokens_used, input_tokens/output_tokens, or a usage object "
+                   "({input_tokens, output_tokens} or {prompt_tokens, completion_tokens}); "
+                   "a count may be a numeric string. Without any, the event is skipped.",
+    "type": "object",
+    "properties": {
+        "worker_id": {"type": "string"},
+        "task_id": {"type": "string"},
+        "model": {"type": "string"},
+        "tokens_used": _COUNT,
+        "input_tokens": _COUNT,
+        "output_tokens": _COUNT,
+        "usage": {
+            "type": "object",
+            "properties": {k: _COUNT for k in sorted(USAGE_KEYS)},
+        },
+    },
+}
 
 
 def empty_totals():
@@ -35,21 +74,63 @@ def empty_totals():
 
 
 def _count(value, field):
+    """A token count: a non-negative integer (1500 or 1500.0) or a string of
+    digits ("1500"), as producers send them."""
     if value is None:
         return None
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        return int(value.strip())
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise BadEvent(f"payload.{field} must be a non-negative integer, found {json.dumps(value)}")
+        raise BadEvent(
+            f"payload.{field} must be a non-negative integer or a string of digits, found {json.dumps(value)[:200]}"
+        )
     return value
 
 
+def _first(*pairs):
+    """The first count present among (value, field) pairs."""
+    for value, field in pairs:
+        n = _count(value, field)
+        if n is not None:
+            return n
+    return None
+
+
 def usage(payload):
-    """(input, output, total) tokens of a worker event; None where absent."""
-    inp = _count(payload.get("input_tokens"), "input_tokens")
-    out = _count(payload.get("output_tokens"), "output_tokens")
-    total = _count(payload.get("tokens_used"), "tokens_used")
+    """(input, output, total) tokens of a worker event; None where absent.
+
+    Top-level input_tokens/output_tokens/tokens_used come first, then a
+    `usage` object in either spelling ({input_tokens, output_tokens} or
+    {prompt_tokens, completion_tokens}, with an optional total_tokens)."""
+    u = payload.get("usage")
+    if u is None:
+        u = {}
+    if not isinstance(u, dict):
+        raise BadEvent(
+            "payload.usage must be an object such as {\"input_tokens\": 10, \"output_tokens\": 2}, "
+            f"found {json.dumps(u)[:200]}"
+        )
+    inp = _first((payload.get("input_tokens"), "input_tokens"), (u.get("input_tokens"), "usage.input_tokens"),
+                 (u.get("prompt_tokens"), "usage.prompt_tokens"))
+    out = _first((payload.get("output_tokens"), "output_tokens"), (u.get("output_tokens"), "usage.output_tokens"),
+                 (u.get("completion_tokens"), "usage.completion_tokens"))
+    total = _first((payload.get("tokens_used"), "tokens_used"), (u.get("total_tokens"), "usage.total_tokens"))
     if total is None and (inp is not None or out is not None):
         total = (inp or 0) + (out or 0)
     return inp, out, total
+
+
+def ignored_fields(payload):
+    """The payload fields (and `usage` keys) this handler neither reads nor
+    knows to be irrelevant, sorted: app.py warns naming them, so a renamed
+    field is noticed rather than dropped silently."""
+    out = [k for k in payload if k not in USED and k not in UNUSED]
+    u = payload.get("usage")
+    if isinstance(u, dict):
+        out += [f"usage.{k}" for k in u if k not in USAGE_KEYS]
+    return sorted(out)
 
 
 def parse_prices(text):
@@ -60,9 +141,9 @@ def parse_prices(text):
     try:
         prices = json.loads(text)
     except ValueError as e:
-        raise BadEvent(f"setting prices is not a table of model = price: {e}") from None
+        raise BadSetting(f"setting prices is not a table of model = price: {e}") from None
     if not isinstance(prices, dict):
-        raise BadEvent("setting prices must be a table of model = USD per million tokens")
+        raise BadSetting("setting prices must be a table of model = USD per million tokens")
     for model, price in prices.items():
         ok = isinstance(price, (int, float)) and not isinstance(price, bool) and price >= 0
         if isinstance(price, dict):
@@ -70,7 +151,7 @@ def parse_prices(text):
                 isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in price.values()
             )
         if not ok:
-            raise BadEvent(
+            raise BadSetting(
                 f"setting prices.{model}: expected a non-negative number or {{input = x, output = y}}, "
                 f"found {json.dumps(price)}"
             )

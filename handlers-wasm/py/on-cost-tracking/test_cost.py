@@ -1,5 +1,6 @@
 """Native unit tests of the pricing logic: `python3 -m unittest` here."""
 
+import json
 import unittest
 
 import cost
@@ -78,6 +79,63 @@ class Account(unittest.TestCase):
         ledger, _, summary = cost.account(cost.empty_totals(), event(1, tokens=None), SETTINGS)
         self.assertIsNone(ledger)
         self.assertIn("no token usage", summary)
+
+
+
+class Shapes(unittest.TestCase):
+    """The usage shapes producers send: each accepted one, each refusal."""
+
+    def priced(self, **payload):
+        e = event(1, tokens=None, model="big", **payload)
+        ledger, _, _ = cost.account(cost.empty_totals(), e, SETTINGS)
+        return (ledger["input_tokens"], ledger["output_tokens"], ledger["tokens"])
+
+    def test_tokens_used_may_be_a_numeric_string_or_an_integral_float(self):
+        self.assertEqual(self.priced(tokens_used="1500"), (None, None, 1500))
+        self.assertEqual(self.priced(tokens_used=" 1500 "), (None, None, 1500))
+        self.assertEqual(self.priced(tokens_used=1500.0), (None, None, 1500))
+
+    def test_usage_in_anthropic_and_openai_spellings(self):
+        self.assertEqual(self.priced(usage={"input_tokens": 1000, "output_tokens": 100}), (1000, 100, 1100))
+        self.assertEqual(self.priced(usage={"prompt_tokens": "1000", "completion_tokens": 100}), (1000, 100, 1100))
+        self.assertEqual(self.priced(usage={"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 20}), (10, 5, 20))
+        self.assertEqual(self.priced(tokens_used=50, usage={"input_tokens": 30, "output_tokens": 20}), (30, 20, 50))
+        ledger, _, _ = cost.account(cost.empty_totals(), event(1, tokens=None, model="big",
+                                    usage={"input_tokens": 1000, "output_tokens": 100}), SETTINGS)
+        self.assertEqual(ledger["cost_usd"], 0.0225, "split prices apply to usage tokens too")
+
+    def test_other_shapes_are_refused_naming_the_field(self):
+        cases = [
+            ({"tokens_used": "1.5k"}, "payload.tokens_used must be a non-negative integer or a string of digits"),
+            ({"tokens_used": [1500]}, "payload.tokens_used"),
+            ({"tokens_used": "-5"}, "payload.tokens_used"),
+            ({"usage": 1500}, "payload.usage must be an object"),
+            ({"usage": "lots"}, "payload.usage must be an object"),
+            ({"usage": {"prompt_tokens": -1}}, "payload.usage.prompt_tokens"),
+            ({"usage": {"completion_tokens": True}}, "payload.usage.completion_tokens"),
+            ({"usage": {"total_tokens": {"n": 1}}}, "payload.usage.total_tokens"),
+        ]
+        for payload, message in cases:
+            with self.subTest(payload=payload), self.assertRaisesRegex(cost.BadEvent, message):
+                cost.account(cost.empty_totals(), event(1, tokens=None, **payload), SETTINGS)
+
+    def test_a_bad_setting_is_not_the_events_fault(self):
+        with self.assertRaises(cost.BadSetting):
+            cost.parse_prices('{"x": "cheap"}')
+        with self.assertRaises(cost.BadSetting):
+            cost.parse_prices("[1]")
+
+    def test_ignored_fields_are_named(self):
+        payload = event(1, usage={"input_tokens": 1, "cache_read_input_tokens": 5}, repo="r", recommendation="x")["payload"]
+        self.assertEqual(cost.ignored_fields(payload), ["recommendation", "repo", "usage.cache_read_input_tokens"])
+        known = {"worker_id": "w", "task_id": "t", "status": "completed", "duration_ms": 1, "tokens_used": 1,
+                 "input_tokens": 1, "output_tokens": 1, "model": "m", "error": "e", "usage": {"total_tokens": 1}}
+        self.assertEqual(cost.ignored_fields(known), [])
+
+    def test_the_contract_is_a_json_schema_of_every_field_read(self):
+        self.assertEqual(cost.SCHEMA["type"], "object")
+        self.assertEqual(set(cost.SCHEMA["properties"]), cost.USED)
+        json.dumps(cost.SCHEMA)
 
 
 if __name__ == "__main__":

@@ -305,14 +305,20 @@ macro_rules! handler {
         impl $crate::bindings::Guest for __CortexExport {
             fn handle(
                 event: $crate::bindings::cortex::events::types::Event,
-            ) -> ::std::result::Result<$crate::bindings::Outcome, ::std::string::String> {
-                <$t as $crate::Handler>::handle(event.into()).map(|summary| $crate::bindings::Outcome { summary })
+            ) -> ::std::result::Result<$crate::bindings::Outcome, $crate::bindings::HandlerError> {
+                // cortex:events@0.2.0: until the SDK says otherwise, every
+                // error of a Rust handler is retryable, as under 0.1.0.
+                <$t as $crate::Handler>::handle(event.into())
+                    .map(|summary| $crate::bindings::Outcome { summary })
+                    .map_err(|message| $crate::bindings::HandlerError { message, retryable: true })
             }
             fn describe() -> $crate::bindings::Info {
                 $crate::bindings::Info {
                     name: <$t as $crate::Handler>::NAME.into(),
                     version: <$t as $crate::Handler>::VERSION.into(),
                     events: <$t as $crate::Handler>::EVENTS.iter().map(|s| s.to_string()).collect(),
+                    emits: ::std::vec::Vec::new(),
+                    contracts: ::std::vec::Vec::new(),
                 }
             }
         }

@@ -9,8 +9,8 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::HandlerImports;
 use super::wit;
+use super::world::v02::HandlerImports;
 use crate::config::HandlerConfig;
 use crate::event::{Event, Priority, Validator};
 use crate::text::Escaped;

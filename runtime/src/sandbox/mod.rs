@@ -11,6 +11,11 @@
 //! an instance's memories (`limiter`), a bounded wasm stack, and caps on
 //! what the guest may do to files (`quota`).
 //!
+//! Handlers built against either `cortex:events` world load (`world`):
+//! 0.2.0, whose errors say whether a retry can help (an error that says it
+//! cannot is a [`Fault`] of kind `refused`), and 0.1.0, whose errors are all
+//! retried as before.
+//!
 //! This module is the only place that names `wasmtime` types in its API's
 //! insides; the rest of the runtime sees [`Sandbox`], [`Loaded`] and
 //! [`Invocation`].
@@ -19,6 +24,7 @@ mod deadline;
 mod host;
 mod limiter;
 mod quota;
+mod world;
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -30,7 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
@@ -41,18 +47,8 @@ use crate::fsio;
 
 pub use host::LogLine;
 use host::{CallContext, State};
-
-/// The generated bindings of the `cortex:events/handler` world; kept in a
-/// module of their own because the world's types share names with ours.
-mod bindings {
-    wasmtime::component::bindgen!({
-        world: "handler",
-        path: "../wit",
-    });
-}
-
-use bindings::cortex::events::types as wit;
-use bindings::{Handler, HandlerPre};
+pub use world::World;
+use world::{Linkers, Pre, wit};
 
 /// The tracing target of progress lines (a first compile) that commands
 /// which log only warnings still show.
@@ -68,11 +64,24 @@ const TICK: Duration = Duration::from_millis(2);
 const MAX_WASM_STACK: usize = 1 << 20;
 
 /// What a handler says it is (its `describe` export).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Info {
     pub name: String,
     pub version: String,
     pub events: Vec<String>,
+    /// The event types it declares it may emit (none under 0.1.0).
+    pub emits: Vec<String>,
+    /// The payload contract of each handled type it documents (none under
+    /// 0.1.0).
+    pub contracts: Vec<Contract>,
+}
+
+/// The payload contract of one handled event type.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Contract {
+    pub event_type: String,
+    /// A JSON Schema, as the handler wrote it (not checked by the host).
+    pub schema: String,
 }
 
 /// A component compiled and linked, ready to instantiate per event.
@@ -88,13 +97,21 @@ pub struct Loaded {
     /// Whether the compiled code came from the on-disk cache.
     pub from_cache: bool,
     pub load_time: Duration,
-    pre: HandlerPre<State>,
+    pre: Pre,
+}
+
+impl Loaded {
+    /// The `cortex:events` version the component was built against.
+    pub fn world(&self) -> World {
+        self.pre.world()
+    }
 }
 
 /// Why an invocation failed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Fault {
-    /// `error` (the handler's `Err`), `timeout`, `fuel`, `memory`,
+    /// `error` (the handler's `Err`, retryable), `refused` (its `Err` that
+    /// says a retry cannot help), `timeout`, `fuel`, `memory`,
     /// `stack-overflow`, `output-limit`, `write-limit`, `fd-limit`, `trap`,
     /// or `instantiate`.
     pub kind: String,
@@ -120,7 +137,7 @@ pub struct Invocation {
 /// The engine and linker shared by every handler of a root.
 pub struct Sandbox {
     engine: Engine,
-    linker: Linker<State>,
+    linkers: Linkers,
     root: PathBuf,
     cache_dir: PathBuf,
     validator: Arc<Validator>,
@@ -192,9 +209,7 @@ impl Sandbox {
         .map_err(anyhow_err)
         .context("failed to link the deadline on wasi:io/poll")?;
         linker.allow_shadowing(false);
-        Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(anyhow_err)
-            .context("failed to link the cortex host functions")?;
+        let linkers = Linkers::new(&linker).map_err(anyhow_err).context("failed to link the cortex host functions")?;
 
         raise_fd_limit();
 
@@ -215,7 +230,7 @@ impl Sandbox {
 
         Ok(Sandbox {
             engine,
-            linker,
+            linkers,
             root: root.to_path_buf(),
             cache_dir: std::env::var_os(CACHE_ENV).map_or_else(|| root.join("cache"), PathBuf::from),
             validator: Arc::new(validator),
@@ -263,22 +278,18 @@ impl Sandbox {
         let (component, from_cache) = self
             .compile(bytes, &sha256, &format!("handler {name} ({})", path.display()))
             .with_context(|| format!("handler {name}: {} is not a loadable component", path.display()))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(anyhow_err)
-            .and_then(|p| HandlerPre::new(p).map_err(anyhow_err))
-            .with_context(|| {
-                format!(
-                    "handler {name}: {} does not fit the cortex:events/handler world (or imports what the sandbox does not provide)",
-                    path.display()
-                )
-            })?;
+        let pre = self.linkers.pre(&self.engine, &component).map_err(anyhow_err).with_context(|| {
+            format!(
+                "handler {name}: {} does not fit the {} handler world (or imports what the sandbox does not provide)",
+                path.display(),
+                World::of(&self.engine, &component)
+            )
+        })?;
         let mut loaded = Loaded {
             name: name.to_string(),
             path: path.to_path_buf(),
             sha256,
-            info: Info { name: String::new(), version: String::new(), events: Vec::new() },
+            info: Info::default(),
             config: config.clone(),
             settings: Arc::new(settings_of(config)),
             from_cache,
@@ -286,6 +297,9 @@ impl Sandbox {
             pre,
         };
         loaded.info = self.describe(&loaded).with_context(|| format!("handler {name}: describe() failed"))?;
+        if loaded.world() == World::V01 {
+            tracing::debug!(handler = %name, world = %World::V01, "linked with the 0.1.0 world: its errors are all retried, and it declares no emits or contracts");
+        }
         loaded.load_time = start.elapsed();
         Ok(loaded)
     }
@@ -342,8 +356,7 @@ impl Sandbox {
         };
         let mut store = self.store(loaded, &trigger, &loaded.config.limits)?;
         let instance = loaded.pre.instantiate(&mut store).map_err(anyhow_err)?;
-        let info = instance.call_describe(&mut store).map_err(anyhow_err)?;
-        Ok(Info { name: info.name, version: info.version, events: info.events })
+        instance.describe(&mut store).map_err(anyhow_err)
     }
 
     fn store(&self, loaded: &Loaded, trigger: &Event, limits: &HandlerLimits) -> Result<Store<State>> {
@@ -428,9 +441,16 @@ impl Sandbox {
         let input = to_wit(event, attempt);
         let result = match loaded.pre.instantiate(&mut store) {
             Err(e) => Err(classify(&e, limits, "instantiate")),
-            Ok(instance) => match instance.call_handle(&mut store, &input) {
-                Ok(Ok(outcome)) => Ok(cap(outcome.summary)),
-                Ok(Err(message)) => Err(Fault { kind: "error".into(), message: cap(message), detail: String::new() }),
+            Ok(instance) => match instance.handle(&mut store, &input) {
+                Ok(Ok(summary)) => Ok(cap(summary)),
+                Ok(Err(e)) if e.retryable => {
+                    Err(Fault { kind: "error".into(), message: cap(e.message), detail: String::new() })
+                }
+                Ok(Err(e)) => Err(Fault {
+                    kind: "refused".into(),
+                    message: cap(format!("not retryable: {}", e.message)),
+                    detail: String::new(),
+                }),
                 Err(e) => Err(classify(&e, limits, "trap")),
             },
         };
