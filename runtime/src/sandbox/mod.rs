@@ -47,7 +47,9 @@ use host::{CallContext, State};
 mod bindings {
     wasmtime::component::bindgen!({
         world: "handler",
-        path: "../wit",
+        // Store branch only: the 0.1 world until the host branch links both
+        // (the lead keeps the host branch's bindings at merge).
+        path: "../wit/v0.1",
     });
 }
 
