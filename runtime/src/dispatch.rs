@@ -17,12 +17,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
-use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::queue::{AttemptRecord, Claim, Delivery, Failure, Queue, Settlement, Verdict, now_ms, now_rfc3339};
+use crate::records::{DeadLetterRecord, FaultKind, HandlerRef, HandlerRun, LoopLink, Outcome};
 use crate::route;
 use crate::sandbox::{Fault, Loaded, Sandbox};
 use crate::text::Escaped;
@@ -518,11 +518,7 @@ fn lane(
                 version: String::new(),
                 max_attempts: 1,
                 backoff_ms: 0,
-                result: Err(Fault {
-                    kind: "load".into(),
-                    message: format!("handler {name} is not loaded"),
-                    detail: String::new(),
-                }),
+                result: Err(Fault::new(FaultKind::Load, format!("handler {name} is not loaded"))),
                 emitted: Vec::new(),
                 duration: Duration::ZERO,
             },
@@ -597,7 +593,7 @@ fn commit_loop(
                 .iter()
                 .map(|s| {
                     let outcome = match &s.verdict {
-                        Verdict::Ack(r) if r["outcome"] == "unhandled" => "unhandled",
+                        Verdict::Ack(r) if r.outcome == Outcome::Unhandled => "unhandled",
                         Verdict::Ack(_) => "handled",
                         Verdict::Retry { .. } => "retried",
                         Verdict::DeadLetter(_) => "dead_lettered",
@@ -652,7 +648,7 @@ fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
     let ran: Vec<Ran> = pending.results.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().flatten().collect();
     let attempt = claim.name.attempt;
     let mut emitted = Vec::new();
-    let mut handlers_json = Vec::new();
+    let mut handler_runs = Vec::new();
     let mut failures = Vec::new();
     let mut succeeded = Vec::new();
     for r in &ran {
@@ -663,14 +659,14 @@ fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
             Ok(text) => {
                 stats.succeeded += 1;
                 succeeded.push(r.handler.clone());
-                handlers_json.push(json!({
-                    "name": r.handler,
-                    "version": r.version,
-                    "component_sha256": r.sha256,
-                    "summary": text,
-                    "duration_ms": crate::text::millis(r.duration),
-                    "emitted": r.emitted.iter().map(|e| e.event_id.clone()).collect::<Vec<_>>(),
-                }));
+                handler_runs.push(HandlerRun {
+                    name: r.handler.clone(),
+                    version: r.version.clone(),
+                    component_sha256: r.sha256.clone(),
+                    summary: text.clone(),
+                    duration_ms: crate::text::millis(r.duration),
+                    emitted: r.emitted.iter().map(|e| e.event_id.clone()).collect(),
+                });
                 emitted.extend(r.emitted.iter().cloned());
             }
             Err(fault) => {
@@ -694,24 +690,15 @@ fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
     }
 
     if failures.is_empty() {
-        let outcome = if pending.names.is_empty() && claim.delivery.done.is_empty() { "unhandled" } else { "handled" };
-        if outcome == "unhandled" {
+        let outcome = if pending.names.is_empty() && claim.delivery.done.is_empty() {
             summary.unhandled += 1;
+            Outcome::Unhandled
         } else {
             summary.handled += 1;
-        }
-        let record = json!({
-            "event": claim.event,
-            "outcome": outcome,
-            "entry": claim.name.key(),
-            "attempts": attempt,
-            "archived_at": now_rfc3339(),
-            // From the rename into the queue to this ack, in microseconds.
-            "latency_us": crate::queue::now_us().saturating_sub(claim.name.enqueued_us),
-            "handlers": handlers_json,
-            "earlier_handlers": claim.delivery.done,
-        });
-        return Settlement { claim, emitted, verdict: Verdict::Ack(record) };
+            Outcome::Handled
+        };
+        let record = claim.archived(outcome, handler_runs);
+        return Settlement { claim, emitted, verdict: Verdict::Ack(Box::new(record)) };
     }
 
     let mut delivery = claim.delivery.clone();
@@ -724,9 +711,7 @@ fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
             .map(|(r, f)| Failure {
                 handler: r.handler.clone(),
                 component_sha256: r.sha256.clone(),
-                kind: f.kind.clone(),
-                message: f.message.clone(),
-                detail: f.detail.clone(),
+                fault: f.clone(),
                 duration_ms: crate::text::millis(r.duration),
             })
             .collect(),
@@ -740,7 +725,11 @@ fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
             .join("; ");
         let failed = failures
             .iter()
-            .map(|(r, _)| json!({"name": r.handler, "component_sha256": r.sha256, "version": r.version}))
+            .map(|(r, _)| HandlerRef {
+                name: r.handler.clone(),
+                component_sha256: r.sha256.clone(),
+                version: r.version.clone(),
+            })
             .collect();
         return dead_letter(summary, claim, emitted, max_attempts, reason, failed, delivery);
     }
@@ -761,24 +750,25 @@ fn dead_letter(
     emitted: Vec<Event>,
     max_attempts: u32,
     reason: String,
-    failed_handlers: Vec<Value>,
+    failed_handlers: Vec<HandlerRef>,
     delivery: Delivery,
 ) -> Settlement {
     summary.dead_lettered += 1;
     let attempt = claim.name.attempt;
     tracing::error!(event_id = %claim.event.event_id, attempts = attempt, reason = %Escaped(&reason), "event moved to the dead-letter queue");
-    let record = json!({
-        "event": claim.event,
-        "entry": claim.name.key(),
-        "attempts": attempt,
-        "max_attempts": max_attempts,
-        "dead_lettered_at": now_rfc3339(),
-        "reason": reason,
-        "failed_handlers": failed_handlers,
-        "succeeded_handlers": delivery.done,
-        "history": delivery.history,
-    });
-    Settlement { claim, emitted, verdict: Verdict::DeadLetter(record) }
+    let record = DeadLetterRecord {
+        event: Some(claim.event.clone()),
+        entry: claim.name.key(),
+        attempts: Some(attempt),
+        max_attempts: Some(max_attempts),
+        dead_lettered_at: now_rfc3339(),
+        reason,
+        failed_handlers: Some(failed_handlers),
+        succeeded_handlers: Some(delivery.done),
+        history: Some(delivery.history),
+        ..DeadLetterRecord::default()
+    };
+    Settlement { claim, emitted, verdict: Verdict::DeadLetter(Box::new(record)) }
 }
 
 /// The dead letter of an event past `dispatch.max_hops`: the reason names
@@ -794,18 +784,11 @@ fn cut_loop(summary: &mut Summary, claim: Claim, emitted: Vec<Event>, max_hops: 
         "event loop: {hops} hops of caused_by from a producer's event, over dispatch.max_hops = {max_hops}; handler {handler} emitted this {} while handling {trigger_type} {trigger_id}; not run (fix the handler's emits, or raise dispatch.max_hops if the chain is meant to be this long)",
         event.event_type
     );
-    let link = json!({
-        "hops": hops,
-        "max_hops": max_hops,
-        "handler": handler,
-        "trigger_type": trigger_type,
-        "trigger_id": trigger_id,
-        "event_type": event.event_type,
-    });
+    let link = LoopLink { hops, max_hops, handler, trigger_type, trigger_id, event_type: event.event_type.clone() };
     let (delivery, attempt) = (claim.delivery.clone(), claim.name.attempt);
     let mut settlement = dead_letter(summary, claim, emitted, attempt, reason, Vec::new(), delivery);
     if let Verdict::DeadLetter(record) = &mut settlement.verdict {
-        record["loop"] = link;
+        record.cut_loop = Some(link);
     }
     settlement
 }

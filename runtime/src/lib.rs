@@ -12,7 +12,11 @@
 //! - [`layout`]: where each file of a coordination root lives; `init`.
 //! - [`fsio`]: crash-safe file primitives (temp + fsync + rename, `syncfs`).
 //! - [`journal`]: the category JSONL logs.
-//! - [`queue`]: the durable queue behind the [`queue::Queue`] trait.
+//! - [`records`]: every record written and read back (archive line, dead
+//!   letter, delivery history, service status, replay and retry marks), one
+//!   type each, and the failure kinds they record.
+//! - [`queue`]: the durable queue behind the [`queue::Queue`] trait, a
+//!   `queue/` file per job (names, claiming, group commit, recovery, archive).
 //! - [`metrics`]: Prometheus counters, histograms and gauges.
 //! - [`producer`]: emit one event or a batch (the seed's event logger).
 //! - [`route`]: event type patterns to handlers.
@@ -36,6 +40,7 @@ pub mod layout;
 pub mod metrics;
 pub mod producer;
 pub mod queue;
+pub mod records;
 pub mod replay;
 pub mod route;
 pub mod sandbox;

@@ -505,11 +505,11 @@ fn dlq(layout: &Layout, command: DlqCommand) -> Result<ExitCode> {
                 (Some(id), _) => listing
                     .find(id)?
                     .into_iter()
-                    .filter(|l| filter.is_empty() || l.event.as_ref().is_some_and(|e| filter.matches(e)))
+                    .filter(|l| filter.is_empty() || l.event().is_some_and(|e| filter.matches(e)))
                     .collect(),
                 (None, true) => {
                     let (events, others): (Vec<_>, Vec<_>) =
-                        listing.matching(&filter).into_iter().partition(|l| l.event.is_some());
+                        listing.matching(&filter).into_iter().partition(|l| l.event().is_some());
                     if !others.is_empty() {
                         eprintln!(
                             "cortex: skipping {} dead letters that are not events (files dropped into the queue); see `cortex dlq list`",
@@ -969,7 +969,7 @@ fn handlers(layout: &Layout, json: bool, check: bool) -> Result<ExitCode> {
             "unsafe_grants": h.grants.iter().filter(|g| g.unsafe_allow && g.is_reserved()).map(|g| g.dir.clone()).collect::<Vec<_>>(),
             "loads": loads,
             "error": error,
-            "serving_sha256": serving.iter().find_map(|s| s["handlers"][name]["sha256"].as_str().map(str::to_string)),
+            "serving_sha256": serving.iter().find_map(|s| s.handlers.get(name).map(|h| h.sha256.clone())),
         }));
     }
     if json {

@@ -31,11 +31,11 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Result, bail};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::event::Event;
 use crate::fsio;
 use crate::layout::Layout;
+use crate::records::{ArchiveRecord, DeadLetterRecord};
 
 mod adopt;
 mod archive;
@@ -50,11 +50,12 @@ mod reaper;
 mod recover;
 mod verdict;
 
+pub use crate::records::{AttemptRecord, Delivery, Failure};
 pub use archive::Pruned;
 pub use clock::{ms_of, now_ms, now_rfc3339, now_us};
 pub use fs::FsQueue;
 pub use name::{EntryName, key_event_id};
-pub use verdict::{AttemptRecord, Claim, Delivery, Failure, Settlement, Verdict};
+pub use verdict::{Claim, Settlement, Verdict};
 
 /// How full the queue is.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -138,8 +139,8 @@ pub trait Queue: Send + Sync {
     ///
     /// # Errors
     /// As [`Queue::settle`].
-    fn ack(&self, claim: Claim, record: Value) -> Result<()> {
-        self.settle(vec![Settlement { claim, emitted: Vec::new(), verdict: Verdict::Ack(record) }])
+    fn ack(&self, claim: Claim, record: ArchiveRecord) -> Result<()> {
+        self.settle(vec![Settlement { claim, emitted: Vec::new(), verdict: Verdict::Ack(Box::new(record)) }])
     }
 
     /// Puts one claim back for a later attempt.
@@ -154,8 +155,9 @@ pub trait Queue: Send + Sync {
     ///
     /// # Errors
     /// As [`Queue::settle`].
-    fn dead_letter(&self, claim: Claim, record: Value) -> Result<()> {
-        self.settle(vec![Settlement { claim, emitted: Vec::new(), verdict: Verdict::DeadLetter(record) }])
+    fn dead_letter(&self, claim: Claim, record: DeadLetterRecord) -> Result<()> {
+        let verdict = Verdict::DeadLetter(Box::new(record));
+        self.settle(vec![Settlement { claim, emitted: Vec::new(), verdict }])
     }
 }
 

@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::journal::{Journal, Skipped};
 use crate::queue::{FsQueue, Queue, now_us};
+use crate::records::ServiceStatus;
 use crate::text::Escaped;
 
 #[derive(Debug, Serialize)]
@@ -38,16 +39,19 @@ pub struct Status {
     pub skipped: Vec<Skipped>,
 }
 
-/// A running `cortex serve`, from its `run/services/<pid>.json`.
-#[derive(Debug, Serialize, Deserialize)]
+/// A running `cortex serve`, as `status` shows it (from its
+/// [`ServiceStatus`] record).
+#[derive(Debug, Serialize)]
 pub struct Service {
     pub pid: u32,
-    #[serde(default)]
     pub listen: Option<String>,
-    #[serde(default)]
     pub updated_at: String,
-    #[serde(default, skip_serializing)]
-    pub not_loading: BTreeMap<String, String>,
+}
+
+impl From<&ServiceStatus> for Service {
+    fn from(s: &ServiceStatus) -> Service {
+        Service { pid: s.pid, listen: s.listen.clone(), updated_at: s.updated_at.clone() }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -75,13 +79,10 @@ pub struct Loop {
 fn loops(layout: &crate::layout::Layout) -> Result<Vec<Loop>> {
     let mut out: Vec<Loop> = Vec::new();
     for letter in crate::dlq::list(layout)?.letters {
-        let link = &letter.record["loop"];
-        if !link.is_object() {
-            continue;
-        }
-        let text = |key: &str| link[key].as_str().unwrap_or("?").to_string();
-        let (handler, trigger_type, event_type) = (text("handler"), text("trigger_type"), text("event_type"));
-        let id = letter.event.as_ref().map_or_else(|| letter.key.clone(), |e| e.event_id.clone());
+        let Some(link) = &letter.record.cut_loop else { continue };
+        let (handler, trigger_type, event_type) =
+            (link.handler.clone(), link.trigger_type.clone(), link.event_type.clone());
+        let id = letter.event().map_or_else(|| letter.key.clone(), |e| e.event_id.clone());
         match out
             .iter_mut()
             .find(|l| (&l.handler, &l.trigger_type, &l.event_type) == (&handler, &trigger_type, &event_type))
@@ -116,11 +117,9 @@ pub fn gather(queue: &FsQueue) -> Result<Status> {
         None => None,
     };
     let (events_by_type, skipped) = Journal::new(queue.layout().clone()).counts_by_type()?;
-    let services: Vec<Service> = crate::service::running(queue.layout())
-        .into_iter()
-        .filter_map(|doc| serde_json::from_value(doc).ok())
-        .collect();
-    let handlers_not_loading = services.iter().flat_map(|s| s.not_loading.clone()).collect();
+    let running = crate::service::running(queue.layout());
+    let services: Vec<Service> = running.iter().map(Service::from).collect();
+    let handlers_not_loading = running.iter().flat_map(|s| s.not_loading.clone()).collect();
     let loops = if depth.dead_letters > 0 { loops(queue.layout())? } else { Vec::new() };
     Ok(Status {
         root: queue.layout().root().display().to_string(),

@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 
 use super::{FsQueue, now_rfc3339, now_us};
 use crate::fsio;
+use crate::records::DeadLetterRecord;
 
 impl FsQueue {
     /// A `.json` file dropped into `queue/` by hand (as the seed's tools
@@ -34,12 +35,12 @@ impl FsQueue {
             // It may still be being written: look again later.
             Err(_) if age.is_none_or(|a| a < Duration::from_secs(5)) => {}
             Err(invalid) => {
-                let record = serde_json::json!({
-                    "raw": text,
-                    "file": path.display().to_string(),
-                    "dead_lettered_at": now_rfc3339(),
-                    "reason": format!("invalid event dropped into the queue: {invalid}"),
-                });
+                let record = DeadLetterRecord::not_an_event(
+                    text,
+                    path.display().to_string(),
+                    format!("invalid event dropped into the queue: {invalid}"),
+                    now_rfc3339(),
+                );
                 let stem = path.file_stem().unwrap_or_default().to_string_lossy();
                 let target = self.layout.dead_letter().join(format!("invalid-{}-{stem}.json", now_us()));
                 fsio::write_durably(&self.layout.tmp(), &target, serde_json::to_string_pretty(&record)?.as_bytes())?;

@@ -24,6 +24,7 @@ use anyhow::{Context, Result};
 use super::{Claim, Delivery, EntryName, FsQueue, now_ms, now_rfc3339, owner};
 use crate::event::Event;
 use crate::fsio;
+use crate::records::DeadLetterRecord;
 
 impl FsQueue {
     /// [`super::Queue::claim`] of the filesystem queue.
@@ -78,12 +79,8 @@ impl FsQueue {
     /// Moves a claimed entry that is not a readable event to the
     /// dead-letter queue, with its raw text and why.
     fn dead_letter_unreadable(&self, path: &Path, name: &EntryName, e: &anyhow::Error) -> Result<()> {
-        let record = serde_json::json!({
-            "raw": std::fs::read_to_string(path).unwrap_or_default(),
-            "entry": name.key(),
-            "dead_lettered_at": now_rfc3339(),
-            "reason": format!("{e:#}"),
-        });
+        let raw = std::fs::read_to_string(path).unwrap_or_default();
+        let record = DeadLetterRecord::not_an_event(raw, name.key(), format!("{e:#}"), now_rfc3339());
         fsio::write_durably(
             &self.layout.tmp(),
             &self.dead_letter_path(name),

@@ -14,9 +14,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
+use super::FsQueue;
 use super::fs::read_dir_if_any;
 use super::name::dead_letter_event_id;
-use super::FsQueue;
 use crate::event::Event;
 
 impl FsQueue {

@@ -23,6 +23,8 @@ use super::archive::{PRUNE_EVERY, archived_entry};
 use super::name::list_names;
 use super::{AttemptRecord, Delivery, EntryName, Failure, FsQueue, Recovered, now_rfc3339, owner};
 use crate::fsio;
+use crate::records::FaultKind;
+use crate::sandbox::Fault;
 
 impl FsQueue {
     /// [`super::Queue::recover`] of the filesystem queue.
@@ -46,7 +48,7 @@ impl FsQueue {
                 continue;
             }
             let why = format!("claim held for {}s without being settled: its dispatcher stopped", age.as_secs());
-            self.take_back(&path, &name, ("lease-expired", why, age), &mut out)?;
+            self.take_back(&path, &name, (FaultKind::LeaseExpired, why, age), &mut out)?;
         }
         // Claims of dispatchers that died: at once, whatever their age.
         let mine = self.owner.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|o| o.dir.clone());
@@ -56,7 +58,7 @@ impl FsQueue {
                 let died =
                     orphan.pid.map_or_else(|| "its dispatcher".to_string(), |p| format!("its dispatcher (pid {p})"));
                 let why = format!("{died} died holding this claim (its claim lock was free)");
-                self.take_back(&path, &name, ("owner-died", why, Duration::ZERO), &mut out)?;
+                self.take_back(&path, &name, (FaultKind::OwnerDied, why, Duration::ZERO), &mut out)?;
             }
             fsio::sync_dir(&orphan.dir)?;
             let dir = orphan.dir.clone();
@@ -107,7 +109,7 @@ impl FsQueue {
         &self,
         path: &Path,
         name: &EntryName,
-        (kind, message, held): (&str, String, Duration),
+        (kind, message, held): (FaultKind, String, Duration),
         out: &mut Recovered,
     ) -> Result<()> {
         // Work already recorded? Then only the removal of the claim was lost.
@@ -125,9 +127,7 @@ impl FsQueue {
         let failure = Failure {
             handler: String::new(),
             component_sha256: String::new(),
-            kind: kind.into(),
-            message,
-            detail: String::new(),
+            fault: Fault { kind, message, detail: String::new() },
             duration_ms: held.as_secs_f64() * 1000.0,
         };
         delivery.history.push(AttemptRecord { attempt: name.attempt, at: now_rfc3339(), failures: vec![failure] });

@@ -8,43 +8,9 @@
 
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-
-use super::EntryName;
+use super::{EntryName, now_rfc3339, now_us};
 use crate::event::Event;
-
-/// One failure of one handler on one delivery.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Failure {
-    pub handler: String,
-    pub component_sha256: String,
-    /// `trap`, `timeout`, `error` (the handler's `Err`), `lease-expired`, `invalid`…
-    pub kind: String,
-    pub message: String,
-    /// The full error chain (wasm backtrace included), when there is one.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub detail: String,
-    pub duration_ms: f64,
-}
-
-/// One delivery that did not succeed.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct AttemptRecord {
-    pub attempt: u32,
-    pub at: String,
-    pub failures: Vec<Failure>,
-}
-
-/// What earlier deliveries of a queue entry left: their failures, and the
-/// handlers that already succeeded (they are not run again).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Delivery {
-    #[serde(default)]
-    pub history: Vec<AttemptRecord>,
-    #[serde(default)]
-    pub done: Vec<String>,
-}
+use crate::records::{ArchiveRecord, DeadLetterRecord, Delivery, HandlerRun, Outcome};
 
 /// An event a dispatcher holds.
 #[derive(Debug, Clone)]
@@ -54,15 +20,33 @@ pub struct Claim {
     pub delivery: Delivery,
 }
 
+impl Claim {
+    /// Its archive record, settled now: `handlers` are the runs of this
+    /// delivery that succeeded.
+    pub fn archived(&self, outcome: Outcome, handlers: Vec<HandlerRun>) -> ArchiveRecord {
+        ArchiveRecord {
+            event: self.event.clone(),
+            outcome,
+            entry: self.name.key(),
+            attempts: self.name.attempt,
+            archived_at: now_rfc3339(),
+            // From the rename into the queue to this ack.
+            latency_us: now_us().saturating_sub(self.name.enqueued_us),
+            handlers,
+            earlier_handlers: self.delivery.done.clone(),
+        }
+    }
+}
+
 /// How a claim ends.
 #[derive(Debug, Clone)]
 pub enum Verdict {
     /// Done: archive this record.
-    Ack(Value),
+    Ack(Box<ArchiveRecord>),
     /// Run again no earlier than `due`, remembering `delivery`.
     Retry { due: SystemTime, delivery: Delivery },
     /// Failed for good: keep this forensic record.
-    DeadLetter(Value),
+    DeadLetter(Box<DeadLetterRecord>),
     /// Not run (a handler it routes to does not load): back in the queue
     /// no earlier than `due`, with the same attempt number.
     Defer { due: SystemTime },
