@@ -744,7 +744,7 @@ fn dispatch(layout: &Layout, json: bool, no_wait: bool) -> Result<ExitCode> {
     let queue: std::sync::Arc<dyn cortex::queue::Queue> = std::sync::Arc::new(queue);
     let dispatcher = cortex::dispatch::prepare(queue, layout.root(), std::sync::Arc::new(config))?;
     let until = if no_wait { cortex::dispatch::Until::NothingDue } else { cortex::dispatch::Until::Drained };
-    let summary = dispatcher.run(until, &|| false, None)?;
+    let summary = dispatcher.run(cortex::dispatch::Mode::OneShot(until), &|| false)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

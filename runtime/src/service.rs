@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use notify::{EventKind, RecursiveMode, Watcher};
 
 use crate::config::Config;
-use crate::dispatch::{self, Broken, Dispatcher, Until};
+use crate::dispatch::{self, Broken, Dispatcher, Mode};
 use crate::fsio;
 use crate::layout::Layout;
 use crate::queue::{FsQueue, Queue, now_rfc3339, now_us};
@@ -82,7 +82,7 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
     let dispatch_thread = {
         let (dispatcher, stop) = (dispatcher.clone(), stop.clone());
         std::thread::Builder::new().name("cortex-dispatch".into()).spawn(move || {
-            let result = dispatcher.run(Until::Drained, &|| stop.load(Ordering::Relaxed), Some(&wake_rx));
+            let result = dispatcher.run(Mode::Service { wake: &wake_rx }, &|| stop.load(Ordering::Relaxed));
             if let Err(e) = &result {
                 tracing::error!(error = %format!("{e:#}"), "dispatcher stopped");
             }
