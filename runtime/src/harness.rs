@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Access, Grant, HandlerConfig, HandlerLimits};
 use crate::event::{Event, Validator};
+use crate::records::report::{Change, Emitted, FileChange, HarnessReport, HarnessRun};
 use crate::sandbox::{Invocation, Sandbox};
 
 /// Biggest file whose content a report shows (JSON parsed, text as text).
@@ -104,7 +105,7 @@ pub struct Request {
 /// When an event file cannot be read or is not a valid event, a seed
 /// directory cannot be copied, or the component does not load. A handler
 /// that fails or traps is not an error: it is in the report.
-pub fn run(req: &Request) -> Result<Value> {
+pub fn run(req: &Request) -> Result<HarnessReport> {
     let events = req
         .events
         .iter()
@@ -177,18 +178,15 @@ pub fn run(req: &Request) -> Result<Value> {
         runs.push(run_report(path, event, &inv, declared, &root, &before, &after));
         before = after;
     }
-    let mut report = json!({
-        "component": component.display().to_string(),
-        "sha256": loaded.sha256,
-        "handler": loaded.info,
-        "load_ms": ms(loaded.load_time),
-        "compiled_from_cache": loaded.from_cache,
-        "runs": runs,
-    });
-    if let Some(keep) = &req.keep {
-        report["kept_root"] = json!(keep.display().to_string());
-    }
-    Ok(report)
+    Ok(HarnessReport {
+        component: component.display().to_string(),
+        sha256: loaded.sha256.clone(),
+        handler: loaded.info.clone(),
+        load_ms: ms(loaded.load_time),
+        compiled_from_cache: loaded.from_cache,
+        runs,
+        kept_root: req.keep.as_ref().map(|k| k.display().to_string()),
+    })
 }
 
 fn ms(d: Duration) -> f64 {
@@ -222,49 +220,39 @@ fn run_report(
     root: &Path,
     before: &BTreeMap<String, FileState>,
     after: &BTreeMap<String, FileState>,
-) -> Value {
-    let mut run = Map::new();
-    run.insert("event_file".into(), json!(path.display().to_string()));
-    run.insert("event_id".into(), json!(event.event_id));
-    run.insert("event_type".into(), json!(event.event_type));
-    if !declared {
-        run.insert(
-            "warning".into(),
-            json!(format!("the handler does not declare {} in describe().events", event.event_type)),
-        );
-    }
-    match &inv.result {
-        Ok(summary) => {
-            run.insert("outcome".into(), json!("ok"));
-            run.insert("summary".into(), json!(summary));
-        }
-        Err(f) => {
-            run.insert("outcome".into(), json!(f.kind));
-            run.insert("error".into(), json!(f.message));
-        }
-    }
-    let emitted: Vec<Value> = inv
+) -> HarnessRun {
+    let (outcome, summary, error) = match &inv.result {
+        Ok(summary) => (HarnessRun::OK.to_string(), Some(summary.clone()), None),
+        Err(f) => (f.kind.to_string(), None, Some(f.message.clone())),
+    };
+    let emitted = inv
         .emitted
         .iter()
-        .map(|e| {
-            json!({
-                "event_type": e.event_type,
-                "source": e.source,
-                "priority": e.priority().as_str(),
-                "correlation_id": e.correlation_id,
-                "master": e.metadata.master,
-                "tags": e.metadata.tags,
-                "payload": e.payload,
-            })
+        .map(|e| Emitted {
+            event_type: e.event_type.clone(),
+            source: e.source.clone(),
+            priority: e.priority(),
+            correlation_id: e.correlation_id.clone(),
+            master: e.metadata.master.clone(),
+            tags: e.metadata.tags.clone(),
+            payload: e.payload.clone(),
         })
         .collect();
-    run.insert("emitted".into(), Value::Array(emitted));
-    run.insert("files".into(), Value::Object(file_changes(root, before, after)));
-    run.insert("logs".into(), serde_json::to_value(&inv.logs).unwrap_or_default());
-    run.insert("stdout".into(), json!(inv.stdout));
-    run.insert("stderr".into(), json!(inv.stderr));
-    run.insert("duration_ms".into(), json!(ms(inv.duration)));
-    Value::Object(run)
+    HarnessRun {
+        event_file: path.display().to_string(),
+        event_id: event.event_id.clone(),
+        event_type: event.event_type.clone(),
+        warning: (!declared).then(|| format!("the handler does not declare {} in describe().events", event.event_type)),
+        outcome,
+        summary,
+        error,
+        emitted,
+        files: file_changes(root, before, after),
+        logs: inv.logs.clone(),
+        stdout: inv.stdout.clone(),
+        stderr: inv.stderr.clone(),
+        duration_ms: ms(inv.duration),
+    }
 }
 
 /// What a snapshot saw at one path: a regular file (its apparent length,
@@ -348,26 +336,23 @@ fn file_changes(
     root: &Path,
     before: &BTreeMap<String, FileState>,
     after: &BTreeMap<String, FileState>,
-) -> Map<String, Value> {
-    let mut out = Map::new();
+) -> BTreeMap<String, FileChange> {
+    let mut out = BTreeMap::new();
     for (path, state) in after {
         let change = match before.get(path) {
-            None => "created",
-            Some(old) if old != state => "modified",
+            None => Change::Created,
+            Some(old) if old != state => Change::Modified,
             Some(_) => continue,
         };
-        let mut entry = Map::new();
-        entry.insert("change".into(), json!(change));
+        let mut entry = FileChange::new(change);
         match state {
-            FileState::Link { target } => {
-                entry.insert("symlink".into(), json!(target));
-            }
+            FileState::Link { target } => entry.symlink = Some(target.clone()),
             FileState::File { len, allocated, .. } => {
-                entry.insert("bytes".into(), json!(len));
+                entry.bytes = Some(*len);
                 // Apparent length far beyond what is stored: a sparse file.
                 if *allocated < *len && len - allocated >= 4096 {
-                    entry.insert("sparse".into(), json!(true));
-                    entry.insert("allocated_bytes".into(), json!(allocated));
+                    entry.sparse = true;
+                    entry.allocated_bytes = Some(*allocated);
                 } else if *len <= MAX_SHOWN_FILE
                     && let Ok(bytes) = read_nofollow(&root.join(path))
                 {
@@ -375,10 +360,10 @@ fn file_changes(
                 }
             }
         }
-        out.insert(path.clone(), Value::Object(entry));
+        out.insert(path.clone(), entry);
     }
     for path in before.keys().filter(|p| !after.contains_key(*p)) {
-        out.insert(path.clone(), json!({"change": "removed"}));
+        out.insert(path.clone(), FileChange::new(Change::Removed));
     }
     out
 }
@@ -391,27 +376,28 @@ fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// JSON files parsed, JSONL files as a list of parsed lines, other UTF-8 as text.
-fn show_content(path: &str, bytes: &[u8], entry: &mut Map<String, Value>) {
+fn show_content(path: &str, bytes: &[u8], entry: &mut FileChange) {
     let Ok(text) = std::str::from_utf8(bytes) else { return };
     if path.ends_with(".jsonl") {
         let lines: Option<Vec<Value>> =
             text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).ok()).collect();
         if let Some(lines) = lines {
-            entry.insert("jsonl".into(), Value::Array(lines));
+            entry.jsonl = Some(lines);
             return;
         }
     } else if let Ok(v) = serde_json::from_str::<Value>(text) {
-        entry.insert("json".into(), v);
+        entry.json = Some(v);
         return;
     }
-    entry.insert("text".into(), json!(text));
+    entry.text = Some(text.to_string());
 }
 
 /// The parts of a report that a rerun reproduces, as a starting point for
 /// an expectation file: no durations, paths, hashes or load details. What
 /// the handler itself derives from the clock (timestamps in its files) stays
 /// in and is for the author to delete.
-pub fn expectation(report: &Value) -> Value {
+pub fn expectation(report: &HarnessReport) -> Value {
+    let report = report.to_value();
     let mut runs = Vec::new();
     for r in report["runs"].as_array().into_iter().flatten() {
         let mut r = r.clone();
@@ -485,83 +471,80 @@ fn short(v: &Value) -> String {
 }
 
 /// Prints a report for people.
-pub fn print_text(report: &Value, out: &mut impl std::io::Write) -> std::io::Result<()> {
+///
+/// # Errors
+/// When `out` cannot be written.
+pub fn print_text(report: &HarnessReport, out: &mut impl std::io::Write) -> std::io::Result<()> {
     // Everything in a report but the numbers came from the guest or the event.
-    use crate::text::{Escaped, escape_lines};
-    let h = &report["handler"];
+    use crate::text::Escaped;
+    let h = &report.handler;
     writeln!(
         out,
         "component {}\n  {} v{} (sha256 {}), loaded in {} ms{}",
-        Escaped(report["component"].as_str().unwrap_or("")),
-        Escaped(h["name"].as_str().unwrap_or("?")),
-        Escaped(h["version"].as_str().unwrap_or("?")),
-        report["sha256"].as_str().map_or("", |s| &s[..12.min(s.len())]),
-        report["load_ms"],
-        if report["compiled_from_cache"] == true { " from the compiled cache" } else { " (compiled now)" },
+        Escaped(&report.component),
+        Escaped(&h.name),
+        Escaped(&h.version),
+        &report.sha256[..12.min(report.sha256.len())],
+        report.load_ms,
+        if report.compiled_from_cache { " from the compiled cache" } else { " (compiled now)" },
     )?;
-    let runs = report["runs"].as_array().map_or(&[][..], Vec::as_slice);
-    for (i, r) in runs.iter().enumerate() {
+    for (i, r) in report.runs.iter().enumerate() {
         writeln!(
             out,
             "\nevent {}/{}  {}  {} {}",
             i + 1,
-            runs.len(),
-            Escaped(r["event_file"].as_str().unwrap_or("")),
-            Escaped(r["event_type"].as_str().unwrap_or("")),
-            Escaped(r["event_id"].as_str().unwrap_or(""))
+            report.runs.len(),
+            Escaped(&r.event_file),
+            Escaped(&r.event_type),
+            Escaped(&r.event_id)
         )?;
-        if let Some(w) = r["warning"].as_str() {
-            writeln!(out, "  warning  {}", Escaped(w))?;
-        }
-        match r["outcome"].as_str() {
-            Some("ok") => writeln!(out, "  outcome  ok: {}", Escaped(r["summary"].as_str().unwrap_or("")))?,
-            Some(kind) => {
-                writeln!(out, "  outcome  FAILED ({}): {}", Escaped(kind), Escaped(r["error"].as_str().unwrap_or("")))?
-            }
-            None => {}
-        }
-        for e in r["emitted"].as_array().into_iter().flatten() {
-            writeln!(
-                out,
-                "  emitted  {} ({}) {}",
-                Escaped(e["event_type"].as_str().unwrap_or("")),
-                Escaped(e["priority"].as_str().unwrap_or("")),
-                Escaped(&short(&e["payload"]))
-            )?;
-        }
-        for (path, f) in r["files"].as_object().into_iter().flatten() {
-            let sign = match f["change"].as_str() {
-                Some("created") => '+',
-                Some("removed") => '-',
-                _ => '~',
-            };
-            let what = match (f["symlink"].as_str(), f["bytes"].as_u64(), f["allocated_bytes"].as_u64()) {
-                (Some(target), _, _) => format!(" -> {} (a symlink)", Escaped(target)),
-                (None, Some(b), Some(a)) => format!(" ({b} bytes, sparse: {a} allocated)"),
-                (None, Some(b), None) => format!(" ({b} bytes)"),
-                _ => String::new(),
-            };
-            writeln!(out, "  wrote    {sign} {}{what}", Escaped(path))?;
-        }
-        for l in r["logs"].as_array().into_iter().flatten() {
-            writeln!(
-                out,
-                "  log      {:<5} {}",
-                l["level"].as_str().unwrap_or(""),
-                Escaped(l["message"].as_str().unwrap_or(""))
-            )?;
-        }
-        for stream in ["stdout", "stderr"] {
-            for line in escape_lines(r[stream].as_str().unwrap_or("")).take(20) {
-                writeln!(out, "  {stream:<8} {line}")?;
-            }
-        }
-        writeln!(out, "  took     {} ms", r["duration_ms"])?;
+        print_run(r, out)?;
     }
-    if let Some(k) = report["kept_root"].as_str() {
+    if let Some(k) = &report.kept_root {
         writeln!(out, "\nsandbox root kept at {}", Escaped(k))?;
     }
     Ok(())
+}
+
+/// One run of a report, for people.
+fn print_run(r: &HarnessRun, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    use crate::text::{Escaped, escape_lines};
+    if let Some(w) = &r.warning {
+        writeln!(out, "  warning  {}", Escaped(w))?;
+    }
+    if r.outcome == HarnessRun::OK {
+        writeln!(out, "  outcome  ok: {}", Escaped(r.summary.as_deref().unwrap_or("")))?;
+    } else {
+        let error = Escaped(r.error.as_deref().unwrap_or(""));
+        writeln!(out, "  outcome  FAILED ({}): {error}", Escaped(&r.outcome))?;
+    }
+    for e in &r.emitted {
+        let payload = short(&Value::Object(e.payload.clone()));
+        writeln!(out, "  emitted  {} ({}) {}", Escaped(&e.event_type), e.priority.as_str(), Escaped(&payload))?;
+    }
+    for (path, f) in &r.files {
+        let sign = match f.change {
+            Change::Created => '+',
+            Change::Removed => '-',
+            Change::Modified => '~',
+        };
+        let what = match (&f.symlink, f.bytes, f.allocated_bytes) {
+            (Some(target), _, _) => format!(" -> {} (a symlink)", Escaped(target)),
+            (None, Some(b), Some(a)) => format!(" ({b} bytes, sparse: {a} allocated)"),
+            (None, Some(b), None) => format!(" ({b} bytes)"),
+            _ => String::new(),
+        };
+        writeln!(out, "  wrote    {sign} {}{what}", Escaped(path))?;
+    }
+    for l in &r.logs {
+        writeln!(out, "  log      {:<5} {}", l.level.as_str(), Escaped(&l.message))?;
+    }
+    for (stream, text) in [("stdout", &r.stdout), ("stderr", &r.stderr)] {
+        for line in escape_lines(text).take(20) {
+            writeln!(out, "  {stream:<8} {line}")?;
+        }
+    }
+    writeln!(out, "  took     {} ms", r.duration_ms)
 }
 
 /// `--keep DIR`: a new or empty directory, as an absolute path.

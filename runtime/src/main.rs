@@ -896,11 +896,11 @@ fn handler_test(layout: &Layout, args: TestArgs) -> Result<ExitCode> {
     let report = cortex::harness::run(&request)?;
     // Run without --handler and --grant, a handler of the root fails for
     // want of the directories and settings its table gives it: say so.
-    let failed = report["runs"].as_array().into_iter().flatten().filter(|r| r["outcome"] != "ok").count();
+    let failed = report.failed();
     let table = config.as_ref().filter(|_| guessing && failed > 0).and_then(|c| {
         c.handlers.iter().find_map(|(name, h)| {
             let same_file = h.component.file_stem().is_some_and(|s| Some(s) == component_stem.as_deref());
-            (same_file || report["handler"]["name"] == name.as_str()).then_some(name)
+            (same_file || report.handler.name == *name).then_some(name)
         })
     });
     let mut out = std::io::stdout().lock();
@@ -929,7 +929,7 @@ fn handler_test(layout: &Layout, args: TestArgs) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&expect).with_context(|| format!("failed to read {}", expect.display()))?;
     let expected: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", expect.display()))?;
-    let diffs = cortex::harness::differences(&expected, &report);
+    let diffs = cortex::harness::differences(&expected, &report.to_value());
     if diffs.is_empty() {
         eprintln!("expect {}: as expected", expect.display());
         return Ok(ExitCode::SUCCESS);

@@ -42,6 +42,19 @@ pub enum LogLevel {
     Error,
 }
 
+impl LogLevel {
+    /// The level's name, as records and reports write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
 /// What the handler's config lets it put in the envelope of what it emits.
 struct EmitPolicy {
     emits: Option<Vec<String>>,
