@@ -139,6 +139,73 @@ pub fn gather(queue: &FsQueue) -> Result<Status> {
     })
 }
 
+/// One handler as `cortex handlers list` shows it: its component, whether
+/// it loads (and why not), what it declares, its grants, and the version a
+/// running `cortex serve` serves.
+#[derive(Debug, Clone, Serialize)]
+pub struct HandlerRow {
+    pub name: String,
+    pub component: String,
+    /// The component file's sha256, when it can be read.
+    pub sha256: Option<String>,
+    pub version: Option<String>,
+    /// The event patterns `cortex.toml` routes to it.
+    pub events: Vec<String>,
+    /// What its `describe()` declares, when it loads.
+    pub declared_events: Option<Vec<String>>,
+    /// `dir:ro` or `dir:rw`.
+    pub grants: Vec<String>,
+    /// Grants of the runtime's own directories allowed with `unsafe_allow`.
+    pub unsafe_grants: Vec<String>,
+    pub loads: bool,
+    pub error: Option<String>,
+    pub serving_sha256: Option<String>,
+}
+
+/// Loads every handler of a root's config, as `cortex handlers list`
+/// reports them, in name order.
+///
+/// # Errors
+/// When the config cannot be loaded or the sandbox cannot be started (a
+/// handler that does not load is a row, not an error).
+pub fn handler_rows(layout: &crate::layout::Layout) -> Result<Vec<HandlerRow>> {
+    let config = crate::config::Config::load(layout.root())?;
+    let fuel = config.handlers.values().any(|h| h.limits.fuel.is_some());
+    let sandbox = crate::sandbox::Sandbox::new(layout.root(), config.validator(), fuel)?;
+    let serving = crate::service::running(layout);
+    let mut rows = Vec::new();
+    for (name, h) in &config.handlers {
+        let path = sandbox.component_path(h);
+        let (loads, sha256, info, error) = match sandbox.load(name, h) {
+            Ok(l) => match crate::dispatch::declared(&l, config.dispatch.describe_mismatch) {
+                Ok(()) => (true, Some(l.sha256.clone()), Some(l.info.clone()), None),
+                Err(e) => (false, Some(l.sha256.clone()), Some(l.info.clone()), Some(format!("{e:#}"))),
+            },
+            Err(e) => (false, crate::sandbox::sha256_file(&path).ok(), None, Some(format!("{e:#}"))),
+        };
+        let mode = |g: &crate::config::Grant| if g.mode == crate::config::Access::Rw { "rw" } else { "ro" };
+        rows.push(HandlerRow {
+            name: name.clone(),
+            component: path.display().to_string(),
+            sha256,
+            version: info.as_ref().map(|i| i.version.clone()),
+            events: h.events.clone(),
+            declared_events: info.map(|i| i.events),
+            grants: h.grants.iter().map(|g| format!("{}:{}", g.dir, mode(g))).collect(),
+            unsafe_grants: h
+                .grants
+                .iter()
+                .filter(|g| g.unsafe_allow && g.is_reserved())
+                .map(|g| g.dir.clone())
+                .collect(),
+            loads,
+            error,
+            serving_sha256: serving.iter().find_map(|s| s.handlers.get(name).map(|h| h.sha256.clone())),
+        });
+    }
+    Ok(rows)
+}
+
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "root:          {}", self.root)?;
