@@ -20,10 +20,14 @@
 //! - [`metrics`]: Prometheus counters, histograms and gauges.
 //! - [`producer`]: emit one event or a batch (the seed's event logger).
 //! - [`route`]: event type patterns to handlers.
-//! - [`dispatch`]: claim → route → run handlers → archive, retry or dead-letter.
+//! - [`dispatch`]: claim → route → run handlers → archive, retry or dead-letter;
+//!   one `Mode` for one-shot and service runs, a `dispatch/` file per job
+//!   (claim loop, lanes, committer, verdict).
 //! - [`sandbox`]: the wasmtime engine, component cache and per-event instances.
 //! - [`replay`]: `cortex replay`: select archived events, dry-run, requeue or run directly.
 //! - [`dlq`]: `cortex dlq`: list, show, retry and purge dead letters.
+//! - [`harness`]: `cortex handler test`: one component against fixture events in a
+//!   throwaway root, its typed report compared with an expectation.
 //! - [`schedule`]: `[schedules]`: timer events that `cortex serve` queues once per tick.
 //! - [`service`]: `cortex serve`: watcher, hot reload, metrics, shutdown, schedules.
 //! - [`status`]: what `cortex status` reports.

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde_json::Value;
+use serde::Deserialize;
 
 use super::FsQueue;
 use super::fs::read_dir_if_any;
@@ -105,11 +105,27 @@ fn archived_ids(path: &Path, ids: &BTreeSet<&str>, found: &mut BTreeSet<String>)
         if !named.into_iter().any(|id| ids.contains(id)) {
             continue;
         }
-        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
-        let own = v["event"]["event_id"].as_str().or_else(|| v["event_id"].as_str());
-        if let Some(id) = own.filter(|id| ids.contains(id)) {
-            found.insert(id.to_string());
+        let Ok(line) = serde_json::from_str::<LineIds>(line) else { continue };
+        let own = line.event.map(|e| e.event_id).or(line.event_id);
+        if let Some(id) = own.filter(|id| ids.contains(id.as_str())) {
+            found.insert(id);
         }
     }
     Ok(())
+}
+
+/// The event ids of an archive line, read without the rest of it: the
+/// event of an [`crate::records::ArchiveRecord`], or the line's own id when
+/// it is a bare event (a compacted month).
+#[derive(Deserialize)]
+struct LineIds {
+    #[serde(default)]
+    event: Option<EventId>,
+    #[serde(default)]
+    event_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct EventId {
+    event_id: String,
 }
