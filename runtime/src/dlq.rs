@@ -15,12 +15,12 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use chrono::DateTime;
-use serde_json::{Map, Value, json};
 
 use crate::event::{Event, Validator};
 use crate::fsio;
 use crate::layout::Layout;
 use crate::queue::{FsQueue, Queue, now_rfc3339};
+use crate::records::{DeadLetterRecord, RetryMark};
 use crate::replay::Filter;
 use crate::text::{Escaped, escape_lines};
 
@@ -30,42 +30,43 @@ pub struct DeadLetter {
     /// The file name without `.json`: the queue entry's key, or `invalid-…`.
     pub key: String,
     pub path: PathBuf,
-    pub record: Value,
-    /// The event, unless the record is of a file that was not one.
-    pub event: Option<Event>,
+    pub record: DeadLetterRecord,
 }
 
 impl DeadLetter {
+    /// The event, unless the record is of a file that was not one.
+    pub fn event(&self) -> Option<&Event> {
+        self.record.event.as_ref()
+    }
+
     /// The handlers that had already succeeded on the event (a retry skips them).
-    pub fn succeeded_handlers(&self) -> Vec<String> {
-        self.record["succeeded_handlers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str())
-            .map(String::from)
-            .collect()
+    pub fn succeeded_handlers(&self) -> &[String] {
+        self.record.succeeded()
     }
 
     pub fn reason(&self) -> &str {
-        self.record["reason"].as_str().unwrap_or("")
+        &self.record.reason
     }
 
     /// When it was dead-lettered: the record's time, else the file's.
     pub fn dead_lettered_at(&self) -> Option<SystemTime> {
-        self.record["dead_lettered_at"]
-            .as_str()
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        DateTime::parse_from_rfc3339(&self.record.dead_lettered_at)
+            .ok()
             .map(SystemTime::from)
             .or_else(|| std::fs::metadata(&self.path).and_then(|m| m.modified()).ok())
+    }
+
+    /// The record's time as written ("?" when it has none).
+    fn at(&self) -> &str {
+        Some(self.record.dead_lettered_at.as_str()).filter(|t| !t.is_empty()).unwrap_or("?")
     }
 
     /// The event id: the event's, or, for a queue entry that could not be
     /// read as an event, the id in its key (`{rank}-{µs}-{event_id}`).
     pub fn event_id(&self) -> Option<&str> {
-        match &self.event {
+        match self.event() {
             Some(e) => Some(&e.event_id),
-            None => self.key.splitn(3, '-').nth(2).filter(|id| crate::event::is_valid_event_id(id)),
+            None => crate::queue::key_event_id(&self.key).filter(|id| crate::event::is_valid_event_id(id)),
         }
     }
 
@@ -84,20 +85,20 @@ impl DeadLetter {
             reason.push('…');
         }
         let reason = Escaped(&reason);
-        match &self.event {
+        match self.event() {
             Some(e) => format!(
                 "{}  {}  {}  attempts {}  {}",
                 Escaped(&e.event_id),
                 Escaped(&e.event_type),
-                Escaped(self.record["dead_lettered_at"].as_str().unwrap_or("?")),
-                self.record["attempts"].as_u64().map_or("?".to_string(), |a| a.to_string()),
+                Escaped(self.at()),
+                self.record.attempts.map_or("?".to_string(), |a| a.to_string()),
                 reason
             ),
             None => format!(
                 "{}  (not an event{})  {}  {}",
                 Escaped(self.event_id().unwrap_or(&self.key)),
                 if self.event_id().is_some() { format!("; key {}", Escaped(&self.key)) } else { String::new() },
-                self.record["dead_lettered_at"].as_str().unwrap_or("?"),
+                Escaped(self.at()),
                 reason
             ),
         }
@@ -109,11 +110,10 @@ impl DeadLetter {
     /// messages, producers the event.
     pub fn describe(&self) -> String {
         let r = &self.record;
-        let s = |v: &Value| Escaped(v.as_str().unwrap_or("?")).to_string();
         let mut out = String::new();
         let _ = writeln!(out, "dead letter {}", Escaped(&self.key));
         let _ = writeln!(out, "  file:            {}", self.path.display());
-        match &self.event {
+        match self.event() {
             Some(e) => {
                 let _ = writeln!(
                     out,
@@ -127,70 +127,79 @@ impl DeadLetter {
                 if let Some(c) = &e.correlation_id {
                     let _ = writeln!(out, "  correlation_id:  {}", Escaped(c));
                 }
-                let _ = writeln!(out, "  queue entry:     {}", s(&r["entry"]));
+                let _ = writeln!(out, "  queue entry:     {}", Escaped(or_unknown(&r.entry)));
             }
             None => {
-                if let Some(f) = r["file"].as_str() {
+                if let Some(f) = r.dropped_file() {
                     let _ = writeln!(out, "  dropped file:    {}", Escaped(f));
                 }
             }
         }
-        let _ = writeln!(out, "  dead-lettered:   {}", s(&r["dead_lettered_at"]));
-        if let Some(a) = r["attempts"].as_u64() {
-            let max = r["max_attempts"].as_u64().map_or(String::new(), |m| format!(" (max_attempts {m})"));
+        let _ = writeln!(out, "  dead-lettered:   {}", Escaped(self.at()));
+        if let Some(a) = r.attempts {
+            let max = r.max_attempts.map_or(String::new(), |m| format!(" (max_attempts {m})"));
             let _ = writeln!(out, "  attempts:        {a}{max}");
         }
         let _ = writeln!(out, "  reason:          {}", Escaped(self.reason()));
-        for h in r["failed_handlers"].as_array().into_iter().flatten() {
+        for h in r.failed_handlers.iter().flatten() {
             let _ = writeln!(
                 out,
                 "  failed handler:  {} v{}  component sha256 {}",
-                s(&h["name"]),
-                s(&h["version"]),
-                s(&h["component_sha256"])
+                Escaped(or_unknown(&h.name)),
+                Escaped(or_unknown(&h.version)),
+                Escaped(or_unknown(&h.component_sha256))
             );
         }
         let succeeded = self.succeeded_handlers();
         if !succeeded.is_empty() {
             let _ = writeln!(out, "  succeeded:       {} (skipped on retry)", Escaped(&succeeded.join(", ")));
         }
-        if let Some(retry) = self.event.as_ref().and_then(|e| e.metadata.extra.get("dlq_retry")) {
+        if let Some(retry) = self.event().and_then(RetryMark::of) {
             let _ = writeln!(
                 out,
                 "  retried before:  {} times, last at {}",
-                retry["count"].as_u64().unwrap_or(0),
-                s(&retry["last_at"])
+                retry.count,
+                Escaped(or_unknown(&retry.last_at))
             );
         }
-        for attempt in r["history"].as_array().into_iter().flatten() {
-            let _ = writeln!(out, "  attempt {} at {}:", Escaped(&attempt["attempt"].to_string()), s(&attempt["at"]));
-            for f in attempt["failures"].as_array().into_iter().flatten() {
-                let handler = Escaped(f["handler"].as_str().filter(|h| !h.is_empty()).unwrap_or("(dispatcher)"));
-                let _ = writeln!(out, "    {handler}: {}: {}", s(&f["kind"]), s(&f["message"]));
-                let sha = Escaped(f["component_sha256"].as_str().filter(|h| !h.is_empty()).unwrap_or("-"));
-                let _ =
-                    writeln!(out, "      component sha256 {sha}, {:.3} ms", f["duration_ms"].as_f64().unwrap_or(0.0));
-                if let Some(detail) = f["detail"].as_str().filter(|d| !d.is_empty() && *d != f["message"]) {
-                    for line in escape_lines(detail) {
-                        let _ = writeln!(out, "      | {line}");
-                    }
-                }
-            }
-        }
-        match &self.event {
+        self.describe_history(&mut out);
+        match self.event() {
             Some(e) => {
-                let payload = Value::Object(e.payload.clone()).to_string();
+                let payload = serde_json::Value::Object(e.payload.clone()).to_string();
                 let _ = writeln!(out, "  payload:         {}", Escaped(&payload));
             }
             None => {
                 let _ = writeln!(out, "  raw:");
-                for line in escape_lines(r["raw"].as_str().unwrap_or("")) {
+                for line in escape_lines(r.raw.as_deref().unwrap_or("")) {
                     let _ = writeln!(out, "    {line}");
                 }
             }
         }
         out
     }
+
+    /// Each attempt's failures, for [`DeadLetter::describe`].
+    fn describe_history(&self, out: &mut String) {
+        for attempt in self.record.history.iter().flatten() {
+            let _ = writeln!(out, "  attempt {} at {}:", attempt.attempt, Escaped(or_unknown(&attempt.at)));
+            for f in &attempt.failures {
+                let handler = Escaped(Some(f.handler.as_str()).filter(|h| !h.is_empty()).unwrap_or("(dispatcher)"));
+                let _ = writeln!(out, "    {handler}: {}: {}", f.fault.kind, Escaped(&f.fault.message));
+                let sha = Escaped(Some(f.component_sha256.as_str()).filter(|h| !h.is_empty()).unwrap_or("-"));
+                let _ = writeln!(out, "      component sha256 {sha}, {:.3} ms", f.duration_ms);
+                if !f.fault.detail.is_empty() && f.fault.detail != f.fault.message {
+                    for line in escape_lines(&f.fault.detail) {
+                        let _ = writeln!(out, "      | {line}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A record's text, or "?" when it has none.
+fn or_unknown(text: &str) -> &str {
+    if text.is_empty() { "?" } else { text }
 }
 
 /// Every dead letter, in file-name order (priority, then queue time).
@@ -234,20 +243,23 @@ pub fn list(layout: &Layout) -> Result<Listing> {
 fn read(path: &Path) -> Result<DeadLetter> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("failed to read dead letter {}", path.display()))?;
-    let record: Value = match serde_json::from_str(&text) {
+    let record = match serde_json::from_str::<DeadLetterRecord>(&text) {
         Ok(record) => record,
         // A record of an event nested deeper than the reader goes (accepted
         // before emits checked nesting): kept listable, showable and
         // purgeable as raw text instead of a warning on every command.
-        Err(e) if too_deep(&e) => json!({
-            "raw": text,
-            "reason": format!("the dead-letter record is nested too deeply to read ({e}); purge it, or fix it by hand"),
-        }),
+        Err(e) if too_deep(&e) => DeadLetterRecord {
+            raw: Some(text),
+            reason: format!("the dead-letter record is nested too deeply to read ({e}); purge it, or fix it by hand"),
+            ..DeadLetterRecord::default()
+        },
+        Err(e) if e.is_data() => {
+            return Err(e).with_context(|| format!("dead letter {} is not a dead-letter record", path.display()));
+        }
         Err(e) => return Err(e).with_context(|| format!("dead letter {} is not JSON", path.display())),
     };
-    let event = record.get("event").and_then(|e| serde_json::from_value(e.clone()).ok());
     let key = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
-    Ok(DeadLetter { key, path: path.to_path_buf(), record, event })
+    Ok(DeadLetter { key, path: path.to_path_buf(), record })
 }
 
 /// Whether serde_json refused a document for nesting deeper than its
@@ -262,7 +274,7 @@ impl Listing {
     pub fn matching(&self, filter: &Filter) -> Vec<&DeadLetter> {
         self.letters
             .iter()
-            .filter(|l| match &l.event {
+            .filter(|l| match l.event() {
                 Some(e) => filter.matches(e),
                 None => filter.is_empty(),
             })
@@ -292,31 +304,20 @@ impl Listing {
     }
 }
 
-/// Records a retry in `metadata.dlq_retry`: `count` one more than before,
-/// `last_at`, and `skip`: the handlers that already succeeded on the event,
-/// which the dispatcher does not run again (see [`crate::route::allows`]).
+/// Records a retry in [`RetryMark`] (`metadata.dlq_retry`): `count` one
+/// more than before, `last_at`, and `skip`: the handlers that already
+/// succeeded on the event, which the dispatcher does not run again (see
+/// [`crate::route::allows`]).
 pub fn mark_retry(event: &mut Event, now: &str, succeeded: &[String]) {
-    let prev = event.metadata.extra.get("dlq_retry");
-    let count = prev.and_then(|r| r["count"].as_u64()).unwrap_or(0) + 1;
-    let mut skip: Vec<String> = prev
-        .and_then(|r| r["skip"].as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str())
-        .map(String::from)
-        .collect();
+    let mut mark = RetryMark::of(event).unwrap_or_default();
+    mark.count += 1;
+    mark.last_at = now.to_string();
     for s in succeeded {
-        if !skip.contains(s) {
-            skip.push(s.clone());
+        if !mark.skip.contains(s) {
+            mark.skip.push(s.clone());
         }
     }
-    let mut retry = Map::new();
-    retry.insert("count".into(), json!(count));
-    retry.insert("last_at".into(), json!(now));
-    if !skip.is_empty() {
-        retry.insert("skip".into(), json!(skip));
-    }
-    event.metadata.extra.insert("dlq_retry".into(), Value::Object(retry));
+    mark.put(event);
 }
 
 /// Puts dead letters back in the queue as new entries, in one group
@@ -332,7 +333,7 @@ pub fn retry(queue: &FsQueue, validator: &Validator, letters: &[&DeadLetter]) ->
     let mut events: Vec<Event> = Vec::new();
     let mut bad = Vec::new();
     for l in letters {
-        let Some(event) = &l.event else {
+        let Some(event) = l.event() else {
             bad.push(format!(
                 "{}: not an event but a file that was not one ({}): fix its raw JSON and `cortex emit --batch` it, or purge it",
                 l.key,
@@ -348,8 +349,7 @@ pub fn retry(queue: &FsQueue, validator: &Validator, letters: &[&DeadLetter]) ->
             continue;
         }
         let mut e = event.clone();
-        let succeeded = l.succeeded_handlers();
-        mark_retry(&mut e, &now, &succeeded);
+        mark_retry(&mut e, &now, l.succeeded_handlers());
         match validator.validate(serde_json::to_value(&e).context("failed to serialize an event")?) {
             Ok(e) => events.push(e),
             Err(invalid) => bad.push(format!("{}: no longer valid: {invalid} (fix cortex.toml)", l.key)),
@@ -365,7 +365,7 @@ pub fn retry(queue: &FsQueue, validator: &Validator, letters: &[&DeadLetter]) ->
         std::fs::remove_file(&l.path).with_context(|| {
             format!(
                 "event {} is queued again, but its dead letter {} could not be removed: remove it by hand so it is not retried twice",
-                l.event.as_ref().map_or("", |e| e.event_id.as_str()),
+                l.event().map_or("", |e| e.event_id.as_str()),
                 l.path.display()
             )
         })?;
@@ -391,6 +391,8 @@ pub fn purge(layout: &Layout, letters: &[&DeadLetter]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

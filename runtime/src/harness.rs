@@ -13,12 +13,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Access, Grant, HandlerConfig, HandlerLimits};
 use crate::event::{Event, Validator};
+use crate::records::report::{Change, Emitted, FileChange, HarnessReport, HarnessRun};
 use crate::sandbox::{Invocation, Sandbox};
+
+mod report;
+
+pub use report::{differences, expectation, print_text};
 
 /// Biggest file whose content a report shows (JSON parsed, text as text).
 const MAX_SHOWN_FILE: u64 = 256 * 1024;
@@ -104,7 +109,7 @@ pub struct Request {
 /// When an event file cannot be read or is not a valid event, a seed
 /// directory cannot be copied, or the component does not load. A handler
 /// that fails or traps is not an error: it is in the report.
-pub fn run(req: &Request) -> Result<Value> {
+pub fn run(req: &Request) -> Result<HarnessReport> {
     let events = req
         .events
         .iter()
@@ -177,18 +182,15 @@ pub fn run(req: &Request) -> Result<Value> {
         runs.push(run_report(path, event, &inv, declared, &root, &before, &after));
         before = after;
     }
-    let mut report = json!({
-        "component": component.display().to_string(),
-        "sha256": loaded.sha256,
-        "handler": loaded.info,
-        "load_ms": ms(loaded.load_time),
-        "compiled_from_cache": loaded.from_cache,
-        "runs": runs,
-    });
-    if let Some(keep) = &req.keep {
-        report["kept_root"] = json!(keep.display().to_string());
-    }
-    Ok(report)
+    Ok(HarnessReport {
+        component: component.display().to_string(),
+        sha256: loaded.sha256.clone(),
+        handler: loaded.info.clone(),
+        load_ms: ms(loaded.load_time),
+        compiled_from_cache: loaded.from_cache,
+        runs,
+        kept_root: req.keep.as_ref().map(|k| k.display().to_string()),
+    })
 }
 
 fn ms(d: Duration) -> f64 {
@@ -222,49 +224,39 @@ fn run_report(
     root: &Path,
     before: &BTreeMap<String, FileState>,
     after: &BTreeMap<String, FileState>,
-) -> Value {
-    let mut run = Map::new();
-    run.insert("event_file".into(), json!(path.display().to_string()));
-    run.insert("event_id".into(), json!(event.event_id));
-    run.insert("event_type".into(), json!(event.event_type));
-    if !declared {
-        run.insert(
-            "warning".into(),
-            json!(format!("the handler does not declare {} in describe().events", event.event_type)),
-        );
-    }
-    match &inv.result {
-        Ok(summary) => {
-            run.insert("outcome".into(), json!("ok"));
-            run.insert("summary".into(), json!(summary));
-        }
-        Err(f) => {
-            run.insert("outcome".into(), json!(f.kind));
-            run.insert("error".into(), json!(f.message));
-        }
-    }
-    let emitted: Vec<Value> = inv
+) -> HarnessRun {
+    let (outcome, summary, error) = match &inv.result {
+        Ok(summary) => (HarnessRun::OK.to_string(), Some(summary.clone()), None),
+        Err(f) => (f.kind.to_string(), None, Some(f.message.clone())),
+    };
+    let emitted = inv
         .emitted
         .iter()
-        .map(|e| {
-            json!({
-                "event_type": e.event_type,
-                "source": e.source,
-                "priority": e.priority().as_str(),
-                "correlation_id": e.correlation_id,
-                "master": e.metadata.master,
-                "tags": e.metadata.tags,
-                "payload": e.payload,
-            })
+        .map(|e| Emitted {
+            event_type: e.event_type.clone(),
+            source: e.source.clone(),
+            priority: e.priority(),
+            correlation_id: e.correlation_id.clone(),
+            master: e.metadata.master.clone(),
+            tags: e.metadata.tags.clone(),
+            payload: e.payload.clone(),
         })
         .collect();
-    run.insert("emitted".into(), Value::Array(emitted));
-    run.insert("files".into(), Value::Object(file_changes(root, before, after)));
-    run.insert("logs".into(), serde_json::to_value(&inv.logs).unwrap_or_default());
-    run.insert("stdout".into(), json!(inv.stdout));
-    run.insert("stderr".into(), json!(inv.stderr));
-    run.insert("duration_ms".into(), json!(ms(inv.duration)));
-    Value::Object(run)
+    HarnessRun {
+        event_file: path.display().to_string(),
+        event_id: event.event_id.clone(),
+        event_type: event.event_type.clone(),
+        warning: (!declared).then(|| format!("the handler does not declare {} in describe().events", event.event_type)),
+        outcome,
+        summary,
+        error,
+        emitted,
+        files: file_changes(root, before, after),
+        logs: inv.logs.clone(),
+        stdout: inv.stdout.clone(),
+        stderr: inv.stderr.clone(),
+        duration_ms: ms(inv.duration),
+    }
 }
 
 /// What a snapshot saw at one path: a regular file (its apparent length,
@@ -348,26 +340,23 @@ fn file_changes(
     root: &Path,
     before: &BTreeMap<String, FileState>,
     after: &BTreeMap<String, FileState>,
-) -> Map<String, Value> {
-    let mut out = Map::new();
+) -> BTreeMap<String, FileChange> {
+    let mut out = BTreeMap::new();
     for (path, state) in after {
         let change = match before.get(path) {
-            None => "created",
-            Some(old) if old != state => "modified",
+            None => Change::Created,
+            Some(old) if old != state => Change::Modified,
             Some(_) => continue,
         };
-        let mut entry = Map::new();
-        entry.insert("change".into(), json!(change));
+        let mut entry = FileChange::new(change);
         match state {
-            FileState::Link { target } => {
-                entry.insert("symlink".into(), json!(target));
-            }
+            FileState::Link { target } => entry.symlink = Some(target.clone()),
             FileState::File { len, allocated, .. } => {
-                entry.insert("bytes".into(), json!(len));
+                entry.bytes = Some(*len);
                 // Apparent length far beyond what is stored: a sparse file.
                 if *allocated < *len && len - allocated >= 4096 {
-                    entry.insert("sparse".into(), json!(true));
-                    entry.insert("allocated_bytes".into(), json!(allocated));
+                    entry.sparse = true;
+                    entry.allocated_bytes = Some(*allocated);
                 } else if *len <= MAX_SHOWN_FILE
                     && let Ok(bytes) = read_nofollow(&root.join(path))
                 {
@@ -375,10 +364,10 @@ fn file_changes(
                 }
             }
         }
-        out.insert(path.clone(), Value::Object(entry));
+        out.insert(path.clone(), entry);
     }
     for path in before.keys().filter(|p| !after.contains_key(*p)) {
-        out.insert(path.clone(), json!({"change": "removed"}));
+        out.insert(path.clone(), FileChange::new(Change::Removed));
     }
     out
 }
@@ -391,177 +380,20 @@ fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// JSON files parsed, JSONL files as a list of parsed lines, other UTF-8 as text.
-fn show_content(path: &str, bytes: &[u8], entry: &mut Map<String, Value>) {
+fn show_content(path: &str, bytes: &[u8], entry: &mut FileChange) {
     let Ok(text) = std::str::from_utf8(bytes) else { return };
     if path.ends_with(".jsonl") {
         let lines: Option<Vec<Value>> =
             text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).ok()).collect();
         if let Some(lines) = lines {
-            entry.insert("jsonl".into(), Value::Array(lines));
+            entry.jsonl = Some(lines);
             return;
         }
     } else if let Ok(v) = serde_json::from_str::<Value>(text) {
-        entry.insert("json".into(), v);
+        entry.json = Some(v);
         return;
     }
-    entry.insert("text".into(), json!(text));
-}
-
-/// The parts of a report that a rerun reproduces, as a starting point for
-/// an expectation file: no durations, paths, hashes or load details. What
-/// the handler itself derives from the clock (timestamps in its files) stays
-/// in and is for the author to delete.
-pub fn expectation(report: &Value) -> Value {
-    let mut runs = Vec::new();
-    for r in report["runs"].as_array().into_iter().flatten() {
-        let mut r = r.clone();
-        if let Some(o) = r.as_object_mut() {
-            for volatile in ["duration_ms", "event_file", "warning"] {
-                o.remove(volatile);
-            }
-            for stream in ["stdout", "stderr"] {
-                if o.get(stream).is_some_and(|v| v == "") {
-                    o.remove(stream);
-                }
-            }
-        }
-        runs.push(r);
-    }
-    json!({ "handler": report["handler"], "runs": runs })
-}
-
-/// Where `actual` differs from `expected`, one line per difference.
-///
-/// `expected` is a subset: an object names only the keys it cares about
-/// (each compared recursively; an empty object expects an empty one), an
-/// array must have the same length with each element compared recursively,
-/// `null` matches an absent key, anything else must be equal. So an
-/// expectation leaves out what varies between runs (durations, ids).
-pub fn differences(expected: &Value, actual: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    diff("", expected, actual, &mut out);
-    out
-}
-
-fn diff(at: &str, expected: &Value, actual: &Value, out: &mut Vec<String>) {
-    let here = if at.is_empty() { "(the report)" } else { at };
-    match (expected, actual) {
-        // An empty object expects an empty one ("files": {} = no files written).
-        (Value::Object(e), Value::Object(a)) if e.is_empty() && !a.is_empty() => {
-            out.push(format!("{here}: expected none, got {}", short(actual)));
-        }
-        (Value::Object(e), Value::Object(a)) => {
-            for (k, ev) in e {
-                let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
-                match a.get(k) {
-                    Some(av) => diff(&path, ev, av, out),
-                    None if ev.is_null() => {}
-                    None => out.push(format!("{path}: expected {}, but it is absent", short(ev))),
-                }
-            }
-        }
-        (Value::Array(e), Value::Array(a)) => {
-            if e.len() != a.len() {
-                out.push(format!("{here}: expected {} item(s), got {}: {}", e.len(), a.len(), short(actual)));
-                return;
-            }
-            for (i, (ev, av)) in e.iter().zip(a).enumerate() {
-                diff(&format!("{at}[{i}]"), ev, av, out);
-            }
-        }
-        (Value::Number(e), Value::Number(a)) if e.as_f64() == a.as_f64() => {}
-        (e, a) if e == a => {}
-        (e, a) => out.push(format!("{here}: expected {}, got {}", short(e), short(a))),
-    }
-}
-
-fn short(v: &Value) -> String {
-    let s = v.to_string();
-    if s.len() <= 200 {
-        return s;
-    }
-    let cut = s.floor_char_boundary(200);
-    format!("{}… ({} bytes)", &s[..cut], s.len())
-}
-
-/// Prints a report for people.
-pub fn print_text(report: &Value, out: &mut impl std::io::Write) -> std::io::Result<()> {
-    // Everything in a report but the numbers came from the guest or the event.
-    use crate::text::{Escaped, escape_lines};
-    let h = &report["handler"];
-    writeln!(
-        out,
-        "component {}\n  {} v{} (sha256 {}), loaded in {} ms{}",
-        Escaped(report["component"].as_str().unwrap_or("")),
-        Escaped(h["name"].as_str().unwrap_or("?")),
-        Escaped(h["version"].as_str().unwrap_or("?")),
-        report["sha256"].as_str().map_or("", |s| &s[..12.min(s.len())]),
-        report["load_ms"],
-        if report["compiled_from_cache"] == true { " from the compiled cache" } else { " (compiled now)" },
-    )?;
-    let runs = report["runs"].as_array().map_or(&[][..], Vec::as_slice);
-    for (i, r) in runs.iter().enumerate() {
-        writeln!(
-            out,
-            "\nevent {}/{}  {}  {} {}",
-            i + 1,
-            runs.len(),
-            Escaped(r["event_file"].as_str().unwrap_or("")),
-            Escaped(r["event_type"].as_str().unwrap_or("")),
-            Escaped(r["event_id"].as_str().unwrap_or(""))
-        )?;
-        if let Some(w) = r["warning"].as_str() {
-            writeln!(out, "  warning  {}", Escaped(w))?;
-        }
-        match r["outcome"].as_str() {
-            Some("ok") => writeln!(out, "  outcome  ok: {}", Escaped(r["summary"].as_str().unwrap_or("")))?,
-            Some(kind) => {
-                writeln!(out, "  outcome  FAILED ({}): {}", Escaped(kind), Escaped(r["error"].as_str().unwrap_or("")))?
-            }
-            None => {}
-        }
-        for e in r["emitted"].as_array().into_iter().flatten() {
-            writeln!(
-                out,
-                "  emitted  {} ({}) {}",
-                Escaped(e["event_type"].as_str().unwrap_or("")),
-                Escaped(e["priority"].as_str().unwrap_or("")),
-                Escaped(&short(&e["payload"]))
-            )?;
-        }
-        for (path, f) in r["files"].as_object().into_iter().flatten() {
-            let sign = match f["change"].as_str() {
-                Some("created") => '+',
-                Some("removed") => '-',
-                _ => '~',
-            };
-            let what = match (f["symlink"].as_str(), f["bytes"].as_u64(), f["allocated_bytes"].as_u64()) {
-                (Some(target), _, _) => format!(" -> {} (a symlink)", Escaped(target)),
-                (None, Some(b), Some(a)) => format!(" ({b} bytes, sparse: {a} allocated)"),
-                (None, Some(b), None) => format!(" ({b} bytes)"),
-                _ => String::new(),
-            };
-            writeln!(out, "  wrote    {sign} {}{what}", Escaped(path))?;
-        }
-        for l in r["logs"].as_array().into_iter().flatten() {
-            writeln!(
-                out,
-                "  log      {:<5} {}",
-                l["level"].as_str().unwrap_or(""),
-                Escaped(l["message"].as_str().unwrap_or(""))
-            )?;
-        }
-        for stream in ["stdout", "stderr"] {
-            for line in escape_lines(r[stream].as_str().unwrap_or("")).take(20) {
-                writeln!(out, "  {stream:<8} {line}")?;
-            }
-        }
-        writeln!(out, "  took     {} ms", r["duration_ms"])?;
-    }
-    if let Some(k) = report["kept_root"].as_str() {
-        writeln!(out, "\nsandbox root kept at {}", Escaped(k))?;
-    }
-    Ok(())
+    entry.text = Some(text.to_string());
 }
 
 /// `--keep DIR`: a new or empty directory, as an absolute path.
@@ -583,6 +415,8 @@ fn copy_seed(from: &Path, to: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

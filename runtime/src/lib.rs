@@ -12,17 +12,25 @@
 //! - [`layout`]: where each file of a coordination root lives; `init`.
 //! - [`fsio`]: crash-safe file primitives (temp + fsync + rename, `syncfs`).
 //! - [`journal`]: the category JSONL logs.
-//! - [`queue`]: the durable queue behind the [`queue::Queue`] trait.
+//! - [`records`]: every record written and read back (archive line, dead
+//!   letter, delivery history, service status, replay and retry marks), one
+//!   type each, and the failure kinds they record.
+//! - [`queue`]: the durable queue behind the [`queue::Queue`] trait, a
+//!   `queue/` file per job (names, claiming, group commit, recovery, archive).
 //! - [`metrics`]: Prometheus counters, histograms and gauges.
 //! - [`producer`]: emit one event or a batch (the seed's event logger).
 //! - [`route`]: event type patterns to handlers.
-//! - [`dispatch`]: claim → route → run handlers → archive, retry or dead-letter.
+//! - [`dispatch`]: claim → route → run handlers → archive, retry or dead-letter;
+//!   one `Mode` for one-shot and service runs, a `dispatch/` file per job
+//!   (claim loop, lanes, committer, verdict).
 //! - [`sandbox`]: the wasmtime engine, component cache and per-event instances;
 //!   both `cortex:events` worlds (0.2.0 and 0.1.0).
 //! - [`handlers`]: what a handler's `describe()` declares (emits, payload
 //!   contracts), checked against the config and shown by `cortex handlers`.
 //! - [`replay`]: `cortex replay`: select archived events, dry-run, requeue or run directly.
 //! - [`dlq`]: `cortex dlq`: list, show, retry and purge dead letters.
+//! - [`harness`]: `cortex handler test`: one component against fixture events in a
+//!   throwaway root, its typed report compared with an expectation.
 //! - [`schedule`]: `[schedules]`: timer events that `cortex serve` queues once per tick.
 //! - [`service`]: `cortex serve`: watcher, hot reload, metrics, shutdown, schedules.
 //! - [`status`]: what `cortex status` reports.
@@ -40,6 +48,7 @@ pub mod layout;
 pub mod metrics;
 pub mod producer;
 pub mod queue;
+pub mod records;
 pub mod replay;
 pub mod route;
 pub mod sandbox;

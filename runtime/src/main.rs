@@ -510,11 +510,11 @@ fn dlq(layout: &Layout, command: DlqCommand) -> Result<ExitCode> {
                 (Some(id), _) => listing
                     .find(id)?
                     .into_iter()
-                    .filter(|l| filter.is_empty() || l.event.as_ref().is_some_and(|e| filter.matches(e)))
+                    .filter(|l| filter.is_empty() || l.event().is_some_and(|e| filter.matches(e)))
                     .collect(),
                 (None, true) => {
                     let (events, others): (Vec<_>, Vec<_>) =
-                        listing.matching(&filter).into_iter().partition(|l| l.event.is_some());
+                        listing.matching(&filter).into_iter().partition(|l| l.event().is_some());
                     if !others.is_empty() {
                         eprintln!(
                             "cortex: skipping {} dead letters that are not events (files dropped into the queue); see `cortex dlq list`",
@@ -749,7 +749,7 @@ fn dispatch(layout: &Layout, json: bool, no_wait: bool) -> Result<ExitCode> {
     let queue: std::sync::Arc<dyn cortex::queue::Queue> = std::sync::Arc::new(queue);
     let dispatcher = cortex::dispatch::prepare(queue, layout.root(), std::sync::Arc::new(config))?;
     let until = if no_wait { cortex::dispatch::Until::NothingDue } else { cortex::dispatch::Until::Drained };
-    let summary = dispatcher.run(until, &|| false, None)?;
+    let summary = dispatcher.run(cortex::dispatch::Mode::OneShot(until), &|| false)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -901,11 +901,11 @@ fn handler_test(layout: &Layout, args: TestArgs) -> Result<ExitCode> {
     let report = cortex::harness::run(&request)?;
     // Run without --handler and --grant, a handler of the root fails for
     // want of the directories and settings its table gives it: say so.
-    let failed = report["runs"].as_array().into_iter().flatten().filter(|r| r["outcome"] != "ok").count();
+    let failed = report.failed();
     let table = config.as_ref().filter(|_| guessing && failed > 0).and_then(|c| {
         c.handlers.iter().find_map(|(name, h)| {
             let same_file = h.component.file_stem().is_some_and(|s| Some(s) == component_stem.as_deref());
-            (same_file || report["handler"]["name"] == name.as_str()).then_some(name)
+            (same_file || report.handler.name == *name).then_some(name)
         })
     });
     let mut out = std::io::stdout().lock();
@@ -934,7 +934,7 @@ fn handler_test(layout: &Layout, args: TestArgs) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&expect).with_context(|| format!("failed to read {}", expect.display()))?;
     let expected: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", expect.display()))?;
-    let diffs = cortex::harness::differences(&expected, &report);
+    let diffs = cortex::harness::differences(&expected, &report.to_value());
     if diffs.is_empty() {
         eprintln!("expect {}: as expected", expect.display());
         return Ok(ExitCode::SUCCESS);
@@ -985,7 +985,7 @@ fn handlers(layout: &Layout, json: bool, verbose: bool, check: bool) -> Result<E
             "unsafe_grants": h.grants.iter().filter(|g| g.unsafe_allow && g.is_reserved()).map(|g| g.dir.clone()).collect::<Vec<_>>(),
             "loads": loads,
             "error": error,
-            "serving_sha256": serving.iter().find_map(|s| s["handlers"][name]["sha256"].as_str().map(str::to_string)),
+            "serving_sha256": serving.iter().find_map(|s| s.handlers.get(name).map(|h| h.sha256.clone())),
         }));
     }
     if json {

@@ -28,19 +28,16 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
 
 use crate::config::Config;
 use crate::event::{Event, Validator};
 use crate::queue::{FsQueue, Queue, now_rfc3339};
+use crate::records::{ReplayMark, RetryMark};
 use crate::route;
 
 pub use filter::{Filter, parse_date, parse_event_id, parse_time};
 pub use report::{Candidate, EventReport, Report, Run};
 pub use select::{Selection, Skipped, select};
-
-/// Replay times kept in `metadata.replay.history`; `count` keeps counting.
-const MAX_HISTORY: usize = 50;
 
 /// Reports progress: a stage, how much is done, out of how much.
 pub type Progress<'a> = &'a mut dyn FnMut(&str, u64, u64);
@@ -117,29 +114,23 @@ impl Request {
     }
 }
 
-/// Records a replay in `metadata.replay`: `count` one more than the copy's,
-/// `last_at`, `history`; `handler` when limited to one.
+/// Records a replay in [`ReplayMark`] (`metadata.replay`): `count` one more
+/// than the copy's, `last_at`, `history`; `handler` when limited to one.
 pub fn mark_replay(event: &mut Event, now: &str, handler: Option<&str>) {
-    let extra = &mut event.metadata.extra;
-    let prev = extra.get("replay");
-    let count = prev.and_then(|r| r["count"].as_u64()).unwrap_or(0) + 1;
-    let mut history: Vec<Value> = prev.and_then(|r| r["history"].as_array()).cloned().unwrap_or_default();
-    history.push(Value::String(now.to_string()));
-    if history.len() > MAX_HISTORY {
-        history.drain(..history.len() - MAX_HISTORY);
+    let mut mark = ReplayMark::of(event).unwrap_or_default();
+    mark.count += 1;
+    mark.last_at = now.to_string();
+    mark.history.push(now.to_string());
+    if mark.history.len() > ReplayMark::MAX_HISTORY {
+        mark.history.drain(..mark.history.len() - ReplayMark::MAX_HISTORY);
     }
-    let mut replay = Map::new();
-    replay.insert("count".into(), json!(count));
-    replay.insert("last_at".into(), json!(now));
-    replay.insert("history".into(), Value::Array(history));
-    if let Some(h) = handler {
-        replay.insert("handler".into(), json!(h));
-    }
-    extra.insert("replay".into(), Value::Object(replay));
+    mark.handler = handler.map(str::to_string);
+    mark.put(event);
     // A dead letter's retry skipped the handlers that had succeeded; a
     // replay runs every handler it is routed to.
-    if let Some(Value::Object(r)) = extra.get_mut("dlq_retry") {
-        r.remove("skip");
+    if let Some(mut retry) = RetryMark::of(event) {
+        retry.skip.clear();
+        retry.put(event);
     }
 }
 
@@ -197,7 +188,7 @@ pub fn run(queue: &FsQueue, config: &Config, request: &Request, progress: Progre
             timestamp: e.timestamp.clone(),
             source: e.source.clone(),
             handlers,
-            replay_count: e.metadata.extra["replay"]["count"].as_u64().unwrap_or(0),
+            replay_count: ReplayMark::of(e).map_or(0, |m| m.count),
             runs: Vec::new(),
         });
     }
@@ -260,21 +251,22 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use serde_json::json;
 
+    use super::*;
     use crate::replay::testing::event;
 
     #[test]
     fn replays_are_counted_and_their_history_capped() {
         let mut e = event("evt_20251201_120000_abc123", "2025-12-01T12:00:00Z", "task.created");
         e.metadata.extra.insert("dlq_retry".into(), json!({"count": 1, "skip": ["a"]}));
-        for i in 0..(MAX_HISTORY + 5) {
+        for i in 0..(ReplayMark::MAX_HISTORY + 5) {
             mark_replay(&mut e, &format!("t{i}"), None);
         }
         let r = &e.metadata.extra["replay"];
-        assert_eq!(r["count"], MAX_HISTORY as u64 + 5);
-        assert_eq!(r["history"].as_array().unwrap().len(), MAX_HISTORY);
-        assert_eq!(r["last_at"], format!("t{}", MAX_HISTORY + 4));
+        assert_eq!(r["count"], ReplayMark::MAX_HISTORY as u64 + 5);
+        assert_eq!(r["history"].as_array().unwrap().len(), ReplayMark::MAX_HISTORY);
+        assert_eq!(r["last_at"], format!("t{}", ReplayMark::MAX_HISTORY + 4));
         assert!(e.metadata.extra["dlq_retry"].get("skip").is_none());
         mark_replay(&mut e, "t", Some("h"));
         assert_eq!(e.metadata.extra["replay"]["handler"], "h");

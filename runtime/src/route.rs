@@ -6,10 +6,9 @@
 //! A replayed or retried event may carry a narrower route in its metadata
 //! (see [`allows`]).
 
-use serde_json::Value;
-
 use crate::config::Config;
 use crate::event::Event;
+use crate::records::{ReplayMark, RetryMark};
 
 /// Glob match of `pattern` against `text` (`*` any run, `?` one character).
 pub fn glob_match(pattern: &str, text: &str) -> bool {
@@ -44,13 +43,12 @@ pub fn handlers_for<'c>(config: &'c Config, event_type: &str) -> Vec<&'c str> {
 /// (`metadata.replay.handler`), and `cortex dlq retry` skips the handlers
 /// that already succeeded on the event (`metadata.dlq_retry.skip`).
 pub fn allows(event: &Event, name: &str) -> bool {
-    let extra = &event.metadata.extra;
-    if extra.is_empty() {
+    if event.metadata.extra.is_empty() {
         return true;
     }
-    let only = extra.get("replay").and_then(|r| r.get("handler")).and_then(Value::as_str);
-    let skip = extra.get("dlq_retry").and_then(|r| r.get("skip")).and_then(Value::as_array);
-    only.is_none_or(|o| o == name) && !skip.is_some_and(|s| s.iter().any(|h| h == name))
+    let only = ReplayMark::of(event).and_then(|r| r.handler);
+    let skip = RetryMark::of(event).map(|r| r.skip).unwrap_or_default();
+    only.is_none_or(|o| o == name) && !skip.iter().any(|h| h == name)
 }
 
 /// The handlers an event reaches: those of its type ([`handlers_for`])

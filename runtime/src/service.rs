@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use notify::{EventKind, RecursiveMode, Watcher};
-use serde_json::json;
 
 use crate::config::Config;
-use crate::dispatch::{self, Broken, Dispatcher, Until};
+use crate::dispatch::{self, Broken, Dispatcher, Mode};
 use crate::fsio;
 use crate::layout::Layout;
 use crate::queue::{FsQueue, Queue, now_rfc3339, now_us};
+use crate::records::{ServiceStatus, Serving};
 use crate::sandbox::Loaded;
 
 /// Changes to a component or the config are gathered this long before a
@@ -82,7 +82,7 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
     let dispatch_thread = {
         let (dispatcher, stop) = (dispatcher.clone(), stop.clone());
         std::thread::Builder::new().name("cortex-dispatch".into()).spawn(move || {
-            let result = dispatcher.run(Until::Drained, &|| stop.load(Ordering::Relaxed), Some(&wake_rx));
+            let result = dispatcher.run(Mode::Service { wake: &wake_rx }, &|| stop.load(Ordering::Relaxed));
             if let Err(e) = &result {
                 tracing::error!(error = %format!("{e:#}"), "dispatcher stopped");
             }
@@ -504,24 +504,25 @@ impl Reloader {
 
     /// Writes `run/services/<pid>.json`: pid, address and the versions serving.
     fn publish(&self, options: &Options) -> Result<()> {
-        let handlers: serde_json::Map<String, serde_json::Value> = self
+        let handlers = self
             .current()
             .values()
             .map(|l| {
-                (
-                    l.name.clone(),
-                    json!({"sha256": l.sha256, "version": l.info.version, "component": l.path.display().to_string()}),
-                )
+                let serving = Serving {
+                    sha256: l.sha256.clone(),
+                    version: l.info.version.clone(),
+                    component: l.path.display().to_string(),
+                };
+                (l.name.clone(), serving)
             })
             .collect();
-        let broken = self.dispatcher.broken().read().unwrap_or_else(|e| e.into_inner()).clone();
-        let doc = json!({
-            "pid": std::process::id(),
-            "listen": options.listen.map(|a| a.to_string()),
-            "updated_at": now_rfc3339(),
-            "handlers": handlers,
-            "not_loading": broken,
-        });
+        let doc = ServiceStatus {
+            pid: std::process::id(),
+            listen: options.listen.map(|a| a.to_string()),
+            updated_at: now_rfc3339(),
+            handlers,
+            not_loading: self.dispatcher.broken().read().unwrap_or_else(|e| e.into_inner()).clone(),
+        };
         let path = status_file(&self.layout);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
@@ -591,10 +592,10 @@ fn sd_notify(state: &str) {
 /// The services running on this root, each as its `run/services/<pid>.json`
 /// says (pid, listen address, the versions serving, handlers not loading),
 /// in pid order. A record whose process is gone (killed, so it could not
-/// remove it) is removed here.
-pub fn running(layout: &Layout) -> Vec<serde_json::Value> {
+/// remove it) is removed here; one that does not read is left out.
+pub fn running(layout: &Layout) -> Vec<ServiceStatus> {
     let dir = status_dir(layout);
-    let mut out: Vec<(i32, serde_json::Value)> = Vec::new();
+    let mut out: Vec<(i32, ServiceStatus)> = Vec::new();
     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let path = entry.path();
         let Some(pid) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<i32>().ok()) else {

@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::journal::{Journal, Skipped};
 use crate::queue::{FsQueue, Queue, now_us};
+use crate::records::ServiceStatus;
 use crate::text::Escaped;
 
 #[derive(Debug, Serialize)]
@@ -38,16 +39,19 @@ pub struct Status {
     pub skipped: Vec<Skipped>,
 }
 
-/// A running `cortex serve`, from its `run/services/<pid>.json`.
-#[derive(Debug, Serialize, Deserialize)]
+/// A running `cortex serve`, as `status` shows it (from its
+/// [`ServiceStatus`] record).
+#[derive(Debug, Serialize)]
 pub struct Service {
     pub pid: u32,
-    #[serde(default)]
     pub listen: Option<String>,
-    #[serde(default)]
     pub updated_at: String,
-    #[serde(default, skip_serializing)]
-    pub not_loading: BTreeMap<String, String>,
+}
+
+impl From<&ServiceStatus> for Service {
+    fn from(s: &ServiceStatus) -> Service {
+        Service { pid: s.pid, listen: s.listen.clone(), updated_at: s.updated_at.clone() }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -75,13 +79,10 @@ pub struct Loop {
 fn loops(layout: &crate::layout::Layout) -> Result<Vec<Loop>> {
     let mut out: Vec<Loop> = Vec::new();
     for letter in crate::dlq::list(layout)?.letters {
-        let link = &letter.record["loop"];
-        if !link.is_object() {
-            continue;
-        }
-        let text = |key: &str| link[key].as_str().unwrap_or("?").to_string();
-        let (handler, trigger_type, event_type) = (text("handler"), text("trigger_type"), text("event_type"));
-        let id = letter.event.as_ref().map_or_else(|| letter.key.clone(), |e| e.event_id.clone());
+        let Some(link) = &letter.record.cut_loop else { continue };
+        let (handler, trigger_type, event_type) =
+            (link.handler.clone(), link.trigger_type.clone(), link.event_type.clone());
+        let id = letter.event().map_or_else(|| letter.key.clone(), |e| e.event_id.clone());
         match out
             .iter_mut()
             .find(|l| (&l.handler, &l.trigger_type, &l.event_type) == (&handler, &trigger_type, &event_type))
@@ -116,11 +117,9 @@ pub fn gather(queue: &FsQueue) -> Result<Status> {
         None => None,
     };
     let (events_by_type, skipped) = Journal::new(queue.layout().clone()).counts_by_type()?;
-    let services: Vec<Service> = crate::service::running(queue.layout())
-        .into_iter()
-        .filter_map(|doc| serde_json::from_value(doc).ok())
-        .collect();
-    let handlers_not_loading = services.iter().flat_map(|s| s.not_loading.clone()).collect();
+    let running = crate::service::running(queue.layout());
+    let services: Vec<Service> = running.iter().map(Service::from).collect();
+    let handlers_not_loading = running.iter().flat_map(|s| s.not_loading.clone()).collect();
     let loops = if depth.dead_letters > 0 { loops(queue.layout())? } else { Vec::new() };
     Ok(Status {
         root: queue.layout().root().display().to_string(),
@@ -138,6 +137,73 @@ pub fn gather(queue: &FsQueue) -> Result<Status> {
         schedules: crate::schedule::fired(queue.layout()),
         skipped,
     })
+}
+
+/// One handler as `cortex handlers list` shows it: its component, whether
+/// it loads (and why not), what it declares, its grants, and the version a
+/// running `cortex serve` serves.
+#[derive(Debug, Clone, Serialize)]
+pub struct HandlerRow {
+    pub name: String,
+    pub component: String,
+    /// The component file's sha256, when it can be read.
+    pub sha256: Option<String>,
+    pub version: Option<String>,
+    /// The event patterns `cortex.toml` routes to it.
+    pub events: Vec<String>,
+    /// What its `describe()` declares, when it loads.
+    pub declared_events: Option<Vec<String>>,
+    /// `dir:ro` or `dir:rw`.
+    pub grants: Vec<String>,
+    /// Grants of the runtime's own directories allowed with `unsafe_allow`.
+    pub unsafe_grants: Vec<String>,
+    pub loads: bool,
+    pub error: Option<String>,
+    pub serving_sha256: Option<String>,
+}
+
+/// Loads every handler of a root's config, as `cortex handlers list`
+/// reports them, in name order.
+///
+/// # Errors
+/// When the config cannot be loaded or the sandbox cannot be started (a
+/// handler that does not load is a row, not an error).
+pub fn handler_rows(layout: &crate::layout::Layout) -> Result<Vec<HandlerRow>> {
+    let config = crate::config::Config::load(layout.root())?;
+    let fuel = config.handlers.values().any(|h| h.limits.fuel.is_some());
+    let sandbox = crate::sandbox::Sandbox::new(layout.root(), config.validator(), fuel)?;
+    let serving = crate::service::running(layout);
+    let mut rows = Vec::new();
+    for (name, h) in &config.handlers {
+        let path = sandbox.component_path(h);
+        let (loads, sha256, info, error) = match sandbox.load(name, h) {
+            Ok(l) => match crate::dispatch::declared(&l, config.dispatch.describe_mismatch) {
+                Ok(()) => (true, Some(l.sha256.clone()), Some(l.info.clone()), None),
+                Err(e) => (false, Some(l.sha256.clone()), Some(l.info.clone()), Some(format!("{e:#}"))),
+            },
+            Err(e) => (false, crate::sandbox::sha256_file(&path).ok(), None, Some(format!("{e:#}"))),
+        };
+        let mode = |g: &crate::config::Grant| if g.mode == crate::config::Access::Rw { "rw" } else { "ro" };
+        rows.push(HandlerRow {
+            name: name.clone(),
+            component: path.display().to_string(),
+            sha256,
+            version: info.as_ref().map(|i| i.version.clone()),
+            events: h.events.clone(),
+            declared_events: info.map(|i| i.events),
+            grants: h.grants.iter().map(|g| format!("{}:{}", g.dir, mode(g))).collect(),
+            unsafe_grants: h
+                .grants
+                .iter()
+                .filter(|g| g.unsafe_allow && g.is_reserved())
+                .map(|g| g.dir.clone())
+                .collect(),
+            loads,
+            error,
+            serving_sha256: serving.iter().find_map(|s| s.handlers.get(name).map(|h| h.sha256.clone())),
+        });
+    }
+    Ok(rows)
 }
 
 impl std::fmt::Display for Status {

@@ -319,7 +319,8 @@ fn library_api_mirrors_the_commands() -> Result<()> {
     let mut order = Vec::new();
     while let Some(claim) = queue.claim()? {
         order.push(claim.event.event_id.clone());
-        queue.ack(claim, json!({"outcome": "handled"}))?;
+        let record = claim.archived(cortex::records::Outcome::Handled, Vec::new());
+        queue.ack(claim, record)?;
     }
     assert_eq!(order, [ids[2].clone(), ids[1].clone(), ids[3].clone(), ids[0].clone()]);
     assert_eq!(queue.depth()?.queued, 0);

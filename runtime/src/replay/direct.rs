@@ -136,7 +136,7 @@ pub(super) fn direct(
             timestamp: event.timestamp.clone(),
             source: event.source.clone(),
             handlers: hs.clone(),
-            replay_count: event.metadata.extra["replay"]["count"].as_u64().unwrap_or(0),
+            replay_count: crate::records::ReplayMark::of(event).map_or(0, |m| m.count),
             runs: Vec::new(),
         };
         for name in hs {

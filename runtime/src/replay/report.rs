@@ -23,7 +23,7 @@ pub struct Run {
     pub summary: Option<String>,
     /// `error`, `trap`, `timeout`… when it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    pub kind: Option<crate::records::FaultKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Follow-up events: `[{event_id, event_type}]`.
@@ -120,7 +120,7 @@ impl Report {
                     out.push(format!(
                         "{head}  {}  FAILED ({}): {}",
                         r.handler,
-                        r.kind.as_deref().unwrap_or("?"),
+                        r.kind.map_or("?", crate::records::FaultKind::as_str),
                         Escaped(r.message.as_deref().unwrap_or(""))
                     ));
                     out.extend(escape_lines(&r.stderr).map(|l| format!("    stderr: {l}")));

@@ -299,7 +299,7 @@ pub fn select(
         let mut c = Collector::default();
         let mut skipped = Vec::new();
         for l in listing.letters {
-            if let Some(e) = l.event.filter(|e| filter.matches(e)) {
+            if let Some(e) = l.record.event.filter(|e| filter.matches(e)) {
                 match revalidate(validator, e) {
                     Ok(e) => c.push(e),
                     Err(why) => skipped.push(Skipped { file: l.path, line: None, offset: 0, why, refused: true }),

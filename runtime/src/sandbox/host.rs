@@ -27,8 +27,32 @@ const MAX_LOG_LINE: usize = 4096;
 /// A line a handler logged.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LogLine {
-    pub level: String,
+    pub level: LogLevel,
     pub message: String,
+}
+
+/// The level of a handler's log line (the WIT `level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    /// The level's name, as records and reports write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
 }
 
 /// What the handler's config lets it put in the envelope of what it emits.
@@ -197,11 +221,11 @@ impl CallContext {
             return;
         }
         let name = match level {
-            wit::Level::Trace => "trace",
-            wit::Level::Debug => "debug",
-            wit::Level::Info => "info",
-            wit::Level::Warn => "warn",
-            wit::Level::Error => "error",
+            wit::Level::Trace => LogLevel::Trace,
+            wit::Level::Debug => LogLevel::Debug,
+            wit::Level::Info => LogLevel::Info,
+            wit::Level::Warn => LogLevel::Warn,
+            wit::Level::Error => LogLevel::Error,
         };
         let limit = MAX_LOG_LINE.min(MAX_LOG_BYTES - self.log_bytes);
         if message.len() > limit {
@@ -217,7 +241,7 @@ impl CallContext {
             wit::Level::Warn => tracing::warn!(handler, event, "{text}"),
             wit::Level::Error => tracing::error!(handler, event, "{text}"),
         }
-        self.logs.push(LogLine { level: name.into(), message });
+        self.logs.push(LogLine { level: name, message });
     }
 
     /// Ends the invocation's logging: when lines were dropped over the caps,
@@ -233,7 +257,7 @@ impl CallContext {
             MAX_LOG_BYTES >> 10
         );
         tracing::warn!(handler = %self.handler, event = %self.trigger_id, "{message}");
-        self.logs.push(LogLine { level: "warn".into(), message });
+        self.logs.push(LogLine { level: LogLevel::Warn, message });
     }
 }
 

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
@@ -44,9 +44,10 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use crate::config::{Access, Grant, HandlerConfig, HandlerLimits};
 use crate::event::{Event, Validator};
 use crate::fsio;
+pub use crate::records::FaultKind;
 
-pub use host::LogLine;
 use host::{CallContext, State};
+pub use host::{LogLevel, LogLine};
 pub use world::World;
 use world::{Linkers, Pre, wit};
 
@@ -108,17 +109,22 @@ impl Loaded {
 }
 
 /// Why an invocation failed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fault {
-    /// `error` (the handler's `Err`, retryable), `refused` (its `Err` that
-    /// says a retry cannot help), `timeout`, `fuel`, `memory`,
-    /// `stack-overflow`, `output-limit`, `write-limit`, `fd-limit`, `trap`,
-    /// or `instantiate`.
-    pub kind: String,
+    /// What went wrong: the handler's retryable `Err` (`error`), its `Err`
+    /// that says a retry cannot help (`refused`), a limit, or a trap.
+    pub kind: FaultKind,
     pub message: String,
     /// The whole error chain with the wasm backtrace, for forensics.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+}
+
+impl Fault {
+    /// A fault without a detail chain.
+    pub fn new(kind: FaultKind, message: String) -> Fault {
+        Fault { kind, message, detail: String::new() }
+    }
 }
 
 /// What one invocation did.
@@ -429,7 +435,7 @@ impl Sandbox {
             Ok(s) => s,
             Err(e) => {
                 return Invocation {
-                    result: Err(Fault { kind: "instantiate".into(), message: format!("{e:#}"), detail: String::new() }),
+                    result: Err(Fault::new(FaultKind::Instantiate, format!("{e:#}"))),
                     emitted: Vec::new(),
                     logs: Vec::new(),
                     stdout: String::new(),
@@ -440,18 +446,12 @@ impl Sandbox {
         };
         let input = to_wit(event, attempt);
         let result = match loaded.pre.instantiate(&mut store) {
-            Err(e) => Err(classify(&e, limits, "instantiate")),
+            Err(e) => Err(classify(&e, limits, FaultKind::Instantiate)),
             Ok(instance) => match instance.handle(&mut store, &input) {
                 Ok(Ok(summary)) => Ok(cap(summary)),
-                Ok(Err(e)) if e.retryable => {
-                    Err(Fault { kind: "error".into(), message: cap(e.message), detail: String::new() })
-                }
-                Ok(Err(e)) => Err(Fault {
-                    kind: "refused".into(),
-                    message: cap(format!("not retryable: {}", e.message)),
-                    detail: String::new(),
-                }),
-                Err(e) => Err(classify(&e, limits, "trap")),
+                Ok(Err(e)) if e.retryable => Err(Fault::new(FaultKind::Error, cap(e.message))),
+                Ok(Err(e)) => Err(Fault::new(FaultKind::Refused, cap(format!("not retryable: {}", e.message)))),
+                Err(e) => Err(classify(&e, limits, FaultKind::Trap)),
             },
         };
         let state = store.into_data();
@@ -462,38 +462,44 @@ impl Sandbox {
         let flooded = state.stdout.contents().len() >= limits.output_bytes
             || state.stderr.contents().len() >= limits.output_bytes;
         let result = match result {
-            Err(f) if flooded && f.kind == "trap" => Err(Fault {
-                kind: "output-limit".into(),
+            Err(f) if flooded && f.kind == FaultKind::Trap => Err(Fault {
+                kind: FaultKind::OutputLimit,
                 message: format!(
                     "wrote more than {} bytes to stdout/stderr (limits.output_bytes) and trapped when further writes were refused: {}",
                     limits.output_bytes, f.message
                 ),
                 detail: f.detail,
             }),
-            Err(f) if state.quota.bytes_exceeded() && matches!(f.kind.as_str(), "trap" | "error") => Err(Fault {
-                kind: "write-limit".into(),
-                message: format!(
-                    "wrote more than {} bytes to files under its grants (limits.write_bytes; a write past the end of a file counts the gap too); further writes were refused with ENOSPC: {}",
-                    limits.write_bytes, f.message
-                ),
-                detail: f.detail,
-            }),
-            Err(f) if state.quota.new_files_exceeded() && matches!(f.kind.as_str(), "trap" | "error") => Err(Fault {
-                kind: "write-limit".into(),
-                message: format!(
-                    "created more than {} files, directories and links under its grants (limits.max_new_files); further ones were refused with ENOSPC: {}",
-                    limits.max_new_files, f.message
-                ),
-                detail: f.detail,
-            }),
-            Err(f) if state.quota.open_files_exceeded() && matches!(f.kind.as_str(), "trap" | "error") => Err(Fault {
-                kind: "fd-limit".into(),
-                message: format!(
-                    "held more than {} files and directories open at once (limits.max_open_files); further opens were refused: {}",
-                    limits.max_open_files, f.message
-                ),
-                detail: f.detail,
-            }),
+            Err(f) if state.quota.bytes_exceeded() && matches!(f.kind, FaultKind::Trap | FaultKind::Error) => {
+                Err(Fault {
+                    kind: FaultKind::WriteLimit,
+                    message: format!(
+                        "wrote more than {} bytes to files under its grants (limits.write_bytes; a write past the end of a file counts the gap too); further writes were refused with ENOSPC: {}",
+                        limits.write_bytes, f.message
+                    ),
+                    detail: f.detail,
+                })
+            }
+            Err(f) if state.quota.new_files_exceeded() && matches!(f.kind, FaultKind::Trap | FaultKind::Error) => {
+                Err(Fault {
+                    kind: FaultKind::WriteLimit,
+                    message: format!(
+                        "created more than {} files, directories and links under its grants (limits.max_new_files); further ones were refused with ENOSPC: {}",
+                        limits.max_new_files, f.message
+                    ),
+                    detail: f.detail,
+                })
+            }
+            Err(f) if state.quota.open_files_exceeded() && matches!(f.kind, FaultKind::Trap | FaultKind::Error) => {
+                Err(Fault {
+                    kind: FaultKind::FdLimit,
+                    message: format!(
+                        "held more than {} files and directories open at once (limits.max_open_files); further opens were refused: {}",
+                        limits.max_open_files, f.message
+                    ),
+                    detail: f.detail,
+                })
+            }
             other => other,
         };
         let mut call = state.call;
@@ -535,45 +541,84 @@ fn cap(mut text: String) -> String {
     text
 }
 
-/// Names what stopped a handler, in words a user can act on.
-fn classify(e: &wasmtime::Error, limits: &HandlerLimits, default_kind: &str) -> Fault {
-    let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-    let detail = chain.join(": ");
-    // The root cause, without the multi-line wasm backtrace around it.
+/// What stopped a guest, as far as wasmtime's error says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// The epoch deadline interrupted it.
+    Interrupt,
+    OutOfFuel,
+    StackOverflow,
+    /// A memory could not grow (or start) within the limit.
+    Memory,
+    /// A write to stdout/stderr past the pipe's capacity.
+    OutputFull,
+    /// An out-of-bounds access near 4 GiB: the shadow stack overflowing.
+    ShadowStack,
+    /// Anything else (a panic, `unreachable`, a missing import…).
+    Other,
+}
+
+/// Recognises what stopped a guest from wasmtime's error: its trap code
+/// when it has one, else the text of its messages. This is the ONE place
+/// that matches wasmtime's message text (which a wasmtime upgrade may
+/// change; the sandbox tests pin each case). Returns the cause and the
+/// root message without the multi-line wasm backtrace around it.
+fn recognise(e: &wasmtime::Error, chain: &[String]) -> (Cause, String) {
     let text = chain
         .iter()
         .rev()
         .find(|c| !c.starts_with("error while executing at wasm backtrace"))
         .cloned()
         .unwrap_or_default();
-    let (kind, message) = match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => {
-            ("timeout", format!("deadline of {} ms exceeded (limits.deadline_ms)", limits.deadline_ms))
+    let cause = match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Cause::Interrupt,
+        Some(Trap::OutOfFuel) => Cause::OutOfFuel,
+        Some(Trap::StackOverflow) => Cause::StackOverflow,
+        _ if e.downcast_ref::<limiter::MemoryCapExceeded>().is_some() || text.contains("memory minimum size") => {
+            Cause::Memory
         }
-        Some(Trap::OutOfFuel) => {
-            ("fuel", format!("fuel budget of {} exhausted (limits.fuel)", limits.fuel.unwrap_or(0)))
+        _ if text.contains("write beyond capacity") => Cause::OutputFull,
+        _ if text.contains("out of bounds memory access") && text.contains("address 0xf") => Cause::ShadowStack,
+        _ => Cause::Other,
+    };
+    (cause, text)
+}
+
+/// Names what stopped a handler, in words a user can act on; `default_kind`
+/// when nothing more specific is known.
+fn classify(e: &wasmtime::Error, limits: &HandlerLimits, default_kind: FaultKind) -> Fault {
+    let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    let detail = chain.join(": ");
+    let (cause, text) = recognise(e, &chain);
+    let (kind, message) = match cause {
+        Cause::Interrupt => {
+            (FaultKind::Timeout, format!("deadline of {} ms exceeded (limits.deadline_ms)", limits.deadline_ms))
         }
-        Some(Trap::StackOverflow) => {
-            ("stack-overflow", format!("wasm stack overflow (the stack is capped at {} KiB)", MAX_WASM_STACK >> 10))
+        Cause::OutOfFuel => {
+            (FaultKind::Fuel, format!("fuel budget of {} exhausted (limits.fuel)", limits.fuel.unwrap_or(0)))
         }
-        _ if e.downcast_ref::<limiter::MemoryCapExceeded>().is_some() || text.contains("memory minimum size") => (
-            "memory",
+        Cause::StackOverflow => (
+            FaultKind::StackOverflow,
+            format!("wasm stack overflow (the stack is capped at {} KiB)", MAX_WASM_STACK >> 10),
+        ),
+        Cause::Memory => (
+            FaultKind::Memory,
             format!(
                 "memory limit of {} MiB exceeded (limits.memory_mb, all memories together): {text}",
                 limits.memory_mb
             ),
         ),
-        _ if text.contains("write beyond capacity") => (
-            "output-limit",
+        Cause::OutputFull => (
+            FaultKind::OutputLimit,
             format!("wrote more than {} bytes to stdout/stderr (limits.output_bytes)", limits.output_bytes),
         ),
-        _ if text.contains("out of bounds memory access") && text.contains("address 0xf") => (
+        Cause::ShadowStack => (
             default_kind,
             format!("{text} (an address near 4 GiB is the guest's shadow stack overflowing: unbounded recursion?)"),
         ),
-        _ => (default_kind, text.clone()),
+        Cause::Other => (default_kind, text),
     };
-    Fault { kind: kind.into(), message, detail }
+    Fault { kind, message, detail }
 }
 
 fn to_wit(e: &Event, attempt: u32) -> wit::Event {

@@ -1,0 +1,118 @@
+//! The committer of a dispatch run: gathers the events whose handlers are
+//! done, decides each one's verdict (see `verdict`), and settles them in
+//! batches of up to [`MAX_BATCH`], one durable group commit per batch, so
+//! follow-up events are queued before the event that caused them is
+//! acknowledged. It also keeps the count of events in flight, which bounds
+//! how far the claim loop runs ahead.
+//!
+//! Crash story: a batch that cannot be settled stays claimed (its claims
+//! are recovered after their lease); the committer then settles nothing
+//! more, and the run ends with that error.
+
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::Summary;
+use super::lanes::Pending;
+use super::verdict::settle_one;
+use crate::metrics::Metrics;
+use crate::queue::{Queue, Settlement, Verdict};
+use crate::records::Outcome;
+
+/// Events settled in one group commit, at most.
+const MAX_BATCH: usize = 256;
+
+/// Events claimed but not yet settled.
+#[derive(Default)]
+pub(super) struct InFlight {
+    count: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl InFlight {
+    /// One more claimed.
+    pub fn add(&self) {
+        *self.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    }
+
+    /// `n` settled (or given up).
+    fn done(&self, n: usize) {
+        *self.count.lock().unwrap_or_else(|e| e.into_inner()) -= n;
+        self.cv.notify_all();
+    }
+
+    /// Waits until fewer than `max` are in flight.
+    pub fn wait_below(&self, max: usize) {
+        let mut n = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= max {
+            n = self.cv.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Whether any are; if so, waits up to `timeout` for one to settle.
+    pub fn wait_if_busy(&self, timeout: Duration) -> bool {
+        let n = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        if *n == 0 {
+            return false;
+        }
+        let _ = self.cv.wait_timeout(n, timeout);
+        true
+    }
+}
+
+/// Gathers finished events and settles them in batches, until every lane
+/// has closed; returns the tally of what was settled.
+pub(super) fn commit_loop(
+    queue: &dyn Queue,
+    rx: &Receiver<Arc<Pending>>,
+    in_flight: &InFlight,
+    metrics: &Metrics,
+) -> Result<Summary> {
+    let mut summary = Summary::default();
+    let mut failed: Option<anyhow::Error> = None;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        if failed.is_none() {
+            let settlements: Vec<Settlement> = batch.into_iter().map(|p| settle_one(p, &mut summary)).collect();
+            let observed: Vec<(String, &'static str, usize)> =
+                settlements.iter().map(|s| (s.claim.event.event_type.clone(), outcome(s), s.emitted.len())).collect();
+            match queue.settle(settlements) {
+                Ok(()) => {
+                    for (event_type, outcome, emitted) in &observed {
+                        metrics.settled(event_type, outcome, *emitted);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "failed to settle a batch; its events stay claimed and are recovered after their lease");
+                    failed = Some(e);
+                }
+            }
+        }
+        in_flight.done(n);
+    }
+    match failed {
+        Some(e) => Err(e.context("dispatch stopped: a batch could not be settled")),
+        None => Ok(summary),
+    }
+}
+
+/// The metrics' word for how a settlement ends.
+fn outcome(s: &Settlement) -> &'static str {
+    match &s.verdict {
+        Verdict::Ack(r) if r.outcome == Outcome::Unhandled => "unhandled",
+        Verdict::Ack(_) => "handled",
+        Verdict::Retry { .. } => "retried",
+        Verdict::DeadLetter(_) => "dead_lettered",
+        Verdict::Defer { .. } => "deferred",
+    }
+}

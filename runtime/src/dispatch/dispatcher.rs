@@ -1,0 +1,133 @@
+//! The [`Dispatcher`]: the handlers serving, the live config, and
+//! [`Dispatcher::run`], which wires one run together: recovery of stale
+//! claims, the claim loop on the caller's thread (see `claim`), the lanes
+//! (see `lanes`) and the committer (see `commit`), all scoped to the run.
+//!
+//! Threads: every thread a run starts ends before `run` returns; the
+//! service swaps the handler set and config between and during runs
+//! through the shared slots ([`Dispatcher::handlers`],
+//! [`Dispatcher::config_slot`]).
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow};
+
+use super::commit::{InFlight, commit_loop};
+use super::lanes::{Lanes, Pending, Shared, Slots};
+use super::{Broken, Handlers, Mode, Summary};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::queue::Queue;
+use crate::sandbox::{Loaded, Sandbox};
+
+/// Runs events from a queue through the handlers.
+pub struct Dispatcher {
+    pub(super) queue: Arc<dyn Queue>,
+    sandbox: Arc<Sandbox>,
+    metrics: Arc<Metrics>,
+    config: Arc<RwLock<Arc<Config>>>,
+    handlers: Handlers,
+    pub(super) broken: Broken,
+    /// How often each waiting entry was put back (for its next delay).
+    pub(super) deferrals: Mutex<BTreeMap<String, u32>>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        sandbox: Arc<Sandbox>,
+        config: Arc<Config>,
+        handlers: BTreeMap<String, Arc<Loaded>>,
+        broken: BTreeMap<String, String>,
+    ) -> Dispatcher {
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_broken(broken.keys().map(String::as_str));
+        Dispatcher {
+            queue,
+            sandbox,
+            metrics,
+            config: Arc::new(RwLock::new(config)),
+            handlers: Arc::new(RwLock::new(Arc::new(handlers))),
+            broken: Arc::new(RwLock::new(broken)),
+            deferrals: Mutex::default(),
+        }
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    pub fn sandbox(&self) -> Arc<Sandbox> {
+        self.sandbox.clone()
+    }
+
+    pub fn queue(&self) -> Arc<dyn Queue> {
+        self.queue.clone()
+    }
+
+    /// The live handler set (the service swaps it on reload).
+    pub fn handlers(&self) -> Handlers {
+        self.handlers.clone()
+    }
+
+    /// The handlers that do not load (the service updates it on reload).
+    pub fn broken(&self) -> Broken {
+        self.broken.clone()
+    }
+
+    /// The live config (the service swaps it on reload).
+    pub fn config_slot(&self) -> Arc<RwLock<Arc<Config>>> {
+        self.config.clone()
+    }
+
+    pub(super) fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Dispatches until the run's [`Mode`] says to stop or `stop` returns
+    /// true, then waits for the events in flight and returns what was done.
+    ///
+    /// # Errors
+    /// When the queue cannot be read or a batch cannot be settled durably
+    /// (its claims stay claimed and are recovered after their lease).
+    pub fn run(&self, mode: Mode<'_>, stop: &(dyn Fn() -> bool + Sync)) -> Result<Summary> {
+        let start = Instant::now();
+        let config = self.config();
+        let recovered = self.queue.recover(Duration::from_secs(config.dispatch.lease_secs))?;
+        let in_flight = InFlight::default();
+        let (done_tx, done_rx) = mpsc::channel::<Arc<Pending>>();
+        let shared = Shared {
+            slots: Arc::new(Slots::new(config.workers())),
+            done: done_tx,
+            handlers: self.handlers.clone(),
+            sandbox: self.sandbox.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let mut claimed = 0;
+        let committed = std::thread::scope(|scope| -> Result<Result<Summary>> {
+            let (queue, in_flight, metrics) = (self.queue.as_ref(), &in_flight, &self.metrics);
+            let committer = scope.spawn(move || commit_loop(queue, &done_rx, in_flight, metrics));
+            let done = shared.done.clone();
+            let mut lanes = Lanes::new(scope, shared);
+            let claim_result = self.claim_loop(&mode, stop, &mut lanes, &done, in_flight, &mut claimed);
+            // Close the lanes, let them finish, then the committer.
+            drop(lanes);
+            drop(done);
+            let committed = committer.join().map_err(|_| anyhow!("the committer thread stopped unexpectedly"));
+            claim_result?;
+            committed
+        })?;
+        self.queue.flush();
+        let committed = committed?;
+        Ok(Summary {
+            claimed,
+            recovered_claims: recovered.requeued + recovered.finished,
+            broken: self.broken.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            elapsed_ms: crate::text::millis(start.elapsed()),
+            ..committed
+        })
+    }
+}
