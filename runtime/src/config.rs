@@ -351,9 +351,15 @@ impl HandlerConfig {
         })
     }
 
+    /// Where the component lives: [`HandlerConfig::component`] as it is
+    /// when absolute, else under `root`.
+    pub fn component_path(&self, root: &Path) -> PathBuf {
+        if self.component.is_absolute() { self.component.clone() } else { root.join(&self.component) }
+    }
+
     /// Whether an event type matches one of this handler's patterns.
     pub fn matches(&self, event_type: &str) -> bool {
-        self.events.iter().any(|p| crate::route::glob_match(p, event_type))
+        crate::pattern::any_match(&self.events, event_type)
     }
 }
 
@@ -547,6 +553,12 @@ impl Config {
 
     pub fn validator(&self) -> Validator {
         Validator::new(self.events.custom_types.clone(), self.limits.max_event_bytes)
+    }
+
+    /// Whether any handler sets `limits.fuel`: the engine then meters fuel
+    /// for every instance, and turning it on or off needs a new engine.
+    pub fn needs_fuel(&self) -> bool {
+        self.handlers.values().any(|h| h.limits.fuel.is_some())
     }
 
     /// Handler invocations that may run at once.

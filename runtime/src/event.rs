@@ -49,9 +49,9 @@ pub const MAX_NESTING: usize = 64;
 /// The top-level fields an envelope may carry; anything else is a typo.
 const FIELDS: [&str; 7] = ["event_id", "event_type", "timestamp", "source", "correlation_id", "metadata", "payload"];
 
-/// The seven categories of the catalogue.
+/// The seven categories of the catalogue, and custom types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(into = "&'static str", try_from = "String")]
 pub enum Category {
     Worker,
     Task,
@@ -64,37 +64,101 @@ pub enum Category {
     Custom,
 }
 
+/// The one table of categories: each one's name (the type prefix before the
+/// first dot, and its serialized name) and the stem of the JSONL log it
+/// appends to. System and daemon events share `system-events.jsonl`, as in
+/// the seed; `custom` is no prefix (a custom type must be declared).
+const CATEGORIES: [(Category, &str, &str); 8] = [
+    (Category::Worker, "worker", "worker"),
+    (Category::Task, "task", "task"),
+    (Category::Security, "security", "security"),
+    (Category::Routing, "routing", "routing"),
+    (Category::Learning, "learning", "learning"),
+    (Category::System, "system", "system"),
+    (Category::Daemon, "daemon", "system"),
+    (Category::Custom, "custom", "custom"),
+];
+
 impl Category {
-    /// The stem of the JSONL log this category appends to: system and daemon
-    /// events share `system-events.jsonl`, as in the seed.
+    fn row(self) -> &'static (Category, &'static str, &'static str) {
+        // The table lists the variants in declaration order (checked where
+        // LOG_STEMS is built, at compile time), so this index is in bounds.
+        let rows: &'static [(Category, &str, &str); 8] = &CATEGORIES;
+        &rows[self as usize]
+    }
+
+    /// The category's name: its type prefix, and how it is serialized.
+    pub fn name(self) -> &'static str {
+        self.row().1
+    }
+
+    /// The stem of the JSONL log this category appends to.
     pub fn log_stem(self) -> &'static str {
-        match self {
-            Category::Worker => "worker",
-            Category::Task => "task",
-            Category::Security => "security",
-            Category::Routing => "routing",
-            Category::Learning => "learning",
-            Category::System | Category::Daemon => "system",
-            Category::Custom => "custom",
-        }
+        self.row().2
     }
 
     fn from_prefix(prefix: &str) -> Option<Category> {
-        Some(match prefix {
-            "worker" => Category::Worker,
-            "task" => Category::Task,
-            "security" => Category::Security,
-            "routing" => Category::Routing,
-            "learning" => Category::Learning,
-            "system" => Category::System,
-            "daemon" => Category::Daemon,
-            _ => return None,
-        })
+        CATEGORIES.iter().find(|(c, name, _)| *c != Category::Custom && *name == prefix).map(|(c, _, _)| *c)
     }
 }
 
-/// Every log stem, in a stable order (for `status` and the layout).
-pub const LOG_STEMS: [&str; 7] = ["worker", "task", "security", "routing", "learning", "system", "custom"];
+impl From<Category> for &'static str {
+    fn from(c: Category) -> &'static str {
+        c.name()
+    }
+}
+
+impl TryFrom<String> for Category {
+    type Error = String;
+    fn try_from(s: String) -> Result<Category, String> {
+        CATEGORIES
+            .iter()
+            .find(|(_, name, _)| *name == s)
+            .map(|(c, _, _)| *c)
+            .ok_or_else(|| format!("unknown category {s:?}"))
+    }
+}
+
+/// Every log stem, once, in the order of [`CATEGORIES`] (for `status` and
+/// the layout).
+pub const LOG_STEMS: [&str; 7] = log_stems();
+
+const fn log_stems() -> [&'static str; 7] {
+    const fn same(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+    let mut out = [""; 7];
+    let (mut i, mut n) = (0, 0);
+    while i < CATEGORIES.len() {
+        assert!(CATEGORIES[i].0 as usize == i, "CATEGORIES lists the variants in declaration order");
+        let stem = CATEGORIES[i].2;
+        let mut seen = false;
+        let mut j = 0;
+        while j < n {
+            seen |= same(out[j], stem);
+            j += 1;
+        }
+        if !seen {
+            // More distinct stems than slots fails the build here.
+            out[n] = stem;
+            n += 1;
+        }
+        i += 1;
+    }
+    assert!(n == out.len(), "LOG_STEMS has a slot for every distinct stem");
+    out
+}
 
 /// Event priority; the queue serves critical first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
@@ -705,6 +769,19 @@ mod tests {
         let ids: std::collections::HashSet<String> = (0..20_000).map(|_| new_event_id(&now)).collect();
         assert_eq!(ids.len(), 20_000);
         assert!(ids.iter().all(|id| is_valid_event_id(id)));
+    }
+
+    #[test]
+    fn categories_have_one_name_each() {
+        assert_eq!(LOG_STEMS, ["worker", "task", "security", "routing", "learning", "system", "custom"]);
+        for (c, name, stem) in CATEGORIES {
+            assert_eq!(serde_json::to_value(c).unwrap(), json!(name));
+            assert_eq!(serde_json::from_value::<Category>(json!(name)).unwrap(), c);
+            assert_eq!((c.name(), c.log_stem()), (name, stem));
+        }
+        assert_eq!(Category::from_prefix("daemon").map(Category::log_stem), Some("system"));
+        assert_eq!(Category::from_prefix("custom"), None, "a custom type must be declared");
+        assert!(serde_json::from_value::<Category>(json!("billing")).is_err());
     }
 
     #[test]

@@ -173,7 +173,7 @@ pub fn run(req: &Request) -> Result<Value> {
     for (path, event) in &events {
         let inv = sandbox.invoke(&loaded, event, req.attempt);
         let after = snapshot(&root, &req.grants);
-        let declared = loaded.info.events.iter().any(|p| crate::route::glob_match(p, &event.event_type));
+        let declared = loaded.info.events.iter().any(|p| crate::pattern::glob_match(p, &event.event_type));
         runs.push(run_report(path, event, &inv, declared, &root, &before, &after));
         before = after;
     }

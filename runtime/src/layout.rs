@@ -1,4 +1,5 @@
-//! The coordination directory: where every file of a root lives, and `init`.
+//! The coordination directory: where every file of a root lives (one
+//! method per path; nothing else joins paths under a root), and `init`.
 //!
 //! ```text
 //! <root>/cortex.toml                 configuration
@@ -75,6 +76,26 @@ impl Layout {
     pub fn cache(&self) -> PathBuf {
         self.root.join("cache")
     }
+    /// `<root>/run/`: what running processes publish (services, schedules).
+    pub fn run(&self) -> PathBuf {
+        self.root.join("run")
+    }
+    /// `<root>/run/services/`: one `<pid>.json` per running `cortex serve`.
+    pub fn services(&self) -> PathBuf {
+        self.root.join("run/services")
+    }
+    /// `<root>/run/services/<pid>.json`: what the service `pid` serves.
+    pub fn service_status(&self, pid: u32) -> PathBuf {
+        self.services().join(format!("{pid}.json"))
+    }
+    /// `<root>/run/schedules.json`: the last tick each schedule fired.
+    pub fn schedules_fired(&self) -> PathBuf {
+        self.root.join("run/schedules.json")
+    }
+    /// `<root>/run/schedules.lock`: held while schedules fire.
+    pub fn schedules_lock(&self) -> PathBuf {
+        self.root.join("run/schedules.lock")
+    }
     /// `<root>/events/<stem>-events.jsonl`
     pub fn log(&self, stem: &str) -> PathBuf {
         self.root.join(format!("events/{stem}-events.jsonl"))
@@ -147,3 +168,4 @@ pub fn init(layout: &Layout, config_text: &str) -> Result<InitReport> {
     }
     Ok(report)
 }
+

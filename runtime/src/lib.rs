@@ -15,6 +15,7 @@
 //! - [`queue`]: the durable queue behind the [`queue::Queue`] trait.
 //! - [`metrics`]: Prometheus counters, histograms and gauges.
 //! - [`producer`]: emit one event or a batch (the seed's event logger).
+//! - [`pattern`]: type globs (`worker.*`), the one matcher; depends on nothing.
 //! - [`route`]: event type patterns to handlers.
 //! - [`dispatch`]: claim → route → run handlers → archive, retry or dead-letter.
 //! - [`sandbox`]: the wasmtime engine, component cache and per-event instances.
@@ -34,6 +35,7 @@ pub mod harness;
 pub mod journal;
 pub mod layout;
 pub mod metrics;
+pub mod pattern;
 pub mod producer;
 pub mod queue;
 pub mod replay;

@@ -5,7 +5,7 @@ use anyhow::{Result, bail};
 use chrono::{DateTime, FixedOffset, NaiveDate};
 
 use crate::event::{Event, Priority, is_valid_event_id};
-use crate::route::glob_match;
+use crate::pattern::glob_match;
 
 /// `--date`: a calendar date written `YYYY-MM-DD`.
 ///
