@@ -20,6 +20,9 @@ use crate::config::{Access, Grant, HandlerConfig, HandlerLimits};
 use crate::event::{Event, Validator};
 use crate::sandbox::{Invocation, Sandbox};
 
+mod setup;
+pub use setup::{Flags, Setup, differences_from, failed_runs, user_cache_dir, write_expectation};
+
 /// Biggest file whose content a report shows (JSON parsed, text as text).
 const MAX_SHOWN_FILE: u64 = 256 * 1024;
 

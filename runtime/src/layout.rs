@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::config::CONFIG_FILE;
+use crate::config::{CONFIG_FILE, Config};
 
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -169,3 +169,37 @@ pub fn init(layout: &Layout, config_text: &str) -> Result<InitReport> {
     Ok(report)
 }
 
+/// What [`install_components`] did.
+#[derive(Debug, Default)]
+pub struct Installed {
+    /// Components copied into place.
+    pub copied: Vec<PathBuf>,
+    /// Components the config names that are neither in place nor in the source.
+    pub missing: Vec<PathBuf>,
+}
+
+/// Copies each component `config` names that is not in place yet from the
+/// directory `source` (same file name), as `init` does for the built-in
+/// handlers. Components already in place are never touched.
+///
+/// # Errors
+/// When a component cannot be copied.
+pub fn install_components(layout: &Layout, config: &Config, source: Option<&Path>) -> Result<Installed> {
+    let mut installed = Installed::default();
+    for h in config.handlers.values() {
+        let target = h.component_path(layout.root());
+        if target.exists() {
+            continue;
+        }
+        let found = source.zip(target.file_name()).map(|(dir, f)| dir.join(f)).filter(|p| p.is_file());
+        match found {
+            Some(from) => {
+                std::fs::copy(&from, &target)
+                    .with_context(|| format!("failed to copy {} to {}", from.display(), target.display()))?;
+                installed.copied.push(target);
+            }
+            None => installed.missing.push(target),
+        }
+    }
+    Ok(installed)
+}

@@ -24,7 +24,13 @@
 //! - [`schedule`]: `[schedules]`: timer events that `cortex serve` queues once per tick.
 //! - [`service`]: `cortex serve`: watcher, hot reload, metrics, shutdown, schedules.
 //! - [`status`]: what `cortex status` reports.
+//! - [`inventory`]: what `cortex handlers list|check` reports: each handler and whether it loads.
+//! - [`harness`]: `cortex handler test`: one component against fixture events in a throwaway root.
+//! - [`scaffold`]: `cortex handlers new`: a handler folder to start from.
 //! - [`text`]: guest and producer text escaped for terminals and log lines.
+//!
+//! The `cortex` binary (`main.rs`: parse, tracing, exit codes; `cli/`: one
+//! file per command) only parses flags and prints what these modules return.
 
 pub mod config;
 pub mod dispatch;
@@ -32,6 +38,7 @@ pub mod dlq;
 pub mod event;
 pub mod fsio;
 pub mod harness;
+pub mod inventory;
 pub mod journal;
 pub mod layout;
 pub mod metrics;
