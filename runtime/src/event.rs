@@ -375,3 +375,38 @@ pub fn is_valid_type_name(t: &str) -> bool {
     }
     parts >= 2
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn catalogue_has_18_types_in_7_categories() {
+        let mut cats: Vec<Category> = CATALOGUE.iter().map(|(_, c)| *c).collect();
+        cats.dedup();
+        assert_eq!(CATALOGUE.len(), 18);
+        assert_eq!(cats.len(), 7);
+    }
+
+    #[test]
+    fn ids_are_well_formed_and_unique() {
+        let now = Local::now().fixed_offset();
+        let ids: std::collections::HashSet<String> = (0..20_000).map(|_| new_event_id(&now)).collect();
+        assert_eq!(ids.len(), 20_000);
+        assert!(ids.iter().all(|id| is_valid_event_id(id)));
+    }
+
+    #[test]
+    fn categories_have_one_name_each() {
+        assert_eq!(LOG_STEMS, ["worker", "task", "security", "routing", "learning", "system", "custom"]);
+        for (c, name, stem) in CATEGORIES {
+            assert_eq!(serde_json::to_value(c).unwrap(), json!(name));
+            assert_eq!(serde_json::from_value::<Category>(json!(name)).unwrap(), c);
+            assert_eq!((c.name(), c.log_stem()), (name, stem));
+        }
+        assert_eq!(Category::from_prefix("daemon").map(Category::log_stem), Some("system"));
+        assert_eq!(Category::from_prefix("custom"), None, "a custom type must be declared");
+        assert!(serde_json::from_value::<Category>(json!("billing")).is_err());
+    }
+}
