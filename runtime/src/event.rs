@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 mod validate;
-pub use validate::{Invalid, Problem, Validator, kind, nesting};
+pub use validate::{Checked, Invalid, Problem, Validator, kind, nesting};
 
 /// The built-in event types: the seed architecture's 17, and
 /// `system.heartbeat_check`, which the default heartbeat schedule emits.

@@ -31,6 +31,16 @@ impl fmt::Display for Invalid {
 
 impl std::error::Error for Invalid {}
 
+/// What [`Validator::check_text`] found.
+#[derive(Debug)]
+pub enum Checked {
+    /// The text is one event document.
+    One(Result<Event, Invalid>),
+    /// The text is JSONL: how many events, and the invalid ones with their
+    /// line numbers (1-based, blank lines counted).
+    Lines { total: usize, invalid: Vec<(usize, Invalid)> },
+}
+
 /// Checks envelopes against the catalogue plus the custom types of a config.
 #[derive(Debug, Clone)]
 pub struct Validator {
@@ -78,6 +88,26 @@ impl Validator {
             Invalid(vec![Problem { path: "(document)".into(), message: format!("malformed JSON: {e}") }])
         })?;
         self.validate(value)
+    }
+
+    /// Checks a text that is either one (possibly pretty-printed) event or
+    /// JSONL: JSONL when its first non-blank line is a whole JSON document
+    /// of its own and more lines follow.
+    pub fn check_text(&self, text: &str) -> Checked {
+        let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+        let jsonl = lines.next().is_some_and(|(_, first)| serde_json::from_str::<Value>(first).is_ok())
+            && lines.next().is_some();
+        if !jsonl {
+            return Checked::One(self.parse(text));
+        }
+        let (mut total, mut invalid) = (0, Vec::new());
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            total += 1;
+            if let Err(problems) = self.parse(line) {
+                invalid.push((i + 1, problems));
+            }
+        }
+        Checked::Lines { total, invalid }
     }
 
     /// Validates a JSON value and converts it into an [`Event`].
@@ -386,6 +416,18 @@ mod tests {
         let custom = Validator::new(vec!["billing.invoice_paid".into()], DEFAULT_MAX_EVENT_BYTES);
         assert!(custom.validate(v).is_ok());
         assert_eq!(custom.category("billing.invoice_paid"), Some(Category::Custom));
+    }
+
+    #[test]
+    fn a_text_is_one_document_or_jsonl_with_line_numbers() {
+        let v = Validator::default();
+        let pretty = serde_json::to_string_pretty(&good()).unwrap();
+        assert!(matches!(v.check_text(&pretty), Checked::One(Ok(_))), "a pretty-printed event is one document");
+        assert!(matches!(v.check_text(&good().to_string()), Checked::One(Ok(_))), "one line is one document");
+        let text = format!("{}\n\n{{\"event_type\": \"task.created\"}}\n{}\n", good(), good());
+        let Checked::Lines { total, invalid } = v.check_text(&text) else { panic!("JSONL taken for one document") };
+        assert_eq!(total, 3);
+        assert_eq!(invalid.iter().map(|(line, _)| *line).collect::<Vec<_>>(), [3], "blank lines are counted");
     }
 
     #[test]
