@@ -94,9 +94,11 @@ bench: build handlers
 
 # Property-based fuzzing of the envelope parser/validator and the config
 # loader, bounded by case count (make test runs the same properties with 256).
+# --workspace, not -p cortex: -p resolves other features and would compile
+# wasmtime a second time; this runs the lib test binary `make test` built.
 FUZZ_CASES ?= 20000
 fuzz: build
-	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p cortex --lib properties
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release --workspace --lib properties
 
 lint:
 	$(CARGO) fmt --all --check

@@ -1,13 +1,86 @@
-//! Helpers for the end-to-end tests: locate the `cortex` binary, make a
-//! throwaway coordination root, run commands against it and read what they
-//! left on disk.
+//! Helpers for the end-to-end tests and the benchmarks: locate the `cortex`
+//! binary, make a throwaway coordination root, run commands against it and
+//! read what they left on disk, and [`event`], the one builder of the event
+//! lines they feed it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
+use serde_json::{Value, json};
+
+/// An event as a producer writes it (a `validate` document, an `emit
+/// --batch` line, an event file): `event("task.created")` has source `test`,
+/// an empty payload and nothing else; each method sets one top-level field.
+/// The one event builder of the tests and benchmarks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventLine(Value);
+
+/// An [`EventLine`] of `event_type`.
+pub fn event(event_type: &str) -> EventLine {
+    EventLine(json!({"event_type": event_type, "source": "test", "payload": {}}))
+}
+
+impl EventLine {
+    /// Any top-level field, e.g. `metadata` or a deliberately wrong one.
+    #[must_use]
+    pub fn set(mut self, key: &str, value: impl Into<Value>) -> EventLine {
+        self.0[key] = value.into();
+        self
+    }
+    #[must_use]
+    pub fn id(self, event_id: &str) -> EventLine {
+        self.set("event_id", event_id)
+    }
+    #[must_use]
+    pub fn source(self, source: &str) -> EventLine {
+        self.set("source", source)
+    }
+    /// The `timestamp` (handlers judge time windows by event time).
+    #[must_use]
+    pub fn at(self, timestamp: &str) -> EventLine {
+        self.set("timestamp", timestamp)
+    }
+    /// `priority`, as a producer may write it at the top level.
+    #[must_use]
+    pub fn priority(self, priority: &str) -> EventLine {
+        self.set("priority", priority)
+    }
+    #[must_use]
+    pub fn correlation(self, correlation_id: &str) -> EventLine {
+        self.set("correlation_id", correlation_id)
+    }
+    /// `master`, as a producer may write it at the top level.
+    #[must_use]
+    pub fn master(self, master: &str) -> EventLine {
+        self.set("master", master)
+    }
+    #[must_use]
+    pub fn payload(self, payload: Value) -> EventLine {
+        self.set("payload", payload)
+    }
+    /// The event as JSON.
+    pub fn json(&self) -> Value {
+        self.0.clone()
+    }
+    /// One JSONL line, newline included.
+    pub fn line(&self) -> String {
+        format!("{}\n", self.0)
+    }
+}
+
+/// One JSON document, no newline.
+impl std::fmt::Display for EventLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A JSONL batch of events, one line each.
+pub fn jsonl(events: impl IntoIterator<Item = EventLine>) -> String {
+    events.into_iter().map(|e| e.line()).collect()
+}
 
 /// The `cortex` binary built alongside this test binary (`make test` builds
 /// it first), or `$CORTEX_BIN`.
@@ -370,7 +443,7 @@ impl Root {
     }
 
     /// Archive records of one event type, in archive order.
-    pub fn archived_of(&self, event_type: &str) -> Result<Vec<Value>> {
+    pub fn archive_records_of(&self, event_type: &str) -> Result<Vec<Value>> {
         Ok(self.archived()?.into_iter().filter(|r| r["event"]["event_type"] == event_type).collect())
     }
 

@@ -302,6 +302,57 @@ impl Listing {
         let cutoff = SystemTime::now().checked_sub(Duration::from_secs(days.saturating_mul(86_400)));
         self.letters.iter().filter(|l| cutoff.is_some_and(|c| l.dead_lettered_at().is_some_and(|t| t < c))).collect()
     }
+
+    /// What `cortex dlq retry` puts back: the dead letters `id` names (those
+    /// whose event passes `filter`, if one is set); with `all`, every one
+    /// that passes `filter` and holds an event; else, with a filter, those
+    /// that pass it.
+    ///
+    /// # Errors
+    /// When `id` names none, or nothing says which dead letters to take.
+    pub fn for_retry(&self, id: Option<&str>, all: bool, filter: &Filter) -> Result<RetrySelection<'_>> {
+        let letters = match (id, all) {
+            (Some(id), _) => self
+                .find(id)?
+                .into_iter()
+                .filter(|l| filter.is_empty() || l.event().is_some_and(|e| filter.matches(e)))
+                .collect(),
+            (None, true) => {
+                let (events, others): (Vec<_>, Vec<_>) =
+                    self.matching(filter).into_iter().partition(|l| l.event().is_some());
+                return Ok(RetrySelection { letters: events, not_events: others.len() });
+            }
+            (None, false) if !filter.is_empty() => self.matching(filter),
+            (None, false) => bail!(
+                "dlq retry needs a dead letter: an ID (event id or key), --all, or filters such as --type 'task.*' (see `cortex dlq list`)"
+            ),
+        };
+        Ok(RetrySelection { letters, not_events: 0 })
+    }
+
+    /// What `cortex dlq purge` deletes: the dead letters `id` names, or
+    /// those older than `older_than` days.
+    ///
+    /// # Errors
+    /// When `id` names none, or neither is given.
+    pub fn for_purge(&self, id: Option<&str>, older_than: Option<u64>) -> Result<Vec<&DeadLetter>> {
+        match (id, older_than) {
+            (Some(id), _) => self.find(id),
+            (None, Some(days)) => Ok(self.older_than(days)),
+            (None, None) => bail!(
+                "dlq purge needs a dead letter: an ID (event id or key) or --older-than DAYS (see `cortex dlq list`)"
+            ),
+        }
+    }
+}
+
+/// The dead letters [`Listing::for_retry`] selected.
+#[derive(Debug)]
+pub struct RetrySelection<'l> {
+    pub letters: Vec<&'l DeadLetter>,
+    /// Dead letters `--all` passed over because they hold no event (files
+    /// dropped into the queue that were never events).
+    pub not_events: usize,
 }
 
 /// Records a retry in [`RetryMark`] (`metadata.dlq_retry`): `count` one

@@ -31,7 +31,7 @@ pub fn emit_problems(name: &str, info: &Info, config: &HandlerConfig, validator:
             ));
         }
         if let Some(patterns) = &config.emits
-            && !patterns.iter().any(|p| crate::route::glob_match(p, t))
+            && !patterns.iter().any(|p| crate::pattern::glob_match(p, t))
         {
             out.push(format!(
                 "handler {name} declares that it emits {}, which handlers.{name}.emits ({}) does not allow: add it there, or its emits will be refused",

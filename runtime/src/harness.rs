@@ -25,6 +25,9 @@ mod report;
 
 pub use report::{differences, expectation, print_text};
 
+mod setup;
+pub use setup::{Flags, Setup, differences_from, user_cache_dir, write_expectation};
+
 /// Biggest file whose content a report shows (JSON parsed, text as text).
 const MAX_SHOWN_FILE: u64 = 256 * 1024;
 
@@ -178,7 +181,7 @@ pub fn run(req: &Request) -> Result<HarnessReport> {
     for (path, event) in &events {
         let inv = sandbox.invoke(&loaded, event, req.attempt);
         let after = snapshot(&root, &req.grants);
-        let declared = loaded.info.events.iter().any(|p| crate::route::glob_match(p, &event.event_type));
+        let declared = loaded.info.events.iter().any(|p| crate::pattern::glob_match(p, &event.event_type));
         runs.push(run_report(path, event, &inv, declared, &root, &before, &after));
         before = after;
     }

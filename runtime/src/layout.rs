@@ -1,4 +1,5 @@
-//! The coordination directory: where every file of a root lives, and `init`.
+//! The coordination directory: where every file of a root lives (one
+//! method per path; nothing else joins paths under a root), and `init`.
 //!
 //! ```text
 //! <root>/cortex.toml                 configuration
@@ -23,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::config::CONFIG_FILE;
+use crate::config::{CONFIG_FILE, Config};
 
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -74,6 +75,26 @@ impl Layout {
     }
     pub fn cache(&self) -> PathBuf {
         self.root.join("cache")
+    }
+    /// `<root>/run/`: what running processes publish (services, schedules).
+    pub fn run(&self) -> PathBuf {
+        self.root.join("run")
+    }
+    /// `<root>/run/services/`: one `<pid>.json` per running `cortex serve`.
+    pub fn services(&self) -> PathBuf {
+        self.root.join("run/services")
+    }
+    /// `<root>/run/services/<pid>.json`: what the service `pid` serves.
+    pub fn service_status(&self, pid: u32) -> PathBuf {
+        self.services().join(format!("{pid}.json"))
+    }
+    /// `<root>/run/schedules.json`: the last tick each schedule fired.
+    pub fn schedules_fired(&self) -> PathBuf {
+        self.root.join("run/schedules.json")
+    }
+    /// `<root>/run/schedules.lock`: held while schedules fire.
+    pub fn schedules_lock(&self) -> PathBuf {
+        self.root.join("run/schedules.lock")
     }
     /// `<root>/events/<stem>-events.jsonl`
     pub fn log(&self, stem: &str) -> PathBuf {
@@ -146,4 +167,39 @@ pub fn init(layout: &Layout, config_text: &str) -> Result<InitReport> {
         report.created.push(config);
     }
     Ok(report)
+}
+
+/// What [`install_components`] did.
+#[derive(Debug, Default)]
+pub struct Installed {
+    /// Components copied into place.
+    pub copied: Vec<PathBuf>,
+    /// Components the config names that are neither in place nor in the source.
+    pub missing: Vec<PathBuf>,
+}
+
+/// Copies each component `config` names that is not in place yet from the
+/// directory `source` (same file name), as `init` does for the built-in
+/// handlers. Components already in place are never touched.
+///
+/// # Errors
+/// When a component cannot be copied.
+pub fn install_components(layout: &Layout, config: &Config, source: Option<&Path>) -> Result<Installed> {
+    let mut installed = Installed::default();
+    for h in config.handlers.values() {
+        let target = h.component_path(layout.root());
+        if target.exists() {
+            continue;
+        }
+        let found = source.zip(target.file_name()).map(|(dir, f)| dir.join(f)).filter(|p| p.is_file());
+        match found {
+            Some(from) => {
+                std::fs::copy(&from, &target)
+                    .with_context(|| format!("failed to copy {} to {}", from.display(), target.display()))?;
+                installed.copied.push(target);
+            }
+            None => installed.missing.push(target),
+        }
+    }
+    Ok(installed)
 }

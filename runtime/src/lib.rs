@@ -19,6 +19,7 @@
 //!   `queue/` file per job (names, claiming, group commit, recovery, archive).
 //! - [`metrics`]: Prometheus counters, histograms and gauges.
 //! - [`producer`]: emit one event or a batch (the seed's event logger).
+//! - [`pattern`]: type globs (`worker.*`), the one matcher; depends on nothing.
 //! - [`route`]: event type patterns to handlers.
 //! - [`dispatch`]: claim → route → run handlers → archive, retry or dead-letter;
 //!   one `Mode` for one-shot and service runs, a `dispatch/` file per job
@@ -34,7 +35,13 @@
 //! - [`schedule`]: `[schedules]`: timer events that `cortex serve` queues once per tick.
 //! - [`service`]: `cortex serve`: watcher, hot reload, metrics, shutdown, schedules.
 //! - [`status`]: what `cortex status` reports.
+//! - [`inventory`]: what `cortex handlers list|check` reports: each handler and whether it loads.
+//! - [`harness`]: `cortex handler test`: one component against fixture events in a throwaway root.
+//! - [`scaffold`]: `cortex handlers new`: a handler folder to start from.
 //! - [`text`]: guest and producer text escaped for terminals and log lines.
+//!
+//! The `cortex` binary (`main.rs`: parse, tracing, exit codes; `cli/`: one
+//! file per command) only parses flags and prints what these modules return.
 
 pub mod config;
 pub mod dispatch;
@@ -43,9 +50,11 @@ pub mod event;
 pub mod fsio;
 pub mod handlers;
 pub mod harness;
+pub mod inventory;
 pub mod journal;
 pub mod layout;
 pub mod metrics;
+pub mod pattern;
 pub mod producer;
 pub mod queue;
 pub mod records;

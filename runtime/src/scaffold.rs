@@ -82,7 +82,7 @@ pub fn new(name: &str, lang: Lang, events: &[String], dir: &Path) -> Result<Scaf
     // receive itself (forwarding to a type it handles would loop).
     let forward = ["task.created", "learning.pattern_detected", "worker.completed"]
         .into_iter()
-        .find(|t| !events.iter().any(|p| crate::route::glob_match(p, t)))
+        .find(|t| !events.iter().any(|p| crate::pattern::glob_match(p, t)))
         .unwrap_or("learning.pattern_detected")
         .to_string();
     let quoted =
@@ -164,7 +164,7 @@ pub fn new(name: &str, lang: Lang, events: &[String], dir: &Path) -> Result<Scaf
 /// A catalogue type the patterns accept, for the sample fixture.
 fn sample_type(patterns: &[String]) -> String {
     for p in patterns {
-        if let Some((t, _)) = CATALOGUE.iter().find(|(t, _)| crate::route::glob_match(p, t)) {
+        if let Some((t, _)) = CATALOGUE.iter().find(|(t, _)| crate::pattern::glob_match(p, t)) {
             return (*t).to_string();
         }
         if !p.contains('*') {

@@ -23,7 +23,6 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::config::ScheduleConfig;
 use crate::event::{Event, NewEvent, Validator};
@@ -203,7 +202,7 @@ impl Schedule {
 
 /// `evt_<tick as YYYYMMDD_HHMMSS>_<12 hex of sha256(name)>`.
 fn tick_id(name: &str, at: &DateTime<Utc>) -> String {
-    let digest = crate::sandbox::hex(&Sha256::digest(format!("schedule:{name}").as_bytes()));
+    let digest = crate::sandbox::sha256_hex(format!("schedule:{name}").as_bytes());
     format!("evt_{}_{}", at.format("%Y%m%d_%H%M%S"), &digest[..12])
 }
 
@@ -232,9 +231,9 @@ pub fn schedules(config: &crate::config::Config) -> Result<Vec<Schedule>> {
 /// # Errors
 /// When the lock or the record cannot be read, or an event is invalid.
 pub fn due(layout: &Layout, schedules: &[Schedule], validator: &Validator, now: i64) -> Result<Pending> {
-    let dir = layout.root().join("run");
+    let dir = layout.run();
     std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
-    let lock_path = dir.join("schedules.lock");
+    let lock_path = layout.schedules_lock();
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -245,7 +244,7 @@ pub fn due(layout: &Layout, schedules: &[Schedule], validator: &Validator, now: 
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("failed to lock {}", lock_path.display()));
     }
-    let record_path = dir.join("schedules.json");
+    let record_path = layout.schedules_fired();
     let mut record: BTreeMap<String, Fired> = match std::fs::read(&record_path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
             tracing::warn!(file = %record_path.display(), error = %e, "unreadable schedule record; schedules start afresh");
@@ -316,10 +315,7 @@ impl Pending {
 
 /// The record of fired schedules (for `cortex status`).
 pub fn fired(layout: &Layout) -> BTreeMap<String, Fired> {
-    std::fs::read(layout.root().join("run/schedules.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+    std::fs::read(layout.schedules_fired()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -41,12 +41,12 @@ pub struct Options {
 /// `<pid>.json` per process, so several services on one root never
 /// clobber each other's record.
 pub fn status_dir(layout: &Layout) -> PathBuf {
-    layout.root().join("run/services")
+    layout.services()
 }
 
 /// This process's record in [`status_dir`].
 pub fn status_file(layout: &Layout) -> PathBuf {
-    status_dir(layout).join(format!("{}.json", std::process::id()))
+    layout.service_status(std::process::id())
 }
 
 /// Runs the service until `shutdown` completes, then stops claiming, lets
@@ -416,7 +416,7 @@ impl Reloader {
         } else {
             active_config.clone()
         };
-        if config_changed && config.handlers.values().any(|h| h.limits.fuel.is_some()) != self.any_fuel() {
+        if config_changed && config.needs_fuel() != self.any_fuel() {
             tracing::error!("reload refused: turning fuel metering on or off needs a restart");
             metrics.reload(false);
             return;
@@ -429,7 +429,7 @@ impl Reloader {
         for (name, h) in &config.handlers {
             let path = sandbox.component_path(h);
             let bytes = std::fs::read(&path);
-            let sha = bytes.as_ref().ok().map(|b| crate::sandbox::hex(&<sha2::Sha256 as sha2::Digest>::digest(b)));
+            let sha = bytes.as_ref().ok().map(|b| crate::sandbox::sha256_hex(b));
             if let Some(old) = current.get(name)
                 && Some(&old.sha256) == sha.as_ref()
                 && old.config == *h
@@ -493,13 +493,7 @@ impl Reloader {
     }
 
     fn any_fuel(&self) -> bool {
-        self.active_config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .1
-            .handlers
-            .values()
-            .any(|h| h.limits.fuel.is_some())
+        self.active_config.lock().unwrap_or_else(|e| e.into_inner()).1.needs_fuel()
     }
 
     /// Writes `run/services/<pid>.json`: pid, address and the versions serving.

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Result;
-use cortex_tests::{Root, component, cortex_bin, wait_for};
+use cortex_tests::{Root, component, cortex_bin, event, jsonl, wait_for};
 use serde_json::json;
 
 /// `cortex ARGS --help`, which must succeed; its stdout.
@@ -97,10 +97,11 @@ fn cortex_handler_help_names_the_command_as_typed() -> Result<()> {
 
 fn heartbeat_event(root: &Root, source: &str) -> Result<std::path::PathBuf> {
     let path = root.scratch().join("heartbeat.json");
-    let event = json!({
-        "event_id": "evt_20251201_120000_beat01", "event_type": "worker.heartbeat",
-        "timestamp": "2025-12-01T12:00:00Z", "source": source, "payload": {"worker_id": "w-1"},
-    });
+    let event = event("worker.heartbeat")
+        .id("evt_20251201_120000_beat01")
+        .at("2025-12-01T12:00:00Z")
+        .source(source)
+        .payload(json!({"worker_id": "w-1"}));
     std::fs::write(&path, event.to_string())?;
     Ok(path)
 }
@@ -208,11 +209,10 @@ fn control_characters_in_a_producers_source_do_not_split_log_lines() -> Result<(
          [handlers.probe]\ncomponent = \"{emit-probe}\"\nevents = [\"worker.started\"]\nmax_attempts = 1\n",
     )?;
     let hostile = "a\nb\u{1b}[2J\rc";
-    let lines = [
-        json!({"event_type": "task.created", "source": hostile, "payload": {}}),
-        json!({"event_type": "worker.started", "source": hostile, "payload": {"worker_id": hostile}}),
-    ];
-    let batch: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let batch = jsonl([
+        event("task.created").source(hostile),
+        event("worker.started").source(hostile).payload(json!({"worker_id": hostile})),
+    ]);
     let out = root.run_with(&["emit", "--batch"], batch.as_bytes())?;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let out = root.run(&["dispatch"])?;

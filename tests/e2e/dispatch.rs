@@ -2,12 +2,8 @@
 //! ordering, several dispatchers at once, and `handlers list|check`.
 
 use anyhow::Result;
-use cortex_tests::Root;
-use serde_json::Value;
-
-fn lines(n: usize, f: impl Fn(usize) -> String) -> String {
-    (0..n).map(|i| f(i) + "\n").collect()
-}
+use cortex_tests::{Root, event, jsonl};
+use serde_json::{Value, json};
 
 #[test]
 fn routes_by_pattern_to_every_matching_handler_and_archives_unhandled() -> Result<()> {
@@ -62,7 +58,7 @@ events = ["task.*"]
     let summary = root.dispatch()?;
     assert_eq!(summary["emitted"], 4);
     assert_eq!(summary["handlers"]["sink"]["invocations"], 4, "follow-ups handled in the same run");
-    let tasks = root.archived_of("task.created")?;
+    let tasks = root.archive_records_of("task.created")?;
     assert_eq!(tasks.len(), 4);
     let from_trigger: Vec<&Value> =
         tasks.iter().filter(|r| r["event"]["metadata"]["caused_by"]["event_id"] == trigger.as_str()).collect();
@@ -171,14 +167,14 @@ backoff_ms = 1
 #[test]
 fn critical_events_go_first_and_fifo_holds_within_a_priority() -> Result<()> {
     let root = Root::with_handlers("[handlers.sink]\ncomponent = \"{noop}\"\nevents = [\"*\"]\n")?;
-    let input = lines(30, |i| {
+    let input = jsonl((0..30).map(|i| {
         let p = match i % 3 {
             0 => "low",
             1 => "medium",
             _ => "critical",
         };
-        format!(r#"{{"event_type": "task.created", "source": "s", "priority": "{p}", "payload": {{"n": {i}}}}}"#)
-    });
+        event("task.created").source("s").priority(p).payload(json!({"n": i}))
+    }));
     root.batch(&input)?;
     root.dispatch()?;
     let order: Vec<(String, u64)> = root
@@ -205,9 +201,7 @@ fn critical_events_go_first_and_fifo_holds_within_a_priority() -> Result<()> {
 #[test]
 fn three_dispatchers_at_once_handle_each_event_once() -> Result<()> {
     let root = Root::with_handlers("[handlers.sink]\ncomponent = \"{noop}\"\nevents = [\"*\"]\nconcurrency = 2\n")?;
-    let ids = root.batch(&lines(600, |i| {
-        format!(r#"{{"event_type": "task.created", "source": "s", "payload": {{"n": {i}}}}}"#)
-    }))?;
+    let ids = root.batch(&jsonl((0..600).map(|i| event("task.created").source("s").payload(json!({"n": i})))))?;
     let children: Vec<_> =
         (0..3).map(|_| root.command().args(["dispatch", "--json"]).output()).collect::<std::io::Result<_>>()?;
     let mut handled = 0;

@@ -2,24 +2,16 @@
 //! `cortex dispatch`: their state files and the events they emit.
 
 use anyhow::Result;
-use cortex_tests::Root;
+use cortex_tests::{Root, event};
 use serde_json::{Value, json};
 
-/// One JSONL line for a batch with an explicit timestamp (handlers judge
-/// time windows by event time, so tests control it).
-fn at(event_type: &str, ts: &str, payload: Value) -> String {
-    json!({"event_type": event_type, "source": "test", "timestamp": ts, "payload": payload}).to_string() + "\n"
-}
+// Handlers judge time windows by event time, so every event here has an
+// explicit timestamp.
 
-fn with_priority(event_type: &str, ts: &str, priority: &str, payload: Value) -> String {
-    json!({"event_type": event_type, "source": "test", "timestamp": ts, "priority": priority, "payload": payload})
-        .to_string()
-        + "\n"
-}
-
-/// Archived events of one type, in archive order.
-fn archived_of(root: &Root, event_type: &str) -> Result<Vec<Value>> {
-    Ok(root.archived_of(event_type)?.into_iter().map(|r| r["event"].clone()).collect())
+/// The events (not the archive records around them) of one type, in
+/// archive order.
+fn archived_events_of(root: &Root, event_type: &str) -> Result<Vec<Value>> {
+    Ok(root.archive_records_of(event_type)?.into_iter().map(|r| r["event"].clone()).collect())
 }
 
 fn dispatched(root: &Root) -> Result<Value> {
@@ -53,18 +45,19 @@ fn init_configures_the_seven_and_they_all_load() -> Result<()> {
 fn worker_complete_keeps_records_and_completes_tasks() -> Result<()> {
     let root = Root::new()?;
     let mut lines = String::new();
-    lines += &at("worker.started", "2025-12-01T12:00:00Z", json!({"worker_id": "w-1", "task_id": "t-1"}));
-    lines += &at(
-        "worker.completed",
-        "2025-12-01T12:01:00Z",
-        json!({"worker_id": "w-1", "task_id": "t-1", "tokens_used": 100, "duration_ms": 60000}),
-    );
-    lines += &at("worker.started", "2025-12-01T12:02:00Z", json!({"worker_id": "w-1", "task_id": "t-2"}));
-    lines += &at(
-        "worker.failed",
-        "2025-12-01T12:03:00Z",
-        json!({"worker_id": "w-1", "task_id": "t-2", "error": "disk full", "tokens_used": 50, "duration_ms": 20000}),
-    );
+    lines += &event("worker.started")
+        .at("2025-12-01T12:00:00Z")
+        .payload(json!({"worker_id": "w-1", "task_id": "t-1"}))
+        .line();
+    lines += &event("worker.completed")
+        .at("2025-12-01T12:01:00Z")
+        .payload(json!({"worker_id": "w-1", "task_id": "t-1", "tokens_used": 100, "duration_ms": 60000}))
+        .line();
+    lines += &event("worker.started")
+        .at("2025-12-01T12:02:00Z")
+        .payload(json!({"worker_id": "w-1", "task_id": "t-2"}))
+        .line();
+    lines += &event("worker.failed").at("2025-12-01T12:03:00Z").payload(json!({"worker_id": "w-1", "task_id": "t-2", "error": "disk full", "tokens_used": 50, "duration_ms": 20000})).line();
     let ids = root.batch(&lines)?;
     dispatched(&root)?;
     let w = root.read_json("state/workers/w-1.json")?;
@@ -76,7 +69,7 @@ fn worker_complete_keeps_records_and_completes_tasks() -> Result<()> {
     assert_eq!(w["duration_ms"]["avg"].as_f64().unwrap() as u64, 40000);
     assert_eq!(w["last_task"], "t-2");
     assert!(w["current_task"].is_null());
-    let completed = archived_of(&root, "task.completed")?;
+    let completed = archived_events_of(&root, "task.completed")?;
     assert_eq!(completed.len(), 1);
     assert_eq!(completed[0]["payload"]["task_id"], "t-1");
     assert_eq!(completed[0]["payload"]["tokens_used"], 100);
@@ -87,7 +80,7 @@ fn worker_complete_keeps_records_and_completes_tasks() -> Result<()> {
     root.batch(&again)?;
     dispatched(&root)?;
     assert_eq!(root.read_json("state/workers/w-1.json")?["tokens_used"], 150);
-    assert_eq!(archived_of(&root, "task.completed")?.len(), 1);
+    assert_eq!(archived_events_of(&root, "task.completed")?.len(), 1);
     Ok(())
 }
 
@@ -96,36 +89,39 @@ fn task_failure_retries_transient_errors_spots_patterns_and_alerts_on_permanent_
     let root = Root::new()?;
     let mut lines = String::new();
     for (i, minute) in ["00", "10", "20"].iter().enumerate() {
-        lines += &at(
-            "task.failed",
-            &format!("2025-12-01T12:{minute}:00Z"),
-            json!({"task_id": format!("t-{i}"), "error": format!("Timeout after {}s connecting to db", 30 + i)}),
-        );
+        lines += &event("task.failed")
+            .at(&format!("2025-12-01T12:{minute}:00Z"))
+            .payload(
+                json!({"task_id": format!("t-{i}"), "error": format!("Timeout after {}s connecting to db", 30 + i)}),
+            )
+            .line();
     }
-    lines += &with_priority(
-        "task.failed",
-        "2025-12-01T12:30:00Z",
-        "high",
-        json!({"task_id": "t-9", "error": "schema validation failed: column \"x\" missing"}),
-    );
-    lines += &at("task.failed", "2025-12-01T12:40:00Z", json!({"task_id": "t-last", "error": "timeout", "attempt": 3}));
+    lines += &event("task.failed")
+        .at("2025-12-01T12:30:00Z")
+        .priority("high")
+        .payload(json!({"task_id": "t-9", "error": "schema validation failed: column \"x\" missing"}))
+        .line();
+    lines += &event("task.failed")
+        .at("2025-12-01T12:40:00Z")
+        .payload(json!({"task_id": "t-last", "error": "timeout", "attempt": 3}))
+        .line();
     root.batch(&lines)?;
     dispatched(&root)?;
 
-    let retries = archived_of(&root, "task.created")?;
+    let retries = archived_events_of(&root, "task.created")?;
     let retried: Vec<&str> = retries.iter().map(|e| e["payload"]["task_id"].as_str().unwrap()).collect();
     assert_eq!(retried, ["t-0", "t-1", "t-2"], "attempt 3 of 3 must not be retried");
     assert!(retries.iter().all(|e| e["payload"]["attempt"] == 2));
     assert_eq!(retries[0]["correlation_id"], "t-0");
 
-    let patterns = archived_of(&root, "learning.pattern_detected")?;
+    let patterns = archived_events_of(&root, "learning.pattern_detected")?;
     assert_eq!(patterns.len(), 1, "three failures with one signature within an hour: one pattern");
     let signature = patterns[0]["payload"]["pattern"].as_str().unwrap();
     assert!(signature.starts_with("timeout after <n>s"), "{signature}");
     let state = root.read_json("state/failures/patterns.json")?;
     assert_eq!(state["patterns"][signature]["count"], 3);
 
-    let alerts = archived_of(&root, "system.health_alert")?;
+    let alerts = archived_events_of(&root, "system.health_alert")?;
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0]["payload"]["task_id"], "t-9");
     assert_eq!(alerts[0]["metadata"]["priority"], "critical");
@@ -138,31 +134,26 @@ fn task_failure_retries_transient_errors_spots_patterns_and_alerts_on_permanent_
 fn security_alert_deduplicates_and_alerts_on_critical_findings() -> Result<()> {
     let root = Root::new()?;
     let mut lines = String::new();
-    lines += &at(
-        "security.vulnerability_found",
-        "2025-12-01T12:00:00Z",
-        json!({"cve": "CVE-2025-0001", "severity": "critical", "package": "openssl", "target": "api"}),
-    );
-    lines += &at(
-        "security.vulnerability_found",
-        "2025-12-01T12:05:00Z",
-        json!({"cve": "CVE-2025-0001", "severity": "critical", "package": "openssl", "target": "api"}),
-    );
-    lines += &at(
-        "security.vulnerability_found",
-        "2025-12-01T12:06:00Z",
-        json!({"id": "LOW-1", "severity": "low", "package": "left-pad"}),
-    );
-    lines += &at(
-        "security.scan_completed",
-        "2025-12-01T12:10:00Z",
-        json!({"scan_id": "s-1", "scanner": "trivy", "findings": {"high": 2, "low": 1}}),
-    );
-    lines += &at(
-        "security.scan_completed",
-        "2025-12-01T12:20:00Z",
-        json!({"scan_id": "s-2", "scanner": "trivy", "findings": {"low": 1}}),
-    );
+    lines += &event("security.vulnerability_found")
+        .at("2025-12-01T12:00:00Z")
+        .payload(json!({"cve": "CVE-2025-0001", "severity": "critical", "package": "openssl", "target": "api"}))
+        .line();
+    lines += &event("security.vulnerability_found")
+        .at("2025-12-01T12:05:00Z")
+        .payload(json!({"cve": "CVE-2025-0001", "severity": "critical", "package": "openssl", "target": "api"}))
+        .line();
+    lines += &event("security.vulnerability_found")
+        .at("2025-12-01T12:06:00Z")
+        .payload(json!({"id": "LOW-1", "severity": "low", "package": "left-pad"}))
+        .line();
+    lines += &event("security.scan_completed")
+        .at("2025-12-01T12:10:00Z")
+        .payload(json!({"scan_id": "s-1", "scanner": "trivy", "findings": {"high": 2, "low": 1}}))
+        .line();
+    lines += &event("security.scan_completed")
+        .at("2025-12-01T12:20:00Z")
+        .payload(json!({"scan_id": "s-2", "scanner": "trivy", "findings": {"low": 1}}))
+        .line();
     root.batch(&lines)?;
     dispatched(&root)?;
     let reg = root.read_json("state/security/vulnerabilities.json")?;
@@ -174,7 +165,7 @@ fn security_alert_deduplicates_and_alerts_on_critical_findings() -> Result<()> {
     assert_eq!(summary["open"]["critical"], 1);
     assert_eq!(summary["total"], 2);
     assert_eq!(root.read_json("state/security/scans.json")?["scans"].as_array().unwrap().len(), 2);
-    let alerts = archived_of(&root, "system.health_alert")?;
+    let alerts = archived_events_of(&root, "system.health_alert")?;
     assert_eq!(alerts.len(), 2, "one for the new critical CVE (not its repeat), one for the scan with high findings");
     assert!(alerts.iter().all(|a| a["metadata"]["priority"] == "critical" && a["payload"]["component"] == "security"));
     Ok(())
@@ -183,7 +174,7 @@ fn security_alert_deduplicates_and_alerts_on_critical_findings() -> Result<()> {
 #[test]
 fn heartbeat_reports_each_silence_once() -> Result<()> {
     let root = Root::new()?;
-    let beat = |w: &str, ts: &str| at("worker.heartbeat", ts, json!({"worker_id": w}));
+    let beat = |w: &str, ts: &str| event("worker.heartbeat").at(ts).payload(json!({"worker_id": w})).line();
     let mut lines = String::new();
     lines += &beat("w-1", "2025-12-01T12:00:00Z");
     lines += &beat("w-2", "2025-12-01T12:00:30Z");
@@ -193,7 +184,7 @@ fn heartbeat_reports_each_silence_once() -> Result<()> {
     lines += &beat("w-2", "2025-12-01T12:05:00Z"); // w-1 silent 120 s again: second report
     root.batch(&lines)?;
     dispatched(&root)?;
-    let failed = archived_of(&root, "worker.failed")?;
+    let failed = archived_events_of(&root, "worker.failed")?;
     let who: Vec<&str> = failed.iter().map(|e| e["payload"]["worker_id"].as_str().unwrap()).collect();
     assert_eq!(who, ["w-1", "w-1"], "{failed:?}");
     assert_eq!(failed[0]["payload"]["error"], "heartbeat timeout");
@@ -246,11 +237,10 @@ fn learning_promotes_a_pattern_once_it_is_confident() -> Result<()> {
     let root = Root::new()?;
     let lines: String = (0..10)
         .map(|i| {
-            at(
-                "learning.pattern_detected",
-                &format!("2025-12-01T12:{i:02}:00Z"),
-                json!({"pattern": "flaky db", "suggested_fix": "add retries"}),
-            )
+            event("learning.pattern_detected")
+                .at(&format!("2025-12-01T12:{i:02}:00Z"))
+                .payload(json!({"pattern": "flaky db", "suggested_fix": "add retries"}))
+                .line()
         })
         .collect();
     root.batch(&lines)?;
@@ -260,7 +250,7 @@ fn learning_promotes_a_pattern_once_it_is_confident() -> Result<()> {
     assert_eq!(p["occurrences"], 10);
     assert_eq!(p["promoted"], true);
     assert!(p["confidence"].as_f64().unwrap() >= 0.8);
-    let updates = archived_of(&root, "learning.model_updated")?;
+    let updates = archived_events_of(&root, "learning.model_updated")?;
     assert_eq!(updates.len(), 1, "promoted once, not on every later sighting");
     assert_eq!(updates[0]["payload"]["pattern"], "flaky db");
     let models = root.read_json("state/learning/models.json")?;
@@ -272,23 +262,20 @@ fn learning_promotes_a_pattern_once_it_is_confident() -> Result<()> {
 fn routing_tracks_confidence_and_flags_drift() -> Result<()> {
     let root = Root::new()?;
     let mut lines = String::new();
-    lines += &at(
-        "routing.decision_made",
-        "2025-12-01T12:00:00Z",
-        json!({"master": "m-1", "expert": "e-a", "confidence": 0.9}),
-    );
+    lines += &event("routing.decision_made")
+        .at("2025-12-01T12:00:00Z")
+        .payload(json!({"master": "m-1", "expert": "e-a", "confidence": 0.9}))
+        .line();
     for i in 0..5 {
-        lines += &at(
-            "routing.decision_made",
-            &format!("2025-12-01T12:0{}:00Z", i + 1),
-            json!({"master": "m-1", "expert": "e-b", "confidence": 0.2}),
-        );
+        lines += &event("routing.decision_made")
+            .at(&format!("2025-12-01T12:0{}:00Z", i + 1))
+            .payload(json!({"master": "m-1", "expert": "e-b", "confidence": 0.2}))
+            .line();
     }
-    lines += &at(
-        "routing.decision_made",
-        "2025-12-01T12:10:00Z",
-        json!({"master": "m-2", "expert": "e-a", "confidence": 0.1}),
-    );
+    lines += &event("routing.decision_made")
+        .at("2025-12-01T12:10:00Z")
+        .payload(json!({"master": "m-2", "expert": "e-a", "confidence": 0.1}))
+        .line();
     root.batch(&lines)?;
     dispatched(&root)?;
     let stats = root.read_json("state/routing/stats.json")?;
@@ -298,7 +285,7 @@ fn routing_tracks_confidence_and_flags_drift() -> Result<()> {
     assert_eq!(m1["low_confidence"], 5);
     assert!((m1["mean_confidence"].as_f64().unwrap() - 0.3166).abs() < 0.01);
     assert!((m1["low_confidence_rate"].as_f64().unwrap() - 5.0 / 6.0).abs() < 0.01);
-    let drift = archived_of(&root, "learning.pattern_detected")?;
+    let drift = archived_events_of(&root, "learning.pattern_detected")?;
     assert_eq!(drift.len(), 1, "m-2 has one low decision, not five");
     assert_eq!(drift[0]["payload"]["pattern"], "routing drift: m-1");
     Ok(())

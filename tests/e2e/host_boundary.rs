@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
-use cortex_tests::{Root, component};
+use cortex_tests::{Root, component, event};
 use serde_json::{Value, json};
 
 /// Deep enough to climb from any temp directory to `/`.
@@ -35,9 +35,12 @@ grants = [{ dir = "events/archive", mode = "rw", unsafe_allow = true }]
     // The events' day file is archive/2025-12-01.jsonl; the handler swaps it
     // for a link out of the root before its event is settled.
     let plant = |file: &str| {
-        json!({"event_type": "task.created", "source": "test", "timestamp": "2025-12-01T10:00:00Z",
-               "payload": {"op": "symlink", "path": "/events/archive/2025-12-01.jsonl", "to": format!("../../../{file}")}})
-        .to_string()
+        event("task.created")
+            .at("2025-12-01T10:00:00Z")
+            .payload(
+                json!({"op": "symlink", "path": "/events/archive/2025-12-01.jsonl", "to": format!("../../../{file}")}),
+            )
+            .to_string()
     };
     let ids = root.batch(&format!("{}\n", plant("victim.txt")))?;
     let s = root.dispatch()?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cortex_tests::{Root, handlers_dir, wait_for};
+use cortex_tests::{Root, event, handlers_dir, jsonl, wait_for};
 use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
@@ -15,13 +15,13 @@ fn repo() -> PathBuf {
 
 /// A worker event with token usage, at a fixed time.
 fn worker_event(n: u32, tokens: u64, model: &str, master: &str) -> String {
-    json!({
-        "event_type": "worker.completed", "source": format!("worker-{n}"),
-        "timestamp": "2025-12-01T12:00:00-06:00", "master": master, "correlation_id": format!("task-{n}"),
-        "payload": {"worker_id": format!("worker-{n}"), "task_id": format!("task-{n}"), "tokens_used": tokens, "model": model},
-    })
-    .to_string()
-        + "\n"
+    event("worker.completed")
+        .source(&format!("worker-{n}"))
+        .at("2025-12-01T12:00:00-06:00")
+        .master(master)
+        .correlation(&format!("task-{n}"))
+        .payload(json!({"worker_id": format!("worker-{n}"), "task_id": format!("task-{n}"), "tokens_used": tokens, "model": model}))
+        .line()
 }
 
 #[test]
@@ -60,7 +60,7 @@ fn python_prices_tokens_and_javascript_notifies_through_dispatch() -> Result<()>
 
     // Python's budget alert, handled by JavaScript into a notification
     // (a custom type), all on one correlation chain.
-    let alerts = root.archived_of("system.health_alert")?;
+    let alerts = root.archive_records_of("system.health_alert")?;
     assert_eq!(alerts.len(), 1, "one alert for the day");
     let alert = &alerts[0];
     assert_eq!(alert["event"]["source"], "on-cost-tracking");
@@ -68,7 +68,7 @@ fn python_prices_tokens_and_javascript_notifies_through_dispatch() -> Result<()>
     assert_eq!(alert["event"]["correlation_id"], "task-9");
     assert_eq!(alert["handlers"][0]["name"], "on-alert-notify", "{alert}");
     assert!(alert["handlers"][0]["summary"].as_str().unwrap_or("").starts_with("high alert to #ops"), "{alert}");
-    let notes = root.archived_of("notification.requested")?;
+    let notes = root.archive_records_of("notification.requested")?;
     assert_eq!(notes.len(), 1);
     let note = &notes[0]["event"];
     assert_eq!(note["correlation_id"], "task-9");
@@ -102,15 +102,16 @@ fn python_and_javascript_handlers_serve_and_restart_from_the_compiled_cache() ->
     let svc = root.serve()?;
     root.batch(&(worker_event(1, 2_000, "claude-sonnet", "m") + &worker_event(2, 3_000, "claude-sonnet", "m")))?;
     root.batch(
-        &(json!({"event_type": "system.health_alert", "source": "disk-monitor", "priority": "critical",
-                 "payload": {"severity": "critical", "component": "disk", "message": "/var at 99%"}})
-        .to_string()
-            + "\n"),
+        &event("system.health_alert")
+            .source("disk-monitor")
+            .priority("critical")
+            .payload(json!({"severity": "critical", "component": "disk", "message": "/var at 99%"}))
+            .line(),
     )?;
     // 2 worker events, 2 task.completed from on-worker-complete, the alert
     // and its notification.
     wait_for(Duration::from_secs(30), || Ok(root.archived()?.len() == 6))?;
-    let notes = root.archived_of("notification.requested")?;
+    let notes = root.archive_records_of("notification.requested")?;
     assert_eq!(notes[0]["event"]["payload"]["channel"], "#incidents");
     assert!(
         notes[0]["event"]["payload"]["text"].as_str().unwrap_or("").starts_with("@oncall [CRITICAL] disk: /var at 99%")
@@ -309,25 +310,25 @@ fn scaffolds_in_each_language_build_and_pass_their_own_test() -> Result<()> {
 #[test]
 fn security_alerts_reach_the_javascript_notifier_with_their_counts() -> Result<()> {
     let root = Root::with_extras()?;
-    let lines = [
-        json!({"event_type": "security.scan_completed", "source": "trivy", "correlation_id": "scan-chain",
-            "payload": {"scan_id": "scan-42", "scanner": "trivy", "target": "api",
-                "findings": {"critical": 1, "high": 2, "medium": 5}}}),
-        json!({"event_type": "security.vulnerability_found", "source": "trivy",
-            "payload": {"id": "CVE-2025-1234", "severity": "high", "package": "openssl", "target": "api"}}),
-    ];
-    let batch: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let batch = jsonl([
+        event("security.scan_completed").source("trivy").correlation("scan-chain").payload(
+            json!({"scan_id": "scan-42", "scanner": "trivy", "target": "api", "findings": {"critical": 1, "high": 2, "medium": 5}}),
+        ),
+        event("security.vulnerability_found")
+            .source("trivy")
+            .payload(json!({"id": "CVE-2025-1234", "severity": "high", "package": "openssl", "target": "api"})),
+    ]);
     let ids = root.batch(&batch)?;
     let summary = root.dispatch()?;
     assert_eq!(summary["dead_lettered"], 0, "{summary}");
 
-    let alerts = root.archived_of("system.health_alert")?;
+    let alerts = root.archive_records_of("system.health_alert")?;
     assert_eq!(alerts.len(), 2, "one alert per trigger: {alerts:?}");
     let scan_alert = alerts.iter().find(|a| a["event"]["payload"]["scan"].is_object()).context("no scan alert")?;
     assert_eq!(scan_alert["event"]["payload"]["scan"]["findings"]["high"], 2, "{scan_alert}");
     assert_eq!(scan_alert["event"]["correlation_id"], "scan-chain");
 
-    let notes = root.archived_of("notification.requested")?;
+    let notes = root.archive_records_of("notification.requested")?;
     assert_eq!(notes.len(), 2, "{notes:?}");
     for n in &notes {
         let text = n["event"]["payload"].to_string();

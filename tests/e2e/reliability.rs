@@ -263,11 +263,12 @@ fn a_slow_producer_is_never_read_half_written() -> Result<()> {
     use std::io::Write;
     let root = Root::with_handlers("[handlers.sink]\ncomponent = \"{noop}\"\nevents = [\"*\"]\n")?;
     let svc = root.serve()?;
-    let event = serde_json::json!({
-        "event_id": "evt_20251201_120000_slow01", "event_type": "task.created",
-        "timestamp": "2025-12-01T12:00:00Z", "source": "slow", "payload": {"blob": "x".repeat(5000)}
-    })
-    .to_string();
+    let event = cortex_tests::event("task.created")
+        .id("evt_20251201_120000_slow01")
+        .at("2025-12-01T12:00:00Z")
+        .source("slow")
+        .payload(serde_json::json!({"blob": "x".repeat(5000)}))
+        .to_string();
     // Our own producer's protocol: a temp file is never read, however long it takes.
     std::fs::write(root.join("events/tmp/999.0.cafe.slow"), &event[..event.len() / 2])?;
     // A hand-rolled producer writing straight into the queue, slowly.

@@ -6,17 +6,16 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
-use cortex_tests::{Root, component, snapshot};
+use cortex_tests::{Root, component, event, snapshot};
 use serde_json::{Value, json};
 
 /// A batch line with explicit envelope fields.
 fn line(event_type: &str, source: &str, ts: &str, priority: &str, corr: Option<&str>) -> String {
-    let mut v =
-        json!({"event_type": event_type, "source": source, "timestamp": ts, "priority": priority, "payload": {}});
-    if let Some(c) = corr {
-        v["correlation_id"] = json!(c);
+    let e = event(event_type).source(source).at(ts).priority(priority);
+    match corr {
+        Some(c) => e.correlation(c).line(),
+        None => e.line(),
     }
-    v.to_string() + "\n"
 }
 
 /// `replay --dry-run --json ARGS`: the report.

@@ -10,7 +10,7 @@ use cortex_tests::{Root, wait_for};
 use serde_json::Value;
 
 fn scheduled(root: &Root) -> Result<Vec<Value>> {
-    Ok(root.archived_of("task.created")?.into_iter().map(|r| r["event"].clone()).collect())
+    Ok(root.archive_records_of("task.created")?.into_iter().map(|r| r["event"].clone()).collect())
 }
 
 #[test]

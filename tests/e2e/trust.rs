@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use cortex_tests::{Out, Root, component};
+use cortex_tests::{Out, Root, component, event};
 use serde_json::{Value, json};
 
 /// Runs `cortex ARGS`, killing it if it has not finished within `limit`
@@ -77,9 +77,11 @@ fn a_log_flood_is_capped_before_it_reaches_the_host_log_and_the_event_completes(
     let event = root.scratch().join("event.json");
     std::fs::write(
         &event,
-        json!({"event_id": "evt_20251201_120000_abc123", "event_type": "task.created",
-               "timestamp": "2025-12-01T12:00:00Z", "source": "test", "payload": {"lines": 5000}})
-        .to_string(),
+        cortex_tests::event("task.created")
+            .id("evt_20251201_120000_abc123")
+            .at("2025-12-01T12:00:00Z")
+            .payload(json!({"lines": 5000}))
+            .to_string(),
     )?;
     let out =
         root.run(&["handler", "test", &component("log-flood"), "--event", event.to_str().unwrap_or(""), "--json"])?;
@@ -100,7 +102,7 @@ fn an_event_loop_is_cut_at_max_hops_dead_lettered_and_reported_by_status() -> Re
 
     // The producer's event (0 hops) and 16 generations of follow-ups ran;
     // the 17th generation was dead-lettered without running.
-    let archived = root.archived_of("task.created")?;
+    let archived = root.archive_records_of("task.created")?;
     assert_eq!(archived.len(), 17, "default dispatch.max_hops is 16");
     assert!(archived.iter().any(|r| r["event"]["event_id"] == first.as_str()));
     let dead = root.dead_letters()?;
@@ -126,7 +128,7 @@ fn an_event_loop_is_cut_at_max_hops_dead_lettered_and_reported_by_status() -> Re
     std::fs::write(root.join("cortex.toml"), text)?;
     root.emit("task.created", "{}")?;
     run_within(&root, &["dispatch"], Duration::from_secs(60))?;
-    assert_eq!(root.archived_of("task.created")?.len(), 4);
+    assert_eq!(root.archive_records_of("task.created")?.len(), 4);
     assert_eq!(root.dead_letters()?.len(), 1);
     let forged = json!({"event_id": "evt_20251201_120000_f0f0f0", "event_type": "task.created",
         "timestamp": "2025-12-01T12:00:00Z", "source": "test",
@@ -206,16 +208,20 @@ may_set_master = true
 #[test]
 fn replay_refuses_forged_archive_lines_and_requeues_only_the_valid_ones() -> Result<()> {
     let root = Root::with_handlers("[handlers.sink]\ncomponent = \"{noop}\"\nevents = [\"task.*\"]\n")?;
-    let event = |id: &str| {
-        json!({"event_id": id, "event_type": "task.created", "timestamp": "2025-12-01T12:00:00Z",
-               "source": "producer", "metadata": {"priority": "medium"}, "payload": {}})
+    let task = |id: &str| {
+        event("task.created")
+            .id(id)
+            .at("2025-12-01T12:00:00Z")
+            .source("producer")
+            .set("metadata", json!({"priority": "medium"}))
+            .json()
     };
-    let valid = event("evt_20251201_120000_aaaaaa");
-    let mut traversal = event("../../escaped");
+    let valid = task("evt_20251201_120000_aaaaaa");
+    let mut traversal = task("../../escaped");
     traversal["metadata"]["priority"] = json!("critical");
-    let mut bad_priority = event("evt_20251201_120000_bbbbbb");
+    let mut bad_priority = task("evt_20251201_120000_bbbbbb");
     bad_priority["metadata"]["priority"] = json!("urgent");
-    let mut forged_cause = event("evt_20251201_120000_cccccc");
+    let mut forged_cause = task("evt_20251201_120000_cccccc");
     forged_cause["metadata"]["caused_by"] = json!({"event_id": "../x", "handler": "a b", "hops": "0"});
     let lines: String = [&valid, &traversal, &bad_priority, &forged_cause]
         .iter()

@@ -4,7 +4,7 @@
 //! exit code of a `dispatch` that dead-lettered events.
 
 use anyhow::Result;
-use cortex_tests::Root;
+use cortex_tests::{Root, event};
 use serde_json::{Value, json};
 
 /// A payload object whose nesting (see `cortex::event::nesting`) is `depth`.
@@ -13,12 +13,9 @@ fn nested_payload(depth: usize) -> String {
     format!("{{\"a\": {inner}}}")
 }
 
+/// A task.created event with every envelope field a producer sets.
 fn full_event(id: &str, n: u32) -> String {
-    json!({
-        "event_id": id, "event_type": "task.created", "timestamp": "2025-12-01T12:00:00-06:00",
-        "source": "producer", "payload": {"n": n},
-    })
-    .to_string()
+    event("task.created").id(id).at("2025-12-01T12:00:00-06:00").source("producer").payload(json!({"n": n})).to_string()
 }
 
 #[test]
@@ -110,7 +107,7 @@ fn an_empty_correlation_id_is_absent_and_follow_ups_fall_back_to_the_trigger() -
     let trigger = root.ok(&["emit", "worker.started", "w", r#"{"correlation_id": ""}"#, ""])?.trim().to_string();
     root.dispatch()?;
     let follow_ups: Vec<Value> = root
-        .archived_of("task.created")?
+        .archive_records_of("task.created")?
         .into_iter()
         .filter(|r| r["event"]["metadata"]["caused_by"]["event_id"] == trigger.as_str())
         .collect();

@@ -38,7 +38,7 @@ fn a_component_built_against_0_1_loads_runs_emits_and_its_errors_are_retried() -
     let record = root.archived_record(&ok)?.expect("the good event is archived");
     let summary_text = record["handlers"][0]["summary"].as_str().unwrap_or("");
     let follow_up = summary_text.strip_prefix("legacy-v01 emitted ").expect("summary names the emitted id");
-    let created = root.archived_of("task.created")?;
+    let created = root.archive_records_of("task.created")?;
     assert_eq!(created.len(), 1, "its emit was queued and dispatched");
     assert_eq!(created[0]["event"]["event_id"], follow_up);
     assert_eq!(created[0]["event"]["source"], "legacy");
@@ -193,7 +193,7 @@ fn python_and_javascript_accept_producer_shapes_and_refuse_the_rest_at_once() ->
     for id in [&as_string, &openai, &count] {
         assert!(root.archived_record(id)?.is_some(), "{id} not archived");
     }
-    let note = root.archived_of("notification.requested")?;
+    let note = root.archive_records_of("notification.requested")?;
     assert_eq!(note.len(), 1);
     assert_eq!(note[0]["event"]["payload"]["title"], "[HIGH] security scan s1 found 4 findings");
 

@@ -11,7 +11,6 @@ use anyhow::{Context, Result, anyhow};
 use super::Dispatcher;
 use crate::config::Config;
 use crate::queue::Queue;
-use crate::route;
 use crate::sandbox::{Loaded, Sandbox};
 
 /// Loads every handler of a config. One that does not load (its component
@@ -50,7 +49,7 @@ pub fn undeclared(loaded: &Loaded) -> Vec<String> {
         .config
         .events
         .iter()
-        .filter(|p| !declared.iter().any(|d| d == *p || route::glob_match(d, p)))
+        .filter(|p| !declared.iter().any(|d| d == *p || crate::pattern::glob_match(d, p)))
         .cloned()
         .collect()
 }
@@ -88,8 +87,8 @@ pub fn declared(loaded: &Loaded, mode: crate::config::Mismatch) -> Result<()> {
 /// # Errors
 /// When the sandbox cannot be started.
 pub fn prepare(queue: Arc<dyn Queue>, root: &std::path::Path, config: Arc<Config>) -> Result<Dispatcher> {
-    let fuel = config.handlers.values().any(|h| h.limits.fuel.is_some());
-    let sandbox = Arc::new(Sandbox::new(root, config.validator(), fuel).context("failed to start the sandbox")?);
+    let sandbox =
+        Arc::new(Sandbox::new(root, config.validator(), config.needs_fuel()).context("failed to start the sandbox")?);
     let (handlers, broken) = load_all(&sandbox, &config);
     Ok(Dispatcher::new(queue, sandbox, config, handlers, broken))
 }

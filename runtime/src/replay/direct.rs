@@ -11,6 +11,7 @@ use super::{Candidate, EventReport, Progress, Report, Request, Run};
 use crate::config::Config;
 use crate::event::Event;
 use crate::fsio;
+use crate::layout::Layout;
 use crate::queue::{FsQueue, Queue};
 use crate::route;
 use crate::sandbox::{Loaded, Sandbox};
@@ -70,9 +71,9 @@ pub(super) fn direct(
             .prefix("cortex-replay-")
             .tempdir()
             .context("failed to create a scratch directory for the dry run")?;
-        for d in ["events/tmp", "cache"] {
-            std::fs::create_dir_all(dir.path().join(d))
-                .with_context(|| format!("failed to create {}", dir.path().join(d).display()))?;
+        let scratch = Layout::new(dir.path());
+        for d in [scratch.tmp(), scratch.cache()] {
+            std::fs::create_dir_all(&d).with_context(|| format!("failed to create {}", d.display()))?;
         }
         let names: BTreeSet<&str> = plan.iter().flat_map(|(_, hs)| hs.iter().map(String::as_str)).collect();
         // Outermost grants first; one inside a grant already copied came with it.
@@ -98,8 +99,7 @@ pub(super) fn direct(
         None
     };
     let root = scratch.as_ref().map_or(layout.root(), |d| d.path());
-    let fuel = config.handlers.values().any(|h| h.limits.fuel.is_some());
-    let sandbox = Sandbox::new(root, config.validator(), fuel).context("failed to start the sandbox")?;
+    let sandbox = Sandbox::new(root, config.validator(), config.needs_fuel()).context("failed to start the sandbox")?;
     let mut loaded: BTreeMap<String, Loaded> = BTreeMap::new();
     for (_, hs) in &plan {
         for name in hs {
@@ -107,9 +107,7 @@ pub(super) fn direct(
                 continue;
             }
             let mut h = config.handlers[name].clone();
-            if !h.component.is_absolute() {
-                h.component = layout.root().join(&h.component);
-            }
+            h.component = h.component_path(layout.root());
             let l = match &candidate {
                 Some((c, path)) if c == name => {
                     let bytes = std::fs::read(path)

@@ -1,11 +1,12 @@
-//! The filters of `cortex replay` and `cortex dlq`: what each flag accepts,
-//! and whether an event passes them all.
+//! The filters of `cortex replay` and `cortex dlq`: the flags themselves
+//! (`Filter` is flattened into both commands), what each accepts, and
+//! whether an event passes them all.
 
 use anyhow::{Result, bail};
 use chrono::{DateTime, FixedOffset, NaiveDate};
 
 use crate::event::{Event, Priority, is_valid_event_id};
-use crate::route::glob_match;
+use crate::pattern::glob_match;
 
 /// `--date`: a calendar date written `YYYY-MM-DD`.
 ///
@@ -65,21 +66,35 @@ pub fn parse_event_id(s: &str) -> std::result::Result<String, String> {
     }
 }
 
-/// Which events to take; every filter that is set must match (AND).
-#[derive(Debug, Clone, Default)]
+// The field docs are the help texts of the flags (`cortex replay` and the
+// `cortex dlq` commands flatten this struct), so they speak to the user.
+/// Which events; every filter given must match.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Filter {
+    /// One event, by id.
+    #[arg(long, value_name = "ID", value_parser = parse_event_id)]
     pub event_id: Option<String>,
-    /// `YYYY-MM-DD`, compared with the date the event's timestamp is written in.
+    // Compared with the date the event's timestamp is written in.
+    /// Events whose timestamp is on this date (as written in the timestamp).
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date)]
     pub date: Option<String>,
-    /// At or after this time.
+    /// Events at or after this time: RFC 3339, or a time ago (30s, 10m, 2h, 3d, 1w).
+    #[arg(long, value_name = "RFC3339|AGO", value_parser = parse_time)]
     pub since: Option<DateTime<FixedOffset>>,
-    /// Before this time.
+    /// Events before this time: RFC 3339, or a time ago (30s, 10m, 2h, 3d, 1w).
+    #[arg(long, value_name = "RFC3339|AGO", value_parser = parse_time)]
     pub until: Option<DateTime<FixedOffset>>,
-    /// A type glob, e.g. `worker.*`.
+    /// Event type, exact or a glob, e.g. 'worker.*'.
+    #[arg(long = "type", value_name = "GLOB")]
     pub event_type: Option<String>,
-    /// A source, exact or a glob.
+    /// Source, exact or a glob.
+    #[arg(long)]
     pub source: Option<String>,
+    /// critical, high, medium or low.
+    #[arg(long)]
     pub priority: Option<Priority>,
+    /// Events with this correlation id.
+    #[arg(long, value_name = "ID")]
     pub correlation_id: Option<String>,
 }
 

@@ -120,7 +120,7 @@ impl CallContext {
     fn refusal(&self, new: &wit::NewEvent, priority: Option<Priority>) -> Option<String> {
         let (name, policy) = (&self.handler, &self.policy);
         if let Some(patterns) = &policy.emits
-            && !patterns.iter().any(|p| crate::route::glob_match(p, &new.event_type))
+            && !patterns.iter().any(|p| crate::pattern::glob_match(p, &new.event_type))
         {
             return Some(format!(
                 "emit refused: event type {:?} is not in handlers.{name}.emits ({})",

@@ -238,7 +238,8 @@ impl Sandbox {
             engine,
             linkers,
             root: root.to_path_buf(),
-            cache_dir: std::env::var_os(CACHE_ENV).map_or_else(|| root.join("cache"), PathBuf::from),
+            cache_dir: std::env::var_os(CACHE_ENV)
+                .map_or_else(|| crate::layout::Layout::new(root).cache(), PathBuf::from),
             validator: Arc::new(validator),
             fuel,
             ticker_stop,
@@ -259,7 +260,7 @@ impl Sandbox {
 
     /// Where a handler's component lives (relative paths are under the root).
     pub fn component_path(&self, config: &HandlerConfig) -> PathBuf {
-        if config.component.is_absolute() { config.component.clone() } else { self.root.join(&config.component) }
+        config.component_path(&self.root)
     }
 
     /// Compiles (or loads from the cache), links and describes a handler.
@@ -280,7 +281,7 @@ impl Sandbox {
     /// As [`Sandbox::load`].
     pub fn load_bytes(&self, name: &str, config: &HandlerConfig, path: &Path, bytes: &[u8]) -> Result<Loaded> {
         let start = Instant::now();
-        let sha256 = hex(&Sha256::digest(bytes));
+        let sha256 = sha256_hex(bytes);
         let (component, from_cache) = self
             .compile(bytes, &sha256, &format!("handler {name} ({})", path.display()))
             .with_context(|| format!("handler {name}: {} is not a loadable component", path.display()))?;
@@ -649,8 +650,10 @@ fn anyhow_err(e: wasmtime::Error) -> anyhow::Error {
     anyhow::anyhow!("{}", chain.join(": "))
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The sha256 of `bytes`, as lowercase hex: a component's identity, and the
+/// one digest function of the crate.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// sha256 of a file, hex.
@@ -659,7 +662,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// When the file cannot be read.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
-    Ok(hex(&Sha256::digest(&bytes)))
+    Ok(sha256_hex(&bytes))
 }
 
 /// Settings as strings, as handlers see them.

@@ -1,0 +1,28 @@
+//! `cortex status`: queue depth, oldest queued event, events by type, dead
+//! letters, as text or JSON.
+
+use anyhow::Result;
+
+use super::{Outcome, open};
+use cortex::layout::Layout;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print the status as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(layout: &Layout, args: Args) -> Result<Outcome> {
+    let (_, queue) = open(layout)?;
+    let status = cortex::status::gather(&queue)?;
+    for s in &status.skipped {
+        tracing::warn!("{s}");
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{status}");
+    }
+    Ok(Outcome::Success)
+}
