@@ -71,7 +71,9 @@ impl<'a> Reader<'a> {
 
     /// The refusal for a field `key` whose value `got` is not `expected`.
     pub fn wrong(&self, key: &str, expected: &str, got: &Value) -> Error {
-        Error::refuse(format!("{}.{key} must be {expected}, got {}", self.at, clip(&got.to_string(), MAX_QUOTED)))
+        // A key can be the producer's (a severity name in `findings`).
+        let (key, got) = (clip(key, 64), clip(&got.to_string(), MAX_QUOTED));
+        Error::refuse(format!("{}.{key} must be {expected}, got {got}", self.at))
     }
 
     /// The first of `names` that is present, not null and not blank text,
@@ -352,5 +354,8 @@ mod tests {
         let left = reader_test(Value::Object(many), |_| {});
         assert!(left.message().unwrap().ends_with("k19, and 5 more"), "{:?}", left.message());
         assert!(clip(&"é".repeat(100), 101).ends_with('…'));
+        let long = Map::from_iter([("k".repeat(500), json!([1]))]);
+        let err = Reader::of("t.x", &long).u64("k".repeat(500).as_str()).unwrap_err();
+        assert!(err.message().len() < 200, "{err}");
     }
 }
