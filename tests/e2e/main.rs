@@ -7,6 +7,7 @@ mod dispatch;
 mod handlers;
 mod host_boundary;
 mod languages;
+mod payloads;
 mod reliability;
 mod replay;
 mod sandbox;

@@ -7,9 +7,16 @@
 //! last append — says which files are past the retention the event or the
 //! `retention_days` setting names, and records the run in
 //! `/state/cleanup/last-run.json` and `history.json`.
+//!
+//! The retention may come as `retention_days` or `older_than_days`, a number
+//! or its text; the accepted shape is the JSON Schema in `src/schema/`
+//! (returned by `describe()`). Unknown fields are logged at warn level; an
+//! unusable payload is refused as not retryable. Archive lines are read as
+//! the host's archive record ([`ArchiveLine`]).
 
-use cortex_sdk::fields::opt_u64;
-use cortex_sdk::{Event, Handler, Map, Result, Value, config_or, state};
+use cortex_sdk::state::{self, already_applied, duplicate_summary, keep_last, remember};
+use cortex_sdk::time::{format_rfc3339, now_epoch_seconds};
+use cortex_sdk::{Contract, Event, Handler, Leftover, Reader, Result, SCHEDULE_FIELDS, config_or};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -27,22 +34,26 @@ struct OnCleanupNeeded;
 impl Handler for OnCleanupNeeded {
     const NAME: &'static str = "on-cleanup-needed";
     const EVENTS: &'static [&'static str] = &["system.cleanup_needed"];
+    const CONTRACTS: &'static [Contract] =
+        &[Contract { event_type: "system.cleanup_needed", schema: include_str!("schema/system.cleanup_needed.json") }];
 
     fn handle(event: Event) -> Result<String> {
         let mut history: History = state::load(HISTORY)?;
-        if cortex_sdk::already_applied(&history.recent_event_ids, &event.id) {
-            return Ok(cortex_sdk::duplicate_summary(&event.id));
+        if already_applied(&history.recent_event_ids, &event.id) {
+            return Ok(duplicate_summary(&event.id));
         }
-        let retention_days = retention(&event.payload, config_or("retention_days", 30)?)?;
-        let now = cortex_sdk::now_epoch_seconds();
+        let (retention_days, leftover) = retention(&event, config_or("retention_days", 30)?)?;
+        leftover.warn();
+        let now = now_epoch_seconds();
         let report = survey(Path::new(ARCHIVE), now, retention_days)?;
-        let run = Run { at: cortex_sdk::format_rfc3339(now), event_id: event.id.clone(), retention_days, report };
+        let at = format_rfc3339(now).unwrap_or_default();
+        let run = Run { at, event_id: event.id.clone(), retention_days, report };
         let summary = run.summary();
         state::save(LAST_RUN, &run)?;
         // The history keeps the counts; the file list is in last-run.json.
         history.runs.push(Run { report: Report { files: Vec::new(), ..run.report.clone() }, ..run });
-        cortex_sdk::keep_last(&mut history.runs, MAX_RUNS);
-        cortex_sdk::remember(&mut history.recent_event_ids, &event.id);
+        keep_last(&mut history.runs, MAX_RUNS);
+        remember(&mut history.recent_event_ids, &event.id);
         state::save(HISTORY, &history)?;
         Ok(summary)
     }
@@ -50,9 +61,16 @@ impl Handler for OnCleanupNeeded {
 
 cortex_sdk::handler!(OnCleanupNeeded);
 
-/// The retention the event asks about: `payload.retention_days`, else the setting.
-fn retention(p: &Map<String, Value>, default_retention: u64) -> Result<u64> {
-    Ok(opt_u64(p, "retention_days")?.unwrap_or(default_retention).min(MAX_RETENTION_DAYS))
+/// The retention the event asks about: `payload.retention_days` (or
+/// `older_than_days`), else the setting.
+fn retention(event: &Event, default_retention: u64) -> Result<(u64, Leftover)> {
+    let mut p = Reader::new(event);
+    let days = p.u64(["retention_days", "older_than_days"])?.unwrap_or(default_retention).min(MAX_RETENTION_DAYS);
+    // This handler never deletes (the host applies the retention), so every
+    // run is a dry run; what the host's schedules add is accepted too.
+    p.known("dry_run");
+    p.known(SCHEDULE_FIELDS);
+    Ok((days, p.finish()))
 }
 
 /// One run, as `/state/cleanup/last-run.json` and a history entry.
@@ -98,10 +116,41 @@ struct Report {
 struct FileInfo {
     name: String,
     events: u64,
+    /// Non-blank lines that are not archive records (a torn last line).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    unreadable: u64,
     bytes: u64,
     /// Whole days since the file's last append.
     idle_days: u64,
     expired: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One line of an archive day file, as the host writes it: the fields this
+/// handler reads (the record has more).
+#[derive(Debug, Deserialize)]
+struct ArchiveLine {
+    event: ArchivedEvent,
+}
+
+#[derive(Debug, Deserialize)]
+struct ArchivedEvent {
+    event_id: String,
+}
+
+/// Archive records and unreadable lines in a day file's text.
+fn count_lines(text: &str) -> (u64, u64) {
+    let (mut events, mut unreadable) = (0, 0);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<ArchiveLine>(line) {
+            Ok(record) if !record.event.event_id.is_empty() => events += 1,
+            _ => unreadable += 1,
+        }
+    }
+    (events, unreadable)
 }
 
 /// Lists the archive's `*.jsonl` files (read-only).
@@ -129,7 +178,7 @@ fn survey(archive: &Path, now: i64, retention_days: u64) -> Result<Report> {
     for (name, modified) in found {
         let path = archive.join(&name);
         let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let events = text.lines().filter(|l| !l.trim().is_empty()).count() as u64;
+        let (events, unreadable) = count_lines(&text);
         let idle = now.saturating_sub(modified).max(0) as u64;
         let (idle_days, expired) = (idle / 86_400, idle > retention_days * 86_400);
         report.files_total += 1;
@@ -139,7 +188,7 @@ fn survey(archive: &Path, now: i64, retention_days: u64) -> Result<Report> {
             report.files_expired += 1;
             report.events_expired += events;
         }
-        report.files.push(FileInfo { name, events, bytes: text.len() as u64, idle_days, expired });
+        report.files.push(FileInfo { name, events, unreadable, bytes: text.len() as u64, idle_days, expired });
     }
     Ok(report)
 }
@@ -147,7 +196,7 @@ fn survey(archive: &Path, now: i64, retention_days: u64) -> Result<Report> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cortex_sdk::json;
+    use cortex_sdk::{Value, json};
     use std::path::PathBuf;
     use std::time::{Duration, SystemTime};
 
@@ -190,7 +239,7 @@ mod tests {
         s.write("README.txt", "not an archive file", 400);
         std::fs::create_dir(s.0.join("2025-09-01.jsonl")).unwrap();
 
-        let now = cortex_sdk::now_epoch_seconds();
+        let now = now_epoch_seconds();
         let r = survey(&s.0, now, 30).unwrap();
         assert_eq!((r.files_total, r.events_total), (2, 3));
         assert_eq!((r.files_expired, r.events_expired), (1, 1));
@@ -201,20 +250,52 @@ mod tests {
         assert_eq!(std::fs::read_dir(&s.0).unwrap().count(), 4, "a survey changes nothing");
     }
 
+    fn cleanup(payload: Value) -> Event {
+        let envelope = json!({"event_id": "evt_20251201_030000_cln001", "event_type": "system.cleanup_needed",
+                              "timestamp": "2025-12-01T03:00:00Z", "source": "scheduler", "payload": payload});
+        Event::from_envelope_json(&envelope.to_string()).unwrap()
+    }
+
     #[test]
     fn payload_and_setting_defaults() {
-        assert_eq!(retention(&Map::new(), 30).unwrap(), 30);
-        let p = json!({"retention_days": 7, "dry_run": true});
-        assert_eq!(retention(p.as_object().unwrap(), 30).unwrap(), 7);
-        let p = json!({"retention_days": "many"});
-        assert!(retention(p.as_object().unwrap(), 30).unwrap_err().contains("payload.retention_days"));
+        assert_eq!(retention(&cleanup(json!({})), 30).unwrap().0, 30);
+        assert_eq!(retention(&cleanup(json!({"retention_days": 7, "dry_run": true})), 30).unwrap().0, 7);
+        assert_eq!(retention(&cleanup(json!({"retention_days": "7"})), 30).unwrap().0, 7);
+        assert_eq!(retention(&cleanup(json!({"older_than_days": 3})), 30).unwrap().0, 3);
+        let scheduled = cleanup(json!({"schedule": "daily-cleanup", "tick": "2025-12-01T03:00:00+00:00", "missed": 2}));
+        assert!(retention(&scheduled, 30).unwrap().1.ignored.is_empty());
+        let (_, left) = retention(&cleanup(json!({"retention_days": 1, "mode": "compact"})), 30).unwrap();
+        assert_eq!(left.ignored, ["mode"]);
+        let err = retention(&cleanup(json!({"retention_days": "many"})), 30).unwrap_err();
+        assert!(err.message().starts_with("payload.retention_days must be a non-negative whole number"), "{err}");
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn archive_lines_are_read_as_records() {
+        let good = line("evt_1");
+        let text = format!("{good}\n{{\"event\": {{}}}}\n{{\"torn\n{good}");
+        assert_eq!(count_lines(&text), (2, 2));
+        let seed = include_str!("../fixtures/cleanup-needed.seed/events/archive/2020-01-01.jsonl");
+        assert_eq!(count_lines(seed), (3, 0));
+    }
+
+    #[test]
+    fn the_contract_matches_the_parser() {
+        let samples = [
+            Event::from_envelope_json(include_str!("../fixtures/cleanup-dry-run.json")).unwrap(),
+            cleanup(json!({"older_than_days": "7", "schedule": "s", "tick": "t", "missed": 1})),
+        ];
+        let read = |e: &Event| retention(e, 30).map(|(_, left)| left);
+        cortex_sdk::contract::check(OnCleanupNeeded::CONTRACTS[0].schema, &samples, read).unwrap();
     }
 
     #[test]
     fn fixtures_parse() {
         let e = Event::from_envelope_json(include_str!("../fixtures/cleanup-needed.json")).unwrap();
-        assert_eq!(retention(&e.payload, 30).unwrap(), 30);
+        let (days, left) = retention(&e, 30).unwrap();
+        assert_eq!((days, left.ignored), (30, vec!["mode".to_string()]));
         let e = Event::from_envelope_json(include_str!("../fixtures/cleanup-dry-run.json")).unwrap();
-        assert_eq!(retention(&e.payload, 30).unwrap(), 14);
+        assert_eq!(retention(&e, 30).unwrap().0, 14);
     }
 }

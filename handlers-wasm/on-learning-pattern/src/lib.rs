@@ -5,9 +5,14 @@
 //! `learning.model_updated` event. Those events (from here or elsewhere) are
 //! recorded in `/state/learning/models.json` and never emit anything, so the
 //! loop ends there.
+//!
+//! Numbers may come as text, and `count` is a synonym of `occurrences`; the
+//! accepted shapes are the JSON Schemas in `src/schema/` (returned by
+//! `describe()`). Unknown fields are logged at warn level; an unusable
+//! payload is refused as not retryable.
 
-use cortex_sdk::fields::{opt_f64, opt_str, opt_u64, req_str};
-use cortex_sdk::{Event, FollowUp, Handler, Result, Value, config_or, json, state};
+use cortex_sdk::state::{self, already_applied, duplicate_summary, keep_last, remember};
+use cortex_sdk::{Contract, Emit, Event, Handler, Leftover, Reader, Result, Value, config_or, json};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,18 +20,28 @@ const PATTERNS: &str = "/state/learning/patterns.json";
 const MODELS: &str = "/state/learning/models.json";
 /// Model updates kept in the history.
 const MAX_UPDATES: usize = 100;
+const PATTERN_DETECTED: &str = "learning.pattern_detected";
+const MODEL_UPDATED: &str = "learning.model_updated";
+/// What on-task-failure and on-routing-decision put in their detections
+/// beyond what is read here: accepted, not used.
+const DETECTION_KNOWN: [&str; 4] = ["window_secs", "master", "consecutive", "mean_confidence"];
 
 struct OnLearningPattern;
 
 impl Handler for OnLearningPattern {
     const NAME: &'static str = "on-learning-pattern";
-    const EVENTS: &'static [&'static str] = &["learning.pattern_detected", "learning.model_updated"];
+    const EVENTS: &'static [&'static str] = &[PATTERN_DETECTED, MODEL_UPDATED];
+    const EMITS: &'static [&'static str] = &[MODEL_UPDATED];
+    const CONTRACTS: &'static [Contract] = &[
+        Contract { event_type: PATTERN_DETECTED, schema: include_str!("schema/learning.pattern_detected.json") },
+        Contract { event_type: MODEL_UPDATED, schema: include_str!("schema/learning.model_updated.json") },
+    ];
 
     fn handle(event: Event) -> Result<String> {
         let mut models: Models = state::load(MODELS)?;
-        if event.event_type == "learning.model_updated" {
-            if cortex_sdk::already_applied(&models.recent_event_ids, &event.id) {
-                return Ok(cortex_sdk::duplicate_summary(&event.id));
+        if event.event_type == MODEL_UPDATED {
+            if already_applied(&models.recent_event_ids, &event.id) {
+                return Ok(duplicate_summary(&event.id));
             }
             let summary = record_model_update(&mut models, &event)?;
             state::save(MODELS, &models)?;
@@ -38,10 +53,11 @@ impl Handler for OnLearningPattern {
             return Err("setting confidence_k must be a positive number".into());
         }
         let mut kb: Knowledge = state::load(PATTERNS)?;
-        if cortex_sdk::already_applied(&kb.recent_event_ids, &event.id) {
-            return Ok(cortex_sdk::duplicate_summary(&event.id));
+        if already_applied(&kb.recent_event_ids, &event.id) {
+            return Ok(duplicate_summary(&event.id));
         }
         let applied = pattern_detected(&mut kb, &event, &settings, models.version)?;
+        applied.leftover.warn();
         for follow_up in applied.follow_ups {
             follow_up.send()?;
         }
@@ -97,22 +113,48 @@ struct ModelUpdate {
 #[derive(Debug)]
 struct Applied {
     summary: String,
-    follow_ups: Vec<FollowUp>,
+    follow_ups: Vec<Emit>,
+    leftover: Leftover,
+}
+
+/// A `learning.pattern_detected` payload.
+#[derive(Debug)]
+struct Detection {
+    name: String,
+    confidence: Option<f64>,
+    occurrences: u64,
+    source: String,
+    fix: Option<String>,
+}
+
+impl Detection {
+    fn read(event: &Event) -> Result<(Detection, Leftover)> {
+        let mut p = Reader::new(event);
+        let name = p.req_str("pattern")?;
+        let confidence = match p.value("confidence") {
+            None => None,
+            Some((key, v)) => match p.f64(key)? {
+                Some(c) if (0.0..=1.0).contains(&c) => Some(c),
+                _ => return Err(p.wrong(key, "a number from 0 to 1", v)),
+            },
+        };
+        let detection = Detection {
+            name,
+            confidence,
+            occurrences: p.u64(["occurrences", "count"])?.unwrap_or(1).max(1),
+            source: p.str("source")?.unwrap_or_else(|| event.source.clone()),
+            fix: p.str("suggested_fix")?,
+        };
+        p.known(DETECTION_KNOWN);
+        Ok((detection, p.finish()))
+    }
 }
 
 /// Adds a detection to the knowledge base; promotes the pattern when its
 /// confidence first reaches the threshold. `model_version` is the current
 /// version in `models.json`; a promotion proposes the next one.
 fn pattern_detected(kb: &mut Knowledge, event: &Event, settings: &Settings, model_version: u64) -> Result<Applied> {
-    let p = &event.payload;
-    let name = req_str(p, "pattern")?;
-    let given = opt_f64(p, "confidence")?;
-    if given.is_some_and(|c| !(0.0..=1.0).contains(&c)) {
-        return Err(format!("payload.confidence must be between 0 and 1, got {}", given.unwrap_or_default()));
-    }
-    let occurrences = opt_u64(p, "occurrences")?.unwrap_or(1).max(1);
-    let source = opt_str(p, "source")?.filter(|s| !s.is_empty()).unwrap_or_else(|| event.source.clone());
-    let fix = opt_str(p, "suggested_fix")?.filter(|s| !s.trim().is_empty());
+    let (Detection { name, confidence: given, occurrences, source, fix }, leftover) = Detection::read(event)?;
 
     let pattern = kb.patterns.entry(name.clone()).or_default();
     pattern.occurrences = pattern.occurrences.saturating_add(occurrences);
@@ -130,7 +172,7 @@ fn pattern_detected(kb: &mut Knowledge, event: &Event, settings: &Settings, mode
     if !pattern.promoted && pattern.confidence >= settings.threshold {
         pattern.promoted = true;
         let next = model_version + 1;
-        follow_ups.push(FollowUp::new(
+        follow_ups.push(Emit::with_payload(
             "learning.model_updated",
             json!({
                 "pattern": name, "confidence": pattern.confidence, "occurrences": pattern.occurrences,
@@ -139,8 +181,8 @@ fn pattern_detected(kb: &mut Knowledge, event: &Event, settings: &Settings, mode
         ));
         summary.push_str(&format!("; promoted as model version {next}"));
     }
-    cortex_sdk::remember(&mut kb.recent_event_ids, &event.id);
-    Ok(Applied { summary, follow_ups })
+    remember(&mut kb.recent_event_ids, &event.id);
+    Ok(Applied { summary, follow_ups, leftover })
 }
 
 /// The larger of the reported confidence and `n / (n + k)`.
@@ -152,9 +194,12 @@ fn confidence(occurrences: u64, given: Option<f64>, k: f64) -> f64 {
 /// Records a model update; the version is the next one, or the update's own
 /// `model_version` when that is higher.
 fn record_model_update(models: &mut Models, event: &Event) -> Result<String> {
-    let proposed = opt_u64(&event.payload, "model_version")?;
+    let mut p = Reader::new(event);
+    let proposed = p.u64("model_version")?;
+    let pattern = p.str("pattern")?;
+    // The payload is kept whole in the history: nothing is ignored.
+    p.rest();
     models.version = (models.version + 1).max(proposed.unwrap_or(0));
-    let pattern = opt_str(&event.payload, "pattern")?;
     models.history.push(ModelUpdate {
         version: models.version,
         at: event.timestamp.clone(),
@@ -163,8 +208,8 @@ fn record_model_update(models: &mut Models, event: &Event) -> Result<String> {
         pattern: pattern.clone(),
         payload: Value::Object(event.payload.clone()),
     });
-    cortex_sdk::keep_last(&mut models.history, MAX_UPDATES);
-    cortex_sdk::remember(&mut models.recent_event_ids, &event.id);
+    keep_last(&mut models.history, MAX_UPDATES);
+    remember(&mut models.recent_event_ids, &event.id);
     Ok(match pattern {
         Some(p) => format!("model version {} recorded (pattern {p:?})", models.version),
         None => format!("model version {} recorded", models.version),
@@ -238,14 +283,49 @@ mod tests {
         let a =
             pattern_detected(&mut kb, &detected(1, json!({"pattern": "q", "confidence": 0.95})), &SETTINGS, 0).unwrap();
         assert_eq!(a.follow_ups[0].payload["model_version"], 1);
-        let err = pattern_detected(&mut kb, &detected(2, json!({"pattern": "q", "confidence": 1.5})), &SETTINGS, 0)
-            .unwrap_err();
-        assert!(err.contains("payload.confidence"));
-        assert!(
-            pattern_detected(&mut kb, &detected(3, json!({"occurrences": 2})), &SETTINGS, 0)
-                .unwrap_err()
-                .contains("payload.pattern")
-        );
+        for (n, payload, named) in [
+            (2, json!({"pattern": "q", "confidence": 1.5}), "payload.confidence must be a number from 0 to 1, got 1.5"),
+            (3, json!({"occurrences": 2}), "payload.pattern is required"),
+            (4, json!({"pattern": "q", "occurrences": "often"}), "payload.occurrences must be a non-negative whole"),
+            (5, json!({"pattern": "q", "confidence": "sure"}), "payload.confidence must be a number (or its text)"),
+        ] {
+            let err = pattern_detected(&mut kb, &detected(n, payload), &SETTINGS, 0).unwrap_err();
+            assert!(!err.is_retryable() && err.message().starts_with(named), "{err}");
+        }
+    }
+
+    #[test]
+    fn what_the_other_handlers_emit_is_read_whole() {
+        let mut kb = Knowledge::default();
+        let from_routing = json!({"pattern": "routing drift: m", "master": "m", "consecutive": 5, "mean_confidence": 0.3,
+                                  "source": "on-routing-decision", "suggested_fix": "review"});
+        let a = pattern_detected(&mut kb, &detected(1, from_routing), &SETTINGS, 0).unwrap();
+        assert!(a.leftover.ignored.is_empty(), "{:?}", a.leftover);
+        let counted = json!({"pattern": "p", "count": "3", "confidence": "0.5", "recommendation": "x"});
+        let a = pattern_detected(&mut kb, &detected(2, counted), &SETTINGS, 0).unwrap();
+        assert_eq!(kb.patterns["p"].occurrences, 3);
+        assert_eq!(a.leftover.ignored, ["recommendation"]);
+    }
+
+    #[test]
+    fn the_contracts_match_the_parser() {
+        let fixture = |text: &str| Event::from_envelope_json(text).unwrap();
+        let read = |e: &Event| match e.event_type.as_str() {
+            PATTERN_DETECTED => Detection::read(e).map(|(_, left)| left),
+            _ => {
+                let mut p = Reader::new(e);
+                p.u64("model_version")?;
+                p.str("pattern")?;
+                Ok(p.finish())
+            }
+        };
+        let detections = [
+            fixture(include_str!("../fixtures/pattern-detected.json")),
+            detected(1, json!({"pattern": "p", "count": 2, "master": "m", "consecutive": 5, "mean_confidence": 0.1})),
+        ];
+        cortex_sdk::contract::check(OnLearningPattern::CONTRACTS[0].schema, &detections, read).unwrap();
+        let updates = [event(2, MODEL_UPDATED, json!({"pattern": "p", "model_version": "4"}))];
+        cortex_sdk::contract::check(OnLearningPattern::CONTRACTS[1].schema, &updates, read).unwrap();
     }
 
     #[test]

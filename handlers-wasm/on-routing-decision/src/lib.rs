@@ -3,9 +3,14 @@
 //! experts chosen, running mean confidence, low-confidence rate); a run of
 //! low-confidence decisions is reported as routing drift with a
 //! `learning.pattern_detected` event for the learning loop.
+//!
+//! The choice may come as `expert`, `selected_expert` or `selected_master`
+//! (a coordinator choosing a master); the accepted shapes are the JSON Schema
+//! in `src/schema/` (returned by `describe()`). Unknown fields are logged at
+//! warn level; an unusable payload is refused as not retryable.
 
-use cortex_sdk::fields::{opt_f64, opt_str, req_str};
-use cortex_sdk::{Event, FollowUp, Handler, Priority, Result, config_or, json, state};
+use cortex_sdk::state::{self, already_applied, duplicate_summary, remember};
+use cortex_sdk::{Contract, Emit, Event, Handler, Leftover, Priority, Reader, Result, config_or, json};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -16,6 +21,9 @@ struct OnRoutingDecision;
 impl Handler for OnRoutingDecision {
     const NAME: &'static str = "on-routing-decision";
     const EVENTS: &'static [&'static str] = &["routing.decision_made"];
+    const EMITS: &'static [&'static str] = &["learning.pattern_detected"];
+    const CONTRACTS: &'static [Contract] =
+        &[Contract { event_type: "routing.decision_made", schema: include_str!("schema/routing.decision_made.json") }];
 
     fn handle(event: Event) -> Result<String> {
         let settings =
@@ -24,10 +32,11 @@ impl Handler for OnRoutingDecision {
             return Err("setting drift_window must be at least 1".into());
         }
         let mut stats: Stats = state::load(STATS)?;
-        if cortex_sdk::already_applied(&stats.recent_event_ids, &event.id) {
-            return Ok(cortex_sdk::duplicate_summary(&event.id));
+        if already_applied(&stats.recent_event_ids, &event.id) {
+            return Ok(duplicate_summary(&event.id));
         }
         let applied = apply(&mut stats, &event, &settings)?;
+        applied.leftover.warn();
         for follow_up in applied.follow_ups {
             follow_up.send()?;
         }
@@ -68,21 +77,43 @@ struct MasterStats {
 #[derive(Debug)]
 struct Applied {
     summary: String,
-    follow_ups: Vec<FollowUp>,
+    follow_ups: Vec<Emit>,
+    leftover: Leftover,
+}
+
+/// A `routing.decision_made` payload.
+#[derive(Debug)]
+struct Decision {
+    /// Who decided: `payload.master`, else `metadata.master`, else "unknown".
+    master: String,
+    /// What was chosen.
+    expert: String,
+    confidence: f64,
+    task: Option<String>,
+}
+
+impl Decision {
+    fn read(event: &Event) -> Result<(Decision, Leftover)> {
+        let mut p = Reader::new(event);
+        let master = p.str("master")?.or_else(|| event.master.clone()).filter(|m| !m.trim().is_empty());
+        let expert = p.req_str(["expert", "selected_expert", "selected_master"])?;
+        let confidence = match p.value(["confidence", "confidence_score"]) {
+            None => return Err(cortex_sdk::Error::refuse("payload.confidence is required (a number from 0 to 1)")),
+            Some((key, v)) => match p.f64(key)? {
+                Some(c) if (0.0..=1.0).contains(&c) => c,
+                _ => return Err(p.wrong(key, "a number from 0 to 1", v)),
+            },
+        };
+        let task = p.str("task_id")?;
+        // Accepted and not used: the router's other candidates and its reasons.
+        p.known(["alternatives", "reasoning", "reason"]);
+        let decision = Decision { master: master.unwrap_or_else(|| "unknown".into()), expert, confidence, task };
+        Ok((decision, p.finish()))
+    }
 }
 
 fn apply(stats: &mut Stats, event: &Event, settings: &Settings) -> Result<Applied> {
-    let p = &event.payload;
-    let master = opt_str(p, "master")?
-        .or_else(|| event.master.clone())
-        .filter(|m| !m.trim().is_empty())
-        .unwrap_or_else(|| "unknown".into());
-    let expert = req_str(p, "expert")?;
-    let confidence = opt_f64(p, "confidence")?.ok_or("payload.confidence is required")?;
-    if !(0.0..=1.0).contains(&confidence) {
-        return Err(format!("payload.confidence must be between 0 and 1, got {confidence}"));
-    }
-    let task = opt_str(p, "task_id")?;
+    let (Decision { master, expert, confidence, task }, leftover) = Decision::read(event)?;
 
     let m = stats.masters.entry(master.clone()).or_default();
     m.decisions += 1;
@@ -107,7 +138,7 @@ fn apply(stats: &mut Stats, event: &Event, settings: &Settings) -> Result<Applie
     let mut follow_ups = Vec::new();
     if m.consecutive_low >= settings.drift_window {
         follow_ups.push(
-            FollowUp::new(
+            Emit::with_payload(
                 "learning.pattern_detected",
                 json!({
                     "pattern": format!("routing drift: {master}"), "master": master,
@@ -123,8 +154,8 @@ fn apply(stats: &mut Stats, event: &Event, settings: &Settings) -> Result<Applie
         m.consecutive_low = 0;
         m.drift_alerts += 1;
     }
-    cortex_sdk::remember(&mut stats.recent_event_ids, &event.id);
-    Ok(Applied { summary, follow_ups })
+    remember(&mut stats.recent_event_ids, &event.id);
+    Ok(Applied { summary, follow_ups, leftover })
 }
 
 #[cfg(test)]
@@ -182,13 +213,50 @@ mod tests {
     #[test]
     fn bad_payloads_are_errors() {
         let mut s = Stats::default();
-        let err = apply(&mut s, &decision(1, json!({"confidence": 0.5})), &SETTINGS).unwrap_err();
-        assert!(err.contains("payload.expert"), "{err}");
-        let err = apply(&mut s, &decision(2, json!({"expert": "x"})), &SETTINGS).unwrap_err();
-        assert!(err.contains("payload.confidence"), "{err}");
-        let err = apply(&mut s, &decision(3, json!({"expert": "x", "confidence": 7})), &SETTINGS).unwrap_err();
-        assert!(err.contains("payload.confidence"), "{err}");
+        for (n, payload, named) in [
+            (1, json!({"confidence": 0.5}), "payload.expert (or selected_expert, selected_master) is required"),
+            (2, json!({"expert": "x"}), "payload.confidence is required"),
+            (3, json!({"expert": "x", "confidence": 7}), "payload.confidence must be a number from 0 to 1, got 7"),
+            (4, json!({"expert": "x", "confidence": "high"}), "payload.confidence must be a number (or its text)"),
+            (5, json!({"expert": ["x"], "confidence": 0.5}), "payload.expert must be a string"),
+        ] {
+            let err = apply(&mut s, &decision(n, payload), &SETTINGS).unwrap_err();
+            assert!(!err.is_retryable() && err.message().starts_with(named), "{err}");
+        }
         assert!(s.masters.is_empty());
+    }
+
+    #[test]
+    fn a_coordinator_choosing_a_master_is_a_decision() {
+        let mut s = Stats::default();
+        let seed = json!({"task_id": "t-1", "selected_master": "security-master", "confidence": "0.92",
+                          "reasoning": "CVE in the diff", "alternatives": ["code-master"]});
+        let a = apply(&mut s, &decision(1, seed), &SETTINGS).unwrap();
+        assert!(a.leftover.ignored.is_empty(), "{:?}", a.leftover);
+        assert_eq!(s.masters["code-master"].experts["security-master"], 1, "kept under the deciding master");
+        assert!(a.summary.contains("routed t-1 to security-master at 0.92"), "{}", a.summary);
+        let a = apply(
+            &mut s,
+            &decision(2, json!({"selected_expert": "sql", "confidence_score": 0.4, "repo": "x"})),
+            &SETTINGS,
+        )
+        .unwrap();
+        assert_eq!(a.leftover.ignored, ["repo"]);
+        assert_eq!(s.masters["code-master"].experts["sql"], 1);
+    }
+
+    #[test]
+    fn the_contract_matches_the_parser() {
+        let samples = [
+            Event::from_envelope_json(include_str!("../fixtures/decision-made.json")).unwrap(),
+            decision(
+                1,
+                json!({"selected_master": "m", "confidence": "0.9", "reasoning": "r", "reason": "r", "master": "c"}),
+            ),
+            decision(2, json!({"selected_expert": "e", "confidence_score": 0.1})),
+        ];
+        let read = |e: &Event| Decision::read(e).map(|(_, left)| left);
+        cortex_sdk::contract::check(OnRoutingDecision::CONTRACTS[0].schema, &samples, read).unwrap();
     }
 
     #[test]

@@ -3,9 +3,17 @@
 //! scans (`scans.json`) and a summary by severity (`summary.json`), and raises
 //! one critical `system.health_alert` per newly found critical or high
 //! vulnerability and per scan that found any.
+//!
+//! Producers name things differently: the vulnerability id may come as `id`,
+//! `cve_id`, `cve` or `vulnerability_id`, and a scan's `findings` as a count,
+//! an object of counts per severity or a list of findings. The accepted
+//! shapes are the JSON Schemas in `src/schema/` (returned by `describe()`);
+//! unknown fields are logged at warn level, and an unusable payload is
+//! refused as not retryable. The file is past 500 lines for its tests: one
+//! per accepted shape and per refusal.
 
-use cortex_sdk::fields::{opt_str, opt_u64};
-use cortex_sdk::{Event, FollowUp, Handler, Map, Priority, Result, Value, json, state};
+use cortex_sdk::state::{self, already_applied, duplicate_summary, keep_last, remember};
+use cortex_sdk::{Contract, Emit, Event, Handler, Leftover, Priority, Reader, Result, Value, json};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -15,20 +23,30 @@ const SUMMARY: &str = "/state/security/summary.json";
 /// Scans kept in the log.
 const MAX_SCANS: usize = 200;
 const SEVERITIES: [&str; 5] = ["critical", "high", "medium", "low", "info"];
+/// The names a vulnerability id comes under, tried in this order.
+const VULNERABILITY_ID: [&str; 4] = ["id", "cve_id", "cve", "vulnerability_id"];
+const VULNERABILITY_FOUND: &str = "security.vulnerability_found";
+const SCAN_COMPLETED: &str = "security.scan_completed";
 
 struct OnSecurityAlert;
 
 impl Handler for OnSecurityAlert {
     const NAME: &'static str = "on-security-alert";
-    const EVENTS: &'static [&'static str] = &["security.vulnerability_found", "security.scan_completed"];
+    const EVENTS: &'static [&'static str] = &[VULNERABILITY_FOUND, SCAN_COMPLETED];
+    const EMITS: &'static [&'static str] = &["system.health_alert"];
+    const CONTRACTS: &'static [Contract] = &[
+        Contract { event_type: VULNERABILITY_FOUND, schema: include_str!("schema/security.vulnerability_found.json") },
+        Contract { event_type: SCAN_COMPLETED, schema: include_str!("schema/security.scan_completed.json") },
+    ];
 
     fn handle(event: Event) -> Result<String> {
         let mut register: Register = state::load(REGISTER)?;
-        if cortex_sdk::already_applied(&register.recent_event_ids, &event.id) {
-            return Ok(cortex_sdk::duplicate_summary(&event.id));
+        if already_applied(&register.recent_event_ids, &event.id) {
+            return Ok(duplicate_summary(&event.id));
         }
         let mut scans: Scans = state::load(SCANS)?;
         let applied = apply(&mut register, &mut scans, &event)?;
+        applied.leftover.warn();
         for follow_up in applied.follow_ups {
             follow_up.send()?;
         }
@@ -81,7 +99,11 @@ struct Scan {
     at: String,
     scanner: Option<String>,
     target: Option<String>,
+    /// Per severity (`unknown` for names that are none of the five).
     findings: BTreeMap<String, u64>,
+    /// Set when the scanner sent only a count, without severities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    findings_total: Option<u64>,
     duration_ms: Option<u64>,
 }
 
@@ -98,35 +120,62 @@ struct Summary {
 #[derive(Debug)]
 struct Applied {
     summary: String,
-    follow_ups: Vec<FollowUp>,
+    follow_ups: Vec<Emit>,
     scan_logged: bool,
+    leftover: Leftover,
 }
 
 fn apply(register: &mut Register, scans: &mut Scans, event: &Event) -> Result<Applied> {
     let applied = match event.event_type.as_str() {
-        "security.vulnerability_found" => vulnerability_found(register, event)?,
-        "security.scan_completed" => scan_completed(scans, event)?,
-        other => return Err(format!("event type {other} is not handled by on-security-alert")),
+        VULNERABILITY_FOUND => vulnerability_found(register, event)?,
+        SCAN_COMPLETED => scan_completed(scans, event)?,
+        other => return Err(format!("event type {other} is not handled by on-security-alert").into()),
     };
-    cortex_sdk::remember(&mut register.recent_event_ids, &event.id);
+    remember(&mut register.recent_event_ids, &event.id);
     Ok(applied)
 }
 
+/// A `security.vulnerability_found` payload.
+#[derive(Debug)]
+struct Sighting {
+    id: String,
+    severity: &'static str,
+    package: Option<String>,
+    version: Option<String>,
+    target: Option<String>,
+    title: Option<String>,
+    scanner: Option<String>,
+}
+
+impl Sighting {
+    fn read(event: &Event) -> Result<(Sighting, Leftover)> {
+        let mut p = Reader::new(event);
+        let id = p.req_str(VULNERABILITY_ID)?;
+        let severity = read_severity(&mut p, "severity")?;
+        let sighting = Sighting {
+            id,
+            severity,
+            package: p.str("package")?,
+            version: p.str("version")?,
+            target: p.str("target")?,
+            title: p.str("title")?,
+            scanner: p.str("scanner")?,
+        };
+        Ok((sighting, p.finish()))
+    }
+}
+
+fn read_severity(p: &mut Reader, key: &str) -> Result<&'static str> {
+    let text = p.req_str(key)?;
+    severity(&text).ok_or_else(|| {
+        p.wrong(key, "critical, high, medium (or moderate), low or info (any case)", &Value::String(text))
+    })
+}
+
 fn vulnerability_found(register: &mut Register, event: &Event) -> Result<Applied> {
-    let p = &event.payload;
-    let id = opt_str(p, "id")?
-        .filter(|s| !s.trim().is_empty())
-        .or(opt_str(p, "cve")?.filter(|s| !s.trim().is_empty()))
-        .ok_or("payload.id or payload.cve is required")?;
-    let severity = match opt_str(p, "severity")? {
-        Some(s) => {
-            severity(&s).ok_or_else(|| format!("payload.severity {s:?} is not critical, high, medium, low or info"))?
-        }
-        None => return Err("payload.severity is required".into()),
-    };
-    let (package, version, target) = (opt_str(p, "package")?, opt_str(p, "version")?, opt_str(p, "target")?);
-    let (title, scanner) = (opt_str(p, "title")?, opt_str(p, "scanner")?);
-    let key = format!("{id}|{}|{}", package.as_deref().unwrap_or(""), target.as_deref().unwrap_or(""));
+    let (s, leftover) = Sighting::read(event)?;
+    let id = s.id;
+    let key = format!("{id}|{}|{}", s.package.as_deref().unwrap_or(""), s.target.as_deref().unwrap_or(""));
 
     let new = !register.vulnerabilities.contains_key(&key);
     let v = register.vulnerabilities.entry(key).or_insert_with(|| Vulnerability {
@@ -135,15 +184,16 @@ fn vulnerability_found(register: &mut Register, event: &Event) -> Result<Applied
         status: "open".into(),
         ..Vulnerability::default()
     });
+    let severity = s.severity;
     v.severity = severity.into();
     v.last_seen = event.timestamp.clone();
     v.occurrences += 1;
     // A later sighting may omit details an earlier one gave.
-    v.package = package.or(v.package.take());
-    v.version = version.or(v.version.take());
-    v.target = target.or(v.target.take());
-    v.title = title.or(v.title.take());
-    v.scanner = scanner.or(v.scanner.take());
+    v.package = s.package.or(v.package.take());
+    v.version = s.version.or(v.version.take());
+    v.target = s.target.or(v.target.take());
+    v.title = s.title.or(v.title.take());
+    v.scanner = s.scanner.or(v.scanner.take());
 
     let what = format!("{severity} {id}{}", v.package.as_deref().map(|p| format!(" in {p}")).unwrap_or_default());
     let mut follow_ups = Vec::new();
@@ -159,33 +209,84 @@ fn vulnerability_found(register: &mut Register, event: &Event) -> Result<Applied
     } else {
         format!("{what} seen again ({} sightings)", v.occurrences)
     };
-    Ok(Applied { summary, follow_ups, scan_logged: false })
+    Ok(Applied { summary, follow_ups, scan_logged: false, leftover })
+}
+
+/// What a scan found: counts per severity, or only a total.
+#[derive(Debug, PartialEq)]
+struct Findings {
+    counts: BTreeMap<String, u64>,
+    /// The scanner sent a bare count: severities unknown.
+    total_only: Option<u64>,
+}
+
+/// `findings` as a count (`3`, `"3"`), an object of counts per severity
+/// (`{"critical": 1, "High": "2"}`) or a list of findings each with a
+/// `severity`; absent: nothing found.
+fn read_findings(p: &mut Reader, event_type: &str) -> Result<Findings> {
+    let mut counts: BTreeMap<String, u64> = SEVERITIES.iter().map(|s| (s.to_string(), 0)).collect();
+    let mut total_only = None;
+    let mut add = |name: &str, n: u64| {
+        let entry = counts.entry(severity(name).unwrap_or("unknown").to_string()).or_default();
+        *entry = entry.saturating_add(n);
+    };
+    match p.value("findings") {
+        None => {}
+        Some((_, Value::Object(per_severity))) => {
+            let mut inner = Reader::within(event_type, "payload.findings", per_severity);
+            for name in per_severity.keys() {
+                let n = inner.u64(name.as_str())?.unwrap_or(0);
+                // A total beside the per-severity counts is not a severity.
+                if name != "total" {
+                    add(name, n);
+                }
+            }
+        }
+        Some((_, Value::Array(list))) => {
+            for (i, item) in list.iter().enumerate() {
+                let name = match item {
+                    Value::Object(o) => {
+                        Reader::within(event_type, &format!("payload.findings[{i}]"), o).req_str("severity")?
+                    }
+                    other => return Err(p.wrong(&format!("findings[{i}]"), "an object with a severity", other)),
+                };
+                add(&name, 1);
+            }
+        }
+        Some((_, count)) => match p.u64("findings") {
+            Ok(n) => total_only = n,
+            Err(_) => {
+                return Err(p.wrong(
+                    "findings",
+                    "a count, an object of counts per severity or a list of findings with a severity",
+                    count,
+                ));
+            }
+        },
+    }
+    Ok(Findings { counts, total_only })
 }
 
 fn scan_completed(scans: &mut Scans, event: &Event) -> Result<Applied> {
-    let p = &event.payload;
-    let findings = match p.get("findings") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(m)) => m.clone(),
-        Some(other) => return Err(format!("payload.findings must be an object of counts, got {other}")),
-    };
-    let mut counts = BTreeMap::new();
-    for name in SEVERITIES {
-        let n = opt_u64(&findings, name).map_err(|e| e.replace("payload.", "payload.findings."))?;
-        counts.insert(name.to_string(), n.unwrap_or(0));
-    }
+    let mut p = Reader::new(event);
+    let findings = read_findings(&mut p, &event.event_type)?;
     let scan = Scan {
-        scan_id: opt_str(p, "scan_id")?.unwrap_or_else(|| event.id.clone()),
+        scan_id: p.str("scan_id")?.unwrap_or_else(|| event.id.clone()),
         event_id: event.id.clone(),
         at: event.timestamp.clone(),
-        scanner: opt_str(p, "scanner")?,
-        target: opt_str(p, "target")?,
-        findings: counts,
-        duration_ms: opt_u64(p, "duration_ms")?,
+        scanner: p.str("scanner")?,
+        target: p.str("target")?,
+        findings: findings.counts,
+        findings_total: findings.total_only,
+        duration_ms: p.u64("duration_ms")?,
     };
+    let leftover = p.finish();
     let (critical, high) = (scan.findings["critical"], scan.findings["high"]);
     let mut follow_ups = Vec::new();
-    let mut summary = format!("scan {} logged ({critical} critical, {high} high)", scan.scan_id);
+    let mut summary = match scan.findings_total {
+        Some(total) => format!("scan {} logged ({total} findings, severities not given)", scan.scan_id),
+        None => format!("scan {} logged ({critical} critical, {high} high)", scan.scan_id),
+    };
     if critical > 0 || high > 0 {
         let details = json!({
             "scan_id": scan.scan_id, "scanner": scan.scanner, "target": scan.target, "findings": scan.findings,
@@ -195,16 +296,16 @@ fn scan_completed(scans: &mut Scans, event: &Event) -> Result<Applied> {
     }
     if !scans.scans.iter().any(|s| s.event_id == scan.event_id) {
         scans.scans.push(scan);
-        cortex_sdk::keep_last(&mut scans.scans, MAX_SCANS);
+        keep_last(&mut scans.scans, MAX_SCANS);
     }
-    Ok(Applied { summary, follow_ups, scan_logged: true })
+    Ok(Applied { summary, follow_ups, scan_logged: true, leftover })
 }
 
 /// A critical `system.health_alert` carrying `details` under `key`.
-fn alert(key: &str, details: Value, event: &Event) -> FollowUp {
+fn alert(key: &str, details: Value, event: &Event) -> Emit {
     let mut payload = json!({"severity": "critical", "component": "security", "source_event": event.id});
     payload[key] = details;
-    FollowUp::new("system.health_alert", payload).priority(Priority::Critical)
+    Emit::with_payload("system.health_alert", payload).priority(Priority::Critical)
 }
 
 /// The canonical severity name, case-insensitive ("moderate" is medium, as
@@ -287,10 +388,13 @@ mod tests {
     fn bad_vulnerability_payloads_are_errors() {
         let (mut r, mut s) = (Register::default(), Scans::default());
         let err = apply(&mut r, &mut s, &vuln(1, json!({"severity": "high"}))).unwrap_err();
-        assert!(err.contains("payload.id or payload.cve"), "{err}");
+        assert_eq!(err.message(), "payload.id (or cve_id, cve, vulnerability_id) is required (a string)");
+        assert!(!err.is_retryable());
         let err = apply(&mut r, &mut s, &vuln(2, json!({"id": "x", "severity": "severe"}))).unwrap_err();
-        assert!(err.contains("payload.severity"), "{err}");
-        assert!(apply(&mut r, &mut s, &vuln(3, json!({"id": "x"}))).unwrap_err().contains("payload.severity"));
+        assert!(err.message().starts_with("payload.severity must be critical, high"), "{err}");
+        assert!(!err.is_retryable());
+        let err = apply(&mut r, &mut s, &vuln(3, json!({"id": "x"}))).unwrap_err();
+        assert!(err.message().contains("payload.severity") && !err.is_retryable(), "{err}");
         assert!(r.vulnerabilities.is_empty() && r.recent_event_ids.is_empty());
     }
 
@@ -311,7 +415,103 @@ mod tests {
         assert_eq!(summary(&r, &s, "now").last_scan.unwrap().scan_id, "scan-9");
 
         let wrong = event(3, "security.scan_completed", json!({"findings": {"high": "lots"}}));
-        assert!(apply(&mut r, &mut s, &wrong).unwrap_err().contains("payload.findings.high"));
+        let err = apply(&mut r, &mut s, &wrong).unwrap_err();
+        assert!(err.message().starts_with("payload.findings.high must be a non-negative whole number"), "{err}");
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn a_critical_cve_sent_as_cve_id_raises_the_alert() {
+        let (mut r, mut s) = (Register::default(), Scans::default());
+        for (n, key) in [(1, "cve_id"), (2, "vulnerability_id"), (3, "id"), (4, "cve")] {
+            let e = vuln(n, json!({key: format!("CVE-2025-000{n}"), "severity": "critical", "package": "openssl"}));
+            let a = apply(&mut r, &mut s, &e).unwrap();
+            assert_eq!(a.follow_ups[0].payload["vulnerability"]["id"], format!("CVE-2025-000{n}"), "{key}");
+            assert!(a.leftover.ignored.is_empty());
+        }
+        // The first synonym present wins; blank text counts as absent.
+        let both = vuln(5, json!({"id": " ", "cve_id": "CVE-2025-0009", "cve": "CVE-OTHER", "severity": "low"}));
+        apply(&mut r, &mut s, &both).unwrap();
+        assert!(r.vulnerabilities.contains_key("CVE-2025-0009||"), "{:?}", r.vulnerabilities.keys());
+    }
+
+    #[test]
+    fn unknown_fields_are_named_not_dropped_silently() {
+        let (mut r, mut s) = (Register::default(), Scans::default());
+        let e = vuln(
+            1,
+            json!({"cve_id": "CVE-1", "severity": "high", "recommendation": "upgrade", "repo": "api", "package": "x"}),
+        );
+        let a = apply(&mut r, &mut s, &e).unwrap();
+        assert_eq!(a.leftover.ignored, ["recommendation", "repo"]);
+        assert_eq!(
+            a.leftover.message().unwrap(),
+            "security.vulnerability_found payload: ignored 2 unknown fields: recommendation, repo"
+        );
+    }
+
+    #[test]
+    fn findings_come_as_a_count_a_map_or_a_list() {
+        let (mut r, mut s) = (Register::default(), Scans::default());
+        let scan = |n: u32, findings: Value| event(n, "security.scan_completed", json!({"findings": findings}));
+
+        for (n, count) in [(1, json!(3)), (2, json!("3"))] {
+            let a = apply(&mut r, &mut s, &scan(n, count)).unwrap();
+            assert!(a.follow_ups.is_empty(), "a bare count has no severities to alert on");
+            assert!(a.summary.contains("3 findings, severities not given"), "{}", a.summary);
+            assert_eq!(s.scans.last().unwrap().findings_total, Some(3));
+        }
+        let per_severity = json!({"High": "2", "moderate": 1, "negligible": 4, "total": 7});
+        let a = apply(&mut r, &mut s, &scan(3, per_severity)).unwrap();
+        let found = &s.scans.last().unwrap().findings;
+        assert_eq!((found["high"], found["medium"], found["unknown"]), (2, 1, 4));
+        assert!(!found.contains_key("total"));
+        assert_eq!(a.follow_ups[0].payload["scan"]["findings"]["high"], 2);
+        let list = json!([{"id": "CVE-1", "severity": "CRITICAL"}, {"id": "CVE-2", "severity": "low"}]);
+        let a = apply(&mut r, &mut s, &scan(4, list)).unwrap();
+        assert_eq!(a.follow_ups[0].payload["scan"]["findings"]["critical"], 1);
+        assert_eq!(s.scans.last().unwrap().findings_total, None);
+
+        for (n, bad, named) in [
+            (5, json!("lots"), "payload.findings must be a count, an object of counts per severity or a list"),
+            (6, json!(-2), "payload.findings must be a count"),
+            (7, json!([{"id": "CVE-1"}]), "payload.findings[0].severity is required"),
+            (8, json!(["CVE-1"]), "payload.findings[0] must be an object with a severity"),
+        ] {
+            let err = apply(&mut r, &mut s, &scan(n, bad)).unwrap_err();
+            assert!(!err.is_retryable() && err.message().starts_with(named), "{err}");
+        }
+        assert_eq!(s.scans.len(), 4, "a refused scan is not logged");
+    }
+
+    /// Parses without state, as the contract check needs.
+    fn read(e: &Event) -> Result<Leftover> {
+        match e.event_type.as_str() {
+            VULNERABILITY_FOUND => Sighting::read(e).map(|(_, left)| left),
+            _ => scan_completed(&mut Scans::default(), e).map(|a| a.leftover),
+        }
+    }
+
+    #[test]
+    fn the_contracts_match_the_parser() {
+        let fixture = |text: &str| Event::from_envelope_json(text).unwrap();
+        let vulns = [
+            fixture(include_str!("../fixtures/vulnerability-found.json")),
+            vuln(1, json!({"cve_id": "CVE-1", "severity": "critical"})),
+            vuln(2, json!({"vulnerability_id": "V-1", "severity": "Moderate", "target": "api"})),
+            vuln(3, json!({"id": "GHSA-1", "severity": "low"})),
+        ];
+        cortex_sdk::contract::check(OnSecurityAlert::CONTRACTS[0].schema, &vulns, read).unwrap();
+        let scans = [
+            fixture(include_str!("../fixtures/scan-completed.json")),
+            event(4, SCAN_COMPLETED, json!({"findings": 3})),
+            event(5, SCAN_COMPLETED, json!({"findings": [{"severity": "high"}]})),
+        ];
+        cortex_sdk::contract::check(OnSecurityAlert::CONTRACTS[1].schema, &scans, read).unwrap();
+        assert_eq!(
+            OnSecurityAlert::CONTRACTS.iter().map(|c| c.event_type).collect::<Vec<_>>(),
+            OnSecurityAlert::EVENTS
+        );
     }
 
     #[test]

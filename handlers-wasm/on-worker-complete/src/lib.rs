@@ -3,9 +3,16 @@
 //! `worker.started`, `worker.completed` and `worker.failed` events, and turns a
 //! completed run that names its task into `task.completed`, so task tracking
 //! does not have to know about workers.
+//!
+//! Token counts may come as `tokens_used` (a number or its text) or as
+//! `usage` {input_tokens, output_tokens} (or prompt_tokens /
+//! completion_tokens, total_tokens); an error as text or as an object. The
+//! accepted shapes are the JSON Schemas in `src/schema/` (returned by
+//! `describe()`); unknown fields are logged at warn level, and an unusable
+//! payload is refused as not retryable.
 
-use cortex_sdk::fields::{opt_str, opt_u64};
-use cortex_sdk::{Event, FollowUp, Handler, Result, json, state};
+use cortex_sdk::state::{self, already_applied, duplicate_summary, remember};
+use cortex_sdk::{Contract, Emit, Event, Handler, Leftover, Reader, Result, Value, json};
 use serde::{Deserialize, Serialize};
 
 /// The grant holding the worker records.
@@ -18,15 +25,22 @@ struct OnWorkerComplete;
 impl Handler for OnWorkerComplete {
     const NAME: &'static str = "on-worker-complete";
     const EVENTS: &'static [&'static str] = &["worker.started", "worker.completed", "worker.failed"];
+    const EMITS: &'static [&'static str] = &["task.completed"];
+    const CONTRACTS: &'static [Contract] = &[
+        Contract { event_type: "worker.started", schema: include_str!("schema/worker.started.json") },
+        Contract { event_type: "worker.completed", schema: include_str!("schema/worker.completed.json") },
+        Contract { event_type: "worker.failed", schema: include_str!("schema/worker.failed.json") },
+    ];
 
     fn handle(event: Event) -> Result<String> {
         let worker_id = worker_id(&event)?;
         let path = format!("{STATE_DIR}/{}.json", file_stem(&worker_id));
         let mut record: WorkerRecord = state::load(&path)?;
-        if cortex_sdk::already_applied(&record.recent_event_ids, &event.id) {
-            return Ok(cortex_sdk::duplicate_summary(&event.id));
+        if already_applied(&record.recent_event_ids, &event.id) {
+            return Ok(duplicate_summary(&event.id));
         }
         let applied = apply(&mut record, &worker_id, &event)?;
+        applied.leftover.warn();
         // Emit before saving: if the save fails the event is retried and the
         // emits of this attempt are discarded with it, so nothing doubles.
         for follow_up in applied.follow_ups {
@@ -52,6 +66,11 @@ struct WorkerRecord {
     completed: u64,
     failed: u64,
     tokens_used: u64,
+    /// Of `tokens_used`, what `usage` reported as input and output.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    input_tokens: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    output_tokens: u64,
     duration_ms: DurationStats,
     last_error: Option<String>,
     first_seen: String,
@@ -80,18 +99,90 @@ impl DurationStats {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// What applying one event did.
 #[derive(Debug)]
 struct Applied {
     summary: String,
-    follow_ups: Vec<FollowUp>,
+    follow_ups: Vec<Emit>,
+    leftover: Leftover,
 }
 
 /// The worker an event is about: `payload.worker_id`, else the event source.
 fn worker_id(event: &Event) -> Result<String> {
-    Ok(match opt_str(&event.payload, "worker_id")? {
-        Some(id) if !id.trim().is_empty() => id,
-        _ => event.source.clone(),
+    Ok(Reader::new(event).str("worker_id")?.unwrap_or_else(|| event.source.clone()))
+}
+
+/// Tokens a run used.
+#[derive(Debug, Default, PartialEq)]
+struct Tokens {
+    total: u64,
+    input: u64,
+    output: u64,
+}
+
+/// A worker event's payload.
+#[derive(Debug)]
+struct Run {
+    task_id: Option<String>,
+    tokens: Option<Tokens>,
+    duration: Option<u64>,
+    error: Option<String>,
+}
+
+impl Run {
+    fn read(event: &Event) -> Result<(Run, Leftover)> {
+        let mut p = Reader::new(event);
+        p.known("worker_id");
+        let task_id = p.str("task_id")?;
+        let tokens = read_tokens(&mut p, &event.event_type)?;
+        let duration = p.u64("duration_ms")?;
+        let error = if event.event_type == "worker.failed" {
+            // Read by on-task-failure, and on-worker-heartbeat's reports.
+            p.known(["attempt", "retryable", "last_seen", "silent_secs", "threshold_secs"]);
+            p.error_text(["error", "error_message"])?
+        } else {
+            None
+        };
+        // The seed's producers repeat the outcome in the payload.
+        p.known("status");
+        Ok((Run { task_id, tokens, duration, error }, p.finish()))
+    }
+}
+
+/// `tokens_used` (a count or its text), else `usage` {input_tokens,
+/// output_tokens} or {prompt_tokens, completion_tokens}, or its
+/// `total_tokens`.
+fn read_tokens(p: &mut Reader, event_type: &str) -> Result<Option<Tokens>> {
+    let used = p.u64("tokens_used")?;
+    let usage = match p.value("usage") {
+        None => None,
+        Some((_, Value::Object(usage))) => {
+            let mut u = Reader::within(event_type, "payload.usage", usage);
+            let input = u.u64(["input_tokens", "prompt_tokens"])?;
+            let output = u.u64(["output_tokens", "completion_tokens"])?;
+            let total = u.u64("total_tokens")?;
+            // Other counters in `usage` (cache tokens, ...) are not reported.
+            match (input, output, total) {
+                (None, None, None) => {
+                    let expected = "an object with input_tokens / output_tokens (or prompt_tokens / completion_tokens, total_tokens)";
+                    return Err(p.wrong("usage", expected, &Value::Object(usage.clone())));
+                }
+                (input, output, total) => {
+                    let (input, output) = (input.unwrap_or(0), output.unwrap_or(0));
+                    Some(Tokens { total: total.unwrap_or(input.saturating_add(output)), input, output })
+                }
+            }
+        }
+        Some((key, v)) => return Err(p.wrong(key, "an object of token counts", v)),
+    };
+    Ok(match (used, usage) {
+        (Some(total), Some(usage)) => Some(Tokens { total, ..usage }),
+        (Some(total), None) => Some(Tokens { total, ..Tokens::default() }),
+        (None, usage) => usage,
     })
 }
 
@@ -109,22 +200,23 @@ fn file_stem(worker_id: &str) -> String {
 
 /// Applies one worker event to the worker's record.
 fn apply(record: &mut WorkerRecord, worker_id: &str, event: &Event) -> Result<Applied> {
-    let now = cortex_sdk::event_time(event)?;
-    let task_id = opt_str(&event.payload, "task_id")?;
-    let tokens = opt_u64(&event.payload, "tokens_used")?;
-    let duration = opt_u64(&event.payload, "duration_ms")?;
-    let error = opt_str(&event.payload, "error")?;
+    let now = event.time()?;
+    let (Run { task_id, tokens, duration, error }, leftover) = Run::read(event)?;
 
     record.worker_id = worker_id.to_string();
     if record.first_seen.is_empty() {
         record.first_seen = event.timestamp.clone();
     }
     // A late redelivery must not move last_seen backwards.
-    if cortex_sdk::parse_rfc3339(&record.last_seen).is_none_or(|seen| now >= seen) {
+    if cortex_sdk::time::parse_rfc3339(&record.last_seen).is_none_or(|seen| now >= seen) {
         record.last_seen = event.timestamp.clone();
     }
     record.last_event_id = event.id.clone();
-    record.tokens_used = record.tokens_used.saturating_add(tokens.unwrap_or(0));
+    if let Some(t) = &tokens {
+        record.tokens_used = record.tokens_used.saturating_add(t.total);
+        record.input_tokens = record.input_tokens.saturating_add(t.input);
+        record.output_tokens = record.output_tokens.saturating_add(t.output);
+    }
     if let Some(ms) = duration {
         record.duration_ms.add(ms);
     }
@@ -165,18 +257,18 @@ fn apply(record: &mut WorkerRecord, worker_id: &str, event: &Event) -> Result<Ap
                 if let Some(ms) = duration {
                     payload["duration_ms"] = json!(ms);
                 }
-                if let Some(n) = tokens {
-                    payload["tokens_used"] = json!(n);
+                if let Some(t) = &tokens {
+                    payload["tokens_used"] = json!(t.total);
                 }
-                follow_ups.push(FollowUp::new("task.completed", payload).priority(event.priority));
+                follow_ups.push(Emit::with_payload("task.completed", payload).priority(event.priority));
                 summary.push_str("; emitted task.completed");
             }
             summary
         }
-        other => return Err(format!("event type {other} is not handled by on-worker-complete")),
+        other => return Err(format!("event type {other} is not handled by on-worker-complete").into()),
     };
-    cortex_sdk::remember(&mut record.recent_event_ids, &event.id);
-    Ok(Applied { summary, follow_ups })
+    remember(&mut record.recent_event_ids, &event.id);
+    Ok(Applied { summary, follow_ups, leftover })
 }
 
 fn on_task(task: Option<&str>) -> String {
@@ -186,7 +278,7 @@ fn on_task(task: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cortex_sdk::{Priority, Value};
+    use cortex_sdk::Priority;
 
     fn event(id: &str, event_type: &str, ts: &str, payload: Value) -> Event {
         let envelope = json!({
@@ -261,7 +353,101 @@ mod tests {
             "2025-12-01T12:00:01Z",
             json!({"tokens_used": "many"}),
         );
-        assert!(apply(&mut r, "w", &bad).unwrap_err().contains("payload.tokens_used"));
+        let err = apply(&mut r, "w", &bad).unwrap_err();
+        assert!(err.message().starts_with("payload.tokens_used must be a non-negative whole number"), "{err}");
+        assert!(!err.is_retryable());
+    }
+
+    fn completed(n: u32, payload: Value) -> Event {
+        event(
+            &format!("evt_20251201_1200{n:02}_tok{n:03}"),
+            "worker.completed",
+            &format!("2025-12-01T12:00:{n:02}Z"),
+            payload,
+        )
+    }
+
+    #[test]
+    fn tokens_come_as_a_count_its_text_or_usage() {
+        let mut r = WorkerRecord::default();
+        let a =
+            apply(&mut r, "w", &completed(1, json!({"task_id": "t1", "tokens_used": "1500", "status": "completed"})))
+                .unwrap();
+        assert_eq!(r.tokens_used, 1500);
+        assert_eq!(a.follow_ups[0].payload["tokens_used"], 1500);
+        assert!(a.leftover.ignored.is_empty(), "{:?}", a.leftover);
+
+        let a = apply(
+            &mut r,
+            "w",
+            &completed(2, json!({"task_id": "t2", "usage": {"input_tokens": 1000, "output_tokens": "234"}})),
+        )
+        .unwrap();
+        assert_eq!(a.follow_ups[0].payload["tokens_used"], 1234);
+        assert_eq!((r.tokens_used, r.input_tokens, r.output_tokens), (2734, 1000, 234));
+        let openai = json!({"usage": {"prompt_tokens": 10, "completion_tokens": 5, "cache_read_tokens": 99}});
+        apply(&mut r, "w", &completed(3, openai)).unwrap();
+        assert_eq!((r.tokens_used, r.input_tokens, r.output_tokens), (2749, 1010, 239));
+        apply(&mut r, "w", &completed(4, json!({"usage": {"total_tokens": "51"}}))).unwrap();
+        assert_eq!(r.tokens_used, 2800);
+
+        for (n, payload, named) in [
+            (5, json!({"usage": {"tokens": 5}}), "payload.usage must be an object with input_tokens"),
+            (6, json!({"usage": 5}), "payload.usage must be an object of token counts"),
+            (7, json!({"usage": {"input_tokens": "lots"}}), "payload.usage.input_tokens must be a non-negative whole"),
+            (8, json!({"duration_ms": "soon"}), "payload.duration_ms must be a non-negative whole number"),
+        ] {
+            let err = apply(&mut r, "w", &completed(n, payload)).unwrap_err();
+            assert!(!err.is_retryable() && err.message().starts_with(named), "{err}");
+        }
+        assert_eq!(r.completed, 4, "refused events change nothing");
+    }
+
+    #[test]
+    fn a_failure_error_comes_as_text_or_an_object_and_unknown_fields_are_named() {
+        let mut r = WorkerRecord::default();
+        let e = event(
+            "evt_20251201_120000_err001",
+            "worker.failed",
+            "2025-12-01T12:00:00Z",
+            json!({"error": {"message": "out of memory", "code": "OOM"}, "repo": "api", "attempt": 2}),
+        );
+        let a = apply(&mut r, "w", &e).unwrap();
+        assert_eq!(r.last_error.as_deref(), Some("out of memory (OOM)"));
+        assert_eq!(a.leftover.ignored, ["repo"]);
+    }
+
+    #[test]
+    fn the_contracts_match_the_parser() {
+        let fixture = |text: &str| Event::from_envelope_json(text).unwrap();
+        let read = |e: &Event| Run::read(e).map(|(_, left)| left);
+        let of = |ty: &str, payload: Value| {
+            let mut e = completed(1, payload);
+            e.event_type = ty.into();
+            e
+        };
+        let all = json!({"worker_id": "w", "task_id": "t", "duration_ms": 1, "tokens_used": 2, "usage": {"input_tokens": 1}, "status": "x"});
+        let mut failed = all.clone();
+        for (k, v) in json!({"error": "e", "error_message": "m", "attempt": 1, "retryable": true, "last_seen": "x", "silent_secs": 1, "threshold_secs": 1}).as_object().unwrap() {
+            failed[k] = v.clone();
+        }
+        let cases = [
+            (
+                "worker.started",
+                vec![fixture(include_str!("../fixtures/worker-started.json")), of("worker.started", all.clone())],
+            ),
+            (
+                "worker.completed",
+                vec![fixture(include_str!("../fixtures/worker-completed.json")), of("worker.completed", all.clone())],
+            ),
+            ("worker.failed", vec![of("worker.failed", failed)]),
+        ];
+        for (i, (ty, samples)) in cases.iter().enumerate() {
+            assert_eq!(OnWorkerComplete::CONTRACTS[i].event_type, *ty);
+            cortex_sdk::contract::check(OnWorkerComplete::CONTRACTS[i].schema, samples, read)
+                .map_err(|e| format!("{ty}: {e}"))
+                .unwrap();
+        }
     }
 
     #[test]

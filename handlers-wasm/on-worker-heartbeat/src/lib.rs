@@ -6,15 +6,24 @@
 //! `system.heartbeat_check` (the default `heartbeat-check` schedule emits one
 //! a minute) does the same check with no beat, so a silence is noticed even
 //! when every worker has gone quiet.
+//!
+//! The accepted payloads are the JSON Schemas in `src/schema/` (returned by
+//! `describe()`); unknown fields are logged at warn level, and an unusable
+//! payload is refused as not retryable.
 
-use cortex_sdk::fields::opt_str;
-use cortex_sdk::{Event, FollowUp, Handler, Priority, Result, config_or, json, state};
+use cortex_sdk::state::{self, already_applied, duplicate_summary, remember};
+use cortex_sdk::{
+    Contract, Emit, Event, Handler, Leftover, Priority, Reader, Result, SCHEDULE_FIELDS, config_or, json,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 const WORKERS: &str = "/state/heartbeats/workers.json";
 /// The scheduled check: report silent workers without a beat.
 const CHECK: &str = "system.heartbeat_check";
+const HEARTBEAT: &str = "worker.heartbeat";
+/// What workers commonly report with a beat: accepted, not used.
+const BEAT_KNOWN: [&str; 4] = ["status", "load", "tasks_in_flight", "current_task"];
 /// Silent workers reported per event: keeps a mass outage under the host's
 /// per-invocation emit limit; the rest are reported by the next heartbeats.
 const MAX_REPORTS: usize = 16;
@@ -23,7 +32,12 @@ struct OnWorkerHeartbeat;
 
 impl Handler for OnWorkerHeartbeat {
     const NAME: &'static str = "on-worker-heartbeat";
-    const EVENTS: &'static [&'static str] = &["worker.heartbeat", CHECK];
+    const EVENTS: &'static [&'static str] = &[HEARTBEAT, CHECK];
+    const EMITS: &'static [&'static str] = &["worker.failed"];
+    const CONTRACTS: &'static [Contract] = &[
+        Contract { event_type: HEARTBEAT, schema: include_str!("schema/worker.heartbeat.json") },
+        Contract { event_type: CHECK, schema: include_str!("schema/system.heartbeat_check.json") },
+    ];
 
     fn handle(event: Event) -> Result<String> {
         let threshold_secs: i64 = config_or("threshold_secs", 90)?;
@@ -31,10 +45,11 @@ impl Handler for OnWorkerHeartbeat {
             return Err("setting threshold_secs must be at least 1".into());
         }
         let mut workers: Workers = state::load(WORKERS)?;
-        if cortex_sdk::already_applied(&workers.recent_event_ids, &event.id) {
-            return Ok(cortex_sdk::duplicate_summary(&event.id));
+        if already_applied(&workers.recent_event_ids, &event.id) {
+            return Ok(duplicate_summary(&event.id));
         }
         let applied = apply(&mut workers, &event, threshold_secs)?;
+        applied.leftover.warn();
         // Queued emits count only if this returns Ok, so a failed save does
         // not leave a flagged-but-unreported worker.
         for follow_up in applied.follow_ups {
@@ -67,12 +82,27 @@ struct Worker {
 #[derive(Debug)]
 struct Applied {
     summary: String,
-    follow_ups: Vec<FollowUp>,
+    follow_ups: Vec<Emit>,
+    leftover: Leftover,
+}
+
+/// The beating worker's id (`None` for the scheduled check).
+fn read(event: &Event) -> Result<(Option<String>, Leftover)> {
+    let mut p = Reader::new(event);
+    let id = if event.event_type == CHECK {
+        p.known(SCHEDULE_FIELDS);
+        None
+    } else {
+        p.known(BEAT_KNOWN);
+        Some(p.str("worker_id")?.unwrap_or_else(|| event.source.clone()))
+    };
+    Ok((id, p.finish()))
 }
 
 fn apply(workers: &mut Workers, event: &Event, threshold_secs: i64) -> Result<Applied> {
-    let now = cortex_sdk::event_time(event)?;
-    let beating = if event.event_type == CHECK { None } else { Some(record_beat(workers, event, now)?) };
+    let now = event.time()?;
+    let (id, leftover) = read(event)?;
+    let beating = id.map(|id| record_beat(workers, id, event, now));
     let mut follow_ups = Vec::new();
     let mut reported = Vec::new();
     for (other, w) in workers.workers.iter_mut().filter(|(other, _)| beating.as_ref() != Some(*other)) {
@@ -85,10 +115,10 @@ fn apply(workers: &mut Workers, event: &Event, threshold_secs: i64) -> Result<Ap
             "worker_id": other, "error": "heartbeat timeout", "last_seen": w.last_seen,
             "silent_secs": silent_secs, "threshold_secs": threshold_secs,
         });
-        follow_ups.push(FollowUp::new("worker.failed", payload).priority(Priority::High));
+        follow_ups.push(Emit::with_payload("worker.failed", payload).priority(Priority::High));
         reported.push(format!("{other} ({silent_secs}s)"));
     }
-    cortex_sdk::remember(&mut workers.recent_event_ids, &event.id);
+    remember(&mut workers.recent_event_ids, &event.id);
     let mut summary = match &beating {
         Some(id) => format!("heartbeat {} from {id}", workers.workers[id].beats),
         None => format!("heartbeat check of {} workers", workers.workers.len()),
@@ -96,15 +126,11 @@ fn apply(workers: &mut Workers, event: &Event, threshold_secs: i64) -> Result<Ap
     if !reported.is_empty() {
         summary.push_str(&format!("; silent past {threshold_secs}s: {}", reported.join(", ")));
     }
-    Ok(Applied { summary, follow_ups })
+    Ok(Applied { summary, follow_ups, leftover })
 }
 
-/// Records a `worker.heartbeat`; returns the worker's id.
-fn record_beat(workers: &mut Workers, event: &Event, now: i64) -> Result<String> {
-    let id = match opt_str(&event.payload, "worker_id")? {
-        Some(id) if !id.trim().is_empty() => id,
-        _ => event.source.clone(),
-    };
+/// Records a `worker.heartbeat` of worker `id`; returns the id.
+fn record_beat(workers: &mut Workers, id: String, event: &Event, now: i64) -> String {
     let me = workers.workers.entry(id.clone()).or_default();
     me.beats += 1;
     // A heartbeat older than the latest one (a late redelivery) proves
@@ -114,7 +140,7 @@ fn record_beat(workers: &mut Workers, event: &Event, now: i64) -> Result<String>
         me.last_seen_epoch = now;
         me.flagged = false;
     }
-    Ok(id)
+    id
 }
 
 #[cfg(test)]
@@ -123,7 +149,7 @@ mod tests {
     use cortex_sdk::Value;
 
     fn beat(worker: &str, secs: i64) -> Event {
-        let ts = cortex_sdk::format_rfc3339(1_764_590_400 + secs);
+        let ts = cortex_sdk::time::format_rfc3339(1_764_590_400 + secs).unwrap();
         let envelope = json!({
             "event_id": format!("evt_20251201_120000_{worker}{secs:06}"), "event_type": "worker.heartbeat",
             "timestamp": ts, "source": "pool", "metadata": {"priority": "low"}, "payload": {"worker_id": worker},
@@ -196,8 +222,40 @@ mod tests {
         apply(&mut w, &e, 90).unwrap();
         assert!(w.workers.contains_key("pool"));
         e.id = "evt_20251201_120000_other1".into();
+        e.payload.insert("worker_id".into(), json!(["w"]));
+        let err = apply(&mut w, &e, 90).unwrap_err();
+        assert!(err.message().starts_with("payload.worker_id must be a string") && !err.is_retryable(), "{err}");
         e.payload.insert("worker_id".into(), json!(7));
-        assert!(apply(&mut w, &e, 90).unwrap_err().contains("payload.worker_id"));
+        apply(&mut w, &e, 90).unwrap();
+        assert!(w.workers.contains_key("7"), "a number is taken as its text");
+    }
+
+    #[test]
+    fn unknown_fields_are_named_and_the_schedules_fields_known() {
+        let mut w = Workers::default();
+        let mut e = beat("a", 0);
+        e.payload.insert("load".into(), json!(0.5));
+        e.payload.insert("gpu_temp".into(), json!(71));
+        assert_eq!(apply(&mut w, &e, 90).unwrap().leftover.ignored, ["gpu_temp"]);
+        let mut check = beat("x", 10);
+        check.event_type = CHECK.into();
+        check.payload = json!({"schedule": "heartbeat-check", "tick": "t", "missed": 0}).as_object().unwrap().clone();
+        assert!(apply(&mut w, &check, 90).unwrap().leftover.ignored.is_empty());
+    }
+
+    #[test]
+    fn the_contracts_match_the_parser() {
+        let fixture = Event::from_envelope_json(include_str!("../fixtures/worker-heartbeat.json")).unwrap();
+        let mut full = beat("a", 0);
+        for (k, v) in json!({"status": "busy", "current_task": "t"}).as_object().unwrap() {
+            full.payload.insert(k.clone(), v.clone());
+        }
+        let read = |e: &Event| read(e).map(|(_, left)| left);
+        cortex_sdk::contract::check(OnWorkerHeartbeat::CONTRACTS[0].schema, &[fixture, full], read).unwrap();
+        let mut check = beat("x", 10);
+        check.event_type = CHECK.into();
+        check.payload = json!({"schedule": "heartbeat-check", "tick": "t", "missed": 0}).as_object().unwrap().clone();
+        cortex_sdk::contract::check(OnWorkerHeartbeat::CONTRACTS[1].schema, &[check], read).unwrap();
     }
 
     #[test]
