@@ -12,6 +12,7 @@
 //! - [`layout`]: where each file of a coordination root lives; `init`.
 //! - [`fsio`]: crash-safe file primitives (temp + fsync + rename, `syncfs`).
 //! - [`journal`]: the category JSONL logs.
+//! - [`kv`]: handler state (`wasi:keyvalue`), committed with each event's settlement.
 //! - [`records`]: every record written and read back (archive line, dead
 //!   letter, delivery history, service status, replay and retry marks), one
 //!   type each, and the failure kinds they record.
@@ -52,6 +53,7 @@ pub mod handlers;
 pub mod harness;
 pub mod inventory;
 pub mod journal;
+pub mod kv;
 pub mod layout;
 pub mod metrics;
 pub mod pattern;
