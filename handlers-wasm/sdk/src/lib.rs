@@ -40,8 +40,13 @@
 //! - `emit`: [`Emit`], the one follow-up event builder.
 //! - `config`: the handler's settings.
 //! - `log`: lines for the host's log.
-//! - `state`: JSON state files in the grants, and the applied-id list that
-//!   makes at-least-once delivery safe.
+//! - `kv`: handler state in the host's key-value buckets
+//!   (`wasi:keyvalue`): [`kv::Bucket`] with JSON values and counters,
+//!   committed with the event; `kv/memory.rs` stands in for the host in
+//!   native unit tests.
+//! - `state`: JSON files in the grants, for what a person reads (reports,
+//!   ledgers); the applied-id list is for handlers that still keep state
+//!   in files.
 //! - `time`: RFC 3339 timestamps (chrono) and the WASI wall clock.
 
 #[doc(hidden)]
@@ -52,6 +57,8 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "export_handler",
         default_bindings_module: "cortex_sdk::bindings",
+        // The world imports wasi:keyvalue, a package of its own.
+        generate_all,
     });
 }
 
@@ -61,6 +68,7 @@ mod emit;
 mod error;
 mod event;
 mod handler;
+pub mod kv;
 pub mod log;
 mod payload;
 pub mod state;
