@@ -1,24 +1,30 @@
 //! `on-worker-heartbeat`: the heartbeat monitor without a polling daemon.
-//! Every `worker.heartbeat` updates its worker in
-//! `/state/heartbeats/workers.json` and then, taking the event's time as now,
+//! Every `worker.heartbeat` updates its worker's record in the `heartbeats`
+//! bucket (key: the worker id) and then, taking the event's time as now,
 //! reports each other worker that has been silent past the threshold with one
 //! `worker.failed` — once per silence, until it beats again. A
 //! `system.heartbeat_check` (the default `heartbeat-check` schedule emits one
 //! a minute) does the same check with no beat, so a silence is noticed even
 //! when every worker has gone quiet.
 //!
+//! The host commits the records with the event: a redelivered event
+//! changes nothing, and two events that flag the same worker at once are
+//! settled one after the other (a record read and then written is checked
+//! at commit), so each silence is reported once.
+//!
 //! The accepted payloads are the JSON Schemas in `src/schema/` (returned by
 //! `describe()`); unknown fields are logged at warn level, and an unusable
 //! payload is refused as not retryable.
 
-use cortex_sdk::state::{self, already_applied, duplicate_summary, remember};
+use cortex_sdk::kv::{self, Bucket};
 use cortex_sdk::{
     Contract, Emit, Event, Handler, Leftover, Priority, Reader, Result, SCHEDULE_FIELDS, config_or, json,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-const WORKERS: &str = "/state/heartbeats/workers.json";
+/// One key per worker id, a [`Worker`] record each.
+const BUCKET: &str = "heartbeats";
 /// The scheduled check: report silent workers without a beat.
 const CHECK: &str = "system.heartbeat_check";
 const HEARTBEAT: &str = "worker.heartbeat";
@@ -44,31 +50,49 @@ impl Handler for OnWorkerHeartbeat {
         if threshold_secs <= 0 {
             return Err("setting threshold_secs must be at least 1".into());
         }
-        let mut workers: Workers = state::load(WORKERS)?;
-        if already_applied(&workers.recent_event_ids, &event.id) {
-            return Ok(duplicate_summary(&event.id));
-        }
+        let bucket = Bucket::open(BUCKET)?;
+        let mut workers = Workers::load(&bucket)?;
         let applied = apply(&mut workers, &event, threshold_secs)?;
         applied.leftover.warn();
-        // Queued emits count only if this returns Ok, so a failed save does
-        // not leave a flagged-but-unreported worker.
+        // Queued emits and the records are committed together, only if this
+        // returns Ok: no flagged-but-unreported worker.
         for follow_up in applied.follow_ups {
             follow_up.send()?;
         }
-        state::save(WORKERS, &workers)?;
+        workers.save(&bucket)?;
         Ok(applied.summary)
     }
 }
 
 cortex_sdk::handler!(OnWorkerHeartbeat);
 
-/// `/state/heartbeats/workers.json`.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The bucket's records as one event sees them, and which it changed.
+#[derive(Debug, Default)]
 struct Workers {
     workers: BTreeMap<String, Worker>,
-    recent_event_ids: Vec<String>,
+    changed: BTreeSet<String>,
 }
 
+impl Workers {
+    /// Every worker's record.
+    fn load(bucket: &Bucket) -> Result<Workers> {
+        let ids = bucket.keys("")?;
+        let records = bucket.get_many::<Worker, _>(&ids)?;
+        let workers = ids.into_iter().zip(records).filter_map(|(id, w)| Some((id, w?))).collect();
+        Ok(Workers { workers, changed: BTreeSet::new() })
+    }
+
+    /// Writes the records this event changed (only those: a record written
+    /// is checked at commit against the version read).
+    fn save(&self, bucket: &Bucket) -> Result<()> {
+        for id in &self.changed {
+            bucket.set(id, &self.workers[id])?;
+        }
+        Ok(())
+    }
+}
+
+/// One worker's record: the value of its key.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
 struct Worker {
     /// RFC 3339, as the latest heartbeat gave it.
@@ -94,7 +118,11 @@ fn read(event: &Event) -> Result<(Option<String>, Leftover)> {
         None
     } else {
         p.known(BEAT_KNOWN);
-        Some(p.str("worker_id")?.unwrap_or_else(|| event.source.clone()))
+        let id = p.str("worker_id")?.unwrap_or_else(|| event.source.clone());
+        if !kv::valid_key(&id) {
+            return Err(p.wrong("worker_id", "at most 1024 bytes of text without NUL", &json!(id)));
+        }
+        Some(id)
     };
     Ok((id, p.finish()))
 }
@@ -111,6 +139,7 @@ fn apply(workers: &mut Workers, event: &Event, threshold_secs: i64) -> Result<Ap
             continue;
         }
         w.flagged = true;
+        workers.changed.insert(other.clone());
         let payload = json!({
             "worker_id": other, "error": "heartbeat timeout", "last_seen": w.last_seen,
             "silent_secs": silent_secs, "threshold_secs": threshold_secs,
@@ -118,7 +147,6 @@ fn apply(workers: &mut Workers, event: &Event, threshold_secs: i64) -> Result<Ap
         follow_ups.push(Emit::with_payload("worker.failed", payload).priority(Priority::High));
         reported.push(format!("{other} ({silent_secs}s)"));
     }
-    remember(&mut workers.recent_event_ids, &event.id);
     let mut summary = match &beating {
         Some(id) => format!("heartbeat {} from {id}", workers.workers[id].beats),
         None => format!("heartbeat check of {} workers", workers.workers.len()),
@@ -131,6 +159,7 @@ fn apply(workers: &mut Workers, event: &Event, threshold_secs: i64) -> Result<Ap
 
 /// Records a `worker.heartbeat` of worker `id`; returns the id.
 fn record_beat(workers: &mut Workers, id: String, event: &Event, now: i64) -> String {
+    workers.changed.insert(id.clone());
     let me = workers.workers.entry(id.clone()).or_default();
     me.beats += 1;
     // A heartbeat older than the latest one (a late redelivery) proves
@@ -256,6 +285,29 @@ mod tests {
         check.event_type = CHECK.into();
         check.payload = json!({"schedule": "heartbeat-check", "tick": "t", "missed": 0}).as_object().unwrap().clone();
         cortex_sdk::contract::check(OnWorkerHeartbeat::CONTRACTS[1].schema, &[check], read).unwrap();
+    }
+
+    #[test]
+    fn only_the_changed_records_are_written_and_read_back() {
+        let bucket = Bucket::open(BUCKET).unwrap();
+        let mut w = Workers::load(&bucket).unwrap();
+        apply(&mut w, &beat("a", 0), 90).unwrap();
+        apply(&mut w, &beat("b", 0), 90).unwrap();
+        w.save(&bucket).unwrap();
+        let mut w = Workers::load(&bucket).unwrap();
+        assert_eq!(w.workers.len(), 2);
+        assert!(w.changed.is_empty());
+        let a = apply(&mut w, &beat("b", 100), 90).unwrap();
+        assert_eq!(failed_workers(&a), [json!("a")]);
+        assert_eq!(w.changed.iter().collect::<Vec<_>>(), ["a", "b"]);
+        w.save(&bucket).unwrap();
+        let stored = cortex_sdk::kv::memory::dump(BUCKET);
+        let a: Worker = serde_json::from_str(&stored["a"]).unwrap();
+        assert!(a.flagged && a.beats == 1, "{a:?}");
+        let mut quiet = Workers::load(&bucket).unwrap();
+        assert_eq!(quiet.workers["b"].beats, 2);
+        apply(&mut quiet, &beat("c", 100), 90).unwrap();
+        assert_eq!(quiet.changed.iter().collect::<Vec<_>>(), ["c"], "nobody new to flag: only the beat is written");
     }
 
     #[test]
