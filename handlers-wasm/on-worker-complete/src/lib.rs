@@ -1,8 +1,13 @@
-//! `on-worker-complete`: keeps one record per worker in `/state/workers/<id>.json`
-//! (status, current task, run counts, tokens, durations, last error) from its
-//! `worker.started`, `worker.completed` and `worker.failed` events, and turns a
-//! completed run that names its task into `task.completed`, so task tracking
-//! does not have to know about workers.
+//! `on-worker-complete`: keeps one record per worker in the `workers` bucket
+//! (key: the worker id; status, current task, run counts, tokens, durations,
+//! last error) from its `worker.started`, `worker.completed` and
+//! `worker.failed` events, and turns a completed run that names its task into
+//! `task.completed`, so task tracking does not have to know about workers.
+//!
+//! The host commits the record with the event and its follow-up: a
+//! redelivered event changes nothing, and two events of one worker handled at
+//! once are settled one after the other (a record read and then written is
+//! checked at commit, and the later event runs again on the new record).
 //!
 //! Token counts may come as `tokens_used` (a number or its text) or as
 //! `usage` {input_tokens, output_tokens} (or prompt_tokens /
@@ -11,14 +16,12 @@
 //! `describe()`); unknown fields are logged at warn level, and an unusable
 //! payload is refused as not retryable.
 
-use cortex_sdk::state::{self, already_applied, duplicate_summary, remember};
+use cortex_sdk::kv::{self, Bucket};
 use cortex_sdk::{Contract, Emit, Event, Handler, Leftover, Reader, Result, Value, json};
 use serde::{Deserialize, Serialize};
 
-/// The grant holding the worker records.
-const STATE_DIR: &str = "/state/workers";
-/// Longest file stem: worker ids come from producers, file names have limits.
-const MAX_STEM: usize = 120;
+/// One key per worker id, a [`WorkerRecord`] each.
+const BUCKET: &str = "workers";
 
 struct OnWorkerComplete;
 
@@ -34,26 +37,22 @@ impl Handler for OnWorkerComplete {
 
     fn handle(event: Event) -> Result<String> {
         let worker_id = worker_id(&event)?;
-        let path = format!("{STATE_DIR}/{}.json", file_stem(&worker_id));
-        let mut record: WorkerRecord = state::load(&path)?;
-        if already_applied(&record.recent_event_ids, &event.id) {
-            return Ok(duplicate_summary(&event.id));
-        }
+        let bucket = Bucket::open(BUCKET)?;
+        let mut record: WorkerRecord = bucket.get(&worker_id)?.unwrap_or_default();
         let applied = apply(&mut record, &worker_id, &event)?;
         applied.leftover.warn();
-        // Emit before saving: if the save fails the event is retried and the
-        // emits of this attempt are discarded with it, so nothing doubles.
+        // The follow-up and the record are committed together with the event.
         for follow_up in applied.follow_ups {
             follow_up.send()?;
         }
-        state::save(&path, &record)?;
+        bucket.set(&worker_id, &record)?;
         Ok(applied.summary)
     }
 }
 
 cortex_sdk::handler!(OnWorkerComplete);
 
-/// One worker's record, as stored.
+/// One worker's record: the value of its key.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct WorkerRecord {
     worker_id: String,
@@ -76,8 +75,6 @@ struct WorkerRecord {
     first_seen: String,
     last_seen: String,
     last_event_id: String,
-    /// Applied event ids, to recognise redeliveries.
-    recent_event_ids: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -111,9 +108,15 @@ struct Applied {
     leftover: Leftover,
 }
 
-/// The worker an event is about: `payload.worker_id`, else the event source.
+/// The worker an event is about: `payload.worker_id`, else the event
+/// source; refused when it cannot be a key.
 fn worker_id(event: &Event) -> Result<String> {
-    Ok(Reader::new(event).str("worker_id")?.unwrap_or_else(|| event.source.clone()))
+    let mut p = Reader::new(event);
+    let id = p.str("worker_id")?.unwrap_or_else(|| event.source.clone());
+    if !kv::valid_key(&id) {
+        return Err(p.wrong("worker_id", "at most 1024 bytes of text without NUL", &json!(id)));
+    }
+    Ok(id)
 }
 
 /// Tokens a run used.
@@ -186,18 +189,6 @@ fn read_tokens(p: &mut Reader, event_type: &str) -> Result<Option<Tokens>> {
     })
 }
 
-/// A worker id made safe as a file name: `[A-Za-z0-9._-]` kept, the rest `_`.
-fn file_stem(worker_id: &str) -> String {
-    let stem: String = worker_id
-        .chars()
-        .take(MAX_STEM)
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
-        .collect();
-    // "." and ".." would still be a plain `<stem>.json` file, but an empty
-    // stem would make a hidden ".json".
-    if stem.is_empty() { "_".into() } else { stem }
-}
-
 /// Applies one worker event to the worker's record.
 fn apply(record: &mut WorkerRecord, worker_id: &str, event: &Event) -> Result<Applied> {
     let now = event.time()?;
@@ -267,7 +258,6 @@ fn apply(record: &mut WorkerRecord, worker_id: &str, event: &Event) -> Result<Ap
         }
         other => return Err(format!("event type {other} is not handled by on-worker-complete").into()),
     };
-    remember(&mut record.recent_event_ids, &event.id);
     Ok(Applied { summary, follow_ups, leftover })
 }
 
@@ -321,7 +311,6 @@ mod tests {
             f.payload,
             json!({"task_id": "t1", "worker_id": "w1", "status": "completed", "duration_ms": 300, "tokens_used": 1200})
         );
-        assert_eq!(r.recent_event_ids.len(), 2);
     }
 
     #[test]
@@ -451,12 +440,43 @@ mod tests {
     }
 
     #[test]
-    fn worker_ids_fall_back_to_source_and_are_sanitised() {
+    fn worker_ids_fall_back_to_source_and_must_fit_a_key() {
         let e = event("evt_20251201_120000_ffffff", "worker.started", "2025-12-01T12:00:00Z", json!({}));
         assert_eq!(worker_id(&e).unwrap(), "worker-pool");
-        assert_eq!(file_stem("../etc/pass wd"), ".._etc_pass_wd");
-        assert_eq!(file_stem("w-1.a_B"), "w-1.a_B");
-        assert_eq!(file_stem(""), "_");
+        let e = event(
+            "evt_20251201_120000_ffffff",
+            "worker.started",
+            "2025-12-01T12:00:00Z",
+            json!({"worker_id": "../a b"}),
+        );
+        assert_eq!(worker_id(&e).unwrap(), "../a b", "a key is not a path: no sanitising");
+        let long = json!({"worker_id": "w".repeat(1025)});
+        let err = worker_id(&event("evt_20251201_120000_ffffff", "worker.started", "2025-12-01T12:00:00Z", long))
+            .unwrap_err();
+        assert!(
+            !err.is_retryable() && err.message().starts_with("payload.worker_id must be at most 1024 bytes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_record_round_trips_through_the_bucket() {
+        let bucket = Bucket::open(BUCKET).unwrap();
+        let mut r: WorkerRecord = bucket.get("w1").unwrap().unwrap_or_default();
+        let e = event(
+            "evt_20251201_120000_rt0001",
+            "worker.completed",
+            "2025-12-01T12:00:00Z",
+            json!({"worker_id": "w1", "tokens_used": 7, "duration_ms": 5}),
+        );
+        apply(&mut r, "w1", &e).unwrap();
+        bucket.set("w1", &r).unwrap();
+        let stored: Value = serde_json::from_str(&cortex_sdk::kv::memory::dump(BUCKET)["w1"]).unwrap();
+        assert_eq!((stored["worker_id"].as_str(), stored["tokens_used"].as_u64()), (Some("w1"), Some(7)));
+        assert_eq!(stored["duration_ms"]["max"], 5);
+        assert!(stored.get("recent_event_ids").is_none(), "the host, not the record, recognises redeliveries");
+        let again: WorkerRecord = bucket.get("w1").unwrap().unwrap();
+        assert_eq!((again.runs, again.completed), (1, 1));
     }
 
     #[test]
