@@ -1,20 +1,26 @@
 //! `on-routing-decision`: the MoE routing monitor. Every `routing.decision_made`
-//! updates its master's statistics in `/state/routing/stats.json` (decisions,
-//! experts chosen, running mean confidence, low-confidence rate); a run of
-//! low-confidence decisions is reported as routing drift with a
+//! updates its master's statistics in the `routing` bucket (key: the master;
+//! decisions, experts chosen, running mean confidence, low-confidence rate);
+//! a run of low-confidence decisions is reported as routing drift with a
 //! `learning.pattern_detected` event for the learning loop.
+//!
+//! The host commits the statistics with the event and its follow-up: a
+//! redelivered decision is counted once, and two decisions of one master
+//! handled at once are settled one after the other (the record is read and
+//! then written, so the later one runs again on the new record).
 //!
 //! The choice may come as `expert`, `selected_expert` or `selected_master`
 //! (a coordinator choosing a master); the accepted shapes are the JSON Schema
 //! in `src/schema/` (returned by `describe()`). Unknown fields are logged at
 //! warn level; an unusable payload is refused as not retryable.
 
-use cortex_sdk::state::{self, already_applied, duplicate_summary, remember};
+use cortex_sdk::kv::{self, Bucket};
 use cortex_sdk::{Contract, Emit, Event, Handler, Leftover, Priority, Reader, Result, config_or, json};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-const STATS: &str = "/state/routing/stats.json";
+/// One key per master, a [`MasterStats`] record each.
+const BUCKET: &str = "routing";
 
 struct OnRoutingDecision;
 
@@ -31,16 +37,18 @@ impl Handler for OnRoutingDecision {
         if settings.drift_window == 0 {
             return Err("setting drift_window must be at least 1".into());
         }
-        let mut stats: Stats = state::load(STATS)?;
-        if already_applied(&stats.recent_event_ids, &event.id) {
-            return Ok(duplicate_summary(&event.id));
+        let bucket = Bucket::open(BUCKET)?;
+        let master = Decision::read(&event)?.0.master;
+        let mut stats = Stats::default();
+        if let Some(m) = bucket.get(&master)? {
+            stats.masters.insert(master.clone(), m);
         }
         let applied = apply(&mut stats, &event, &settings)?;
         applied.leftover.warn();
         for follow_up in applied.follow_ups {
             follow_up.send()?;
         }
-        state::save(STATS, &stats)?;
+        bucket.set(&master, &stats.masters[&master])?;
         Ok(applied.summary)
     }
 }
@@ -54,13 +62,13 @@ struct Settings {
     drift_window: u64,
 }
 
-/// `/state/routing/stats.json`.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The masters' records an event sees: `handle` loads the one it is about.
+#[derive(Debug, Default)]
 struct Stats {
     masters: BTreeMap<String, MasterStats>,
-    recent_event_ids: Vec<String>,
 }
 
+/// One master's statistics: the value of its key.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
 struct MasterStats {
     decisions: u64,
@@ -96,6 +104,9 @@ impl Decision {
     fn read(event: &Event) -> Result<(Decision, Leftover)> {
         let mut p = Reader::new(event);
         let master = p.str("master")?.or_else(|| event.master.clone()).filter(|m| !m.trim().is_empty());
+        if let Some(m) = master.as_ref().filter(|m| !kv::valid_key(m)) {
+            return Err(p.wrong("master", "at most 1024 bytes of text without NUL", &json!(m)));
+        }
         let expert = p.req_str(["expert", "selected_expert", "selected_master"])?;
         let confidence = match p.value(["confidence", "confidence_score"]) {
             None => return Err(cortex_sdk::Error::refuse("payload.confidence is required (a number from 0 to 1)")),
@@ -154,7 +165,6 @@ fn apply(stats: &mut Stats, event: &Event, settings: &Settings) -> Result<Applie
         m.consecutive_low = 0;
         m.drift_alerts += 1;
     }
-    remember(&mut stats.recent_event_ids, &event.id);
     Ok(Applied { summary, follow_ups, leftover })
 }
 
@@ -224,6 +234,21 @@ mod tests {
             assert!(!err.is_retryable() && err.message().starts_with(named), "{err}");
         }
         assert!(s.masters.is_empty());
+        let long = json!({"expert": "x", "confidence": 0.5, "master": "m".repeat(1025)});
+        let err = apply(&mut s, &decision(6, long), &SETTINGS).unwrap_err();
+        assert!(!err.is_retryable() && err.message().starts_with("payload.master must be at most 1024 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_masters_record_round_trips_through_the_bucket() {
+        let bucket = Bucket::open(BUCKET).unwrap();
+        let mut s = Stats::default();
+        apply(&mut s, &decision(1, json!({"expert": "rust", "confidence": 0.25})), &SETTINGS).unwrap();
+        bucket.set("code-master", &s.masters["code-master"]).unwrap();
+        let stored: MasterStats = bucket.get("code-master").unwrap().unwrap();
+        assert_eq!(stored, s.masters["code-master"]);
+        let text = &cortex_sdk::kv::memory::dump(BUCKET)["code-master"];
+        assert!(text.contains(r#""experts":{"rust":1}"#) && !text.contains("recent_event_ids"), "{text}");
     }
 
     #[test]
