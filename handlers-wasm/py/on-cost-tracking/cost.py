@@ -6,13 +6,21 @@ Nothing here touches WASI or the host, so it runs under plain CPython too
 Money is counted in integer micro-dollars: a price is USD per million
 tokens, so `tokens * price` is already micro-dollars, and no float error
 accumulates over millions of events.
+
+The totals are counters in the key-value bucket `cost`, which `account`
+reaches through a small bucket object (app.py wraps `wasi:keyvalue`; the
+tests a dict). Keys: `events`, `tokens`, `cost_micro_usd`,
+`unpriced_tokens`; the same three per model, master and day,
+`model/<name>/events|tokens|cost_micro_usd` (and `master/`, `day/`); and
+`alerted/<day>` once that day's budget alert is raised. Counters are added
+as deltas, so events handled at once never lose one; the host commits them
+with the event, so a redelivered event is counted once.
 """
 
 import json
 
-#: Event ids remembered for idempotency (a redelivered event is not counted
-#: twice). Far more than can be in flight or retried at once.
-REMEMBERED_IDS = 5000
+#: The longest model or master name used in a key (keys are at most 1024 bytes).
+MAX_NAME = 256
 
 
 class BadEvent(Exception):
@@ -56,21 +64,6 @@ SCHEMA = {
         },
     },
 }
-
-
-def empty_totals():
-    return {
-        "currency": "USD",
-        "events": 0,
-        "tokens": 0,
-        "cost_micro_usd": 0,
-        "unpriced_tokens": 0,
-        "by_model": {},
-        "by_master": {},
-        "by_day": {},
-        "alerted_days": [],
-        "recent_event_ids": [],
-    }
 
 
 def _count(value, field):
@@ -170,11 +163,21 @@ def price_micros(price, inp, out, total):
     return round(total * price)
 
 
-def _add(bucket, key, tokens, micros):
-    row = bucket.setdefault(key, {"events": 0, "tokens": 0, "cost_micro_usd": 0})
-    row["events"] += 1
-    row["tokens"] += tokens
-    row["cost_micro_usd"] += micros or 0
+def _add(bucket, prefix, tokens, micros):
+    """Counts one event under `prefix` (`model/<name>/`, or "" for the
+    whole); returns the new cost_micro_usd."""
+    bucket.increment(f"{prefix}events", 1)
+    bucket.increment(f"{prefix}tokens", tokens)
+    return bucket.increment(f"{prefix}cost_micro_usd", micros or 0)
+
+
+def _name(value, field):
+    """A model or master name as a key segment."""
+    if not isinstance(value, str):
+        raise BadEvent(f"{field} must be a string, found {json.dumps(value)[:200]}")
+    if len(value.encode()) > MAX_NAME or "\0" in value:
+        raise BadEvent(f"{field} must be at most {MAX_NAME} bytes without NUL, found {json.dumps(value[:80])}...")
+    return value
 
 
 def usd(micros):
@@ -186,43 +189,33 @@ def money(dollars):
     return f"${dollars:.2f}" if dollars >= 1 else f"${dollars:.4f}"
 
 
-def account(totals, event, settings):
-    """Adds one worker event to `totals` (in place).
+def account(bucket, event, settings):
+    """Adds one worker event to the counters in `bucket`.
 
-    `event` is a dict with event_id, event_type, timestamp, source, master and
-    payload; `settings` has prices (parsed), default_model and
-    daily_budget_usd. Returns (ledger_line or None, follow_ups, summary).
+    `bucket` has increment(key, delta) -> new value, get(key) -> bytes or
+    None and set(key, bytes). `event` is a dict with event_id, event_type,
+    timestamp, source, master and payload; `settings` has prices (parsed),
+    default_model and daily_budget_usd. Returns (ledger_line or None,
+    follow_ups, summary).
     """
-    if event["event_id"] in totals["recent_event_ids"]:
-        return None, [], f"already counted {event['event_id']}"
     payload = event["payload"]
     inp, out, total = usage(payload)
     if total is None:
         return None, [], f"{event['event_type']} from {event['source']} reports no token usage"
 
-    model = payload.get("model") or settings.get("default_model") or "unknown"
-    if not isinstance(model, str):
-        raise BadEvent(f"payload.model must be a string, found {json.dumps(model)}")
-    master = event.get("master") or "unassigned"
+    model = _name(payload.get("model") or settings.get("default_model") or "unknown", "payload.model")
+    master = _name(event.get("master") or "unassigned", "metadata.master")
     prices = settings["prices"]
     price = prices.get(model, prices.get("default"))
     micros = price_micros(price, inp, out, total)
     day = event["timestamp"][:10]
 
-    totals["events"] += 1
-    totals["tokens"] += total
-    totals["cost_micro_usd"] += micros or 0
+    _add(bucket, "", total, micros)
     if micros is None:
-        totals["unpriced_tokens"] += total
-    _add(totals["by_model"], model, total, micros)
-    _add(totals["by_master"], master, total, micros)
-    _add(totals["by_day"], day, total, micros)
-    for key in ("by_model", "by_master", "by_day"):
-        for row in totals[key].values():
-            row["cost_usd"] = usd(row["cost_micro_usd"])
-    totals["cost_usd"] = usd(totals["cost_micro_usd"])
-    totals["recent_event_ids"].append(event["event_id"])
-    del totals["recent_event_ids"][:-REMEMBERED_IDS]
+        bucket.increment("unpriced_tokens", total)
+    _add(bucket, f"model/{model}/", total, micros)
+    _add(bucket, f"master/{master}/", total, micros)
+    spent = _add(bucket, f"day/{day}/", total, micros)
 
     ledger = {
         "event_id": event["event_id"],
@@ -240,10 +233,10 @@ def account(totals, event, settings):
 
     follow_ups = []
     budget = settings.get("daily_budget_usd")
-    spent = totals["by_day"][day]["cost_micro_usd"]
-    if budget is not None and spent > budget * 1_000_000 and day not in totals["alerted_days"]:
-        totals["alerted_days"].append(day)
-        del totals["alerted_days"][:-60]
+    # Read, then written: the host checks `alerted/<day>` at commit, so of
+    # two events crossing the budget at once only one raises the alert.
+    if budget is not None and spent > budget * 1_000_000 and bucket.get(f"alerted/{day}") is None:
+        bucket.set(f"alerted/{day}", b"true")
         follow_ups.append({
             "event_type": "system.health_alert",
             "priority": "high",
