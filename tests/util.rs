@@ -271,6 +271,16 @@ impl Root {
         serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
     }
 
+    /// The JSON value of `key` in the key-value `bucket` (handler state in
+    /// `kv/state.db`), or `None`.
+    pub fn state_value(&self, bucket: &str, key: &str) -> Result<Option<Value>> {
+        use cortex::kv::Backend;
+        let db = cortex::kv::sqlite::SqliteBackend::open(&self.join("kv/state.db"))?;
+        db.get(bucket, key)?
+            .map(|v| serde_json::from_slice(&v.value).with_context(|| format!("parse state {bucket}/{key}")))
+            .transpose()
+    }
+
     /// Appends text to cortex.toml.
     pub fn configure(&self, extra: &str) -> Result<()> {
         let path = self.join("cortex.toml");

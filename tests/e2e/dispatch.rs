@@ -310,7 +310,7 @@ fn a_component_that_does_not_declare_its_routed_events_is_refused_or_warned_abou
     // The heartbeat component declares worker.heartbeat; routing task.* to it
     // is the wrong component behind a table.
     let table = "[handlers.watch]\ncomponent = \"{on-worker-heartbeat}\"\nevents = [\"task.*\"]\n\
-                 grants = [{ dir = \"state/heartbeats\", mode = \"rw\" }]\n";
+                 keyvalue = [\"heartbeats\"]\n";
     let root = Root::with_handlers(table)?;
     let out = root.fails(&["handlers", "check"])?;
     assert!(

@@ -1,5 +1,6 @@
 //! The seven built-in handlers, as `cortex init` configures them, through
-//! `cortex dispatch`: their state files and the events they emit.
+//! `cortex dispatch`: their state (files, and key-value buckets) and the
+//! events they emit.
 
 use anyhow::Result;
 use cortex_tests::{Root, event};
@@ -60,7 +61,7 @@ fn worker_complete_keeps_records_and_completes_tasks() -> Result<()> {
     lines += &event("worker.failed").at("2025-12-01T12:03:00Z").payload(json!({"worker_id": "w-1", "task_id": "t-2", "error": "disk full", "tokens_used": 50, "duration_ms": 20000})).line();
     let ids = root.batch(&lines)?;
     dispatched(&root)?;
-    let w = root.read_json("state/workers/w-1.json")?;
+    let w = root.state_value("workers", "w-1")?.expect("a record for w-1");
     assert_eq!(w["status"], "failed");
     assert_eq!((w["runs"].as_u64(), w["completed"].as_u64(), w["failed"].as_u64()), (Some(2), Some(1), Some(1)));
     assert_eq!(w["tokens_used"], 150);
@@ -79,7 +80,7 @@ fn worker_complete_keeps_records_and_completes_tasks() -> Result<()> {
     let again = root.archived_record(&ids[1])?.unwrap()["event"].to_string() + "\n";
     root.batch(&again)?;
     dispatched(&root)?;
-    assert_eq!(root.read_json("state/workers/w-1.json")?["tokens_used"], 150);
+    assert_eq!(root.state_value("workers", "w-1")?.unwrap()["tokens_used"], 150);
     assert_eq!(archived_events_of(&root, "task.completed")?.len(), 1);
     Ok(())
 }
@@ -188,11 +189,10 @@ fn heartbeat_reports_each_silence_once() -> Result<()> {
     let who: Vec<&str> = failed.iter().map(|e| e["payload"]["worker_id"].as_str().unwrap()).collect();
     assert_eq!(who, ["w-1", "w-1"], "{failed:?}");
     assert_eq!(failed[0]["payload"]["error"], "heartbeat timeout");
-    let state = root.read_json("state/heartbeats/workers.json")?;
-    assert_eq!(state["workers"]["w-2"]["beats"], 4);
-    assert_eq!(state["workers"]["w-1"]["flagged"], true);
+    assert_eq!(root.state_value("heartbeats", "w-2")?.unwrap()["beats"], 4);
+    assert_eq!(root.state_value("heartbeats", "w-1")?.unwrap()["flagged"], true);
     // The timeout flows on to the worker record.
-    assert_eq!(root.read_json("state/workers/w-1.json")?["status"], "failed");
+    assert_eq!(root.state_value("workers", "w-1")?.unwrap()["status"], "failed");
     Ok(())
 }
 
@@ -278,8 +278,7 @@ fn routing_tracks_confidence_and_flags_drift() -> Result<()> {
         .line();
     root.batch(&lines)?;
     dispatched(&root)?;
-    let stats = root.read_json("state/routing/stats.json")?;
-    let m1 = &stats["masters"]["m-1"];
+    let m1 = &root.state_value("routing", "m-1")?.expect("a record for m-1");
     assert_eq!(m1["decisions"], 6);
     assert_eq!(m1["experts"], json!({"e-a": 1, "e-b": 5}));
     assert_eq!(m1["low_confidence"], 5);

@@ -54,7 +54,7 @@ fn worker_tokens_as_text_or_usage_are_counted() -> Result<()> {
     )?;
     root.emit("worker.completed", r#"{"worker_id": "w-7", "usage": {"prompt_tokens": "10", "completion_tokens": 6}}"#)?;
     handled(&root)?;
-    let record = root.read_json("state/workers/w-7.json")?;
+    let record = root.state_value("workers", "w-7")?.expect("a record for w-7");
     assert_eq!(record["completed"], 3, "{record}");
     assert_eq!(record["tokens_used"], 1500 + 1234 + 16, "{record}");
     assert_eq!((record["input_tokens"].as_u64(), record["output_tokens"].as_u64()), (Some(1010), Some(240)));
