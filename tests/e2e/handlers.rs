@@ -175,16 +175,19 @@ fn security_alert_deduplicates_and_alerts_on_critical_findings() -> Result<()> {
 #[test]
 fn heartbeat_reports_each_silence_once() -> Result<()> {
     let root = Root::new()?;
-    let beat = |w: &str, ts: &str| event("worker.heartbeat").at(ts).payload(json!({"worker_id": w})).line();
-    let mut lines = String::new();
-    lines += &beat("w-1", "2025-12-01T12:00:00Z");
-    lines += &beat("w-2", "2025-12-01T12:00:30Z");
-    lines += &beat("w-2", "2025-12-01T12:01:40Z"); // w-1 silent 100 s > 90 s: one report
-    lines += &beat("w-2", "2025-12-01T12:02:40Z"); // still silent: no second report
-    lines += &beat("w-1", "2025-12-01T12:03:00Z"); // back
-    lines += &beat("w-2", "2025-12-01T12:05:00Z"); // w-1 silent 120 s again: second report
-    root.batch(&lines)?;
-    dispatched(&root)?;
+    // Beats arrive over minutes, so each is dispatched (and its record
+    // committed) before the next: a beat sees the records committed before
+    // it, not those of events settled in the same group commit.
+    let beat = |w: &str, ts: &str| -> Result<()> {
+        root.batch(&event("worker.heartbeat").at(ts).payload(json!({"worker_id": w})).line())?;
+        dispatched(&root).map(drop)
+    };
+    beat("w-1", "2025-12-01T12:00:00Z")?;
+    beat("w-2", "2025-12-01T12:00:30Z")?;
+    beat("w-2", "2025-12-01T12:01:40Z")?; // w-1 silent 100 s > 90 s: one report
+    beat("w-2", "2025-12-01T12:02:40Z")?; // still silent: no second report
+    beat("w-1", "2025-12-01T12:03:00Z")?; // back
+    beat("w-2", "2025-12-01T12:05:00Z")?; // w-1 silent 120 s again: second report
     let failed = archived_events_of(&root, "worker.failed")?;
     let who: Vec<&str> = failed.iter().map(|e| e["payload"]["worker_id"].as_str().unwrap()).collect();
     assert_eq!(who, ["w-1", "w-1"], "{failed:?}");
