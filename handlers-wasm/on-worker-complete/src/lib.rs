@@ -195,14 +195,18 @@ fn apply(record: &mut WorkerRecord, worker_id: &str, event: &Event) -> Result<Ap
     let (Run { task_id, tokens, duration, error }, leftover) = Run::read(event)?;
 
     record.worker_id = worker_id.to_string();
-    if record.first_seen.is_empty() {
+    let seen = |t: &str| cortex_sdk::time::parse_rfc3339(t);
+    if seen(&record.first_seen).is_none_or(|first| now < first) {
         record.first_seen = event.timestamp.clone();
     }
-    // A late redelivery must not move last_seen backwards.
-    if cortex_sdk::time::parse_rfc3339(&record.last_seen).is_none_or(|seen| now >= seen) {
+    // Events of one worker may be settled out of order (a redelivery, or an
+    // event run again after a commit conflict): an older one is counted but
+    // does not change what the worker is doing now.
+    let latest = seen(&record.last_seen).is_none_or(|last| now >= last);
+    if latest {
         record.last_seen = event.timestamp.clone();
+        record.last_event_id = event.id.clone();
     }
-    record.last_event_id = event.id.clone();
     if let Some(t) = &tokens {
         record.tokens_used = record.tokens_used.saturating_add(t.total);
         record.input_tokens = record.input_tokens.saturating_add(t.input);
@@ -215,29 +219,34 @@ fn apply(record: &mut WorkerRecord, worker_id: &str, event: &Event) -> Result<Ap
     let mut follow_ups = Vec::new();
     let summary = match event.event_type.as_str() {
         "worker.started" => {
-            record.status = "started".into();
-            record.current_task = task_id.clone();
+            if latest {
+                record.status = "started".into();
+                record.current_task = task_id.clone();
+            }
             format!("worker {worker_id} started{}", on_task(task_id.as_deref()))
         }
         "worker.completed" | "worker.failed" => {
             let completed = event.event_type == "worker.completed";
-            let finished = task_id.clone().or(record.current_task.take());
-            record.current_task = None;
-            if finished.is_some() {
-                record.last_task = finished.clone();
-            }
+            let status = if completed { "completed" } else { "failed" };
+            let finished = task_id.clone().or_else(|| record.current_task.clone().filter(|_| latest));
             record.runs += 1;
             if completed {
-                record.status = "completed".into();
                 record.completed += 1;
             } else {
-                record.status = "failed".into();
                 record.failed += 1;
-                record.last_error = Some(error.unwrap_or_else(|| "unknown error".into()));
+            }
+            if latest {
+                record.status = status.into();
+                record.current_task = None;
+                if finished.is_some() {
+                    record.last_task = finished.clone();
+                }
+                if !completed {
+                    record.last_error = Some(error.unwrap_or_else(|| "unknown error".into()));
+                }
             }
             let mut summary = format!(
-                "worker {worker_id} {}{} (runs {}, completed {}, failed {})",
-                record.status,
+                "worker {worker_id} {status}{} (runs {}, completed {}, failed {})",
                 on_task(finished.as_deref()),
                 record.runs,
                 record.completed,
@@ -457,6 +466,28 @@ mod tests {
             !err.is_retryable() && err.message().starts_with("payload.worker_id must be at most 1024 bytes"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_older_event_settled_late_is_counted_but_does_not_change_the_status() {
+        let mut r = WorkerRecord::default();
+        let at = |n: u32, ty: &str, payload: Value| {
+            event(&format!("evt_20251201_12000{n}_late{n:02}"), ty, &format!("2025-12-01T12:00:0{n}Z"), payload)
+        };
+        apply(&mut r, "w", &at(1, "worker.started", json!({"task_id": "t-1"}))).unwrap();
+        apply(&mut r, "w", &at(4, "worker.failed", json!({"task_id": "t-2", "error": "disk full"}))).unwrap();
+        // The t-2 start and the t-1 completion, settled after the failure.
+        apply(&mut r, "w", &at(3, "worker.started", json!({"task_id": "t-2"}))).unwrap();
+        let a = apply(&mut r, "w", &at(2, "worker.completed", json!({"task_id": "t-1"}))).unwrap();
+        assert_eq!(
+            (r.status.as_str(), r.current_task.as_deref(), r.last_task.as_deref()),
+            ("failed", None, Some("t-2"))
+        );
+        assert_eq!((r.runs, r.completed, r.failed), (2, 1, 1));
+        assert_eq!((r.first_seen.as_str(), r.last_seen.as_str()), ("2025-12-01T12:00:01Z", "2025-12-01T12:00:04Z"));
+        assert_eq!(r.last_event_id, "evt_20251201_120004_late04");
+        assert_eq!(a.follow_ups.len(), 1, "a late completion still completes its task");
+        assert!(a.summary.starts_with("worker w completed on task t-1"), "{}", a.summary);
     }
 
     #[test]
