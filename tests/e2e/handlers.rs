@@ -127,7 +127,7 @@ fn task_failure_retries_transient_errors_spots_patterns_and_alerts_on_permanent_
     assert_eq!(alerts[0]["payload"]["task_id"], "t-9");
     assert_eq!(alerts[0]["metadata"]["priority"], "critical");
     // The pattern reached the learning handler too.
-    assert!(root.read_json("state/learning/patterns.json")?["patterns"][signature].is_object());
+    assert!(root.state_value("learning", &format!("pattern/{signature}"))?.is_some());
     Ok(())
 }
 
@@ -248,15 +248,14 @@ fn learning_promotes_a_pattern_once_it_is_confident() -> Result<()> {
         .collect();
     root.batch(&lines)?;
     dispatched(&root)?;
-    let kb = root.read_json("state/learning/patterns.json")?;
-    let p = &kb["patterns"]["flaky db"];
+    let p = &root.state_value("learning", "pattern/flaky db")?.expect("a record for the pattern");
     assert_eq!(p["occurrences"], 10);
     assert_eq!(p["promoted"], true);
     assert!(p["confidence"].as_f64().unwrap() >= 0.8);
     let updates = archived_events_of(&root, "learning.model_updated")?;
     assert_eq!(updates.len(), 1, "promoted once, not on every later sighting");
     assert_eq!(updates[0]["payload"]["pattern"], "flaky db");
-    let models = root.read_json("state/learning/models.json")?;
+    let models = root.state_value("learning", "models")?.expect("the models record");
     assert_eq!(models["version"], 1);
     Ok(())
 }

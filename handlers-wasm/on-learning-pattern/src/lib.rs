@@ -1,23 +1,29 @@
 //! `on-learning-pattern`: the learning loop's memory. `learning.pattern_detected`
-//! events accumulate in a knowledge base, `/state/learning/patterns.json`,
-//! where each pattern's confidence grows with its occurrences; a pattern whose
-//! confidence first reaches the threshold is promoted with a
-//! `learning.model_updated` event. Those events (from here or elsewhere) are
-//! recorded in `/state/learning/models.json` and never emit anything, so the
-//! loop ends there.
+//! events accumulate in a knowledge base, the `learning` bucket (key
+//! `pattern/<name>`), where each pattern's confidence grows with its
+//! occurrences; a pattern whose confidence first reaches the threshold is
+//! promoted with a `learning.model_updated` event. Those events (from here or
+//! elsewhere) are recorded under the key `models` and never emit anything, so
+//! the loop ends there.
+//!
+//! The host commits the records with the event and its follow-up: a
+//! redelivered event changes nothing, and a record read and then written is
+//! checked at commit, so a pattern is promoted once.
 //!
 //! Numbers may come as text, and `count` is a synonym of `occurrences`; the
 //! accepted shapes are the JSON Schemas in `src/schema/` (returned by
 //! `describe()`). Unknown fields are logged at warn level; an unusable
 //! payload is refused as not retryable.
 
-use cortex_sdk::state::{self, already_applied, duplicate_summary, keep_last, remember};
+use cortex_sdk::kv::{self, Bucket};
+use cortex_sdk::state::keep_last;
 use cortex_sdk::{Contract, Emit, Event, Handler, Leftover, Reader, Result, Value, config_or, json};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-const PATTERNS: &str = "/state/learning/patterns.json";
-const MODELS: &str = "/state/learning/models.json";
+/// `pattern/<name>` → [`Pattern`], and `models` → [`Models`].
+const BUCKET: &str = "learning";
+const MODELS: &str = "models";
 /// Model updates kept in the history.
 const MAX_UPDATES: usize = 100;
 const PATTERN_DETECTED: &str = "learning.pattern_detected";
@@ -38,13 +44,11 @@ impl Handler for OnLearningPattern {
     ];
 
     fn handle(event: Event) -> Result<String> {
-        let mut models: Models = state::load(MODELS)?;
+        let bucket = Bucket::open(BUCKET)?;
+        let mut models: Models = bucket.get(MODELS)?.unwrap_or_default();
         if event.event_type == MODEL_UPDATED {
-            if already_applied(&models.recent_event_ids, &event.id) {
-                return Ok(duplicate_summary(&event.id));
-            }
             let summary = record_model_update(&mut models, &event)?;
-            state::save(MODELS, &models)?;
+            bucket.set(MODELS, &models)?;
             return Ok(summary);
         }
         let settings =
@@ -52,16 +56,18 @@ impl Handler for OnLearningPattern {
         if settings.k.is_nan() || settings.k <= 0.0 {
             return Err("setting confidence_k must be a positive number".into());
         }
-        let mut kb: Knowledge = state::load(PATTERNS)?;
-        if already_applied(&kb.recent_event_ids, &event.id) {
-            return Ok(duplicate_summary(&event.id));
+        let name = Detection::read(&event)?.0.name;
+        let key = pattern_key(&name);
+        let mut kb = Knowledge::default();
+        if let Some(p) = bucket.get(&key)? {
+            kb.patterns.insert(name.clone(), p);
         }
         let applied = pattern_detected(&mut kb, &event, &settings, models.version)?;
         applied.leftover.warn();
         for follow_up in applied.follow_ups {
             follow_up.send()?;
         }
-        state::save(PATTERNS, &kb)?;
+        bucket.set(&key, &kb.patterns[&name])?;
         Ok(applied.summary)
     }
 }
@@ -74,13 +80,18 @@ struct Settings {
     threshold: f64,
 }
 
-/// `/state/learning/patterns.json`.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The patterns an event sees: `handle` loads the one it is about.
+#[derive(Debug, Default)]
 struct Knowledge {
     patterns: BTreeMap<String, Pattern>,
-    recent_event_ids: Vec<String>,
 }
 
+/// The key of pattern `name`.
+fn pattern_key(name: &str) -> String {
+    format!("pattern/{name}")
+}
+
+/// The value of `pattern/<name>`.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Pattern {
     occurrences: u64,
@@ -92,12 +103,11 @@ struct Pattern {
     promoted: bool,
 }
 
-/// `/state/learning/models.json`.
+/// The value of `models`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Models {
     version: u64,
     history: Vec<ModelUpdate>,
-    recent_event_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,6 +141,9 @@ impl Detection {
     fn read(event: &Event) -> Result<(Detection, Leftover)> {
         let mut p = Reader::new(event);
         let name = p.req_str("pattern")?;
+        if !kv::valid_key(&pattern_key(&name)) {
+            return Err(p.wrong("pattern", "at most 1000 bytes of text without NUL", &json!(name)));
+        }
         let confidence = match p.value("confidence") {
             None => None,
             Some((key, v)) => match p.f64(key)? {
@@ -181,7 +194,6 @@ fn pattern_detected(kb: &mut Knowledge, event: &Event, settings: &Settings, mode
         ));
         summary.push_str(&format!("; promoted as model version {next}"));
     }
-    remember(&mut kb.recent_event_ids, &event.id);
     Ok(Applied { summary, follow_ups, leftover })
 }
 
@@ -209,7 +221,6 @@ fn record_model_update(models: &mut Models, event: &Event) -> Result<String> {
         payload: Value::Object(event.payload.clone()),
     });
     keep_last(&mut models.history, MAX_UPDATES);
-    remember(&mut models.recent_event_ids, &event.id);
     Ok(match pattern {
         Some(p) => format!("model version {} recorded (pattern {p:?})", models.version),
         None => format!("model version {} recorded", models.version),
@@ -338,6 +349,24 @@ mod tests {
         assert_eq!(m.version, 6);
         assert_eq!(m.history.len(), 2);
         assert_eq!(m.history[0].pattern.as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn records_round_trip_through_the_bucket_and_long_names_are_refused() {
+        let bucket = Bucket::open(BUCKET).unwrap();
+        let mut kb = Knowledge::default();
+        pattern_detected(&mut kb, &detected(1, json!({"pattern": "p", "occurrences": 2})), &SETTINGS, 0).unwrap();
+        bucket.set(&pattern_key("p"), &kb.patterns["p"]).unwrap();
+        let stored: Pattern = bucket.get("pattern/p").unwrap().unwrap();
+        assert_eq!(stored.occurrences, 2);
+        let text = &cortex_sdk::kv::memory::dump(BUCKET)["pattern/p"];
+        assert!(!text.contains("recent_event_ids"), "{text}");
+        let long = detected(2, json!({"pattern": "x".repeat(1020)}));
+        let err = pattern_detected(&mut kb, &long, &SETTINGS, 0).unwrap_err();
+        assert!(
+            !err.is_retryable() && err.message().starts_with("payload.pattern must be at most 1000 bytes"),
+            "{err}"
+        );
     }
 
     #[test]
