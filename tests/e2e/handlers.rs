@@ -119,8 +119,8 @@ fn task_failure_retries_transient_errors_spots_patterns_and_alerts_on_permanent_
     assert_eq!(patterns.len(), 1, "three failures with one signature within an hour: one pattern");
     let signature = patterns[0]["payload"]["pattern"].as_str().unwrap();
     assert!(signature.starts_with("timeout after <n>s"), "{signature}");
-    let state = root.read_json("state/failures/patterns.json")?;
-    assert_eq!(state["patterns"][signature]["count"], 3);
+    let pattern = root.state_value("failures", &format!("pattern/{signature}"))?.expect("the signature's record");
+    assert_eq!(pattern["count"], 3);
 
     let alerts = archived_events_of(&root, "system.health_alert")?;
     assert_eq!(alerts.len(), 1);

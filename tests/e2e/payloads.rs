@@ -79,9 +79,9 @@ fn a_task_failure_with_an_error_object_is_classified_and_retried() -> Result<()>
         r#"{"task_id": "t-9", "error": {"message": "socket hang up", "code": "ECONNRESET", "type": "NetworkError"}}"#,
     )?;
     handled(&root)?;
-    let patterns = root.read_json("state/failures/patterns.json")?;
     let signature = "networkerror: socket hang up (econnreset)";
-    assert_eq!(patterns["patterns"][signature]["example"], "NetworkError: socket hang up (ECONNRESET)", "{patterns}");
+    let pattern = root.state_value("failures", &format!("pattern/{signature}"))?.expect("the signature's record");
+    assert_eq!(pattern["example"], "NetworkError: socket hang up (ECONNRESET)", "{pattern}");
     let retries = root.archive_records_of("task.created")?;
     assert_eq!(retries.len(), 1, "a network reset is transient: {retries:?}");
     assert_eq!(retries[0]["event"]["payload"]["task_id"], "t-9");

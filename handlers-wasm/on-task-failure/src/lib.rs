@@ -1,12 +1,19 @@
 //! `on-task-failure`: the failure-pattern and auto-fix daemons as one handler.
 //! Each `task.failed` / `worker.failed` error is normalised into a signature
 //! (ids, numbers, quoted strings and paths replaced by placeholders) and
-//! counted in `/state/failures/patterns.json`. Transient failures of a task are
-//! retried by emitting `task.created` (logged in `/state/failures/auto-fix.json`);
-//! a signature recurring within the window emits `learning.pattern_detected`
+//! counted in the `failures` bucket (key `pattern/<signature>`). Transient
+//! failures of a task are retried by emitting `task.created` (the task's
+//! latest retry kept under `auto-fix/<task id>`); a signature recurring within the window emits `learning.pattern_detected`
 //! once per burst; a failure at high or critical priority that will not be
 //! retried (permanent, or transient with its retries exhausted) raises a
 //! `system.health_alert`.
+//!
+//! The host commits the records with the event and its follow-ups: a
+//! redelivered event changes nothing, and two failures of one signature
+//! handled at once are settled one after the other (a record read and then
+//! written is checked at commit), so a burst is reported once. Signatures
+//! are no longer evicted: a key costs nothing per event, and
+//! `cortex state delete` removes stale ones.
 //!
 //! The error may come as text, as an object `{message, code, type}` or as
 //! `error_message`; numbers may come as text. The accepted shapes are the
@@ -18,7 +25,8 @@
 //! fix); this file holds the state and the decisions, and is past 500 lines
 //! for its tests: one per accepted shape and per refusal.
 
-use cortex_sdk::state::{self, already_applied, duplicate_summary, keep_last, remember};
+use cortex_sdk::kv::{self, Bucket};
+use cortex_sdk::state::keep_last;
 use cortex_sdk::{Contract, Emit, Event, Handler, Leftover, Priority, Reader, Result, config_or, json};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -26,15 +34,11 @@ use std::collections::BTreeMap;
 mod classify;
 use classify::{is_transient, signature, suggested_fix};
 
-const PATTERNS: &str = "/state/failures/patterns.json";
-const AUTO_FIX: &str = "/state/failures/auto-fix.json";
+/// `pattern/<signature>` → [`Pattern`]; `auto-fix/<task id>` → the task's
+/// latest [`Retry`].
+const BUCKET: &str = "failures";
 /// Task ids kept per signature.
 const MAX_TASK_IDS: usize = 20;
-/// Retries kept in the auto-fix log.
-const MAX_RETRIES_LOGGED: usize = 100;
-/// Signatures kept; the least recently seen go first, so the file stays small
-/// even when errors embed ids the normaliser does not recognise.
-const MAX_PATTERNS: usize = 500;
 const TASK_FAILED: &str = "task.failed";
 const WORKER_FAILED: &str = "worker.failed";
 /// The names an error comes under, tried in this order.
@@ -63,24 +67,28 @@ impl Handler for OnTaskFailure {
         if settings.threshold == 0 || settings.window_secs <= 0 {
             return Err("settings pattern_threshold and pattern_window_secs must be at least 1".into());
         }
-        let mut patterns: Patterns = state::load(PATTERNS)?;
-        if already_applied(&patterns.recent_event_ids, &event.id) {
-            return Ok(duplicate_summary(&event.id));
+        let bucket = Bucket::open(BUCKET)?;
+        let sig = signature(&Failure::read(&event)?.0.error);
+        let key = format!("pattern/{sig}");
+        let mut patterns = Patterns::default();
+        if let Some(p) = bucket.get(&key)? {
+            patterns.patterns.insert(sig.clone(), p);
         }
-        let mut auto_fix: AutoFix = state::load(AUTO_FIX)?;
+        let mut auto_fix = AutoFix::default();
         let applied = apply(&mut patterns, &mut auto_fix, &event, &settings)?;
         applied.leftover.warn();
-        // Emits are kept only if this returns Ok, so a failed save below
-        // retries the whole event without doubling them.
+        // The emits and the records are committed together with the event.
         for follow_up in applied.follow_ups {
             follow_up.send()?;
         }
-        if applied.retried {
-            state::save(AUTO_FIX, &auto_fix)?;
+        for retry in &auto_fix.retries {
+            let key = format!("auto-fix/{}", retry.task_id);
+            if !kv::valid_key(&key) {
+                return Err(cortex_sdk::Error::refuse("payload.task_id must be at most 1000 bytes without NUL"));
+            }
+            bucket.set(&key, retry)?;
         }
-        // Saved last: it holds the applied ids, so a crash before this point
-        // lets the redelivery apply the event again.
-        state::save(PATTERNS, &patterns)?;
+        bucket.set(&key, &patterns.patterns[&sig])?;
         Ok(applied.summary)
     }
 }
@@ -95,13 +103,13 @@ struct Settings {
     window_secs: i64,
 }
 
-/// `/state/failures/patterns.json`.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The patterns an event sees: `handle` loads the one of its signature.
+#[derive(Debug, Default)]
 struct Patterns {
     patterns: BTreeMap<String, Pattern>,
-    recent_event_ids: Vec<String>,
 }
 
+/// The value of `pattern/<signature>`.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Pattern {
     count: u64,
@@ -118,12 +126,13 @@ struct Pattern {
     retryable: bool,
 }
 
-/// `/state/failures/auto-fix.json`.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The retries one event queued (`handle` stores each under its task).
+#[derive(Debug, Default)]
 struct AutoFix {
     retries: Vec<Retry>,
 }
 
+/// The value of `auto-fix/<task id>`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Retry {
     task_id: String,
@@ -172,8 +181,6 @@ impl Failure {
 struct Applied {
     summary: String,
     follow_ups: Vec<Emit>,
-    /// The auto-fix log changed.
-    retried: bool,
     leftover: Leftover,
 }
 
@@ -220,7 +227,6 @@ fn apply(patterns: &mut Patterns, auto_fix: &mut AutoFix, event: &Event, setting
                 at: event.timestamp.clone(),
                 retry_of: event.id.clone(),
             });
-            keep_last(&mut auto_fix.retries, MAX_RETRIES_LOGGED);
             retried = true;
             did.push(format!("retry queued as attempt {next}/{}", settings.max_retries));
         }
@@ -261,8 +267,6 @@ fn apply(patterns: &mut Patterns, auto_fix: &mut AutoFix, event: &Event, setting
         did.push("health alert raised".into());
     }
 
-    evict_stale(patterns);
-    remember(&mut patterns.recent_event_ids, &event.id);
     let subject = match (&failure.task_id, &failure.worker_id) {
         (Some(t), _) => format!("task {t}"),
         (None, Some(w)) => format!("worker {w}"),
@@ -273,7 +277,6 @@ fn apply(patterns: &mut Patterns, auto_fix: &mut AutoFix, event: &Event, setting
     Ok(Applied {
         summary: format!("{subject} failed ({kind}, attempt {}, signature {signature:?}): {did}", failure.attempt),
         follow_ups,
-        retried,
         leftover,
     })
 }
@@ -297,21 +300,6 @@ fn count_in_window(pattern: &mut Pattern, now: i64, settings: &Settings) -> Opti
         Some(occurrences)
     } else {
         None
-    }
-}
-
-/// Drops the least recently seen signatures beyond [`MAX_PATTERNS`].
-fn evict_stale(patterns: &mut Patterns) {
-    while patterns.patterns.len() > MAX_PATTERNS {
-        let oldest = patterns
-            .patterns
-            .iter()
-            .min_by_key(|(_, p)| cortex_sdk::time::parse_rfc3339(&p.last_seen).unwrap_or(i64::MIN))
-            .map(|(k, _)| k.clone());
-        match oldest {
-            Some(key) => patterns.patterns.remove(&key),
-            None => break,
-        };
     }
 }
 
@@ -477,7 +465,7 @@ mod tests {
         );
         let err = apply(&mut p, &mut fix, &bad_error, &SETTINGS).unwrap_err();
         assert!(err.message().starts_with("payload.error must be a string or an object with message"), "{err}");
-        assert!(p.recent_event_ids.len() == 1, "only the worker.failed was applied");
+        assert_eq!(p.patterns.values().map(|p| p.count).sum::<u64>(), 1, "only the worker.failed was applied");
     }
 
     fn with_error(n: u32, error: Value) -> Event {
