@@ -17,6 +17,7 @@
 //!   type each, and the failure kinds they record.
 //! - [`queue`]: the durable queue behind the [`queue::Queue`] trait, a
 //!   `queue/` file per job (names, claiming, group commit, recovery, archive).
+//! - [`lock`]: mutexes and rwlocks that stay usable after a panic (the one place that says why).
 //! - [`metrics`]: Prometheus counters, histograms and gauges.
 //! - [`producer`]: emit one event or a batch (the seed's event logger).
 //! - [`pattern`]: type globs (`worker.*`), the one matcher; depends on nothing.
@@ -53,6 +54,7 @@ pub mod harness;
 pub mod inventory;
 pub mod journal;
 pub mod layout;
+pub mod lock;
 pub mod metrics;
 pub mod pattern;
 pub mod producer;

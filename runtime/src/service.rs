@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::dispatch::{self, Broken, Dispatcher, Mode};
 use crate::fsio;
 use crate::layout::Layout;
+use crate::lock::{Recover, RecoverRw};
 use crate::queue::{FsQueue, Queue, now_rfc3339, now_us};
 use crate::records::{ServiceStatus, Serving};
 use crate::sandbox::Loaded;
@@ -202,8 +203,7 @@ fn http_app(
                 // Serving, but some handlers do not load: still ready (the
                 // others serve), with the detail for whoever looks.
                 let detail: String = broken
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .read_locked()
                     .iter()
                     .map(|(name, why)| format!("handler {name} does not load: {}\n", crate::text::escape(why)))
                     .collect();
@@ -286,7 +286,7 @@ fn schedule_loop(layout: &Layout, dispatcher: &Dispatcher, stop: &AtomicBool) {
             continue;
         }
         next_check = Instant::now() + Duration::from_secs(1);
-        let config = dispatcher.config_slot().read().unwrap_or_else(|e| e.into_inner()).clone();
+        let config = dispatcher.config_slot().read_locked().clone();
         // Nothing to fire, and nothing recorded to forget: no lock to take.
         if config.schedules.is_empty() && !had_schedules {
             continue;
@@ -371,7 +371,7 @@ impl Reloader {
 
     /// The files whose change triggers a reload.
     fn watched(&self) -> Vec<PathBuf> {
-        let config = self.active_config.lock().unwrap_or_else(|e| e.into_inner()).1.clone();
+        let config = self.active_config.locked().1.clone();
         let sandbox = self.dispatcher.sandbox();
         let mut files = vec![self.layout.config()];
         files.extend(config.handlers.values().map(|h| sandbox.component_path(h)));
@@ -379,7 +379,7 @@ impl Reloader {
     }
 
     fn current(&self) -> Arc<BTreeMap<String, Arc<Loaded>>> {
-        self.dispatcher.handlers().read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.dispatcher.handlers().read_locked().clone()
     }
 
     fn record_active(&self) {
@@ -402,7 +402,7 @@ impl Reloader {
                 return;
             }
         };
-        let (active_text, active_config) = self.active_config.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (active_text, active_config) = self.active_config.locked().clone();
         let config_changed = text != active_text;
         let config = if config_changed {
             match Config::parse(&text) {
@@ -475,25 +475,25 @@ impl Reloader {
             metrics.reload(false);
         }
         let broken_slot = self.dispatcher.broken();
-        let broken_changed = broken_slot.read().unwrap_or_else(|e| e.into_inner()).keys().ne(broken.keys());
+        let broken_changed = broken_slot.read_locked().keys().ne(broken.keys());
         if swapped.is_empty() && !config_changed && !broken_changed {
             return;
         }
-        *self.dispatcher.handlers().write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        *self.dispatcher.handlers().write_locked() = Arc::new(next);
         // Only now that the loaded ones serve may their waiting events run.
         metrics.set_broken(broken.keys().map(String::as_str));
-        *broken_slot.write().unwrap_or_else(|e| e.into_inner()) = broken;
-        *self.dispatcher.config_slot().write().unwrap_or_else(|e| e.into_inner()) = config.clone();
+        *broken_slot.write_locked() = broken;
+        *self.dispatcher.config_slot().write_locked() = config.clone();
         if config_changed {
             tracing::info!(changed = %config_changes(&active_config, &config), "cortex.toml reloaded");
         }
-        *self.active_config.lock().unwrap_or_else(|e| e.into_inner()) = (text, config);
+        *self.active_config.locked() = (text, config);
         metrics.reload(true);
         self.record_active();
     }
 
     fn any_fuel(&self) -> bool {
-        self.active_config.lock().unwrap_or_else(|e| e.into_inner()).1.needs_fuel()
+        self.active_config.locked().1.needs_fuel()
     }
 
     /// Writes `run/services/<pid>.json`: pid, address and the versions serving.
@@ -515,7 +515,7 @@ impl Reloader {
             listen: options.listen.map(|a| a.to_string()),
             updated_at: now_rfc3339(),
             handlers,
-            not_loading: self.dispatcher.broken().read().unwrap_or_else(|e| e.into_inner()).clone(),
+            not_loading: self.dispatcher.broken().read_locked().clone(),
         };
         let path = status_file(&self.layout);
         if let Some(dir) = path.parent() {

@@ -18,6 +18,7 @@ use anyhow::Result;
 use super::Summary;
 use super::lanes::Pending;
 use super::verdict::settle_one;
+use crate::lock::Recover;
 use crate::metrics::Metrics;
 use crate::queue::{Queue, Settlement, Verdict};
 use crate::records::Outcome;
@@ -35,26 +36,26 @@ pub(super) struct InFlight {
 impl InFlight {
     /// One more claimed.
     pub fn add(&self) {
-        *self.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        *self.count.locked() += 1;
     }
 
     /// `n` settled (or given up).
     fn done(&self, n: usize) {
-        *self.count.lock().unwrap_or_else(|e| e.into_inner()) -= n;
+        *self.count.locked() -= n;
         self.cv.notify_all();
     }
 
     /// Waits until fewer than `max` are in flight.
     pub fn wait_below(&self, max: usize) {
-        let mut n = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = self.count.locked();
         while *n >= max {
-            n = self.cv.wait(n).unwrap_or_else(|e| e.into_inner());
+            n = crate::lock::recover(self.cv.wait(n));
         }
     }
 
     /// Whether any are; if so, waits up to `timeout` for one to settle.
     pub fn wait_if_busy(&self, timeout: Duration) -> bool {
-        let n = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        let n = self.count.locked();
         if *n == 0 {
             return false;
         }

@@ -19,6 +19,7 @@ use super::commit::{InFlight, commit_loop};
 use super::lanes::{Lanes, Pending, Shared, Slots};
 use super::{Broken, Handlers, Mode, Summary};
 use crate::config::Config;
+use crate::lock::RecoverRw;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::sandbox::{Loaded, Sandbox};
@@ -84,7 +85,7 @@ impl Dispatcher {
     }
 
     pub(super) fn config(&self) -> Arc<Config> {
-        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.config.read_locked().clone()
     }
 
     /// Dispatches until the run's [`Mode`] says to stop or `stop` returns
@@ -125,7 +126,7 @@ impl Dispatcher {
         Ok(Summary {
             claimed,
             recovered_claims: recovered.requeued + recovered.finished,
-            broken: self.broken.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            broken: self.broken.read_locked().clone(),
             elapsed_ms: crate::text::millis(start.elapsed()),
             ..committed
         })

@@ -30,7 +30,7 @@ pub(super) fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settle
         let due = SystemTime::now() + pending.defer_for;
         return Settlement { claim, emitted: Vec::new(), verdict: Verdict::Defer { due } };
     }
-    let ran: Vec<Ran> = pending.results.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().flatten().collect();
+    let ran: Vec<Ran> = crate::lock::recover(pending.results.into_inner()).into_iter().flatten().collect();
     let tally = Tally::of(&ran, summary);
     summary.emitted += tally.emitted.len() as u64;
 
