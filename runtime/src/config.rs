@@ -3,6 +3,9 @@
 //! Loaded once per command (and again on reload in service mode). Unknown
 //! keys are errors that name the key, so a typo never silently falls back to
 //! a default. Everything else in the runtime takes a [`Config`], never raw TOML.
+//!
+//! About 400 lines of code; the rest of the file is its unit tests, which
+//! read best beside the rules they pin. The handler tables are `config/handler.rs`.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
