@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //! - [`event`]: the envelope, ids, the type catalogue, validation.
+//! - [`cloudevents`]: CloudEvents 1.0 to and from the envelope (ingest, export, webhooks).
 //! - [`config`]: `cortex.toml`, checked.
 //! - [`layout`]: where each file of a coordination root lives; `init`.
 //! - [`fsio`]: crash-safe file primitives (temp + fsync + rename, `syncfs`).
@@ -39,10 +40,12 @@
 //! - [`harness`]: `cortex handler test`: one component against fixture events in a throwaway root.
 //! - [`scaffold`]: `cortex handlers new`: a handler folder to start from.
 //! - [`text`]: guest and producer text escaped for terminals and log lines.
+//! - [`webhooks`]: outbound webhooks, signed per Standard Webhooks.
 //!
 //! The `cortex` binary (`main.rs`: parse, tracing, exit codes; `cli/`: one
 //! file per command) only parses flags and prints what these modules return.
 
+pub mod cloudevents;
 pub mod config;
 pub mod dispatch;
 pub mod dlq;
@@ -66,6 +69,7 @@ pub mod schedule;
 pub mod service;
 pub mod status;
 pub mod text;
+pub mod webhooks;
 
 /// The commented `cortex.toml` that `cortex init` writes.
 pub const DEFAULT_CONFIG: &str = include_str!("default-cortex.toml");
