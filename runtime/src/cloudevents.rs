@@ -17,17 +17,25 @@
 //! | `cortexpriority` | `metadata.priority` |
 //! | `cortexmaster` | `metadata.master` |
 //! | `cortextags` (comma-separated) | `metadata.tags` |
-//! | `cortexcausedby` | `metadata.caused_by.event_id` (outbound only) |
+//! | `cortexcausedby` | `metadata.caused_by.event_id` (outbound; inbound it is kept as an extension) |
+//! | `dataschema` | `metadata.cloudevent.dataschema` |
 //! | other extensions | `metadata.cloudevent.extensions` |
 //!
 //! Payloads are JSON objects, so `data_base64` and non-JSON content types
-//! are refused, each with a message naming the attribute.
+//! are refused. Every problem names the CloudEvents attribute it concerns,
+//! including those the Cortex [`Validator`] finds (an unknown `type`, a
+//! bad `cortexpriority`). `time` is kept as written when Cortex accepts it
+//! as a timestamp (so an exported event comes back unchanged), else in its
+//! RFC 3339 form with `T` and an offset.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::event::{Event, Invalid, Problem, Validator, is_valid_event_id};
+
+mod binary;
+pub use binary::from_binary;
 
 /// `Content-Type` of a structured-mode CloudEvent.
 pub const STRUCTURED: &str = "application/cloudevents+json";
@@ -36,7 +44,8 @@ pub const BATCH: &str = "application/cloudevents-batch+json";
 
 /// The context attributes this module maps itself; anything else is an
 /// extension.
-const ATTRIBUTES: [&str; 9] = ["specversion", "id", "source", "type", "time", "subject", "datacontenttype", "dataschema", "data"];
+const ATTRIBUTES: [&str; 9] =
+    ["specversion", "id", "source", "type", "time", "subject", "datacontenttype", "dataschema", "data"];
 const EXT_PRIORITY: &str = "cortexpriority";
 const EXT_MASTER: &str = "cortexmaster";
 const EXT_TAGS: &str = "cortextags";
@@ -75,8 +84,54 @@ fn is_json_type(content_type: &str) -> bool {
 /// # Errors
 /// Every problem found, CloudEvents attributes by their names.
 pub fn from_structured(validator: &Validator, ce: &Value, now: DateTime<Utc>) -> Result<Event, Invalid> {
-    let envelope = envelope(ce, now)?;
-    validator.validate(envelope)
+    let (mut envelope, normalized, mut problems) = envelope(ce, now);
+    if !problems.is_empty() {
+        // What the Cortex validator finds besides, so that one answer lists
+        // every problem; not again for an attribute already named.
+        if let Some(t) = &normalized {
+            envelope["timestamp"] = Value::String(t.clone());
+        }
+        for p in validator.problems(&envelope) {
+            let path = attribute_of(&p.path);
+            if !problems.iter().any(|q| q.path == path) {
+                problems.push(Problem { path, message: p.message });
+            }
+        }
+        return Err(Invalid(problems));
+    }
+    let mut result = validator.validate(envelope.clone());
+    // RFC 3339 allows forms Cortex timestamps do not (`t`, a space, `z`).
+    if let (Err(Invalid(problems)), Some(t)) = (&result, normalized)
+        && problems.iter().any(|p| p.path == "timestamp")
+    {
+        envelope["timestamp"] = Value::String(t);
+        result = validator.validate(envelope);
+    }
+    result.map_err(|Invalid(problems)| {
+        Invalid(problems.into_iter().map(|p| Problem { path: attribute_of(&p.path), message: p.message }).collect())
+    })
+}
+
+/// The CloudEvents attribute behind an envelope field that the Cortex
+/// validator named.
+fn attribute_of(path: &str) -> String {
+    let attr = match path {
+        "event_id" => "id",
+        "event_type" => "type",
+        "timestamp" => "time",
+        "correlation_id" => "subject",
+        "payload" => "data",
+        "metadata.priority" => EXT_PRIORITY,
+        "metadata.master" => EXT_MASTER,
+        p if p.starts_with("metadata.tags") => EXT_TAGS,
+        other => other,
+    };
+    attr.to_string()
+}
+
+/// A CloudEvents attribute name: lowercase ASCII letters and digits.
+fn is_attribute_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// Converts a batch (a JSON array of structured CloudEvents); each element
@@ -84,77 +139,18 @@ pub fn from_structured(validator: &Validator, ce: &Value, now: DateTime<Utc>) ->
 ///
 /// # Errors
 /// When the document is not an array.
-pub fn from_batch(validator: &Validator, batch: &Value, now: DateTime<Utc>) -> Result<Vec<Result<Event, Invalid>>, Invalid> {
+pub fn from_batch(
+    validator: &Validator,
+    batch: &Value,
+    now: DateTime<Utc>,
+) -> Result<Vec<Result<Event, Invalid>>, Invalid> {
     let Some(items) = batch.as_array() else {
-        return Err(Invalid(vec![problem("(document)", format!("a CloudEvents batch is a JSON array, found {}", crate::event::kind(batch)))]));
+        return Err(Invalid(vec![problem(
+            "(document)",
+            format!("a CloudEvents batch is a JSON array, found {}", crate::event::kind(batch)),
+        )]));
     };
     Ok(items.iter().map(|ce| from_structured(validator, ce, now)).collect())
-}
-
-/// Converts a binary-mode CloudEvent: the attributes are `ce-*` headers
-/// (names case-insensitive, values percent-encoded), the body is the data
-/// and `content-type` its type.
-///
-/// # Errors
-/// Every problem found.
-pub fn from_binary<'a>(
-    validator: &Validator,
-    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
-    body: &[u8],
-    now: DateTime<Utc>,
-) -> Result<Event, Invalid> {
-    let mut ce = Map::new();
-    let mut problems = Vec::new();
-    let mut content_type = None;
-    for (name, value) in headers {
-        let name = name.to_ascii_lowercase();
-        if name == "content-type" {
-            content_type = Some(value.to_string());
-        } else if let Some(attr) = name.strip_prefix("ce-") {
-            match percent_decode(value) {
-                Some(v) => {
-                    ce.insert(attr.to_string(), Value::String(v));
-                }
-                None => problems.push(problem(&name, "is not valid percent-encoded UTF-8")),
-            }
-        }
-    }
-    if let Some(ct) = &content_type {
-        ce.insert("datacontenttype".into(), Value::String(ct.clone()));
-    }
-    if !body.is_empty() {
-        if content_type.as_deref().is_some_and(|ct| !is_json_type(ct)) {
-            problems.push(problem("content-type", "Cortex payloads are JSON objects: send application/json"));
-        } else {
-            match serde_json::from_slice::<Value>(body) {
-                Ok(data) => {
-                    ce.insert("data".into(), data);
-                }
-                Err(e) => problems.push(problem("(body)", format!("malformed JSON: {e}"))),
-            }
-        }
-    }
-    if !problems.is_empty() {
-        return Err(Invalid(problems));
-    }
-    from_structured(validator, &Value::Object(ce), now)
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn string<'a>(ce: &'a Map<String, Value>, attr: &str, problems: &mut Vec<Problem>) -> Option<&'a str> {
@@ -168,40 +164,54 @@ fn string<'a>(ce: &'a Map<String, Value>, attr: &str, problems: &mut Vec<Problem
     }
 }
 
-/// The Cortex envelope (unvalidated JSON) of a CloudEvent.
-fn envelope(ce: &Value, now: DateTime<Utc>) -> Result<Value, Invalid> {
+/// The Cortex envelope (unvalidated JSON) of a CloudEvent, the normalized
+/// form of its `time` (for when Cortex refuses it as written), and the
+/// problems found in the CloudEvent's own attributes (then the envelope
+/// lacks what they would have given).
+fn envelope(ce: &Value, now: DateTime<Utc>) -> (Value, Option<String>, Vec<Problem>) {
     let Some(ce) = ce.as_object() else {
-        return Err(Invalid(vec![problem("(document)", format!("a CloudEvent is a JSON object, found {}", crate::event::kind(ce)))]));
+        let why = format!("a CloudEvent is a JSON object, found {}", crate::event::kind(ce));
+        return (Value::Null, None, vec![problem("(document)", why)]);
     };
     let mut problems = Vec::new();
     match string(ce, "specversion", &mut problems) {
         Some("1.0") => {}
-        Some(other) => problems.push(problem("specversion", format!("{} is not supported: send 1.0", crate::text::quote(other)))),
+        Some(other) => {
+            problems.push(problem("specversion", format!("{} is not supported: send 1.0", crate::text::quote(other))))
+        }
+        None if ce.get("specversion").is_some_and(|v| !v.is_null() && !v.is_string()) => {}
         None => problems.push(problem("specversion", "required attribute is missing")),
     }
-    let id = string(ce, "id", &mut problems).filter(|s| !s.is_empty());
-    let source = string(ce, "source", &mut problems).filter(|s| !s.is_empty());
-    let kind = string(ce, "type", &mut problems);
-    for (attr, present) in [("id", id.is_some()), ("source", source.is_some()), ("type", kind.is_some())] {
-        if !present && !problems.iter().any(|p| p.path == attr) {
-            problems.push(problem(attr, "required attribute is missing"));
+    let required = |attr: &str, problems: &mut Vec<Problem>| -> Option<String> {
+        match (ce.get(attr), string(ce, attr, problems)) {
+            (_, Some("")) => problems.push(problem(attr, "must not be empty")),
+            (_, Some(s)) => return Some(s.to_string()),
+            (None | Some(Value::Null), None) => problems.push(problem(attr, "required attribute is missing")),
+            // A value of the wrong kind, already reported.
+            (Some(_), None) => {}
         }
-    }
+        None
+    };
+    let id = required("id", &mut problems);
+    let source = required("source", &mut problems);
+    let kind = required("type", &mut problems);
     let time = match string(ce, "time", &mut problems) {
         None => None,
         Some(t) => match DateTime::parse_from_rfc3339(t) {
-            Ok(t) => Some(t),
+            Ok(parsed) => Some((t.to_string(), parsed)),
             Err(e) => {
-                problems.push(problem("time", format!("is not RFC 3339: {e}")));
+                problems.push(problem("time", format!("{} is not RFC 3339: {e}", crate::text::quote(t))));
                 None
             }
         },
     };
+    let subject = string(ce, "subject", &mut problems).filter(|s| !s.is_empty()).map(str::to_string);
     if let Some(ct) = string(ce, "datacontenttype", &mut problems)
         && !is_json_type(ct)
     {
         problems.push(problem("datacontenttype", "Cortex payloads are JSON objects: use application/json"));
     }
+    let dataschema = string(ce, "dataschema", &mut problems).map(str::to_string);
     if ce.contains_key("data_base64") {
         problems.push(problem("data_base64", "binary data is not supported: Cortex payloads are JSON objects"));
     }
@@ -221,26 +231,44 @@ fn envelope(ce: &Value, now: DateTime<Utc>) -> Result<Value, Invalid> {
         metadata.insert("master".into(), Value::String(m.to_string()));
     }
     if let Some(t) = string(ce, EXT_TAGS, &mut problems) {
-        let tags: Vec<Value> = t.split(',').map(str::trim).filter(|t| !t.is_empty()).map(|t| Value::String(t.into())).collect();
+        let tags: Vec<Value> =
+            t.split(',').map(str::trim).filter(|t| !t.is_empty()).map(|t| Value::String(t.into())).collect();
         metadata.insert("tags".into(), Value::Array(tags));
     }
-    let extensions: Map<String, Value> = ce
-        .iter()
-        .filter(|(k, _)| {
-            !ATTRIBUTES.contains(&k.as_str()) && ![EXT_PRIORITY, EXT_MASTER, EXT_TAGS, EXT_CAUSED_BY, "data_base64"].contains(&k.as_str())
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    if !problems.is_empty() {
-        return Err(Invalid(problems));
+    let mut extensions = Map::new();
+    for (name, value) in ce {
+        if ATTRIBUTES.contains(&name.as_str())
+            || [EXT_PRIORITY, EXT_MASTER, EXT_TAGS, "data_base64"].contains(&name.as_str())
+        {
+            continue;
+        }
+        if !is_attribute_name(name) {
+            problems.push(problem(
+                &crate::text::quote(name),
+                "is not a CloudEvents attribute name (lowercase letters and digits only)",
+            ));
+            continue;
+        }
+        match value {
+            Value::Null => {}
+            Value::String(_) | Value::Number(_) | Value::Bool(_) => {
+                extensions.insert(name.clone(), value.clone());
+            }
+            other => problems.push(problem(
+                name,
+                format!("an extension is a string, a number or a boolean, found {}", crate::event::kind(other)),
+            )),
+        }
     }
-    let (id, source, kind) = (id.unwrap_or_default(), source.unwrap_or_default(), kind.unwrap_or_default());
-    let utc = time.map_or(now, |t| t.with_timezone(&Utc));
-    let day_start = if time.is_some() { utc } else { now.date_naive().and_hms_opt(0, 0, 0).map_or(now, |d| d.and_utc()) };
-    let event_id = cortex_id(source, id, &day_start);
+    let utc = time.as_ref().map_or(now, |(_, t)| t.with_timezone(&Utc));
+    let stamp = if time.is_some() { utc } else { now.date_naive().and_hms_opt(0, 0, 0).map_or(now, |d| d.and_utc()) };
+    let event_id = id.as_ref().zip(source.as_ref()).map(|(id, source)| cortex_id(source, id, &stamp));
     let mut cloudevent = Map::new();
-    if event_id != id {
-        cloudevent.insert("id".into(), Value::String(id.to_string()));
+    if let Some(id) = id.filter(|id| event_id.as_ref() != Some(id)) {
+        cloudevent.insert("id".into(), Value::String(id));
+    }
+    if let Some(schema) = dataschema {
+        cloudevent.insert("dataschema".into(), Value::String(schema));
     }
     if !extensions.is_empty() {
         cloudevent.insert("extensions".into(), Value::Object(extensions));
@@ -248,25 +276,24 @@ fn envelope(ce: &Value, now: DateTime<Utc>) -> Result<Value, Invalid> {
     if !cloudevent.is_empty() {
         metadata.insert("cloudevent".into(), Value::Object(cloudevent));
     }
-    let timestamp = match time {
-        Some(t) => t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        None => now.to_rfc3339_opts(SecondsFormat::Millis, true),
+    let (timestamp, normalized) = match time {
+        Some((written, t)) => (written, Some(t.to_rfc3339_opts(SecondsFormat::AutoSi, true))),
+        None => (now.to_rfc3339_opts(SecondsFormat::Millis, true), None),
     };
-    let mut out = json!({
-        "event_id": event_id,
-        "event_type": kind,
-        "timestamp": timestamp,
-        "source": source,
-        "metadata": metadata,
-        "payload": payload,
-    });
-    if let Some(subject) = string(ce, "subject", &mut Vec::new()).filter(|s| !s.is_empty()) {
-        out["correlation_id"] = Value::String(subject.to_string());
+    let mut out = json!({"timestamp": timestamp, "metadata": metadata, "payload": payload});
+    for (field, value) in
+        [("event_id", event_id), ("event_type", kind), ("source", source), ("correlation_id", subject)]
+    {
+        if let Some(v) = value {
+            out[field] = Value::String(v);
+        }
     }
-    Ok(out)
+    (out, normalized, problems)
 }
 
-/// The structured-mode CloudEvent of an event.
+/// The structured-mode CloudEvent of an event (see the table above).
+/// Metadata it has no attribute for (`replay`, `dlq_retry`, custom keys) is
+/// left out.
 pub fn to_structured(event: &Event) -> Value {
     let meta = &event.metadata;
     let ce_meta = meta.extra.get("cloudevent").and_then(Value::as_object);
@@ -291,9 +318,18 @@ pub fn to_structured(event: &Event) -> Value {
     if let Some(by) = meta.extra.get("caused_by").and_then(|c| c.get("event_id")).and_then(Value::as_str) {
         ce.insert(EXT_CAUSED_BY.into(), json!(by));
     }
+    if let Some(schema) = ce_meta.and_then(|c| c.get("dataschema")).and_then(Value::as_str) {
+        ce.insert("dataschema".into(), json!(schema));
+    }
+    // Only what ingest could have kept: a producer may have written
+    // `metadata.cloudevent` by hand, and it must not set `subject` or `data`.
     if let Some(ext) = ce_meta.and_then(|c| c.get("extensions")).and_then(Value::as_object) {
         for (k, v) in ext {
-            ce.entry(k.clone()).or_insert_with(|| v.clone());
+            let reserved =
+                ATTRIBUTES.contains(&k.as_str()) || [EXT_PRIORITY, EXT_MASTER, EXT_TAGS].contains(&k.as_str());
+            if is_attribute_name(k) && !reserved && (v.is_string() || v.is_number() || v.is_boolean()) {
+                ce.entry(k.clone()).or_insert_with(|| v.clone());
+            }
         }
     }
     ce.insert("data".into(), Value::Object(event.payload.clone()));
@@ -366,28 +402,76 @@ mod tests {
     }
 
     #[test]
-    fn binary_mode_reads_headers_and_body() {
-        let headers = [
-            ("CE-SpecVersion", "1.0"),
-            ("ce-id", "42"),
-            ("ce-source", "/sensors/a%20b"),
-            ("ce-type", "worker.heartbeat"),
-            ("Content-Type", "application/json; charset=utf-8"),
-        ];
-        let e = from_binary(&validator(), headers, br#"{"worker_id": "w-1"}"#, now()).unwrap();
-        assert_eq!(e.source, "/sensors/a b");
-        assert_eq!(e.payload["worker_id"], "w-1");
-        assert!(e.event_id.starts_with("evt_20261201_000000_"), "{}", e.event_id);
-        let xml = [("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-source", "s"), ("ce-type", "worker.heartbeat"), ("content-type", "application/xml")];
-        assert!(from_binary(&validator(), xml, b"<a/>", now()).is_err());
-    }
-
-    #[test]
     fn a_batch_reports_each_element() {
         let batch = json!([sample(), {"specversion": "1.0"}]);
         let out = from_batch(&validator(), &batch, now()).unwrap();
         assert!(out[0].is_ok());
         assert!(out[1].is_err());
         assert!(from_batch(&validator(), &json!({}), now()).is_err());
+    }
+
+    fn paths(ce: &Value) -> Vec<String> {
+        let Invalid(problems) = from_structured(&validator(), ce, now()).unwrap_err();
+        problems.into_iter().map(|p| p.path).collect()
+    }
+
+    #[test]
+    fn the_validators_problems_are_named_by_attribute_too() {
+        let mut ce = sample();
+        ce["type"] = json!("nosuch.thing");
+        ce["cortexpriority"] = json!("urgent");
+        assert_eq!(paths(&ce), ["type", "cortexpriority"]);
+        let mut ce = sample();
+        ce["subject"] = json!(7);
+        ce["comExample"] = json!("x");
+        ce["comexamplelist"] = json!(["a"]);
+        ce["id"] = json!("");
+        assert_eq!(paths(&ce), ["id", "subject", "\"comExample\"", "comexamplelist"]);
+    }
+
+    #[test]
+    fn time_is_kept_as_written_when_cortex_takes_it() {
+        let mut ce = sample();
+        ce["time"] = json!("2026-11-30T08:00:00.250+01:00");
+        assert_eq!(from_structured(&validator(), &ce, now()).unwrap().timestamp, "2026-11-30T08:00:00.250+01:00");
+        ce["time"] = json!("2026-11-30t07:00:00.25z");
+        let e = from_structured(&validator(), &ce, now()).unwrap();
+        assert_eq!(e.timestamp, "2026-11-30T07:00:00.250Z");
+        // The same instant, so the same Cortex id.
+        assert!(e.event_id.starts_with("evt_20261130_070000_"), "{}", e.event_id);
+    }
+
+    #[test]
+    fn a_cortex_event_round_trips_through_a_cloudevent() {
+        let e = Validator::default()
+            .validate(json!({
+                "event_id": "evt_20261201_101500_k3j4h5", "event_type": "task.created",
+                "timestamp": "2026-12-01T10:15:00.123-06:00", "source": "planner", "correlation_id": "c-9",
+                "metadata": {"master": "m-1", "priority": "low", "tags": ["a", "b"]},
+                "payload": {"task": {"id": 3}}
+            }))
+            .unwrap();
+        let ce = to_structured(&e);
+        assert_eq!(ce["id"], "evt_20261201_101500_k3j4h5");
+        assert_eq!((ce["cortexmaster"].as_str(), ce["cortexpriority"].as_str()), (Some("m-1"), Some("low")));
+        assert_eq!(from_structured(&validator(), &ce, now()).unwrap(), e);
+    }
+
+    #[test]
+    fn forged_cloudevent_metadata_cannot_set_attributes() {
+        let mut e = from_structured(&validator(), &sample(), now()).unwrap();
+        e.correlation_id = None;
+        e.metadata.extra["cloudevent"]["extensions"] =
+            json!({"subject": "x", "data": 1, "Bad": 1, "nested": {"a": 1}, "cortexmaster": "m", "ok": true});
+        e.metadata.extra["cloudevent"]["dataschema"] = json!("https://example.com/s.json");
+        let ce = to_structured(&e);
+        assert!(ce.get("subject").is_none() && ce.get("Bad").is_none() && ce.get("nested").is_none());
+        assert!(ce.get("cortexmaster").is_none());
+        assert_eq!((ce["data"]["scanner"].as_str(), ce["ok"].as_bool()), (Some("trivy"), Some(true)));
+        assert_eq!(ce["dataschema"], "https://example.com/s.json");
+        assert_eq!(
+            from_structured(&validator(), &ce, now()).unwrap().metadata.extra["cloudevent"]["dataschema"],
+            ce["dataschema"]
+        );
     }
 }

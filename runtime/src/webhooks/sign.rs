@@ -62,7 +62,11 @@ impl Secret {
     /// # Errors
     /// Says which check failed.
     pub fn verify(&self, id: &str, timestamp: i64, body: &[u8], header: &str, now: i64, tolerance: i64) -> Result<()> {
-        anyhow::ensure!((now - timestamp).abs() <= tolerance, "webhook timestamp {timestamp} is more than {tolerance} s from now");
+        // `abs_diff`: a forged timestamp near i64::MIN must not overflow.
+        anyhow::ensure!(
+            now.abs_diff(timestamp) <= tolerance.unsigned_abs(),
+            "webhook timestamp {timestamp} is more than {tolerance} s from now"
+        );
         for entry in header.split_whitespace() {
             let Some(sig) = entry.strip_prefix("v1,") else { continue };
             let Ok(sig) = STANDARD.decode(sig) else { continue };
@@ -83,13 +87,24 @@ mod tests {
         let s = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let sig = s.sign("msg_1", 1_700_000_000, b"{\"a\":1}");
         assert!(sig.starts_with("v1,"));
-        s.verify("msg_1", 1_700_000_000, b"{\"a\":1}", &format!("v1,bogus {sig}"), 1_700_000_010, TOLERANCE_SECS).unwrap();
+        s.verify("msg_1", 1_700_000_000, b"{\"a\":1}", &format!("v1,bogus {sig}"), 1_700_000_010, TOLERANCE_SECS)
+            .unwrap();
         assert!(s.verify("msg_1", 1_700_000_000, b"{\"a\":2}", &sig, 1_700_000_010, TOLERANCE_SECS).is_err());
         assert!(s.verify("msg_2", 1_700_000_000, b"{\"a\":1}", &sig, 1_700_000_010, TOLERANCE_SECS).is_err());
         assert!(s.verify("msg_1", 1_700_000_000, b"{\"a\":1}", &sig, 1_700_001_000, TOLERANCE_SECS).is_err());
         assert!(Secret::parse("whsec_***").is_err());
         assert!(Secret::parse("").is_err());
         assert_eq!(format!("{s:?}"), "Secret(..)");
+    }
+
+    #[test]
+    fn matches_the_standard_webhooks_reference_vector() {
+        // The example every Standard Webhooks library is tested against.
+        let s = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let (id, ts, body) = ("msg_p5jXN8AQM9LWM0D4loKWxJek", 1_614_265_330, br#"{"test": 2432232314}"#);
+        assert_eq!(s.sign(id, ts, body), "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        s.verify(id, ts, body, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=", ts, TOLERANCE_SECS).unwrap();
+        assert!(s.verify(id, i64::MIN, body, "v1,x", i64::MAX, TOLERANCE_SECS).is_err());
     }
 
     #[test]
