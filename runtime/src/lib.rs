@@ -19,7 +19,7 @@
 //! - [`queue`]: the durable queue behind the [`queue::Queue`] trait, a
 //!   `queue/` file per job (names, claiming, group commit, recovery, archive).
 //! - [`metrics`]: Prometheus counters, histograms and gauges.
-//! - [`producer`]: emit one event or a batch (the seed's event logger).
+//! - [`producer`]: emit one event, a batch or CloudEvents (the seed's event logger).
 //! - [`pattern`]: type globs (`worker.*`), the one matcher; depends on nothing.
 //! - [`route`]: event type patterns to handlers.
 //! - [`dispatch`]: claim → route → run handlers → archive, retry or dead-letter;
@@ -29,7 +29,8 @@
 //!   both `cortex:events` worlds (0.2.0 and 0.1.0).
 //! - [`handlers`]: what a handler's `describe()` declares (emits, payload
 //!   contracts), checked against the config and shown by `cortex handlers`.
-//! - [`replay`]: `cortex replay`: select archived events, dry-run, requeue or run directly.
+//! - [`replay`]: `cortex replay`: select archived events, dry-run, requeue or run directly
+//!   (`cortex export` writes a selection out, as CloudEvents or envelopes).
 //! - [`dlq`]: `cortex dlq`: list, show, retry and purge dead letters.
 //! - [`harness`]: `cortex handler test`: one component against fixture events in a
 //!   throwaway root, its typed report compared with an expectation.
