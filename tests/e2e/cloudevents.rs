@@ -152,6 +152,12 @@ fn a_bad_cloudevent_names_its_attributes_and_queues_nothing() -> Result<()> {
     assert!(out.stderr.contains("batch rejected: 1 of 2 events are bad; nothing was queued"), "{}", out.stderr);
     assert!(out.stderr.contains("event 2: type: required attribute is missing"), "{}", out.stderr);
     assert_eq!(out.stdout, "");
+    // JSON lines (as `export` writes them): bad lines by number.
+    let lines = format!("{}\n{{\"specversion\": \n", scan());
+    let out = root.run_with(&["emit", "--cloudevent", "-"], lines.as_bytes())?;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("1 of 2 lines are bad"), "{}", out.stderr);
+    assert!(out.stderr.contains("line 2: (document): malformed JSON"), "{}", out.stderr);
     assert_eq!(queued(&root), 0);
     assert!(root.log("security")?.is_empty());
     Ok(())
