@@ -62,6 +62,13 @@ fn a_cloudevent_and_a_batch_are_queued_dispatched_and_archived_mapped() -> Resul
     assert_eq!(ids[0], "evt_20261201_090000_abc123");
     assert!(out.stderr.contains("queued 2 events"), "{}", out.stderr);
     assert_eq!(queued(&root), 3);
+    // Logged to its category's journal, as every producer's event is.
+    let logged = root.log("security")?;
+    assert_eq!(logged.len(), 1);
+    assert_eq!(
+        (logged[0]["event_id"].as_str(), logged[0]["correlation_id"].as_str()),
+        (Some(scan_id.as_str()), Some("build-77"))
+    );
 
     assert_eq!(root.dispatch()?["handled"], 3);
     let record = root.archived_record(&scan_id)?.context("the scan is archived")?;
