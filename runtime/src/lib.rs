@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //! - [`event`]: the envelope, ids, the type catalogue, validation.
+//! - [`cloudevents`]: CloudEvents 1.0 to and from the envelope (ingest, export, webhooks).
 //! - [`config`]: `cortex.toml`, checked.
 //! - [`layout`]: where each file of a coordination root lives; `init`.
 //! - [`fsio`]: crash-safe file primitives (temp + fsync + rename, `syncfs`).
@@ -19,7 +20,7 @@
 //!   `queue/` file per job (names, claiming, group commit, recovery, archive).
 //! - [`lock`]: mutexes and rwlocks that stay usable after a panic (the one place that says why).
 //! - [`metrics`]: Prometheus counters, histograms and gauges.
-//! - [`producer`]: emit one event or a batch (the seed's event logger).
+//! - [`producer`]: emit one event, a batch or CloudEvents (the seed's event logger).
 //! - [`pattern`]: type globs (`worker.*`), the one matcher; depends on nothing.
 //! - [`route`]: event type patterns to handlers.
 //! - [`dispatch`]: claim → route → run handlers → archive, retry or dead-letter;
@@ -29,7 +30,8 @@
 //!   both `cortex:events` worlds (0.2.0 and 0.1.0).
 //! - [`handlers`]: what a handler's `describe()` declares (emits, payload
 //!   contracts), checked against the config and shown by `cortex handlers`.
-//! - [`replay`]: `cortex replay`: select archived events, dry-run, requeue or run directly.
+//! - [`replay`]: `cortex replay`: select archived events, dry-run, requeue or run directly
+//!   (`cortex export` writes a selection out, as CloudEvents or envelopes).
 //! - [`dlq`]: `cortex dlq`: list, show, retry and purge dead letters.
 //! - [`harness`]: `cortex handler test`: one component against fixture events in a
 //!   throwaway root, its typed report compared with an expectation.
@@ -40,10 +42,12 @@
 //! - [`harness`]: `cortex handler test`: one component against fixture events in a throwaway root.
 //! - [`scaffold`]: `cortex handlers new`: a handler folder to start from.
 //! - [`text`]: guest and producer text escaped for terminals and log lines.
+//! - [`webhooks`]: outbound webhooks, signed per Standard Webhooks.
 //!
 //! The `cortex` binary (`main.rs`: parse, tracing, exit codes; `cli/`: one
 //! file per command) only parses flags and prints what these modules return.
 
+pub mod cloudevents;
 pub mod config;
 pub mod dispatch;
 pub mod dlq;
@@ -68,6 +72,7 @@ pub mod schedule;
 pub mod service;
 pub mod status;
 pub mod text;
+pub mod webhooks;
 
 /// The commented `cortex.toml` that `cortex init` writes.
 pub const DEFAULT_CONFIG: &str = include_str!("default-cortex.toml");

@@ -2,6 +2,7 @@
 //! throwaway coordination roots. One test binary; a module per capability.
 
 mod cli;
+mod cloudevents;
 mod crash;
 mod dispatch;
 mod handlers;

@@ -20,6 +20,7 @@ pub use super::Outcome;
 mod dispatch;
 mod dlq;
 mod emit;
+mod export;
 mod handler_test;
 mod handlers;
 mod init;
@@ -43,8 +44,12 @@ pub enum Command {
     /// Create the coordination layout, a commented default cortex.toml and
     /// the built-in handler components.
     Init(init::Args),
-    /// Build, validate, log and queue an event (or a JSONL batch from stdin).
+    /// Build, validate, log and queue an event (or a JSONL batch from stdin,
+    /// or CloudEvents with --cloudevent).
     Emit(emit::Args),
+    /// Write archived events out as JSON lines: CloudEvents or the Cortex
+    /// envelopes, selected with replay's filters (none: everything).
+    Export(export::Args),
     /// Check an event document or a JSONL file of events (problems of a
     /// JSONL file are reported with their line numbers).
     Validate(validate::Args),
@@ -105,6 +110,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     match cli.command {
         Command::Init(args) => init::run(&layout, args),
         Command::Emit(args) => emit::run(&layout, args),
+        Command::Export(args) => export::run(&layout, args),
         Command::Validate(args) => validate::run(&layout, args),
         Command::Status(args) => status::run(&layout, args),
         Command::Dispatch(args) => dispatch::run(&layout, args),
