@@ -39,6 +39,10 @@ pub enum Named {
     Correlation,
 }
 
+/// Events by id. Boxed: the table of a large archive holds a pointer per
+/// slot rather than a whole node.
+pub type Events = HashMap<String, Box<Node>>;
+
 /// The causal trees an id names.
 #[derive(Debug, Clone, Serialize)]
 pub struct Trace {
@@ -194,7 +198,7 @@ pub fn trace(queue: &FsQueue, config: &Config, id: &str) -> Result<Trace> {
 /// when it names none. An event id is looked up first: a correlation id
 /// that is also an event's id (the host's fallback for follow-ups of an
 /// event without one) shows that event's tree.
-pub fn build(mut events: HashMap<String, Node>, id: &str) -> Option<(Named, Vec<Node>)> {
+pub fn build(mut events: Events, id: &str) -> Option<(Named, Vec<Node>)> {
     let (named, asked): (Named, Vec<String>) = if events.contains_key(id) {
         (Named::Event, vec![id.to_string()])
     } else {
@@ -227,7 +231,8 @@ pub fn build(mut events: HashMap<String, Node>, id: &str) -> Option<(Named, Vec<
     roots.sort_by(|a, b| events[a].order_key().cmp(&events[b].order_key()));
     let mut trees = Vec::new();
     for root in roots {
-        let missing = events.get(&root).and_then(Node::parent).filter(|p| !events.contains_key(*p)).map(str::to_string);
+        let missing =
+            events.get(&root).and_then(|n| n.parent()).filter(|p| !events.contains_key(*p)).map(str::to_string);
         if let Some(mut node) = take(&mut events, &children, &root) {
             node.missing_parent = missing;
             trees.push(node);
@@ -238,10 +243,10 @@ pub fn build(mut events: HashMap<String, Node>, id: &str) -> Option<(Named, Vec<
 
 /// The oldest ancestor of `id` that the root holds (a chain that loops,
 /// which only a forged file can make, stops where it would repeat).
-fn root_of(events: &HashMap<String, Node>, id: &str) -> String {
+fn root_of(events: &Events, id: &str) -> String {
     let mut seen = HashSet::new();
     let mut at = id;
-    while let Some(parent) = events.get(at).and_then(Node::parent).filter(|p| events.contains_key(*p)) {
+    while let Some(parent) = events.get(at).and_then(|n| n.parent()).filter(|p| events.contains_key(*p)) {
         if !seen.insert(at) {
             break;
         }
@@ -252,8 +257,8 @@ fn root_of(events: &HashMap<String, Node>, id: &str) -> String {
 
 /// Moves `id` and its descendants out of `events` into a tree (an event
 /// already placed is never placed again, so a loop cannot recurse).
-fn take(events: &mut HashMap<String, Node>, children: &HashMap<String, Vec<String>>, id: &str) -> Option<Node> {
-    let mut node = events.remove(id)?;
+fn take(events: &mut Events, children: &HashMap<String, Vec<String>>, id: &str) -> Option<Node> {
+    let mut node = *events.remove(id)?;
     for kid in children.get(id).into_iter().flatten() {
         if let Some(mut child) = take(events, children, kid) {
             child.since_parent_ms = child.after(&node);
@@ -294,8 +299,8 @@ mod tests {
         }
     }
 
-    fn index(nodes: Vec<Node>) -> HashMap<String, Node> {
-        nodes.into_iter().map(|n| (n.event_id.clone(), n)).collect()
+    fn index(nodes: Vec<Node>) -> Events {
+        nodes.into_iter().map(|n| (n.event_id.clone(), Box::new(n))).collect()
     }
 
     /// The tree as `id(child, child)` text, asked events starred.
@@ -308,7 +313,7 @@ mod tests {
         format!("{}{star}({})", n.event_id, kids.join(" "))
     }
 
-    fn sample() -> HashMap<String, Node> {
+    fn sample() -> Events {
         index(vec![
             node("c2", Some("b"), Some("k"), 40),
             node("a", None, Some("k"), 10),
