@@ -38,6 +38,8 @@
 //! - [`schedule`]: `[schedules]`: timer events that `cortex serve` queues once per tick.
 //! - [`service`]: `cortex serve`: watcher, hot reload, metrics, shutdown, schedules.
 //! - [`status`]: what `cortex status` reports.
+//! - [`trace`]: `cortex trace`: the causal tree of an event or a correlation,
+//!   from `caused_by` across queue, claims, dead letters and archive.
 //! - [`inventory`]: what `cortex handlers list|check` reports: each handler and whether it loads.
 //! - [`harness`]: `cortex handler test`: one component against fixture events in a throwaway root.
 //! - [`scaffold`]: `cortex handlers new`: a handler folder to start from.
@@ -72,6 +74,7 @@ pub mod schedule;
 pub mod service;
 pub mod status;
 pub mod text;
+pub mod trace;
 pub mod webhooks;
 
 /// The commented `cortex.toml` that `cortex init` writes.

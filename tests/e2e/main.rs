@@ -16,6 +16,7 @@ mod schedule;
 mod schema;
 mod service;
 mod store;
+mod trace;
 mod trust;
 mod user;
 mod world;

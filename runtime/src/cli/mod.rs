@@ -27,6 +27,7 @@ mod init;
 mod replay;
 mod serve;
 mod status;
+mod trace;
 mod validate;
 
 #[derive(Parser)]
@@ -85,6 +86,10 @@ pub enum Command {
         #[command(subcommand)]
         command: dlq::Command,
     },
+    /// The causal tree of an event or a correlation id, across the queue,
+    /// the claims, the dead letters and the archive: each event with its
+    /// handlers and their outcome, duration and time after its parent.
+    Trace(trace::Args),
 }
 
 impl Command {
@@ -118,6 +123,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Handlers { command } | Command::Handler { command } => handlers::run(&layout, command),
         Command::Replay(args) => replay::run(&layout, args),
         Command::Dlq { command } => dlq::run(&layout, command),
+        Command::Trace(args) => trace::run(&layout, args),
     }
 }
 
