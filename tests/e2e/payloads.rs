@@ -30,7 +30,7 @@ fn a_critical_cve_sent_as_cve_id_raises_the_alert() -> Result<()> {
         r#"{"cve_id": "CVE-2025-55555", "severity": "critical", "package": "openssl", "target": "api"}"#,
     )?;
     handled(&root)?;
-    let alerts = root.archived_of("system.health_alert")?;
+    let alerts = root.archive_records_of("system.health_alert")?;
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     let alert = &alerts[0]["event"];
     assert_eq!(alert["payload"]["vulnerability"]["id"], "CVE-2025-55555", "{alert}");
@@ -59,7 +59,7 @@ fn worker_tokens_as_text_or_usage_are_counted() -> Result<()> {
     assert_eq!(record["tokens_used"], 1500 + 1234 + 16, "{record}");
     assert_eq!((record["input_tokens"].as_u64(), record["output_tokens"].as_u64()), (Some(1010), Some(240)));
 
-    let completed = root.archived_of("task.completed")?;
+    let completed = root.archive_records_of("task.completed")?;
     let tokens = |task: &str| {
         completed
             .iter()
@@ -82,7 +82,7 @@ fn a_task_failure_with_an_error_object_is_classified_and_retried() -> Result<()>
     let patterns = root.read_json("state/failures/patterns.json")?;
     let signature = "networkerror: socket hang up (econnreset)";
     assert_eq!(patterns["patterns"][signature]["example"], "NetworkError: socket hang up (ECONNRESET)", "{patterns}");
-    let retries = root.archived_of("task.created")?;
+    let retries = root.archive_records_of("task.created")?;
     assert_eq!(retries.len(), 1, "a network reset is transient: {retries:?}");
     assert_eq!(retries[0]["event"]["payload"]["task_id"], "t-9");
     assert_eq!(retries[0]["event"]["payload"]["attempt"], 2);
@@ -157,7 +157,7 @@ fn a_cve_id_alert_reaches_the_notifier() -> Result<()> {
         r#"{"cve_id": "CVE-2025-7777", "severity": "CRITICAL", "package": "libxml2", "target": "web"}"#,
     )?;
     handled(&root)?;
-    let notes = root.archived_of("notification.requested")?;
+    let notes = root.archive_records_of("notification.requested")?;
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert_eq!(notes[0]["event"]["payload"]["dedupe_key"], "security:CVE-2025-7777:libxml2:web", "{}", notes[0]);
     Ok(())
