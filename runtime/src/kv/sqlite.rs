@@ -94,7 +94,9 @@ impl Backend for SqliteBackend {
         let conn = lock(&self.read);
         let mut stmt = conn.prepare_cached("SELECT value, version FROM kv WHERE bucket = ?1 AND key = ?2")?;
         let row = stmt
-            .query_row(params![bucket, key], |r| Ok(Versioned { value: r.get(0)?, version: r.get::<_, i64>(1)? as u64 }))
+            .query_row(params![bucket, key], |r| {
+                Ok(Versioned { value: r.get(0)?, version: r.get::<_, i64>(1)? as u64 })
+            })
             .optional()
             .with_context(|| format!("failed to read key {key:?} of bucket {bucket:?}"))?;
         Ok(row)
@@ -107,7 +109,8 @@ impl Backend for SqliteBackend {
              AND substr(key, 1, length(?2)) = ?2 ORDER BY key LIMIT ?4",
         )?;
         let rows = stmt.query_map(params![bucket, prefix, after, limit as i64], |r| r.get::<_, String>(0))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().with_context(|| format!("failed to list the keys of bucket {bucket:?}"))
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .with_context(|| format!("failed to list the keys of bucket {bucket:?}"))
     }
 
     fn buckets(&self) -> Result<Vec<(String, u64)>> {
@@ -122,11 +125,15 @@ impl Backend for SqliteBackend {
             return Ok(vec![Applied::Applied; batch.len()]);
         }
         let mut conn = lock(&self.write);
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).context("failed to begin a state transaction")?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .context("failed to begin a state transaction")?;
         let at = now_ms() as i64;
         let mut out = Vec::with_capacity(batch.len());
         {
-            let mut mark = tx.prepare_cached("INSERT OR IGNORE INTO marks (event_id, handler, generation, at_ms) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut mark = tx.prepare_cached(
+                "INSERT OR IGNORE INTO marks (event_id, handler, generation, at_ms) VALUES (?1, ?2, ?3, ?4)",
+            )?;
             let mut version = tx.prepare_cached("SELECT version FROM kv WHERE bucket = ?1 AND key = ?2")?;
             let mut set = tx.prepare_cached(
                 "INSERT INTO kv (bucket, key, value, version) VALUES (?1, ?2, ?3, 1) \
@@ -134,9 +141,18 @@ impl Backend for SqliteBackend {
             )?;
             let mut delete = tx.prepare_cached("DELETE FROM kv WHERE bucket = ?1 AND key = ?2")?;
             let mut value = tx.prepare_cached("SELECT value FROM kv WHERE bucket = ?1 AND key = ?2")?;
+            let mut seen =
+                tx.prepare_cached("SELECT 1 FROM marks WHERE event_id = ?1 AND handler = ?2 AND generation = ?3")?;
             for changes in batch {
                 if changes.ops.is_empty() {
                     out.push(Applied::Applied);
+                    continue;
+                }
+                // A buffer already applied is not checked for conflicts:
+                // running its event again would only find the mark again.
+                let m = &changes.mark;
+                if seen.exists(params![m.event_id, m.handler, m.generation])? {
+                    out.push(Applied::Already);
                     continue;
                 }
                 // Check everything before touching anything, so a refused
@@ -167,7 +183,6 @@ impl Backend for SqliteBackend {
                     out.push(Applied::Conflict);
                     continue;
                 }
-                let m = &changes.mark;
                 if mark.execute(params![m.event_id, m.handler, m.generation, at])? == 0 {
                     out.push(Applied::Already);
                     continue;
