@@ -14,6 +14,7 @@ mod sandbox;
 mod schedule;
 mod schema;
 mod service;
+mod state;
 mod store;
 mod trust;
 mod user;
