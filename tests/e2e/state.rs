@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cortex::kv::Backend;
 use cortex::kv::sqlite::SqliteBackend;
+use cortex::kv::{Backend, Changes, Mark, Op};
 use cortex_tests::{Root, event, jsonl};
 
 /// The counter handler, granted `counters` read-write and `settings`
@@ -161,5 +161,40 @@ fn a_crash_after_the_state_commit_applies_each_event_once() -> Result<()> {
     assert_eq!(s["dead_lettered"], 0, "{s}");
     assert_eq!(root.archived()?.len(), 5);
     assert_eq!(number(&root, "total")?, 5, "redelivered events found their marks: none applied twice");
+    Ok(())
+}
+
+#[test]
+fn replay_applies_again_on_purpose_and_a_dead_letter_retry_applies_once() -> Result<()> {
+    let root = counter_root("")?;
+    let id = root.emit("task.created", "{}")?;
+    let failing = root.emit("task.failed", r#"{"fail_unless": "ready"}"#)?;
+    root.dispatch()?;
+    assert_eq!(number(&root, "total")?, 1, "the failing event is dead-lettered, its writes dropped");
+
+    // Each queued replay is a new generation: its writes commit again.
+    for (replays, total) in [(1, 2), (2, 3)] {
+        root.ok(&["replay", "--event-id", &id])?;
+        let s = root.dispatch()?;
+        assert_eq!(s["handled"].as_u64(), Some(1), "replay {replays}: {s}");
+        assert_eq!(number(&root, "total")?, total, "replay {replays} re-applies");
+    }
+
+    // A dead-letter retry keeps generation 0 (its failed attempts applied
+    // nothing): once it succeeds it applies once, and only once.
+    let db = SqliteBackend::open(&root.join("kv/state.db"))?;
+    let mark = Mark { event_id: "test-setup".into(), handler: "test".into(), generation: 0 };
+    db.commit(&[Changes {
+        mark,
+        ops: vec![("settings".into(), "ready".into(), Op::Set(b"1".to_vec()))],
+        reads: vec![],
+    }])?;
+    root.ok(&["dlq", "retry", &failing])?;
+    let s = root.dispatch()?;
+    assert_eq!(s["handled"].as_u64(), Some(1), "{s}");
+    assert_eq!((number(&root, "counts/task.failed")?, number(&root, "total")?), (1, 4), "{s}");
+    root.ok(&["replay", "--event-id", &failing, "--dry-run"])?;
+    root.dispatch()?;
+    assert_eq!(number(&root, "total")?, 4, "nothing more");
     Ok(())
 }
