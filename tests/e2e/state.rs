@@ -65,6 +65,18 @@ fn n_distinct_events_count_exactly_n_and_failures_change_nothing() -> Result<()>
     // Running again finds nothing new to count.
     root.dispatch()?;
     assert_eq!(number(&root, "total")?, 21);
+
+    // What an operator reads.
+    assert_eq!(root.ok(&["state", "get", "counters", "total"])?, "21\n");
+    assert_eq!(root.ok(&["state", "buckets"])?, "counters\t4 keys\n");
+    assert_eq!(
+        root.ok(&["state", "list", "counters", "--prefix", "counts/"])?,
+        "counts/task.completed\ncounts/task.created\n"
+    );
+    let dump: serde_json::Value = serde_json::from_str(&root.ok(&["state", "dump", "counters", "--json"])?)?;
+    assert_eq!((dump["total"].as_str(), dump["counts/task.created"].as_str()), (Some("21"), Some("20")), "{dump}");
+    let out = root.fails(&["state", "get", "counters", "nothing"])?;
+    assert!(out.stderr.contains("bucket counters has no key nothing"), "{}", out.stderr);
     Ok(())
 }
 
@@ -142,6 +154,9 @@ fn bucket_names_are_checked_and_the_database_directory_is_the_runtimes() -> Resu
     )?;
     let out = root.fails(&["handlers", "check"])?;
     assert!(out.stderr.contains("runtime's own (kv/)"), "{}", out.stderr);
+    // Reading state where none was ever written creates nothing.
+    assert_eq!(root.ok(&["state", "buckets"])?, "");
+    assert!(!root.join("kv").exists());
     Ok(())
 }
 

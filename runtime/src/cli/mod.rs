@@ -25,6 +25,7 @@ mod handlers;
 mod init;
 mod replay;
 mod serve;
+mod state;
 mod status;
 mod validate;
 
@@ -80,6 +81,11 @@ pub enum Command {
         #[command(subcommand)]
         command: dlq::Command,
     },
+    /// Handler state: the key-value buckets (read-only).
+    State {
+        #[command(subcommand)]
+        command: state::Command,
+    },
 }
 
 impl Command {
@@ -112,6 +118,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Handlers { command } | Command::Handler { command } => handlers::run(&layout, command),
         Command::Replay(args) => replay::run(&layout, args),
         Command::Dlq { command } => dlq::run(&layout, command),
+        Command::State { command } => state::run(&layout, command),
     }
 }
 
