@@ -18,7 +18,7 @@ COMPONENTIZE_PY := $(TOOLS)/py/bin/componentize-py
 COMPONENTIZE_JS := $(TOOLS)/js/node_modules/.bin/componentize-js
 PY_HANDLERS     := $(patsubst handlers-wasm/py/%/app.py,$(HANDLERS_OUT)/%.wasm,$(wildcard handlers-wasm/py/*/app.py))
 JS_HANDLERS     := $(patsubst handlers-wasm/js/%/handler.js,$(HANDLERS_OUT)/%.wasm,$(wildcard handlers-wasm/js/*/handler.js))
-WIT             := $(wildcard wit/*.wit)
+WIT             := $(wildcard wit/*.wit wit/deps/*/*.wit)
 
 .PHONY: all setup build handlers rust-handlers run test bench fuzz lint fmt clean
 

@@ -305,6 +305,11 @@ impl Config {
                     );
                 }
             }
+            for (key, buckets) in [("keyvalue", &h.keyvalue), ("keyvalue_read", &h.keyvalue_read)] {
+                for b in buckets {
+                    crate::kv::check_bucket(b).with_context(|| format!("handlers.{name}.{key}"))?;
+                }
+            }
             if h.max_attempts == 0 {
                 bail!("handlers.{name}.max_attempts: must be at least 1");
             }
@@ -447,7 +452,7 @@ mod tests {
 
     #[test]
     fn runtime_dirs_need_an_explicit_opt_in() {
-        for dir in [".", "events", "events/archive", "events/queue", "cache", "handlers", "run", "cortex.toml"] {
+        for dir in [".", "events", "events/archive", "events/queue", "cache", "handlers", "run", "kv", "cortex.toml"] {
             let err = format!("{:#}", with_grants(&[("a", &format!("{{dir={dir:?}, mode='rw'}}"))]).unwrap_err());
             assert!(err.contains("runtime's own") && err.contains("unsafe_allow"), "{dir}: {err}");
             let c = with_grants(&[("a", &format!("{{dir={dir:?}, mode='rw', unsafe_allow=true}}"))]).unwrap();

@@ -13,6 +13,8 @@
 //! - [`layout`]: where each file of a coordination root lives; `init`.
 //! - [`fsio`]: crash-safe file primitives (temp + fsync + rename, `syncfs`).
 //! - [`journal`]: the category JSONL logs.
+//! - [`kv`]: handler state (`wasi:keyvalue` buckets in `<root>/kv/state.db`),
+//!   committed with each event's settlement; `cortex state` reads it.
 //! - [`records`]: every record written and read back (archive line, dead
 //!   letter, delivery history, service status, replay and retry marks), one
 //!   type each, and the failure kinds they record.
@@ -27,7 +29,8 @@
 //!   one `Mode` for one-shot and service runs, a `dispatch/` file per job
 //!   (claim loop, lanes, committer, verdict).
 //! - [`sandbox`]: the wasmtime engine, component cache and per-event instances;
-//!   both `cortex:events` worlds (0.2.0 and 0.1.0).
+//!   both `cortex:events` worlds (0.2.0 and 0.1.0), and `wasi:keyvalue` over a
+//!   [`kv::Txn`] for 0.2.0 handlers.
 //! - [`handlers`]: what a handler's `describe()` declares (emits, payload
 //!   contracts), checked against the config and shown by `cortex handlers`.
 //! - [`replay`]: `cortex replay`: select archived events, dry-run, requeue or run directly
@@ -59,6 +62,7 @@ pub mod handlers;
 pub mod harness;
 pub mod inventory;
 pub mod journal;
+pub mod kv;
 pub mod layout;
 pub mod lock;
 pub mod metrics;

@@ -15,6 +15,7 @@ mod sandbox;
 mod schedule;
 mod schema;
 mod service;
+mod state;
 mod store;
 mod trace;
 mod trust;

@@ -49,6 +49,7 @@ pub mod bindings {
     wit_bindgen::generate!({
         world: "handler",
         path: "../../wit",
+        generate_all,
         pub_export_macro: true,
         export_macro_name: "export_handler",
         default_bindings_module: "cortex_sdk::bindings",

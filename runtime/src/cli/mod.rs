@@ -26,6 +26,7 @@ mod handlers;
 mod init;
 mod replay;
 mod serve;
+mod state;
 mod status;
 mod trace;
 mod validate;
@@ -90,6 +91,11 @@ pub enum Command {
     /// the claims, the dead letters and the archive: each event with its
     /// handlers and their outcome, duration and time after its parent.
     Trace(trace::Args),
+    /// Handler state: the key-value buckets (read-only).
+    State {
+        #[command(subcommand)]
+        command: state::Command,
+    },
 }
 
 impl Command {
@@ -124,6 +130,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Replay(args) => replay::run(&layout, args),
         Command::Dlq { command } => dlq::run(&layout, command),
         Command::Trace(args) => trace::run(&layout, args),
+        Command::State { command } => state::run(&layout, command),
     }
 }
 

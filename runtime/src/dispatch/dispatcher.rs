@@ -109,8 +109,8 @@ impl Dispatcher {
         };
         let mut claimed = 0;
         let committed = std::thread::scope(|scope| -> Result<Result<Summary>> {
-            let (queue, in_flight, metrics) = (self.queue.as_ref(), &in_flight, &self.metrics);
-            let committer = scope.spawn(move || commit_loop(queue, &done_rx, in_flight, metrics));
+            let (queue, in_flight, metrics, sandbox) = (self.queue.as_ref(), &in_flight, &self.metrics, &self.sandbox);
+            let committer = scope.spawn(move || commit_loop(queue, &done_rx, in_flight, metrics, sandbox));
             let done = shared.done.clone();
             let mut lanes = Lanes::new(scope, shared);
             let claim_result = self.claim_loop(&mode, stop, &mut lanes, &done, in_flight, &mut claimed);

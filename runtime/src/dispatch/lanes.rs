@@ -80,6 +80,9 @@ pub(super) struct Ran {
     pub result: Result<String, Fault>,
     pub emitted: Vec<Event>,
     pub duration: Duration,
+    /// Its key-value writes, if it succeeded and wrote any; the committer
+    /// takes them out to commit before the settlement.
+    pub changes: Option<crate::kv::Changes>,
 }
 
 /// A simple counting semaphore: the `workers` invocations of a run.
@@ -181,6 +184,7 @@ fn run_one(name: &str, claim: &Claim, shared: &Shared) -> Ran {
             result: Err(Fault::new(FaultKind::Load, format!("handler {name} is not loaded"))),
             emitted: Vec::new(),
             duration: Duration::ZERO,
+            changes: None,
         };
     };
     let event = &claim.event;
@@ -215,5 +219,6 @@ fn run_one(name: &str, claim: &Claim, shared: &Shared) -> Ran {
         result: inv.result,
         emitted: inv.emitted,
         duration: inv.duration,
+        changes: inv.changes,
     }
 }

@@ -238,4 +238,3 @@ fn config_changes(old: &Config, new: &Config) -> String {
     }
     if out.is_empty() { "nothing that takes effect (comments or layout)".to_string() } else { out.join("; ") }
 }
-
