@@ -3,6 +3,9 @@
 //! Loaded once per command (and again on reload in service mode). Unknown
 //! keys are errors that name the key, so a typo never silently falls back to
 //! a default. Everything else in the runtime takes a [`Config`], never raw TOML.
+//!
+//! About 400 lines of code; the rest of the file is its unit tests, which
+//! read best beside the rules they pin. The handler tables are `config/handler.rs`.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -302,6 +305,11 @@ impl Config {
                     );
                 }
             }
+            for (key, buckets) in [("keyvalue", &h.keyvalue), ("keyvalue_read", &h.keyvalue_read)] {
+                for b in buckets {
+                    crate::kv::check_bucket(b).with_context(|| format!("handlers.{name}.{key}"))?;
+                }
+            }
             if h.max_attempts == 0 {
                 bail!("handlers.{name}.max_attempts: must be at least 1");
             }
@@ -444,7 +452,7 @@ mod tests {
 
     #[test]
     fn runtime_dirs_need_an_explicit_opt_in() {
-        for dir in [".", "events", "events/archive", "events/queue", "cache", "handlers", "run", "cortex.toml"] {
+        for dir in [".", "events", "events/archive", "events/queue", "cache", "handlers", "run", "kv", "cortex.toml"] {
             let err = format!("{:#}", with_grants(&[("a", &format!("{{dir={dir:?}, mode='rw'}}"))]).unwrap_err());
             assert!(err.contains("runtime's own") && err.contains("unsafe_allow"), "{dir}: {err}");
             let c = with_grants(&[("a", &format!("{{dir={dir:?}, mode='rw', unsafe_allow=true}}"))]).unwrap();

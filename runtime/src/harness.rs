@@ -155,6 +155,9 @@ pub fn run(req: &Request) -> Result<HarnessReport> {
         component: component.clone(),
         events: vec!["*".into()],
         grants: req.grants.iter().map(|g| Grant { dir: g.dir.clone(), mode: g.mode, unsafe_allow: true }).collect(),
+        // No key-value buckets yet: `open` fails with no-such-store.
+        keyvalue: Vec::new(),
+        keyvalue_read: Vec::new(),
         limits: req.limits.clone(),
         max_attempts: 1,
         backoff_ms: 0,

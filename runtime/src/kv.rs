@@ -66,7 +66,9 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvError {
     /// The bucket is not in the handler's grants.
-    #[error("bucket {0:?} is not granted to this handler: add it to `keyvalue` (or `keyvalue_read`) in its [handlers] table")]
+    #[error(
+        "bucket {0:?} is not granted to this handler: add it to `keyvalue` (or `keyvalue_read`) in its [handlers] table"
+    )]
     NoSuchStore(String),
     /// The bucket is granted read-only.
     #[error("bucket {0:?} is granted read-only: list it under `keyvalue`, not `keyvalue_read`, to write it")]
@@ -303,11 +305,13 @@ impl Txn {
             Some(Op::Delete) => (Op::Set(delta.to_string().into_bytes()), delta),
             Some(Op::Add(d)) => {
                 let total = d.checked_add(delta).ok_or_else(overflow)?;
-                let base = self.backend.get(bucket, key).map_err(|e| KvError::Other(format!("state backend: {e:#}")))?;
+                let base =
+                    self.backend.get(bucket, key).map_err(|e| KvError::Other(format!("state backend: {e:#}")))?;
                 (Op::Add(total), add(base.as_ref().map(|v| v.value.as_slice()), total)?)
             }
             None => {
-                let base = self.backend.get(bucket, key).map_err(|e| KvError::Other(format!("state backend: {e:#}")))?;
+                let base =
+                    self.backend.get(bucket, key).map_err(|e| KvError::Other(format!("state backend: {e:#}")))?;
                 (Op::Add(delta), add(base.as_ref().map(|v| v.value.as_slice()), delta)?)
             }
         };
@@ -381,9 +385,10 @@ fn overflow() -> KvError {
 fn add(base: Option<&[u8]>, delta: u64) -> Result<u64, KvError> {
     let n = match base {
         None => 0,
-        Some(b) => std::str::from_utf8(b).ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
-            KvError::Other("cannot increment a value that is not a decimal number".to_string())
-        })?,
+        Some(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| KvError::Other("cannot increment a value that is not a decimal number".to_string()))?,
     };
     n.checked_add(delta).ok_or_else(overflow)
 }
@@ -440,7 +445,7 @@ mod tests {
         assert_eq!(t.increment("w", "n", 3).unwrap(), 5);
         assert_eq!(b.get("w", "k").unwrap(), None);
         let c = t.into_changes();
-        assert_eq!(b.commit(&[c.clone()]).unwrap(), vec![Applied::Applied]);
+        assert_eq!(b.commit(std::slice::from_ref(&c)).unwrap(), vec![Applied::Applied]);
         assert_eq!(b.get("w", "n").unwrap().unwrap().value, b"5");
         // The same mark again (a redelivery after a crash) changes nothing.
         assert_eq!(b.commit(&[c]).unwrap(), vec![Applied::Already]);

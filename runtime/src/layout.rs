@@ -12,7 +12,8 @@
 //! <root>/events/dead-letter/         events that failed for good, with forensics
 //! <root>/events/tmp/                 files being written; renamed into place when whole
 //! <root>/events/<category>-events.jsonl
-//! <root>/state/                      handler state
+//! <root>/state/                      handler state kept in files (grants)
+//! <root>/kv/state.db                 handler state in key-value buckets (SQLite, WAL)
 //! <root>/handlers/                   components named by cortex.toml
 //! <root>/cache/                      compiled components
 //! <root>/run/services/<pid>.json      what each running `cortex serve` serves
@@ -69,6 +70,11 @@ impl Layout {
     }
     pub fn state(&self) -> PathBuf {
         self.root.join("state")
+    }
+    /// `<root>/kv/state.db`: handler state (key-value buckets, see
+    /// [`crate::kv`]).
+    pub fn kv_db(&self) -> PathBuf {
+        self.root.join("kv/state.db")
     }
     pub fn handlers(&self) -> PathBuf {
         self.root.join("handlers")

@@ -4,6 +4,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::lock::Recover;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -158,7 +159,7 @@ impl Metrics {
 
     /// Records the versions now serving, replacing the previous set.
     pub fn set_active<'a>(&self, versions: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) {
-        let mut keys = self.active_keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut keys = self.active_keys.locked();
         for old in keys.drain(..) {
             self.active.remove(&old);
         }
@@ -171,7 +172,7 @@ impl Metrics {
 
     /// Records the handlers that do not load, replacing the previous set.
     pub fn set_broken<'a>(&self, handlers: impl IntoIterator<Item = &'a str>) {
-        let mut keys = self.broken_keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut keys = self.broken_keys.locked();
         for old in keys.drain(..) {
             self.broken.remove(&old);
         }

@@ -1,10 +1,12 @@
 //! The producer side: build events, validate them, log them and queue them —
-//! the seed's `create_event` + `log_event`, one at a time or as a batch.
+//! the seed's `create_event` + `log_event`, one at a time, as a JSONL batch,
+//! or from CloudEvents (one, or a batch; see [`crate::cloudevents`]).
 //!
-//! The event id is the idempotency key: a batch line whose event is already
+//! The event id is the idempotency key: a batch item whose event is already
 //! in the batch, queued, being handled, dead-lettered or archived is skipped
 //! and reported (a producer re-sending a batch after a failure gets each
-//! event once), while invalid lines still reject the whole batch.
+//! event once), while invalid items still reject the whole batch. A JSONL
+//! batch and a CloudEvents batch go through the same [`Item`] sorting.
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -12,7 +14,8 @@ use std::io::BufRead;
 use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 
-use crate::event::{Event, Invalid, NewEvent, Validator, kind};
+use crate::cloudevents;
+use crate::event::{Event, Invalid, NewEvent, Problem, Validator, kind};
 use crate::queue::Queue;
 
 /// Builds and queues events for one root.
@@ -21,18 +24,46 @@ pub struct Producer<'q> {
     validator: Validator,
 }
 
-/// A rejected batch: every bad line with its problems. Nothing was queued.
+/// Where an item of a batch sits: a line of a JSONL batch, or an element
+/// of a JSON array (a CloudEvents batch); both 1-based.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum At {
+    Line(usize),
+    Element(usize),
+}
+
+impl At {
+    /// The unit's name in the plural, for counts.
+    fn plural(self) -> &'static str {
+        match self {
+            At::Line(_) => "lines",
+            At::Element(_) => "events",
+        }
+    }
+}
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            At::Line(n) => write!(f, "line {n}"),
+            At::Element(n) => write!(f, "event {n}"),
+        }
+    }
+}
+
+/// A rejected batch: every bad item with its problems. Nothing was queued.
 #[derive(Debug)]
 pub struct BadBatch {
-    pub lines: Vec<(usize, String)>,
+    pub items: Vec<(At, String)>,
     pub total: usize,
 }
 
 impl std::fmt::Display for BadBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "batch rejected: {} of {} lines are bad; nothing was queued", self.lines.len(), self.total)?;
-        for (n, why) in &self.lines {
-            writeln!(f, "line {n}: {why}")?;
+        let unit = self.items.first().map_or("lines", |(at, _)| at.plural());
+        writeln!(f, "batch rejected: {} of {} {unit} are bad; nothing was queued", self.items.len(), self.total)?;
+        for (at, why) in &self.items {
+            writeln!(f, "{at}: {why}")?;
         }
         Ok(())
     }
@@ -40,11 +71,11 @@ impl std::fmt::Display for BadBatch {
 
 impl std::error::Error for BadBatch {}
 
-/// A batch line that was not queued because its event is already known.
+/// A batch item that was not queued because its event is already known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Duplicate {
-    /// The line number in the batch.
-    pub line: usize,
+    /// Where the item is in the batch.
+    pub at: At,
     pub event_id: String,
     /// Where the event already is: "on line N of this batch", "queued",
     /// "being handled", "dead-lettered" or "archived".
@@ -53,15 +84,24 @@ pub struct Duplicate {
 
 impl std::fmt::Display for Duplicate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {}: skipped event {}: already {}", self.line, self.event_id, self.already)
+        write!(f, "{}: skipped event {}: already {}", self.at, self.event_id, self.already)
     }
 }
 
-/// What a batch queued, and the duplicate lines it skipped.
+/// What a batch queued, and the duplicate items it skipped.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub events: Vec<Event>,
     pub skipped: Vec<Duplicate>,
+}
+
+/// One item of a batch, built: where it is, its event or why it is bad,
+/// and whether its id was given (a fresh id needs no look-up).
+#[derive(Debug)]
+pub struct Item {
+    pub at: At,
+    pub event: std::result::Result<Event, String>,
+    pub id_given: bool,
 }
 
 impl<'q> Producer<'q> {
@@ -100,13 +140,7 @@ impl<'q> Producer<'q> {
     /// [`BadBatch`] listing each bad line; errors reading the input or
     /// looking up which events the store already holds.
     pub fn parse_batch(&self, input: impl BufRead) -> Result<Batch> {
-        let mut batch = Batch::default();
-        // The line each event of the batch came from, and whether its id was
-        // given (a fresh id needs no look-up).
-        let mut lines: Vec<(usize, bool)> = Vec::new();
-        let mut bad = Vec::new();
-        let mut first_line: HashMap<String, usize> = HashMap::new();
-        let mut total = 0;
+        let mut items = Vec::new();
         for (i, line) in input.lines().enumerate() {
             let line = line.with_context(|| format!("failed to read batch line {}", i + 1))?;
             // A byte order mark, as some editors write, is not part of the first event.
@@ -114,37 +148,116 @@ impl<'q> Producer<'q> {
             if line.trim().is_empty() {
                 continue;
             }
-            total += 1;
-            match self.build(line) {
-                Ok((e, _)) if first_line.contains_key(&e.event_id) => batch.skipped.push(Duplicate {
-                    line: i + 1,
-                    already: format!("on line {} of this batch", first_line[&e.event_id]),
+            let (event, id_given) = match self.build(line) {
+                Ok((e, given)) => (Ok(e), given),
+                Err(why) => (Err(why), false),
+            };
+            items.push(Item { at: At::Line(i + 1), event, id_given });
+        }
+        self.sort_items(items)
+    }
+
+    /// Converts CloudEvents (one structured-mode event; a batch, a JSON
+    /// array of them; or JSON lines, one each, as `cortex export` writes
+    /// them) into events, skips those already known — a CloudEvent's
+    /// Cortex id is derived from its `source` and `id`, so a re-send is
+    /// recognised — and queues the rest in one group commit, or none.
+    ///
+    /// # Errors
+    /// [`Invalid`] for a single CloudEvent, problems named by attribute;
+    /// [`BadBatch`] listing each bad element or line of a batch; I/O errors.
+    pub fn emit_cloudevents(&self, text: &str) -> Result<Batch> {
+        let batch = self.parse_cloudevents(text)?;
+        self.queue.enqueue(&batch.events).context("failed to queue the CloudEvents; none of them was queued")?;
+        Ok(batch)
+    }
+
+    /// The validation half of [`Producer::emit_cloudevents`].
+    ///
+    /// # Errors
+    /// As [`Producer::emit_cloudevents`], but writes nothing.
+    pub fn parse_cloudevents(&self, text: &str) -> Result<Batch> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let now = chrono::Utc::now();
+        let lines = || text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+        let items = match serde_json::from_str::<Value>(text) {
+            Ok(value @ Value::Array(_)) => cloudevents::from_batch(&self.validator, &value, now)?
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| Item { at: At::Element(i + 1), event: r.map_err(|e| e.to_string()), id_given: true })
+                .collect(),
+            Ok(value) => {
+                let event = cloudevents::from_structured(&self.validator, &value, now)?;
+                vec![Item { at: At::Element(1), event: Ok(event), id_given: true }]
+            }
+            // More than one document, the first a line of its own: JSON lines.
+            Err(_)
+                if lines().nth(1).is_some()
+                    && lines().next().is_some_and(|(_, l)| serde_json::from_str::<Value>(l).is_ok()) =>
+            {
+                lines()
+                    .map(|(i, line)| {
+                        let event = serde_json::from_str::<Value>(line)
+                            .map_err(|e| format!("(document): malformed JSON: {e}"))
+                            .and_then(|ce| {
+                                cloudevents::from_structured(&self.validator, &ce, now).map_err(|e| e.to_string())
+                            });
+                        Item { at: At::Line(i + 1), event, id_given: true }
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                let problem = Problem { path: "(document)".into(), message: format!("malformed JSON: {e}") };
+                return Err(Invalid(vec![problem]).into());
+            }
+        };
+        self.sort_items(items)
+    }
+
+    /// Rejects the whole batch when any item is bad; else skips the items
+    /// whose event is already in the batch or in the store.
+    ///
+    /// # Errors
+    /// [`BadBatch`] listing each bad item; errors looking up which events
+    /// the store already holds.
+    fn sort_items(&self, items: Vec<Item>) -> Result<Batch> {
+        let mut batch = Batch::default();
+        // Where each event of the batch came from, and whether its id was given.
+        let mut from: Vec<(At, bool)> = Vec::new();
+        let mut bad = Vec::new();
+        let mut first: HashMap<String, At> = HashMap::new();
+        let total = items.len();
+        for item in items {
+            match item.event {
+                Ok(e) if first.contains_key(&e.event_id) => batch.skipped.push(Duplicate {
+                    at: item.at,
+                    already: format!("on {} of this batch", first[&e.event_id]),
                     event_id: e.event_id,
                 }),
-                Ok((e, given)) => {
-                    first_line.insert(e.event_id.clone(), i + 1);
-                    lines.push((i + 1, given));
+                Ok(e) => {
+                    first.insert(e.event_id.clone(), item.at);
+                    from.push((item.at, item.id_given));
                     batch.events.push(e);
                 }
-                Err(why) => bad.push((i + 1, why)),
+                Err(why) => bad.push((item.at, why)),
             }
         }
         if !bad.is_empty() {
-            return Err(BadBatch { lines: bad, total }.into());
+            return Err(BadBatch { items: bad, total }.into());
         }
-        let given: Vec<&Event> = batch.events.iter().zip(&lines).filter(|(_, (_, g))| *g).map(|(e, _)| e).collect();
+        let given: Vec<&Event> = batch.events.iter().zip(&from).filter(|(_, (_, g))| *g).map(|(e, _)| e).collect();
         let known = self.queue.known(&given).context("failed to check which events of the batch are already known")?;
         if !known.is_empty() {
             let events = std::mem::take(&mut batch.events);
-            for (e, (line, _)) in events.into_iter().zip(lines) {
+            for (e, (at, _)) in events.into_iter().zip(from) {
                 match known.get(&e.event_id) {
                     Some(place) => {
-                        batch.skipped.push(Duplicate { line, event_id: e.event_id, already: (*place).to_string() })
+                        batch.skipped.push(Duplicate { at, event_id: e.event_id, already: (*place).to_string() })
                     }
                     None => batch.events.push(e),
                 }
             }
-            batch.skipped.sort_by_key(|d| d.line);
+            batch.skipped.sort_by_key(|d| d.at);
         }
         Ok(batch)
     }

@@ -22,7 +22,7 @@ use crate::sandbox::Fault;
 pub mod marks;
 pub mod report;
 
-pub use marks::{ReplayMark, RetryMark};
+pub use marks::{CausedBy, ReplayMark, RetryMark};
 pub use report::HarnessReport;
 
 /// Why a handler run, or a delivery, failed. The names are the words

@@ -16,6 +16,14 @@ use crate::event::{CATALOGUE, is_valid_type_name};
 /// The world every handler targets, as the runtime links it.
 pub const WIT: &str = include_str!("../../wit/cortex-events.wit");
 
+/// The `wasi:keyvalue` package the world imports, as `wit/deps/` holds it.
+const WIT_DEPS: &[(&str, &str)] = &[
+    ("wit/deps/keyvalue/atomic.wit", include_str!("../../wit/deps/keyvalue/atomic.wit")),
+    ("wit/deps/keyvalue/batch.wit", include_str!("../../wit/deps/keyvalue/batch.wit")),
+    ("wit/deps/keyvalue/store.wit", include_str!("../../wit/deps/keyvalue/store.wit")),
+    ("wit/deps/keyvalue/world.wit", include_str!("../../wit/deps/keyvalue/world.wit")),
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Lang {
     Rust,
@@ -147,6 +155,9 @@ pub fn new(name: &str, lang: Lang, events: &[String], dir: &Path) -> Result<Scaf
         write(rel, &fill(text))?;
     }
     write("wit/cortex-events.wit", WIT)?;
+    for (rel, text) in WIT_DEPS {
+        write(rel, text)?;
+    }
     write("fixtures/example.json", &(serde_json::to_string_pretty(&event)? + "\n"))?;
     write("fixtures/example.expect.json", &(serde_json::to_string_pretty(&expect)? + "\n"))?;
     write("README.md", &readme)?;

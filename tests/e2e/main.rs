@@ -2,6 +2,7 @@
 //! throwaway coordination roots. One test binary; a module per capability.
 
 mod cli;
+mod cloudevents;
 mod crash;
 mod dispatch;
 mod handlers;
@@ -14,7 +15,9 @@ mod sandbox;
 mod schedule;
 mod schema;
 mod service;
+mod state;
 mod store;
+mod trace;
 mod trust;
 mod user;
 mod world;

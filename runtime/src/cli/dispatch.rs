@@ -9,6 +9,7 @@ use anyhow::Result;
 use super::{Outcome, open};
 use cortex::dispatch::Until;
 use cortex::layout::Layout;
+use cortex::lock::RecoverRw;
 use cortex::queue::Queue;
 
 #[derive(clap::Args)]
@@ -39,7 +40,7 @@ pub fn run(layout: &Layout, args: Args) -> Result<Outcome> {
         eprintln!(
             "cortex: {} of {} handlers do not load; the events routed to them wait in the queue (fix them, run `make handlers`, or remove them from cortex.toml)",
             summary.broken.len(),
-            dispatcher.handlers().read().unwrap_or_else(|e| e.into_inner()).len() + summary.broken.len()
+            dispatcher.handlers().read_locked().len() + summary.broken.len()
         );
         return Ok(Outcome::HandlersNotLoading);
     }

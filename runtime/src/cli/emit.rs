@@ -1,5 +1,6 @@
 //! `cortex emit`: build, validate, log and queue one event from its parts,
-//! or a JSONL batch from stdin (all of it or none).
+//! a JSONL batch from stdin, or CloudEvents from a file or stdin (a batch
+//! all of it or none; events already known are skipped either way).
 
 use std::io::{BufReader, IsTerminal, Write};
 
@@ -8,20 +9,20 @@ use anyhow::{Context, Result};
 use super::{Outcome, open, read_stdin, strip_bom};
 use cortex::event::{NewEvent, Priority};
 use cortex::layout::Layout;
-use cortex::producer::Producer;
+use cortex::producer::{Batch, Producer};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Event type, e.g. worker.completed.
-    #[arg(required_unless_present = "batch")]
+    #[arg(required_unless_present_any = ["batch", "cloudevent"])]
     event_type: Option<String>,
     /// Component that emits the event.
-    #[arg(required_unless_present = "batch")]
+    #[arg(required_unless_present_any = ["batch", "cloudevent"])]
     source: Option<String>,
     /// The payload, a JSON object; `@FILE` reads it from a file and `-`
     /// from stdin. Use one of those for large payloads: the OS refuses to
     /// start a command with an argument over 128 KiB.
-    #[arg(required_unless_present = "batch", value_name = "PAYLOAD_JSON|@FILE|-")]
+    #[arg(required_unless_present_any = ["batch", "cloudevent"], value_name = "PAYLOAD_JSON|@FILE|-")]
     payload: Option<String>,
     /// The event's correlation_id, shared by related events (empty: none).
     correlation_id: Option<String>,
@@ -41,6 +42,14 @@ pub struct Args {
     /// reported on stderr).
     #[arg(long, conflicts_with_all = ["event_type", "source", "payload", "correlation_id", "priority", "tags", "master"])]
     batch: bool,
+    /// Queue a CloudEvent (structured mode, application/cloudevents+json),
+    /// a batch of them (a JSON array, application/cloudevents-batch+json)
+    /// or JSON lines of them (as `cortex export` writes) from FILE or stdin
+    /// (`-`): a batch all of it or none; events already known (the Cortex
+    /// id derives from the CloudEvent's source and id) are skipped and
+    /// reported on stderr.
+    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["event_type", "source", "payload", "correlation_id", "priority", "tags", "master", "batch"])]
+    cloudevent: Option<String>,
 }
 
 pub fn run(layout: &Layout, args: Args) -> Result<Outcome> {
@@ -53,28 +62,16 @@ pub fn run(layout: &Layout, args: Args) -> Result<Outcome> {
             eprintln!("cortex: reading JSONL events from the terminal; end with Ctrl-D");
         }
         let batch = producer.emit_batch(BufReader::new(stdin.lock()))?;
-        for d in &batch.skipped {
-            eprintln!("cortex: {d}");
-        }
-        let events = batch.events;
-        for e in &events {
-            if args.json {
-                writeln!(out, "{}", e.to_json())?;
-            } else {
-                writeln!(out, "{}", e.event_id)?;
-            }
-        }
-        out.flush()?;
-        if batch.skipped.is_empty() {
-            eprintln!("queued {} events", events.len());
+        return report(&mut out, &batch, args.json);
+    }
+    if let Some(from) = &args.cloudevent {
+        let text = if from == "-" {
+            read_stdin()?
         } else {
-            eprintln!(
-                "queued {} events; skipped {} whose event_id was already known (the id is the idempotency key)",
-                events.len(),
-                batch.skipped.len()
-            );
-        }
-        return Ok(Outcome::Success);
+            std::fs::read_to_string(from).with_context(|| format!("failed to read the CloudEvents file {from}"))?
+        };
+        let batch = producer.emit_cloudevents(&text).context("CloudEvent rejected; nothing was queued")?;
+        return report(&mut out, &batch, args.json);
     }
     // clap guarantees these three unless --batch.
     let (event_type, source, payload) =
@@ -110,5 +107,31 @@ pub fn run(layout: &Layout, args: Args) -> Result<Outcome> {
         writeln!(out, "{}", event.event_id)?;
     }
     out.flush()?;
+    Ok(Outcome::Success)
+}
+
+/// Prints the ids (or events) a batch queued on stdout, and what it
+/// skipped and a count on stderr.
+fn report(out: &mut impl Write, batch: &Batch, json: bool) -> Result<Outcome> {
+    for d in &batch.skipped {
+        eprintln!("cortex: {d}");
+    }
+    for e in &batch.events {
+        if json {
+            writeln!(out, "{}", e.to_json())?;
+        } else {
+            writeln!(out, "{}", e.event_id)?;
+        }
+    }
+    out.flush()?;
+    if batch.skipped.is_empty() {
+        eprintln!("queued {} events", batch.events.len());
+    } else {
+        eprintln!(
+            "queued {} events; skipped {} whose event_id was already known (the id is the idempotency key)",
+            batch.events.len(),
+            batch.skipped.len()
+        );
+    }
     Ok(Outcome::Success)
 }

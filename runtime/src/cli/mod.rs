@@ -20,12 +20,15 @@ pub use super::Outcome;
 mod dispatch;
 mod dlq;
 mod emit;
+mod export;
 mod handler_test;
 mod handlers;
 mod init;
 mod replay;
 mod serve;
+mod state;
 mod status;
+mod trace;
 mod validate;
 
 #[derive(Parser)]
@@ -43,8 +46,12 @@ pub enum Command {
     /// Create the coordination layout, a commented default cortex.toml and
     /// the built-in handler components.
     Init(init::Args),
-    /// Build, validate, log and queue an event (or a JSONL batch from stdin).
+    /// Build, validate, log and queue an event (or a JSONL batch from stdin,
+    /// or CloudEvents with --cloudevent).
     Emit(emit::Args),
+    /// Write archived events out as JSON lines: CloudEvents or the Cortex
+    /// envelopes, selected with replay's filters (none: everything).
+    Export(export::Args),
     /// Check an event document or a JSONL file of events (problems of a
     /// JSONL file are reported with their line numbers).
     Validate(validate::Args),
@@ -80,6 +87,15 @@ pub enum Command {
         #[command(subcommand)]
         command: dlq::Command,
     },
+    /// The causal tree of an event or a correlation id, across the queue,
+    /// the claims, the dead letters and the archive: each event with its
+    /// handlers and their outcome, duration and time after its parent.
+    Trace(trace::Args),
+    /// Handler state: the key-value buckets (read-only).
+    State {
+        #[command(subcommand)]
+        command: state::Command,
+    },
 }
 
 impl Command {
@@ -105,6 +121,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     match cli.command {
         Command::Init(args) => init::run(&layout, args),
         Command::Emit(args) => emit::run(&layout, args),
+        Command::Export(args) => export::run(&layout, args),
         Command::Validate(args) => validate::run(&layout, args),
         Command::Status(args) => status::run(&layout, args),
         Command::Dispatch(args) => dispatch::run(&layout, args),
@@ -112,6 +129,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Handlers { command } | Command::Handler { command } => handlers::run(&layout, command),
         Command::Replay(args) => replay::run(&layout, args),
         Command::Dlq { command } => dlq::run(&layout, command),
+        Command::Trace(args) => trace::run(&layout, args),
+        Command::State { command } => state::run(&layout, command),
     }
 }
 

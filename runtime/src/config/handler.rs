@@ -1,12 +1,12 @@
 //! The `[handlers.<name>]` tables of `cortex.toml`: a handler's component,
-//! the event patterns routed to it, its grants, limits, retry policy,
-//! settings and what it may emit. Checked as part of [`super::Config`].
+//! the event patterns routed to it, its grants (directories, and key-value
+//! buckets), limits, retry policy, settings and what it may emit. Checked as part of [`super::Config`].
 
 use super::*;
 
 /// Top-level entries of a root that belong to the runtime: a grant inside
 /// one of them needs `unsafe_allow` (the archive may be granted read-only).
-pub const RESERVED_DIRS: &[&str] = &["events", "cache", "handlers", "run", CONFIG_FILE];
+pub const RESERVED_DIRS: &[&str] = &["events", "cache", "handlers", "run", "kv", CONFIG_FILE];
 
 /// Access a handler has to one directory under the root.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub struct Grant {
     pub dir: String,
     pub mode: Access,
     /// Grants a directory the runtime itself uses (`events/...`, `cache`,
-    /// `handlers`, `run`, the whole root): a handler could then damage the
+    /// `handlers`, `run`, `kv`, the whole root): a handler could then damage the
     /// queue or replace compiled code the host loads. Only with this set,
     /// and `cortex handlers check` warns about it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -80,6 +80,27 @@ pub struct HandlerLimits {
     /// grants' own handles not counted); past it opens are refused.
     #[serde(default = "default_max_open_files")]
     pub max_open_files: u64,
+    /// Distinct keys one invocation may write (set, delete or increment)
+    /// in its key-value buckets.
+    #[serde(default = "default_kv_keys_written")]
+    pub kv_keys_written: usize,
+    /// Bytes of one key-value value.
+    #[serde(default = "default_kv_value_bytes")]
+    pub kv_value_bytes: usize,
+    /// Bytes of keys and values one invocation may write, in total.
+    #[serde(default = "default_kv_bytes_written")]
+    pub kv_bytes_written: usize,
+}
+
+impl HandlerLimits {
+    /// What one invocation may write to its key-value buckets.
+    pub fn kv(&self) -> crate::kv::Limits {
+        crate::kv::Limits {
+            max_keys_written: self.kv_keys_written,
+            max_value_bytes: self.kv_value_bytes,
+            max_bytes_written: self.kv_bytes_written,
+        }
+    }
 }
 
 impl Default for HandlerLimits {
@@ -93,6 +114,9 @@ impl Default for HandlerLimits {
             write_bytes: default_write_bytes(),
             max_new_files: default_max_new_files(),
             max_open_files: default_max_open_files(),
+            kv_keys_written: default_kv_keys_written(),
+            kv_value_bytes: default_kv_value_bytes(),
+            kv_bytes_written: default_kv_bytes_written(),
         }
     }
 }
@@ -118,6 +142,15 @@ fn default_max_new_files() -> u64 {
 fn default_max_open_files() -> u64 {
     64
 }
+fn default_kv_keys_written() -> usize {
+    crate::kv::Limits::default().max_keys_written
+}
+fn default_kv_value_bytes() -> usize {
+    crate::kv::Limits::default().max_value_bytes
+}
+fn default_kv_bytes_written() -> usize {
+    crate::kv::Limits::default().max_bytes_written
+}
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +161,12 @@ pub struct HandlerConfig {
     pub events: Vec<String>,
     #[serde(default)]
     pub grants: Vec<Grant>,
+    /// Key-value buckets the handler may read and write (`wasi:keyvalue`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keyvalue: Vec<String>,
+    /// Key-value buckets the handler may only read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keyvalue_read: Vec<String>,
     #[serde(default)]
     pub limits: HandlerLimits,
     /// Deliveries before an event goes to the dead-letter queue.
@@ -188,6 +227,18 @@ impl HandlerConfig {
     /// when absolute, else under `root`.
     pub fn component_path(&self, root: &Path) -> PathBuf {
         if self.component.is_absolute() { self.component.clone() } else { root.join(&self.component) }
+    }
+
+    /// The buckets the handler may open: `keyvalue` read-write, then
+    /// `keyvalue_read` read-only (a bucket in both is read-write).
+    pub fn kv_grants(&self) -> Vec<crate::kv::Grant> {
+        let rw = self.keyvalue.iter().map(|b| crate::kv::Grant { bucket: b.clone(), write: true });
+        let ro = self
+            .keyvalue_read
+            .iter()
+            .filter(|b| !self.keyvalue.contains(b))
+            .map(|b| crate::kv::Grant { bucket: b.clone(), write: false });
+        rw.chain(ro).collect()
     }
 
     /// Whether an event type matches one of this handler's patterns.

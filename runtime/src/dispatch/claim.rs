@@ -19,6 +19,7 @@ use super::commit::InFlight;
 use super::lanes::{Job, Lanes, Pending};
 use super::{Dispatcher, Until};
 use crate::config::Config;
+use crate::lock::{Recover, RecoverRw};
 use crate::queue::{Claim, now_ms};
 use crate::route;
 
@@ -110,7 +111,7 @@ impl Dispatcher {
             .map(str::to_string)
             .collect();
         let waits_for: Vec<String> = {
-            let broken = self.broken.read().unwrap_or_else(|e| e.into_inner());
+            let broken = self.broken.read_locked();
             names.iter().filter(|n| broken.contains_key(*n)).cloned().collect()
         };
         let max_attempts = names.iter().filter_map(|n| config.handlers.get(n)).map(|h| h.max_attempts).max();
@@ -137,7 +138,7 @@ impl Dispatcher {
     /// How long an entry put back for a handler that does not load stays
     /// out of the serving order: longer each time it is put back.
     fn defer_for(&self, claim: &Claim, waits: bool, deferred: &mut BTreeSet<String>) -> Duration {
-        let mut deferrals = self.deferrals.lock().unwrap_or_else(|e| e.into_inner());
+        let mut deferrals = self.deferrals.locked();
         if !waits {
             deferrals.remove(&claim.name.key());
             return Duration::ZERO;

@@ -5,9 +5,17 @@
 //! acknowledged. It also keeps the count of events in flight, which bounds
 //! how far the claim loop runs ahead.
 //!
+//! Handler state goes first: the key-value writes of every successful
+//! invocation in the batch are committed to the state backend in one
+//! transaction ([`crate::kv::Backend::commit`]) before the filesystem
+//! settlement. An event with a write refused as a conflict is not settled
+//! but put back to run again (see `verdict::rerun`).
+//!
 //! Crash story: a batch that cannot be settled stays claimed (its claims
 //! are recovered after their lease); the committer then settles nothing
-//! more, and the run ends with that error.
+//! more, and the run ends with that error. A crash between the state commit
+//! and the settlement redelivers the events, whose writes the backend then
+//! recognises by their marks and does not apply twice.
 
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex};
@@ -17,10 +25,13 @@ use anyhow::Result;
 
 use super::Summary;
 use super::lanes::Pending;
-use super::verdict::settle_one;
+use super::verdict::{rerun, settle_one};
+use crate::kv::Applied;
+use crate::lock::Recover;
 use crate::metrics::Metrics;
 use crate::queue::{Queue, Settlement, Verdict};
 use crate::records::Outcome;
+use crate::sandbox::Sandbox;
 
 /// Events settled in one group commit, at most.
 const MAX_BATCH: usize = 256;
@@ -35,26 +46,26 @@ pub(super) struct InFlight {
 impl InFlight {
     /// One more claimed.
     pub fn add(&self) {
-        *self.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        *self.count.locked() += 1;
     }
 
     /// `n` settled (or given up).
     fn done(&self, n: usize) {
-        *self.count.lock().unwrap_or_else(|e| e.into_inner()) -= n;
+        *self.count.locked() -= n;
         self.cv.notify_all();
     }
 
     /// Waits until fewer than `max` are in flight.
     pub fn wait_below(&self, max: usize) {
-        let mut n = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = self.count.locked();
         while *n >= max {
-            n = self.cv.wait(n).unwrap_or_else(|e| e.into_inner());
+            n = crate::lock::recover(self.cv.wait(n));
         }
     }
 
     /// Whether any are; if so, waits up to `timeout` for one to settle.
     pub fn wait_if_busy(&self, timeout: Duration) -> bool {
-        let n = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        let n = self.count.locked();
         if *n == 0 {
             return false;
         }
@@ -70,6 +81,7 @@ pub(super) fn commit_loop(
     rx: &Receiver<Arc<Pending>>,
     in_flight: &InFlight,
     metrics: &Metrics,
+    sandbox: &Sandbox,
 ) -> Result<Summary> {
     let mut summary = Summary::default();
     let mut failed: Option<anyhow::Error> = None;
@@ -82,8 +94,20 @@ pub(super) fn commit_loop(
             }
         }
         let n = batch.len();
-        if failed.is_none() {
-            let settlements: Vec<Settlement> = batch.into_iter().map(|p| settle_one(p, &mut summary)).collect();
+        let conflicted = if failed.is_none() {
+            commit_state(sandbox, &batch).map_err(|e| {
+                tracing::error!(error = %format!("{e:#}"), "failed to commit the handlers' state for a batch; its events stay claimed and are recovered after their lease");
+                failed = Some(e);
+            })
+        } else {
+            Err(())
+        };
+        if let Ok(conflicted) = conflicted {
+            let settlements: Vec<Settlement> = batch
+                .into_iter()
+                .zip(conflicted)
+                .map(|(p, c)| if c { rerun(p, &mut summary) } else { settle_one(p, &mut summary) })
+                .collect();
             let observed: Vec<(String, &'static str, usize)> =
                 settlements.iter().map(|s| (s.claim.event.event_type.clone(), outcome(s), s.emitted.len())).collect();
             match queue.settle(settlements) {
@@ -104,6 +128,35 @@ pub(super) fn commit_loop(
         Some(e) => Err(e.context("dispatch stopped: a batch could not be settled")),
         None => Ok(summary),
     }
+}
+
+/// Commits the key-value writes of a batch's successful invocations in one
+/// backend transaction; says for each event whether one of its writes was
+/// refused as a conflict. The backend is opened only when there is
+/// something to write.
+fn commit_state(sandbox: &Sandbox, batch: &[Arc<Pending>]) -> Result<Vec<bool>> {
+    let mut owners = Vec::new();
+    let mut changes = Vec::new();
+    for (i, p) in batch.iter().enumerate() {
+        let mut results = p.results.locked();
+        for ran in results.iter_mut().flatten() {
+            if let Some(c) = ran.changes.take() {
+                owners.push(i);
+                changes.push(c);
+            }
+        }
+    }
+    let mut conflicted = vec![false; batch.len()];
+    if changes.is_empty() {
+        return Ok(conflicted);
+    }
+    crate::fsio::failpoint("state.before-commit");
+    let applied = sandbox.state()?.commit(&changes)?;
+    crate::fsio::failpoint("state.committed");
+    for (i, a) in owners.into_iter().zip(applied) {
+        conflicted[i] |= a == Applied::Conflict;
+    }
+    Ok(conflicted)
 }
 
 /// The metrics' word for how a settlement ends.

@@ -19,6 +19,7 @@ use super::commit::{InFlight, commit_loop};
 use super::lanes::{Lanes, Pending, Shared, Slots};
 use super::{Broken, Handlers, Mode, Summary};
 use crate::config::Config;
+use crate::lock::RecoverRw;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::sandbox::{Loaded, Sandbox};
@@ -84,7 +85,7 @@ impl Dispatcher {
     }
 
     pub(super) fn config(&self) -> Arc<Config> {
-        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.config.read_locked().clone()
     }
 
     /// Dispatches until the run's [`Mode`] says to stop or `stop` returns
@@ -108,8 +109,8 @@ impl Dispatcher {
         };
         let mut claimed = 0;
         let committed = std::thread::scope(|scope| -> Result<Result<Summary>> {
-            let (queue, in_flight, metrics) = (self.queue.as_ref(), &in_flight, &self.metrics);
-            let committer = scope.spawn(move || commit_loop(queue, &done_rx, in_flight, metrics));
+            let (queue, in_flight, metrics, sandbox) = (self.queue.as_ref(), &in_flight, &self.metrics, &self.sandbox);
+            let committer = scope.spawn(move || commit_loop(queue, &done_rx, in_flight, metrics, sandbox));
             let done = shared.done.clone();
             let mut lanes = Lanes::new(scope, shared);
             let claim_result = self.claim_loop(&mode, stop, &mut lanes, &done, in_flight, &mut claimed);
@@ -125,7 +126,7 @@ impl Dispatcher {
         Ok(Summary {
             claimed,
             recovered_claims: recovered.requeued + recovered.finished,
-            broken: self.broken.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            broken: self.broken.read_locked().clone(),
             elapsed_ms: crate::text::millis(start.elapsed()),
             ..committed
         })

@@ -24,6 +24,7 @@ use crate::sandbox::{Fault, Sandbox};
 use crate::text::Escaped;
 
 use super::Handlers;
+use crate::lock::{Recover, RecoverRw};
 
 /// One handler's part of one event.
 pub(super) struct Job {
@@ -63,9 +64,7 @@ impl Pending {
             exhausted: p.exhausted,
             looped: p.looped,
             names: p.names.clone(),
-            results: Mutex::new(
-                p.results.lock().unwrap_or_else(|e| e.into_inner()).iter_mut().map(Option::take).collect(),
-            ),
+            results: Mutex::new(p.results.locked().iter_mut().map(Option::take).collect()),
             remaining: Mutex::new(0),
         })
     }
@@ -81,6 +80,9 @@ pub(super) struct Ran {
     pub result: Result<String, Fault>,
     pub emitted: Vec<Event>,
     pub duration: Duration,
+    /// Its key-value writes, if it succeeded and wrote any; the committer
+    /// takes them out to commit before the settlement.
+    pub changes: Option<crate::kv::Changes>,
 }
 
 /// A simple counting semaphore: the `workers` invocations of a run.
@@ -95,15 +97,15 @@ impl Slots {
     }
 
     fn acquire(&self) {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let mut free = self.free.locked();
         while *free == 0 {
-            free = self.cv.wait(free).unwrap_or_else(|e| e.into_inner());
+            free = crate::lock::recover(self.cv.wait(free));
         }
         *free -= 1;
     }
 
     fn release(&self) {
-        *self.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        *self.free.locked() += 1;
         self.cv.notify_one();
     }
 }
@@ -149,14 +151,14 @@ impl<'scope, 'env> Lanes<'scope, 'env> {
 /// One thread of handler `name`'s lane: runs its jobs until the lane closes.
 fn lane(name: &str, rx: &Mutex<Receiver<Job>>, shared: &Shared) {
     loop {
-        let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+        let job = match rx.locked().recv() {
             Ok(job) => job,
             Err(_) => return,
         };
         let ran = run_one(name, &job.pending.claim, shared);
-        job.pending.results.lock().unwrap_or_else(|e| e.into_inner())[job.slot] = Some(ran);
+        job.pending.results.locked()[job.slot] = Some(ran);
         let last = {
-            let mut remaining = job.pending.remaining.lock().unwrap_or_else(|e| e.into_inner());
+            let mut remaining = job.pending.remaining.locked();
             *remaining -= 1;
             *remaining == 0
         };
@@ -171,7 +173,7 @@ fn run_one(name: &str, claim: &Claim, shared: &Shared) -> Ran {
     // The version serving when the event reaches the front of the lane;
     // a reload swaps the map, and this Arc keeps the old one alive until
     // the invocation ends.
-    let loaded = shared.handlers.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
+    let loaded = shared.handlers.read_locked().get(name).cloned();
     let Some(loaded) = loaded else {
         return Ran {
             handler: name.to_string(),
@@ -182,6 +184,7 @@ fn run_one(name: &str, claim: &Claim, shared: &Shared) -> Ran {
             result: Err(Fault::new(FaultKind::Load, format!("handler {name} is not loaded"))),
             emitted: Vec::new(),
             duration: Duration::ZERO,
+            changes: None,
         };
     };
     let event = &claim.event;
@@ -216,5 +219,6 @@ fn run_one(name: &str, claim: &Claim, shared: &Shared) -> Ran {
         result: inv.result,
         emitted: inv.emitted,
         duration: inv.duration,
+        changes: inv.changes,
     }
 }

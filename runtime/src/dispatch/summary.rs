@@ -24,6 +24,9 @@ pub struct Summary {
     pub dead_lettered: u64,
     /// Events put back because a handler they route to does not load.
     pub deferred: u64,
+    /// Events put back to run again at once: a key a handler read and
+    /// wrote was changed by another invocation first (see `crate::kv`).
+    pub rerun: u64,
     pub emitted: u64,
     pub recovered_claims: usize,
     /// Handlers that did not load, with why (their events wait).
@@ -43,6 +46,9 @@ impl std::fmt::Display for Summary {
         )?;
         if self.deferred > 0 {
             writeln!(f, "{} events wait in the queue for handlers that do not load", self.deferred)?;
+        }
+        if self.rerun > 0 {
+            writeln!(f, "{} events ran again: another invocation changed a key they read and wrote", self.rerun)?;
         }
         if self.recovered_claims > 0 {
             writeln!(f, "recovered {} stale claims from a stopped dispatcher", self.recovered_claims)?;

@@ -3,7 +3,8 @@
 //! exponential backoff while attempts remain, dead-lettered with its
 //! forensic record when they do not, when it was delivered more often than
 //! allowed, or when it closes an event loop; put back unrun (deferred)
-//! when a handler it routes to does not load.
+//! when a handler it routes to does not load, or put back to run again at
+//! once when its state writes conflicted ([`rerun`]).
 //!
 //! Pure decisions: nothing here writes; the committer settles the verdicts
 //! of a batch in one group commit.
@@ -30,7 +31,7 @@ pub(super) fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settle
         let due = SystemTime::now() + pending.defer_for;
         return Settlement { claim, emitted: Vec::new(), verdict: Verdict::Defer { due } };
     }
-    let ran: Vec<Ran> = pending.results.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().flatten().collect();
+    let ran: Vec<Ran> = crate::lock::recover(pending.results.into_inner()).into_iter().flatten().collect();
     let tally = Tally::of(&ran, summary);
     summary.emitted += tally.emitted.len() as u64;
 
@@ -58,6 +59,18 @@ pub(super) fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settle
         return Settlement { claim, emitted: tally.emitted, verdict: Verdict::Ack(Box::new(record)) };
     }
     retry_or_dead_letter(summary, claim, tally)
+}
+
+/// The verdict on an event whose key-value writes were refused as a
+/// conflict (another invocation changed a key a handler read and wrote):
+/// nothing of it is settled; it goes back to the queue due now, its attempt
+/// unchanged, and all its handlers run again (those that applied their
+/// writes find their mark and apply nothing twice).
+pub(super) fn rerun(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
+    let claim = Pending::into_inner(pending).claim;
+    summary.rerun += 1;
+    tracing::debug!(event_id = %claim.event.event_id, "state conflict: the event runs again");
+    Settlement { claim, emitted: Vec::new(), verdict: Verdict::Defer { due: SystemTime::now() } }
 }
 
 /// What the handlers of one event did.

@@ -2,6 +2,9 @@
 //! each with the path of the field it concerns; only a document without
 //! problems becomes an [`Event`]. The catalogue, categories and id rules it
 //! checks against are the parent module's.
+//!
+//! About 350 lines of code; the rest is unit and property tests of every
+//! rule, kept beside the rules.
 
 use super::*;
 

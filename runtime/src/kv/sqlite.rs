@@ -21,6 +21,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+use crate::lock::Recover;
+
 use super::{Applied, Backend, Changes, Op, Versioned};
 
 /// How long a writer waits for another process's transaction.
@@ -79,39 +81,36 @@ impl SqliteBackend {
     }
 }
 
-fn lock(m: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
-    // A panic while holding the connection leaves no half-done transaction
-    // behind: rusqlite rolls back an unfinished one when it is dropped.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Backend for SqliteBackend {
     fn get(&self, bucket: &str, key: &str) -> Result<Option<Versioned>> {
-        let conn = lock(&self.read);
+        let conn = self.read.locked();
         let mut stmt = conn.prepare_cached("SELECT value, version FROM kv WHERE bucket = ?1 AND key = ?2")?;
         let row = stmt
-            .query_row(params![bucket, key], |r| Ok(Versioned { value: r.get(0)?, version: r.get::<_, i64>(1)? as u64 }))
+            .query_row(params![bucket, key], |r| {
+                Ok(Versioned { value: r.get(0)?, version: r.get::<_, i64>(1)? as u64 })
+            })
             .optional()
             .with_context(|| format!("failed to read key {key:?} of bucket {bucket:?}"))?;
         Ok(row)
     }
 
     fn keys(&self, bucket: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
-        let conn = lock(&self.read);
+        let conn = self.read.locked();
         let mut stmt = conn.prepare_cached(
             "SELECT key FROM kv WHERE bucket = ?1 AND key >= ?2 AND (?3 IS NULL OR key > ?3) \
              AND substr(key, 1, length(?2)) = ?2 ORDER BY key LIMIT ?4",
         )?;
         let rows = stmt.query_map(params![bucket, prefix, after, limit as i64], |r| r.get::<_, String>(0))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().with_context(|| format!("failed to list the keys of bucket {bucket:?}"))
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .with_context(|| format!("failed to list the keys of bucket {bucket:?}"))
     }
 
     fn buckets(&self) -> Result<Vec<(String, u64)>> {
-        let conn = lock(&self.read);
+        let conn = self.read.locked();
         let mut stmt = conn.prepare_cached("SELECT bucket, count(*) FROM kv GROUP BY bucket ORDER BY bucket")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
         rows.collect::<rusqlite::Result<Vec<_>>>().context("failed to list the state buckets")
@@ -121,12 +120,16 @@ impl Backend for SqliteBackend {
         if batch.iter().all(|c| c.ops.is_empty()) {
             return Ok(vec![Applied::Applied; batch.len()]);
         }
-        let mut conn = lock(&self.write);
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).context("failed to begin a state transaction")?;
+        let mut conn = self.write.locked();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .context("failed to begin a state transaction")?;
         let at = now_ms() as i64;
         let mut out = Vec::with_capacity(batch.len());
         {
-            let mut mark = tx.prepare_cached("INSERT OR IGNORE INTO marks (event_id, handler, generation, at_ms) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut mark = tx.prepare_cached(
+                "INSERT OR IGNORE INTO marks (event_id, handler, generation, at_ms) VALUES (?1, ?2, ?3, ?4)",
+            )?;
             let mut version = tx.prepare_cached("SELECT version FROM kv WHERE bucket = ?1 AND key = ?2")?;
             let mut set = tx.prepare_cached(
                 "INSERT INTO kv (bucket, key, value, version) VALUES (?1, ?2, ?3, 1) \
@@ -134,9 +137,18 @@ impl Backend for SqliteBackend {
             )?;
             let mut delete = tx.prepare_cached("DELETE FROM kv WHERE bucket = ?1 AND key = ?2")?;
             let mut value = tx.prepare_cached("SELECT value FROM kv WHERE bucket = ?1 AND key = ?2")?;
+            let mut seen =
+                tx.prepare_cached("SELECT 1 FROM marks WHERE event_id = ?1 AND handler = ?2 AND generation = ?3")?;
             for changes in batch {
                 if changes.ops.is_empty() {
                     out.push(Applied::Applied);
+                    continue;
+                }
+                // A buffer already applied is not checked for conflicts:
+                // running its event again would only find the mark again.
+                let m = &changes.mark;
+                if seen.exists(params![m.event_id, m.handler, m.generation])? {
+                    out.push(Applied::Already);
                     continue;
                 }
                 // Check everything before touching anything, so a refused
@@ -167,7 +179,6 @@ impl Backend for SqliteBackend {
                     out.push(Applied::Conflict);
                     continue;
                 }
-                let m = &changes.mark;
                 if mark.execute(params![m.event_id, m.handler, m.generation, at])? == 0 {
                     out.push(Applied::Already);
                     continue;
@@ -195,7 +206,7 @@ impl Backend for SqliteBackend {
     }
 
     fn prune_marks(&self, before_ms: u64) -> Result<usize> {
-        let conn = lock(&self.write);
+        let conn = self.write.locked();
         let n = conn
             .execute("DELETE FROM marks WHERE at_ms < ?1", params![before_ms as i64])
             .context("failed to prune the state marks")?;

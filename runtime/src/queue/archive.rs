@@ -23,6 +23,7 @@ use super::FsQueue;
 use crate::event::Event;
 use crate::fsio;
 use crate::layout::Layout;
+use crate::lock::Recover;
 
 /// How often a long-running queue prunes the archive from `recover`.
 pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -47,7 +48,7 @@ impl FsQueue {
     /// When the archive directory cannot be opened (a symlink there is
     /// refused) or listed.
     pub fn prune_archive(&self) -> Result<Pruned> {
-        *self.last_prune.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+        *self.last_prune.locked() = Some(std::time::Instant::now());
         let mut out = Pruned::default();
         let Some(retention) = self.archive_retention else { return Ok(out) };
         let dir = fsio::beneath::open_dir(self.layout.root(), Layout::archive_rel(), fsio::beneath::Create::No)?;

@@ -24,6 +24,7 @@ use anyhow::{Context, Result};
 use super::{Claim, Delivery, EntryName, FsQueue, now_ms, now_rfc3339, owner};
 use crate::event::Event;
 use crate::fsio;
+use crate::lock::Recover;
 use crate::records::DeadLetterRecord;
 
 impl FsQueue {
@@ -33,7 +34,7 @@ impl FsQueue {
         let mut relisted = false;
         loop {
             let next = {
-                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let mut pending = self.pending.locked();
                 if pending.is_empty() && !relisted {
                     let foreign = self.refill(&mut pending)?;
                     relisted = true;
@@ -121,18 +122,18 @@ impl FsQueue {
     /// dispatcher after emitting): lets this process serve them without a
     /// re-list.
     pub(super) fn remember(&self, names: impl IntoIterator<Item = String>) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.pending.locked();
         pending.extend(names);
     }
 
     /// Forgets what was listed, so the next claim re-lists `queue/`.
     pub fn rescan(&self) {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.pending.locked().clear();
     }
 
     /// The directory this queue claims into (made at the first claim).
     pub(super) fn claim_dir(&self) -> Result<PathBuf> {
-        let mut owner = self.owner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut owner = self.owner.locked();
         if let Some(o) = owner.as_ref() {
             return Ok(o.dir.clone());
         }

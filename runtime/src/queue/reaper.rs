@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use super::FsQueue;
+use crate::lock::Recover;
 
 /// A thread pool that removes files whose removal need not be durable.
 pub(super) struct Reaper {
@@ -31,7 +32,7 @@ impl Reaper {
                 let rx = rx.clone();
                 std::thread::spawn(move || {
                     loop {
-                        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let next = rx.locked().recv();
                         let Ok(path) = next else { return };
                         if let Err(e) = std::fs::remove_file(&path)
                             && e.kind() != std::io::ErrorKind::NotFound
@@ -57,7 +58,7 @@ impl Reaper {
 impl FsQueue {
     /// Hands files to the reaper pool (started at the first call).
     pub(super) fn reap(&self, paths: Vec<PathBuf>) {
-        let mut reaper = self.reaper.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reaper = self.reaper.locked();
         let r = reaper.get_or_insert_with(Reaper::start);
         for path in paths {
             if let Err(unsent) = r.tx.send(path) {
@@ -69,10 +70,10 @@ impl FsQueue {
     /// Waits until every settled claim has been removed, then gives up
     /// this queue's claim directory if nothing is left in it.
     pub fn flush(&self) {
-        if let Some(r) = self.reaper.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(r) = self.reaper.locked().take() {
             r.stop();
         }
-        if let Some(owner) = self.owner.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(owner) = self.owner.locked().take() {
             owner.retire();
         }
     }

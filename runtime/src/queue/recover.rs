@@ -23,6 +23,7 @@ use super::archive::{PRUNE_EVERY, archived_entry};
 use super::name::list_names;
 use super::{AttemptRecord, Delivery, EntryName, Failure, FsQueue, Recovered, now_rfc3339, owner};
 use crate::fsio;
+use crate::lock::Recover;
 use crate::records::FaultKind;
 use crate::sandbox::Fault;
 
@@ -30,7 +31,7 @@ impl FsQueue {
     /// [`super::Queue::recover`] of the filesystem queue.
     pub(super) fn recover_claims(&self, lease: Duration) -> Result<Recovered> {
         let mut out = Recovered::default();
-        let due = self.last_prune.lock().unwrap_or_else(|e| e.into_inner()).is_none_or(|t| t.elapsed() > PRUNE_EVERY);
+        let due = self.last_prune.locked().is_none_or(|t| t.elapsed() > PRUNE_EVERY);
         if due && let Err(e) = self.prune_archive() {
             tracing::warn!(error = %format!("{e:#}"), "failed to apply the archive retention");
         }
@@ -51,7 +52,7 @@ impl FsQueue {
             self.take_back(&path, &name, (FaultKind::LeaseExpired, why, age), &mut out)?;
         }
         // Claims of dispatchers that died: at once, whatever their age.
-        let mine = self.owner.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|o| o.dir.clone());
+        let mine = self.owner.locked().as_ref().map(|o| o.dir.clone());
         for orphan in owner::orphans(&claimed, mine.as_deref())? {
             for name in list_names(&orphan.dir)? {
                 let path = orphan.dir.join(name.file_name());

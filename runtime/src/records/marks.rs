@@ -2,7 +2,8 @@
 //! `metadata` ([`ReplayMark`] under `replay`, [`RetryMark`] under
 //! `dlq_retry`), written by `cortex replay` and `cortex dlq retry` and read
 //! by routing (a replay limited to one handler; the handlers a retry
-//! skips) and by reports.
+//! skips) and by reports; and the link the host puts on every follow-up
+//! ([`CausedBy`] under `caused_by`), read by `cortex trace`.
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +35,35 @@ pub struct RetryMark {
     pub last_at: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skip: Vec<String>,
+}
+
+/// `metadata.caused_by` of a follow-up event, set by the host alone on
+/// every handler emit: the triggering event, its type, the handler that
+/// emitted, and how many emits separate it from a producer's event.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CausedBy {
+    pub event_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub event_type: String,
+    #[serde(default)]
+    pub handler: String,
+    /// 1 for a follow-up recorded before hops were.
+    #[serde(default = "one_hop")]
+    pub hops: u64,
+}
+
+fn one_hop() -> u64 {
+    1
+}
+
+impl CausedBy {
+    /// Its key in `metadata`.
+    pub const KEY: &'static str = "caused_by";
+
+    /// The link an event carries, if any (a producer's event has none).
+    pub fn of(event: &Event) -> Option<CausedBy> {
+        mark(event, Self::KEY)
+    }
 }
 
 impl ReplayMark {
@@ -103,5 +133,8 @@ mod tests {
         assert_eq!(RetryMark::of(&e).unwrap().skip, ["a"]);
         e.metadata.extra.insert("dlq_retry".into(), json!("retried once"));
         assert_eq!(RetryMark::of(&e), None);
+        assert_eq!(CausedBy::of(&e), None);
+        e.metadata.extra.insert("caused_by".into(), json!({"event_id": "evt_x", "handler": "h"}));
+        assert_eq!(CausedBy::of(&e).map(|c| (c.event_id, c.hops)), Some(("evt_x".into(), 1)));
     }
 }

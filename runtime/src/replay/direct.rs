@@ -128,6 +128,7 @@ pub(super) fn direct(
     let total = plan.len() as u64;
     let mut follow_ups = Vec::new();
     for (i, (event, hs)) in plan.iter().enumerate() {
+        let mut changes = Vec::new();
         let mut er = EventReport {
             event_id: event.event_id.clone(),
             event_type: event.event_type.clone(),
@@ -162,6 +163,7 @@ pub(super) fn direct(
                     run.summary = Some(summary);
                     run.emitted = emitted.collect();
                     follow_ups.extend(inv.emitted);
+                    changes.extend(inv.changes);
                 }
                 // As in dispatch: a failed invocation's emits are dropped.
                 Err(fault) => {
@@ -171,6 +173,18 @@ pub(super) fn direct(
                 }
             }
             er.runs.push(run);
+        }
+        // Their key-value writes, under the replay's generation (see
+        // HANDLERS.md, "State"), one event at a time so the next one reads
+        // them; never in a dry run.
+        if !request.dry_run && !changes.is_empty() {
+            let applied = sandbox
+                .state()?
+                .commit(&changes)
+                .context("the handlers ran, but their state could not be committed")?;
+            if applied.contains(&crate::kv::Applied::Conflict) {
+                tracing::warn!(event_id = %event.event_id, "another process changed a key this replay read and wrote: its state change was not applied");
+            }
         }
         report.events.push(er);
         progress("running handlers", i as u64 + 1, total);

@@ -1,5 +1,6 @@
 //! What a handler instance can reach: the store state, WASI, and the
-//! `emit` / `log` / `config` host functions of the `handler` world.
+//! `emit` / `log` / `config` host functions of the `handler` world (its
+//! `wasi:keyvalue` imports are in `keyvalue`).
 
 use std::sync::Arc;
 
@@ -274,6 +275,9 @@ pub struct State {
     /// When the invocation's wall-clock deadline passes, for host calls
     /// that wait (the epoch deadline covers the guest's own code).
     pub deadline: std::time::Instant,
+    /// The invocation's view of its key-value buckets (`keyvalue`); none
+    /// for a handler granted no bucket.
+    pub kv: Option<crate::kv::Txn>,
 }
 
 impl WasiView for State {

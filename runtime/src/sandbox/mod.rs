@@ -11,6 +11,11 @@
 //! an instance's memories (`limiter`), a bounded wasm stack, and caps on
 //! what the guest may do to files (`quota`).
 //!
+//! A 0.2.0 handler also gets `wasi:keyvalue` (`keyvalue`) over the buckets
+//! its config grants: its writes are buffered in a [`crate::kv::Txn`] and
+//! handed back in [`Invocation::changes`] when it succeeds, for the
+//! dispatcher to commit with the event's settlement.
+//!
 //! Handlers built against either `cortex:events` world load (`world`):
 //! 0.2.0, whose errors say whether a retry can help (an error that says it
 //! cannot is a [`Fault`] of kind `refused`), and 0.1.0, whose errors are all
@@ -22,6 +27,7 @@
 
 mod deadline;
 mod host;
+mod keyvalue;
 mod limiter;
 mod quota;
 mod world;
@@ -29,8 +35,8 @@ mod world;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -44,6 +50,8 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use crate::config::{Access, Grant, HandlerConfig, HandlerLimits};
 use crate::event::{Event, Validator};
 use crate::fsio;
+use crate::kv;
+use crate::lock::Recover;
 pub use crate::records::FaultKind;
 
 use host::{CallContext, State};
@@ -138,6 +146,10 @@ pub struct Invocation {
     pub stdout: String,
     pub stderr: String,
     pub duration: Duration,
+    /// The key-value writes it buffered, to be committed with the event's
+    /// settlement; `None` unless `result` is `Ok` and it wrote something
+    /// (a failed or trapped invocation's buffer is dropped here).
+    pub changes: Option<kv::Changes>,
 }
 
 /// The engine and linker shared by every handler of a root.
@@ -149,6 +161,9 @@ pub struct Sandbox {
     validator: Arc<Validator>,
     fuel: bool,
     ticker_stop: Arc<AtomicBool>,
+    /// The key-value backend, opened when a handler with `keyvalue` grants
+    /// first runs (a root without them never gets a database).
+    state: Mutex<Option<Arc<dyn kv::Backend>>>,
 }
 
 impl Drop for Sandbox {
@@ -243,6 +258,7 @@ impl Sandbox {
             validator: Arc::new(validator),
             fuel,
             ticker_stop,
+            state: Mutex::new(None),
         })
     }
 
@@ -256,6 +272,29 @@ impl Sandbox {
 
     pub fn validator(&self) -> &Validator {
         &self.validator
+    }
+
+    /// Uses `backend` for handler state instead of `<root>/kv/state.db`.
+    #[must_use]
+    pub fn with_state(self, backend: Arc<dyn kv::Backend>) -> Sandbox {
+        *self.state.locked() = Some(backend);
+        self
+    }
+
+    /// The key-value backend handlers' state lives in, opened on first use
+    /// (`<root>/kv/state.db`); the dispatcher commits to the same one.
+    ///
+    /// # Errors
+    /// When the database cannot be opened.
+    pub fn state(&self) -> Result<Arc<dyn kv::Backend>> {
+        let mut slot = self.state.locked();
+        if let Some(b) = slot.as_ref() {
+            return Ok(b.clone());
+        }
+        let path = crate::layout::Layout::new(&self.root).kv_db();
+        let backend: Arc<dyn kv::Backend> = Arc::new(kv::sqlite::SqliteBackend::open(&path)?);
+        *slot = Some(backend.clone());
+        Ok(backend)
     }
 
     /// Where a handler's component lives (relative paths are under the root).
@@ -378,7 +417,16 @@ impl Sandbox {
         for grant in &loaded.config.grants {
             self.preopen(&mut wasi, grant).with_context(|| format!("handler {}: grant {}", loaded.name, grant.dir))?;
         }
+        let txn = if loaded.config.kv_grants().is_empty() {
+            None
+        } else {
+            let generation =
+                crate::records::ReplayMark::of(trigger).map_or(0, |m| u32::try_from(m.count).unwrap_or(u32::MAX));
+            let mark = kv::Mark { event_id: trigger.event_id.clone(), handler: loaded.name.clone(), generation };
+            Some(kv::Txn::new(self.state()?, loaded.config.kv_grants(), loaded.config.limits.kv(), mark))
+        };
         let state = State {
+            kv: txn,
             wasi: wasi.build(),
             table: ResourceTable::new(),
             limits: limiter::Limiter::new(limits.memory_mb),
@@ -442,6 +490,7 @@ impl Sandbox {
                     stdout: String::new(),
                     stderr: String::new(),
                     duration: start.elapsed(),
+                    changes: None,
                 };
             }
         };
@@ -505,7 +554,19 @@ impl Sandbox {
         };
         let mut call = state.call;
         call.finish_logs();
-        Invocation { result, emitted: call.emitted, logs: call.logs, stdout, stderr, duration: start.elapsed() }
+        let changes = match (&result, state.kv) {
+            (Ok(_), Some(txn)) if !txn.is_empty() => Some(txn.into_changes()),
+            _ => None,
+        };
+        Invocation {
+            result,
+            emitted: call.emitted,
+            logs: call.logs,
+            stdout,
+            stderr,
+            duration: start.elapsed(),
+            changes,
+        }
     }
 }
 

@@ -9,7 +9,8 @@
 //! type of the package, by the error type of its `handle` export; it is then
 //! pre-linked with that world's linker. A 0.1.0 component's `Err(string)`
 //! becomes a retryable [`GuestError`], exactly as it was handled before 0.2.0;
-//! its `describe` declares no emits and no contracts.
+//! its `describe` declares no emits and no contracts. Only the 0.2.0 world
+//! imports `wasi:keyvalue`, so only its linker holds it.
 
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, Linker, Type};
@@ -19,11 +20,14 @@ use super::host::State;
 use super::{Contract, Info};
 
 /// `cortex:events@0.2.0`: errors that say whether a retry can help,
-/// declared emits and contracts.
+/// declared emits and contracts, and `wasi:keyvalue` (see `keyvalue`).
 pub(super) mod v02 {
     wasmtime::component::bindgen!({
         world: "handler",
         path: "../wit",
+        with: {
+            "wasi:keyvalue/store.bucket": crate::sandbox::keyvalue::Bucket,
+        },
     });
 }
 

@@ -6,7 +6,7 @@
 //! the event retried (then dead-lettered after max_attempts), `false`
 //! dead-letters it at once (a payload no retry can fix).
 
-wit_bindgen::generate!({ world: "handler", path: "wit" });
+wit_bindgen::generate!({ world: "handler", path: "wit", generate_all });
 
 use cortex::events::types::{Contract, Priority};
 
