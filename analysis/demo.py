@@ -7,7 +7,7 @@ Python cost handler (the commented `[handlers.on-cost-tracking]` table of
 the default configuration) with the simulation's prices, sets the heartbeat
 threshold to the simulated beat, then, day by day, queues the day's events
 with `cortex emit --batch` and runs `cortex dispatch`. The handlers build
-their state (`state/...`) and the dispatcher the archive exactly as they
+their state (`kv/state.db`, `state/...`) and the dispatcher the archive exactly as they
 would for real producers; follow-up events the handlers emit carry the time
 they were emitted (now), not the simulated time.
 

@@ -87,8 +87,8 @@ def _(cd, decisions, experts, mo):
 
 @app.cell
 def _(cd, data, mo):
-    handler = cd.routing.handler_stats(data.root.state("routing/stats.json"))
-    mo.vstack([mo.md("## The routing handler's statistics (all time, `state/routing/stats.json`)"),
+    handler = cd.routing.handler_stats(data.root.bucket("routing"))
+    mo.vstack([mo.md("## The routing handler's statistics (all time, its `routing` bucket)"),
                mo.ui.table(cd.charts.rows(handler), selection=None)])
     return
 

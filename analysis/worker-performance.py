@@ -80,8 +80,8 @@ def _(cd, data, mo, runs):
         mo.ui.table(cd.charts.rows(flagged), selection=None),
         mo.md("## Recurring errors (numbers masked)"),
         mo.ui.table(cd.charts.rows(errors), selection=None),
-        mo.md("## Liveness (the heartbeat handler's state, `state/heartbeats/workers.json`)"),
-        mo.ui.table(cd.charts.rows(cd.workers.liveness(data.root.state("heartbeats/workers.json"), data.period.end)),
+        mo.md("## Liveness (the heartbeat handler's state, its `heartbeats` bucket)"),
+        mo.ui.table(cd.charts.rows(cd.workers.liveness(data.root.bucket("heartbeats"), data.period.end)),
                     selection=None),
     ])
     return errors, flagged

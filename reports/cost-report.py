@@ -1,7 +1,7 @@
 """Cost report: token spend from the Python cost handler's ledger
 (`state/cost/ledger/*.jsonl`) — by day, model, master and worker, days over
 budget, and where a cheaper model would save — with its all-time totals
-(`state/cost/totals.json`) for reference.
+(the `cost` bucket's counters in `kv/state.db`) for reference.
 """
 
 import cortexdata as cd
@@ -27,10 +27,10 @@ def build(data: cd.Dataset, page) -> None:
     page.figure("days_over_budget", over.height,
                 f"days over the ${budget:,.2f} budget" if budget is not None else "days over budget (none set)",
                 tone="bad" if over.height else "good")
-    totals = data.root.state("cost/totals.json", {}) or {}
-    if totals:
-        page.figure("all_time_cost_usd", totals.get("cost_usd", 0), "all-time cost (totals.json)",
-                    shown=f"${totals.get('cost_usd', 0):,.2f}")
+    micros = data.root.bucket("cost").get("cost_micro_usd")
+    if isinstance(micros, int):
+        page.figure("all_time_cost_usd", micros / 1e6, "all-time cost (the cost bucket)",
+                    shown=f"${micros / 1e6:,.2f}")
 
     page.heading("Optimization opportunities")
     advice = cd.cost.recommendations(data)

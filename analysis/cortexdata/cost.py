@@ -1,6 +1,6 @@
 """Token cost: spend by day, model, master and worker, from the Python cost
 handler's ledger (`state/cost/ledger/YYYY-MM-DD.jsonl`, one line per priced
-worker event) and its totals (`state/cost/totals.json`); prices and the
+worker event) and its totals (the `cost` bucket); prices and the
 daily budget from the handler's settings in the root's `cortex.toml`.
 
 Rules behind the recommendations:

@@ -9,8 +9,12 @@ The sources, as the runtime and the handlers write them (see
 * `events/dead-letter/*.json`: events that failed for good, with forensics.
 * `events/<category>-events.jsonl`: every event as it was queued (what is
   logged but neither archived nor dead-lettered is still pending).
-* `state/<handler>/...`: what the handlers keep (the security register,
-  routing statistics, failure signatures, the cost ledger and totals).
+* `state/<handler>/...`: the files handlers keep for people (the security
+  register, the cost ledger).
+* `kv/state.db`: the handlers' key-value buckets (SQLite, table
+  `kv(bucket, key, value, version)`; values JSON text, counters decimal
+  text): heartbeats, workers, routing statistics, failure signatures, the
+  cost totals. Opened read-only, so a running service is not disturbed.
 
 A `Dataset` is one root seen over one `Period` (by event timestamp, start
 inclusive, end exclusive). Frames have fixed schemas, so an empty root gives
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -134,6 +139,27 @@ class Root:
             return json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return default
+
+    def bucket(self, name: str) -> dict:
+        """Every key of a key-value bucket in `kv/state.db`, its value parsed
+        as JSON (a counter is a number), or as text when it is not JSON; an
+        empty dict when the root has no state database yet."""
+        path = self.path / "kv" / "state.db"
+        if not path.is_file():
+            return {}
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT key, value FROM kv WHERE bucket = ? ORDER BY key", (name,)).fetchall()
+        finally:
+            db.close()
+        out = {}
+        for key, value in rows:
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+            try:
+                out[key] = json.loads(text)
+            except ValueError:
+                out[key] = text
+        return out
 
     def archive_records(self, period: Period) -> list[dict]:
         """Archive records whose event time is in `period`. Day files are

@@ -1,7 +1,7 @@
 """MoE routing: confidence per master and expert, its trend over the period,
 drift, and low-confidence hot spots, from `Dataset.decisions` (the
 `routing.decision_made` events) and the routing handler's
-`state/routing/stats.json`.
+`routing` bucket (`kv/state.db`).
 
 The rules behind the recommendations, so a reader can check them:
 
@@ -96,11 +96,12 @@ def hot_spots(decisions: pl.DataFrame, low: float = LOW, rate: float = HOT_RATE,
 
 
 def handler_stats(stats: dict | None) -> pl.DataFrame:
-    """The routing handler's per-master statistics (all time)."""
+    """The routing handler's per-master statistics (all time): its
+    `routing` bucket, master -> statistics."""
     schema = {"master": pl.String, "decisions": pl.Int64, "mean_confidence": pl.Float64,
               "low_confidence_rate": pl.Float64, "drift_alerts": pl.Int64}
     rows = [{"master": m, **{k: s.get(k) for k in list(schema)[1:]}}
-            for m, s in ((stats or {}).get("masters") or {}).items()]
+            for m, s in (stats or {}).items() if isinstance(s, dict)]
     return pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
 
 
@@ -124,7 +125,7 @@ def recommendations(data: Dataset) -> list[str]:
         out.append(f"{row['expert']} ({row['master']}) is a low-confidence hot spot: {row['low']} of "
                    f"{row['decisions']} decisions ({row['low_rate']:.0%}) below {LOW}; add a fallback expert "
                    f"or a clarifying step for these tasks.")
-    alerts = handler_stats(data.root.state("routing/stats.json"))
+    alerts = handler_stats(data.root.bucket("routing"))
     for row in alerts.filter(pl.col("drift_alerts") > 0).sort("drift_alerts", descending=True).iter_rows(named=True):
         out.append(f"{row['master']}: the routing handler raised {row['drift_alerts']} drift alert(s) "
                    f"(runs of low-confidence decisions) so far.")

@@ -77,7 +77,8 @@ def failure_signatures(data: Dataset, limit: int = 5) -> pl.DataFrame:
     (counts are all-time: the handler keeps no per-day history)."""
     schema = {"signature": pl.String, "count": pl.Int64, "retryable": pl.Boolean, "last_seen": pl.String,
               "example": pl.String}
-    patterns = (data.root.state("failures/patterns.json", {}) or {}).get("patterns") or {}
+    patterns = {k.removeprefix("pattern/"): v for k, v in data.root.bucket("failures").items()
+                if k.startswith("pattern/") and isinstance(v, dict)}
     rows = []
     for sig, p in patterns.items():
         seen = parse_time(p.get("last_seen", ""))

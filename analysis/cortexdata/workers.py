@@ -75,13 +75,16 @@ def outliers(runs: pl.DataFrame) -> pl.DataFrame:
 
 
 def liveness(heartbeats: dict | None, now) -> pl.DataFrame:
-    """The heartbeat handler's view (`state/heartbeats/workers.json`): per
+    """The heartbeat handler's view (its `heartbeats` bucket, worker id ->
+    record): per
     worker its beats, last beat, minutes since it at `now`, and whether it
     is flagged silent."""
     schema = {"worker_id": pl.String, "beats": pl.Int64, "last_seen": TIME, "silent_min": pl.Float64,
               "flagged": pl.Boolean}
     rows = []
-    for worker, w in ((heartbeats or {}).get("workers") or {}).items():
+    for worker, w in (heartbeats or {}).items():
+        if not isinstance(w, dict):
+            continue
         seen = parse_time(w.get("last_seen", ""))
         rows.append({"worker_id": worker, "beats": w.get("beats"), "last_seen": seen,
                      "silent_min": None if seen is None else (now - seen).total_seconds() / 60,
@@ -122,7 +125,7 @@ def recommendations(data: Dataset) -> list[str]:
                        f"or move its tasks to its peers.")
         else:
             out.append(f"{row['worker_id']} fails {row['value']:.0%} of its runs against {row['reference']:.0%} "
-                       f"for the fleet: inspect its last errors (`state/workers/{row['worker_id']}.json`).")
+                       f"for the fleet: inspect its last errors (`cortex state get workers {row['worker_id']}`).")
     models = stats(runs, "model")
     if models.height > 1:
         worst = models.sort("failure_rate", descending=True).row(0, named=True)

@@ -184,8 +184,8 @@ def test_cost_prices_like_the_handler_and_finds_the_cheaper_model(tmp_path):
 
 
 def test_liveness_reads_the_heartbeat_state():
-    state = {"workers": {"w2": {"last_seen": stamp(at(1)), "beats": 3, "flagged": True},
-                         "w1": {"last_seen": stamp(at(2)), "beats": 9, "flagged": False}}}
+    state = {"w2": {"last_seen": stamp(at(1)), "beats": 3, "flagged": True},
+             "w1": {"last_seen": stamp(at(2)), "beats": 9, "flagged": False}}
     frame = cd.workers.liveness(state, at(3))
     assert frame.select("worker_id", "beats", "silent_min", "flagged").rows() == [
         ("w1", 9, 60.0, False), ("w2", 3, 120.0, True)]

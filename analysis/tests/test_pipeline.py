@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 
@@ -181,8 +182,12 @@ def test_cost_report_matches_the_ledger_and_the_prices(demo, reports):
             price = simulation.PRICES[p["model"]]
             expected += (p["input_tokens"] * price["input"] + p["output_tokens"] * price["output"]) / 1e6
     assert float(fig["cost_usd"]) == pytest.approx(expected, abs=0.01)
-    totals = json.loads((demo.root / "state" / "cost" / "totals.json").read_text())
-    assert float(fig["all_time_cost_usd"]) == pytest.approx(totals["cost_usd"])
+    db = sqlite3.connect(f"{(demo.root / 'kv' / 'state.db').resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        (micros,) = db.execute("SELECT value FROM kv WHERE bucket = 'cost' AND key = 'cost_micro_usd'").fetchone()
+    finally:
+        db.close()
+    assert float(fig["all_time_cost_usd"]) == pytest.approx(int(micros) / 1e6)
 
 
 @pytest.mark.parametrize("name", REPORTS)

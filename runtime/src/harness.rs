@@ -88,6 +88,10 @@ pub struct Request {
     pub component: PathBuf,
     pub events: Vec<PathBuf>,
     pub grants: Vec<GrantSpec>,
+    /// Key-value buckets the handler may read and write, and those it may
+    /// only read; their state lives in the throwaway root's `kv/state.db`.
+    pub keyvalue: Vec<String>,
+    pub keyvalue_read: Vec<String>,
     /// A directory tree copied into the throwaway root first (e.g. holding
     /// `state/...` files the handler expects to find).
     pub seed: Option<PathBuf>,
@@ -155,9 +159,8 @@ pub fn run(req: &Request) -> Result<HarnessReport> {
         component: component.clone(),
         events: vec!["*".into()],
         grants: req.grants.iter().map(|g| Grant { dir: g.dir.clone(), mode: g.mode, unsafe_allow: true }).collect(),
-        // No key-value buckets yet: `open` fails with no-such-store.
-        keyvalue: Vec::new(),
-        keyvalue_read: Vec::new(),
+        keyvalue: req.keyvalue.clone(),
+        keyvalue_read: req.keyvalue_read.clone(),
         limits: req.limits.clone(),
         max_attempts: 1,
         backoff_ms: 0,
@@ -183,6 +186,17 @@ pub fn run(req: &Request) -> Result<HarnessReport> {
     let mut before = snapshot(&root, &req.grants);
     for (path, event) in &events {
         let inv = sandbox.invoke(&loaded, event, req.attempt);
+        // As a direct replay does: a successful event's key-value writes are
+        // committed before the next event runs, so it reads them; a failed
+        // one's are dropped, as in dispatch.
+        if inv.result.is_ok()
+            && let Some(changes) = &inv.changes
+        {
+            sandbox
+                .state()?
+                .commit(std::slice::from_ref(changes))
+                .with_context(|| format!("the state written for event {} could not be committed", event.event_id))?;
+        }
         let after = snapshot(&root, &req.grants);
         let declared = loaded.info.events.iter().any(|p| crate::pattern::glob_match(p, &event.event_type));
         runs.push(run_report(path, event, &inv, declared, &root, &before, &after));

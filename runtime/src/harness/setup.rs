@@ -1,7 +1,8 @@
 //! The flags of `cortex handler test` and how they meet a root's
 //! `cortex.toml`: with `--handler NAME` the run starts from that handler's
-//! grants, settings and limits, and the flags add to and override them; the
-//! root's custom types and event size limit apply whenever it has a config.
+//! grants, key-value buckets, settings and limits, and the flags add to and
+//! override them; the root's custom types and event size limit apply
+//! whenever it has a config.
 //! The binary parses [`Flags`], calls [`Flags::setup`] and [`super::run`],
 //! and prints; every decision about what to run is made here.
 
@@ -38,12 +39,19 @@ pub struct Flags {
     /// the grants' paths, e.g. DIR/state/cost/totals.json).
     #[arg(long, value_name = "DIR")]
     pub seed: Option<PathBuf>,
+    /// A key-value bucket the handler may read and write (wasi:keyvalue);
+    /// repeat for several. The state starts empty in the throwaway root.
+    #[arg(long = "keyvalue", value_name = "BUCKET", value_parser = parse_bucket)]
+    pub keyvalue: Vec<String>,
+    /// A key-value bucket the handler may only read; repeat for several.
+    #[arg(long = "keyvalue-read", value_name = "BUCKET", value_parser = parse_bucket)]
+    pub keyvalue_read: Vec<String>,
     /// A setting for the handler's config(key); the value is read as TOML
     /// (numbers, booleans, { inline = tables }) or else taken as a string.
     #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_setting)]
     pub settings: Vec<(String, toml::Value)>,
-    /// Start from this handler's grants, settings and limits in the root's
-    /// cortex.toml (flags add to and override them).
+    /// Start from this handler's grants, buckets, settings and limits in the
+    /// root's cortex.toml (flags add to and override them).
     #[arg(long, value_name = "NAME")]
     pub handler: Option<String>,
     /// An event type to accept besides the catalogue and the root's
@@ -79,8 +87,8 @@ pub struct Setup {
     pub write_expect: Option<PathBuf>,
     /// The root's config, when it has one (or `--handler` asked for it).
     config: Option<Config>,
-    /// Neither `--handler` nor `--grant`: the run guessed that the component
-    /// needs nothing from a root.
+    /// Neither `--handler` nor `--grant` nor `--keyvalue`: the run guessed
+    /// that the component needs nothing from a root.
     guessing: bool,
     component_stem: Option<OsString>,
 }
@@ -100,6 +108,7 @@ impl Flags {
         let mut grants: Vec<GrantSpec> = Vec::new();
         let mut settings = BTreeMap::new();
         let mut limits = HandlerLimits::default();
+        let (mut keyvalue, mut keyvalue_read) = (Vec::new(), Vec::new());
         if let (Some(name), Some(config)) = (&self.handler, &config) {
             let h = config
                 .handlers
@@ -108,8 +117,24 @@ impl Flags {
             grants = h.grants.iter().map(|g| GrantSpec { dir: g.dir.clone(), mode: g.mode, seed: None }).collect();
             settings = h.settings.clone();
             limits = h.limits.clone();
+            keyvalue = h.keyvalue.clone();
+            keyvalue_read = h.keyvalue_read.clone();
         }
-        let guessing = self.handler.is_none() && self.grants.is_empty();
+        let guessing = self.handler.is_none()
+            && self.grants.is_empty()
+            && self.keyvalue.is_empty()
+            && self.keyvalue_read.is_empty();
+        for b in self.keyvalue {
+            keyvalue_read.retain(|old| *old != b);
+            if !keyvalue.contains(&b) {
+                keyvalue.push(b);
+            }
+        }
+        for b in self.keyvalue_read {
+            if !keyvalue.contains(&b) && !keyvalue_read.contains(&b) {
+                keyvalue_read.push(b);
+            }
+        }
         let component_stem = self.component.file_stem().map(|s| s.to_os_string());
         for g in self.grants {
             grants.retain(|old| old.dir != g.dir);
@@ -126,6 +151,8 @@ impl Flags {
             component: self.component,
             events: self.events,
             grants,
+            keyvalue,
+            keyvalue_read,
             seed: self.seed,
             settings,
             limits,
@@ -155,6 +182,11 @@ impl Setup {
             (same_file || report.handler.name == *name).then_some(name.as_str())
         })
     }
+}
+
+/// Parses `--keyvalue BUCKET`: a bucket name as in a handler's table.
+fn parse_bucket(s: &str) -> Result<String, String> {
+    crate::kv::check_bucket(s).map(|()| s.to_string()).map_err(|e| format!("{e:#}"))
 }
 
 /// Writes the [`super::expectation`] of a report to `path`.
