@@ -130,6 +130,7 @@ impl Dispatcher {
             looped,
             results: std::sync::Mutex::new((0..names.len()).map(|_| None).collect()),
             remaining: std::sync::Mutex::new(names.len()),
+            state_committed: std::sync::Arc::default(),
             names,
             claim,
         }

@@ -102,6 +102,10 @@ pub(super) fn commit_loop(
         } else {
             Err(())
         };
+        // Committed or not, the lanes waiting for it go on.
+        for p in &batch {
+            p.state_committed.open();
+        }
         if let Ok(conflicted) = conflicted {
             let settlements: Vec<Settlement> = batch
                 .into_iter()

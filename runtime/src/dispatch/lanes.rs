@@ -4,7 +4,11 @@
 //! limited to `workers` invocations at once by [`Slots`]. A lane runs its
 //! handler on an event in the sandbox, logs what happened (guest text
 //! escaped), and, when the event's last handler is done, hands the event
-//! to the committer.
+//! to the committer. A lane whose handler wrote key-value state waits until
+//! the committer has committed it before it runs its next event, so a
+//! stateful handler's next event reads what the previous one wrote (not
+//! the state from before the batch, which would only conflict and run
+//! again).
 //!
 //! Threads: lanes are scoped threads of [`super::Dispatcher::run`];
 //! dropping [`Lanes`] closes every lane's queue, and each lane thread ends
@@ -51,6 +55,30 @@ pub(super) struct Pending {
     pub names: Vec<String>,
     pub results: Mutex<Vec<Option<Ran>>>,
     pub remaining: Mutex<usize>,
+    /// Opened by the committer once the event's key-value writes are
+    /// committed (or will not be).
+    pub state_committed: Arc<Latch>,
+}
+
+/// A one-way gate: closed until [`Latch::open`], then open for good.
+#[derive(Default)]
+pub(super) struct Latch {
+    open: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Latch {
+    pub fn open(&self) {
+        *self.open.locked() = true;
+        self.cv.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = self.open.locked();
+        while !*open {
+            open = crate::lock::recover(self.cv.wait(open));
+        }
+    }
 }
 
 impl Pending {
@@ -66,6 +94,7 @@ impl Pending {
             names: p.names.clone(),
             results: Mutex::new(p.results.locked().iter_mut().map(Option::take).collect()),
             remaining: Mutex::new(0),
+            state_committed: p.state_committed.clone(),
         })
     }
 }
@@ -156,6 +185,8 @@ fn lane(name: &str, rx: &Mutex<Receiver<Job>>, shared: &Shared) {
             Err(_) => return,
         };
         let ran = run_one(name, &job.pending.claim, shared);
+        let wrote = ran.changes.is_some();
+        let committed = job.pending.state_committed.clone();
         job.pending.results.locked()[job.slot] = Some(ran);
         let last = {
             let mut remaining = job.pending.remaining.locked();
@@ -164,6 +195,11 @@ fn lane(name: &str, rx: &Mutex<Receiver<Job>>, shared: &Shared) {
         };
         if last {
             let _ = shared.done.send(job.pending);
+        }
+        // No deadlock: every lane takes its jobs in claim order, so the
+        // other handlers of this event are not waiting on a later one.
+        if wrote {
+            committed.wait();
         }
     }
 }
