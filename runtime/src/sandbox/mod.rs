@@ -26,9 +26,11 @@
 //! [`Invocation`].
 
 mod deadline;
+mod fault;
 mod host;
 mod keyvalue;
 mod limiter;
+mod load;
 mod quota;
 mod world;
 
@@ -40,10 +42,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
@@ -54,6 +56,8 @@ use crate::kv;
 use crate::lock::Recover;
 pub use crate::records::FaultKind;
 
+pub use fault::{Fault, MAX_MESSAGE};
+use fault::{cap, classify};
 use host::{CallContext, State};
 pub use host::{LogLevel, LogLine};
 pub use world::World;
@@ -113,25 +117,6 @@ impl Loaded {
     /// The `cortex:events` version the component was built against.
     pub fn world(&self) -> World {
         self.pre.world()
-    }
-}
-
-/// Why an invocation failed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Fault {
-    /// What went wrong: the handler's retryable `Err` (`error`), its `Err`
-    /// that says a retry cannot help (`refused`), a limit, or a trap.
-    pub kind: FaultKind,
-    pub message: String,
-    /// The whole error chain with the wasm backtrace, for forensics.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub detail: String,
-}
-
-impl Fault {
-    /// A fault without a detail chain.
-    pub fn new(kind: FaultKind, message: String) -> Fault {
-        Fault { kind, message, detail: String::new() }
     }
 }
 
@@ -300,109 +285,6 @@ impl Sandbox {
     /// Where a handler's component lives (relative paths are under the root).
     pub fn component_path(&self, config: &HandlerConfig) -> PathBuf {
         config.component_path(&self.root)
-    }
-
-    /// Compiles (or loads from the cache), links and describes a handler.
-    ///
-    /// # Errors
-    /// When the file is missing or not a component, does not target the
-    /// `handler` world, or traps in `describe`.
-    pub fn load(&self, name: &str, config: &HandlerConfig) -> Result<Loaded> {
-        let path = self.component_path(config);
-        let bytes = std::fs::read(&path)
-            .with_context(|| format!("failed to read component {} of handler {name}", path.display()))?;
-        self.load_bytes(name, config, &path, &bytes)
-    }
-
-    /// [`Sandbox::load`] from bytes already read.
-    ///
-    /// # Errors
-    /// As [`Sandbox::load`].
-    pub fn load_bytes(&self, name: &str, config: &HandlerConfig, path: &Path, bytes: &[u8]) -> Result<Loaded> {
-        let start = Instant::now();
-        let sha256 = sha256_hex(bytes);
-        let (component, from_cache) = self
-            .compile(bytes, &sha256, &format!("handler {name} ({})", path.display()))
-            .with_context(|| format!("handler {name}: {} is not a loadable component", path.display()))?;
-        let pre = self.linkers.pre(&self.engine, &component).map_err(anyhow_err).with_context(|| {
-            format!(
-                "handler {name}: {} does not fit the {} handler world (or imports what the sandbox does not provide)",
-                path.display(),
-                World::of(&self.engine, &component)
-            )
-        })?;
-        let mut loaded = Loaded {
-            name: name.to_string(),
-            path: path.to_path_buf(),
-            sha256,
-            info: Info::default(),
-            config: config.clone(),
-            settings: Arc::new(settings_of(config)),
-            from_cache,
-            load_time: Duration::ZERO,
-            pre,
-        };
-        loaded.info = self.describe(&loaded).with_context(|| format!("handler {name}: describe() failed"))?;
-        if loaded.world() == World::V01 {
-            tracing::debug!(handler = %name, world = %World::V01, "linked with the 0.1.0 world: its errors are all retried, and it declares no emits or contracts");
-        }
-        loaded.load_time = start.elapsed();
-        Ok(loaded)
-    }
-
-    /// The compiled form of a component: from `cache/` when a previous run
-    /// compiled the same bytes with a compatible engine, else compiled now
-    /// and stored there.
-    fn compile(&self, bytes: &[u8], sha256: &str, what: &str) -> Result<(Component, bool)> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
-        let cached = self.cache_dir.join(format!("{sha256}-{:016x}.cwasm", h.finish()));
-        if cached.is_file() {
-            // SAFETY: files in cache/ are written only by `compile` below, from
-            // `Component::serialize` of this engine configuration (the file name
-            // carries the compatibility hash); deserialize checks the header too.
-            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
-                Ok(c) => return Ok((c, true)),
-                Err(e) => {
-                    tracing::warn!(file = %cached.display(), error = %e, "ignoring unusable compiled-component cache entry")
-                }
-            }
-        }
-        if !bytes.starts_with(b"\0asm") {
-            bail!("not a WebAssembly file (no \\0asm header)");
-        }
-        // A 12-18 MB Python or JavaScript component compiles for seconds:
-        // say so before, not after.
-        tracing::info!(
-            target: PROGRESS,
-            "compiling {what}, {:.1} MB, not in the compiled cache yet (a Python or JavaScript component takes several seconds; later loads read it from the cache)",
-            bytes.len() as f64 / 1e6
-        );
-        let component = Component::from_binary(&self.engine, bytes).map_err(anyhow_err)?;
-        if let Ok(serialized) = component.serialize() {
-            let stored = std::fs::create_dir_all(&self.cache_dir)
-                .map_err(anyhow::Error::from)
-                .and_then(|()| fsio::write_durably(&self.cache_dir, &cached, &serialized));
-            if let Err(e) = stored {
-                tracing::warn!(file = %cached.display(), error = %format!("{e:#}"), "could not cache the compiled component");
-            }
-        }
-        Ok((component, false))
-    }
-
-    fn describe(&self, loaded: &Loaded) -> Result<Info> {
-        let trigger = Event {
-            event_id: String::new(),
-            event_type: String::new(),
-            timestamp: String::new(),
-            source: String::new(),
-            correlation_id: None,
-            metadata: Default::default(),
-            payload: Default::default(),
-        };
-        let mut store = self.store(loaded, &trigger, &loaded.config.limits)?;
-        let instance = loaded.pre.instantiate(&mut store).map_err(anyhow_err)?;
-        instance.describe(&mut store).map_err(anyhow_err)
     }
 
     fn store(&self, loaded: &Loaded, trigger: &Event, limits: &HandlerLimits) -> Result<Store<State>> {
@@ -585,102 +467,6 @@ fn raise_fd_limit() {
             }
         }
     }
-}
-
-/// Longest summary or error message kept from a handler; they go into logs,
-/// archive lines and dead-letter records.
-pub const MAX_MESSAGE: usize = 4096;
-
-/// Cuts a handler's text to [`MAX_MESSAGE`] bytes, saying how much was cut.
-fn cap(mut text: String) -> String {
-    if text.len() <= MAX_MESSAGE {
-        return text;
-    }
-    let total = text.len();
-    let cut = text.floor_char_boundary(MAX_MESSAGE);
-    text.truncate(cut);
-    text.push_str(&format!("… ({} of {total} bytes cut)", total - cut));
-    text
-}
-
-/// What stopped a guest, as far as wasmtime's error says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cause {
-    /// The epoch deadline interrupted it.
-    Interrupt,
-    OutOfFuel,
-    StackOverflow,
-    /// A memory could not grow (or start) within the limit.
-    Memory,
-    /// A write to stdout/stderr past the pipe's capacity.
-    OutputFull,
-    /// An out-of-bounds access near 4 GiB: the shadow stack overflowing.
-    ShadowStack,
-    /// Anything else (a panic, `unreachable`, a missing import…).
-    Other,
-}
-
-/// Recognises what stopped a guest from wasmtime's error: its trap code
-/// when it has one, else the text of its messages. This is the ONE place
-/// that matches wasmtime's message text (which a wasmtime upgrade may
-/// change; the sandbox tests pin each case). Returns the cause and the
-/// root message without the multi-line wasm backtrace around it.
-fn recognise(e: &wasmtime::Error, chain: &[String]) -> (Cause, String) {
-    let text = chain
-        .iter()
-        .rev()
-        .find(|c| !c.starts_with("error while executing at wasm backtrace"))
-        .cloned()
-        .unwrap_or_default();
-    let cause = match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => Cause::Interrupt,
-        Some(Trap::OutOfFuel) => Cause::OutOfFuel,
-        Some(Trap::StackOverflow) => Cause::StackOverflow,
-        _ if e.downcast_ref::<limiter::MemoryCapExceeded>().is_some() || text.contains("memory minimum size") => {
-            Cause::Memory
-        }
-        _ if text.contains("write beyond capacity") => Cause::OutputFull,
-        _ if text.contains("out of bounds memory access") && text.contains("address 0xf") => Cause::ShadowStack,
-        _ => Cause::Other,
-    };
-    (cause, text)
-}
-
-/// Names what stopped a handler, in words a user can act on; `default_kind`
-/// when nothing more specific is known.
-fn classify(e: &wasmtime::Error, limits: &HandlerLimits, default_kind: FaultKind) -> Fault {
-    let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-    let detail = chain.join(": ");
-    let (cause, text) = recognise(e, &chain);
-    let (kind, message) = match cause {
-        Cause::Interrupt => {
-            (FaultKind::Timeout, format!("deadline of {} ms exceeded (limits.deadline_ms)", limits.deadline_ms))
-        }
-        Cause::OutOfFuel => {
-            (FaultKind::Fuel, format!("fuel budget of {} exhausted (limits.fuel)", limits.fuel.unwrap_or(0)))
-        }
-        Cause::StackOverflow => (
-            FaultKind::StackOverflow,
-            format!("wasm stack overflow (the stack is capped at {} KiB)", MAX_WASM_STACK >> 10),
-        ),
-        Cause::Memory => (
-            FaultKind::Memory,
-            format!(
-                "memory limit of {} MiB exceeded (limits.memory_mb, all memories together): {text}",
-                limits.memory_mb
-            ),
-        ),
-        Cause::OutputFull => (
-            FaultKind::OutputLimit,
-            format!("wrote more than {} bytes to stdout/stderr (limits.output_bytes)", limits.output_bytes),
-        ),
-        Cause::ShadowStack => (
-            default_kind,
-            format!("{text} (an address near 4 GiB is the guest's shadow stack overflowing: unbounded recursion?)"),
-        ),
-        Cause::Other => (default_kind, text),
-    };
-    Fault { kind, message, detail }
 }
 
 fn to_wit(e: &Event, attempt: u32) -> wit::Event {
