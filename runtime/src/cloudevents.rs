@@ -337,14 +337,14 @@ pub fn to_structured(event: &Event) -> Value {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn validator() -> Validator {
+    pub(crate) fn validator() -> Validator {
         Validator::new(Vec::new(), 1 << 20)
     }
 
-    fn now() -> DateTime<Utc> {
+    pub(crate) fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z").unwrap().with_timezone(&Utc)
     }
 

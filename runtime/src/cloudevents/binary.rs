@@ -77,14 +77,7 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn validator() -> Validator {
-        Validator::new(Vec::new(), 1 << 20)
-    }
-
-    fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z").unwrap().with_timezone(&Utc)
-    }
+    use crate::cloudevents::tests::{now, validator};
 
     #[test]
     fn binary_mode_reads_headers_and_body() {
