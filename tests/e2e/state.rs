@@ -213,3 +213,27 @@ fn replay_applies_again_on_purpose_and_a_dead_letter_retry_applies_once() -> Res
     assert_eq!(number(&root, "total")?, 4, "nothing more");
     Ok(())
 }
+
+#[test]
+fn a_state_database_planted_as_a_link_is_never_opened_through_it() -> Result<()> {
+    let root = counter_root("")?;
+    let outside = tempfile::tempdir()?;
+    // A dangling link: opened through, SQLite would create the target.
+    let target = outside.path().join("victim.db");
+    std::fs::create_dir_all(root.join("kv"))?;
+    std::os::unix::fs::symlink(&target, root.join("kv/state.db"))?;
+    root.batch(&jsonl([event("task.created").payload(serde_json::json!({}))]))?;
+    let out = std::process::Command::new(cortex_tests::cortex_bin())
+        .args(["dispatch", "--no-wait", "--root"])
+        .arg(&root.path)
+        .env("CORTEX_CACHE", cortex_tests::shared_cache())
+        .output()?;
+    assert!(
+        root.archive_records_of("task.created")?.is_empty(),
+        "nothing is acknowledged whose state could not be stored: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!target.exists(), "no database was created through the link");
+    assert!(std::fs::symlink_metadata(root.join("kv/state.db"))?.file_type().is_symlink());
+    Ok(())
+}

@@ -54,7 +54,13 @@ pub struct SqliteBackend {
 }
 
 fn connect(path: &Path) -> Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    // NOFOLLOW: `kv/` is the runtime's own directory, but a handler granted
+    // it with `unsafe_allow` could plant a link there; the database is never
+    // opened (or created) through one.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW;
     let conn = Connection::open_with_flags(path, flags)
         .with_context(|| format!("failed to open the state database {}", path.display()))?;
     conn.busy_timeout(BUSY)?;
