@@ -483,4 +483,4 @@ impl Root {
 
 #[path = "util/service.rs"]
 mod service;
-pub use service::{Service, http_get, metric, parse_metrics, wait_for};
+pub use service::{HttpResponse, Service, http_get, http_request, metric, parse_metrics, wait_for};

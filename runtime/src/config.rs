@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::event::{self, DEFAULT_MAX_EVENT_BYTES, Priority, Validator};
 
 mod handler;
+mod http;
 pub use handler::{Access, Grant, HandlerConfig, HandlerLimits, RESERVED_DIRS};
+pub use http::{HttpConfig, MIN_TOKEN_LEN, Scope, TOKEN_ENV, TokenConfig};
 
 /// The file name of the configuration inside a root.
 pub const CONFIG_FILE: &str = "cortex.toml";
@@ -32,6 +34,9 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     #[serde(default)]
     pub archive: ArchiveConfig,
+    /// Who may use the service's HTTP listener.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// Handlers by name, in name order.
     #[serde(default)]
     pub handlers: BTreeMap<String, HandlerConfig>,
@@ -259,6 +264,7 @@ impl Config {
                 event::MAX_HOPS_RECORDED
             );
         }
+        self.http.check()?;
         for (name, s) in &self.schedules {
             crate::schedule::Timing::of(s).with_context(|| format!("schedules.{name}"))?;
             if !event::is_valid_type_name(&s.event_type) {

@@ -21,14 +21,15 @@ use anyhow::{Context, Result};
 use notify::{EventKind, RecursiveMode, Watcher};
 
 use crate::config::Config;
-use crate::dispatch::{self, Broken, Dispatcher, Mode};
+use crate::dispatch::{self, Dispatcher, Mode};
 use crate::fsio;
 use crate::layout::Layout;
 use crate::lock::{Recover, RecoverRw};
-use crate::queue::{FsQueue, Queue, now_rfc3339, now_us};
+use crate::queue::{FsQueue, now_rfc3339};
 use crate::records::{ServiceStatus, Serving};
 use crate::sandbox::Loaded;
 
+pub mod http;
 mod reload;
 use reload::{Reloader, reload_loop};
 
@@ -63,6 +64,9 @@ pub fn status_file(layout: &Layout) -> PathBuf {
 pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output = ()>) -> Result<()> {
     let started = Instant::now();
     let config = Arc::new(Config::load(layout.root())?);
+    // Who may use the listener, resolved before anything starts: a
+    // public bind without a token refuses to start.
+    let auth = options.listen.map(|addr| http::Auth::new(&config.http, addr)).transpose()?;
     let queue = Arc::new(
         FsQueue::open(layout.clone(), config.validator())?.with_archive_retention(config.archive.retention_days),
     );
@@ -112,7 +116,16 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("failed to listen on {addr} (use --listen ADDR or --listen off)"))?;
-            let app = http_app(queue.clone(), metrics.clone(), ready.clone(), dispatcher.broken());
+            let ctx = Arc::new(http::Ctx {
+                layout: layout.clone(),
+                queue: queue.clone(),
+                dispatcher: dispatcher.clone(),
+                metrics: metrics.clone(),
+                ready: ready.clone(),
+                broken: dispatcher.broken(),
+                auth: auth.clone().context("the listener's auth was resolved at start")?,
+            });
+            let app = http::app(ctx);
             Some(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!(error = %e, "metrics server stopped");
@@ -164,61 +177,6 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
     let _ = std::fs::remove_file(status_file(&layout));
     tracing::info!(claimed = summary.claimed, handled = summary.handled, "stopped");
     Ok(())
-}
-
-fn http_app(
-    queue: Arc<FsQueue>,
-    metrics: Arc<crate::metrics::Metrics>,
-    ready: Arc<AtomicBool>,
-    broken: Broken,
-) -> axum::Router {
-    use axum::http::StatusCode;
-    use axum::routing::get;
-    axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let (queue, metrics) = (queue.clone(), metrics.clone());
-                async move {
-                    let depth = queue.depth();
-                    match depth {
-                        Ok(d) => {
-                            let age = d.oldest.as_ref().map_or(0, |o| now_us().saturating_sub(o.enqueued_us) / 1000);
-                            metrics.queue(&d, age);
-                        }
-                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not read the queue depth"),
-                    }
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.encode(),
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = ready.load(Ordering::Relaxed);
-                // Serving, but some handlers do not load: still ready (the
-                // others serve), with the detail for whoever looks.
-                let detail: String = broken
-                    .read_locked()
-                    .iter()
-                    .map(|(name, why)| format!("handler {name} does not load: {}\n", crate::text::escape(why)))
-                    .collect();
-                async move {
-                    match (ready, detail.is_empty()) {
-                        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string()),
-                        (true, true) => (StatusCode::OK, "ready\n".to_string()),
-                        (true, false) => (StatusCode::OK, format!("ready (degraded)\n{detail}")),
-                    }
-                }
-            }),
-        )
 }
 
 /// Watches the queue (wake-ups) and the config and components (reloads).
