@@ -63,9 +63,7 @@ pub fn status_file(layout: &Layout) -> PathBuf {
 pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output = ()>) -> Result<()> {
     let started = Instant::now();
     let config = Arc::new(Config::load(layout.root())?);
-    let queue = Arc::new(
-        FsQueue::open(layout.clone(), config.validator())?.with_archive_retention(config.archive.retention_days),
-    );
+    let queue = Arc::new(FsQueue::open(layout.clone(), config.validator())?.with_archive(&config.archive));
     // Loading runs guest code (`describe`), whose WASI calls block on a
     // runtime of their own: never on this one's threads.
     let dispatcher = {
