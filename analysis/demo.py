@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     plan = simulation.Plan(end=parse_end(args.end), days=args.days, tasks_per_day=args.tasks_per_day,
                            heartbeat_minutes=args.heartbeat_minutes, seed=args.seed)
     archive = root / "events" / "archive"
-    if not args.append and archive.is_dir() and any(archive.glob("*.jsonl")):
+    if not args.append and archive.is_dir() and any(archive.glob("*.jsonl*")):
         raise SystemExit(f"demo: {archive} already holds events: use an empty root (ROOT=...) or --append")
 
     init = ["init"] + (["--handlers", args.handlers] if args.handlers else [])

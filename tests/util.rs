@@ -290,14 +290,20 @@ impl Root {
         Ok(())
     }
 
-    /// Every archived record, from all day files, in file order.
+    /// Every archived record, from all day files (plain, and compressed
+    /// ones decoded whole with zstd, whose index frame it skips), in file
+    /// order. A day in both forms after a crash is read in both.
     pub fn archived(&self) -> Result<Vec<Value>> {
         let mut out = Vec::new();
         for day in self.files("events/archive") {
-            if !day.ends_with(".jsonl") {
+            let path = self.join(&format!("events/archive/{day}"));
+            let text = if day.ends_with(".jsonl.zst") {
+                String::from_utf8(zstd::stream::decode_all(std::fs::File::open(&path)?)?)?
+            } else if day.ends_with(".jsonl") {
+                std::fs::read_to_string(&path)?
+            } else {
                 continue;
-            }
-            let text = std::fs::read_to_string(self.join(&format!("events/archive/{day}")))?;
+            };
             // A service may be appending: only whole lines count.
             let whole = text.rfind('\n').map_or("", |end| &text[..end]);
             for line in whole.lines().filter(|l| !l.trim().is_empty()) {

@@ -5,7 +5,9 @@ The sources, as the runtime and the handlers write them (see
 
 * `events/archive/YYYY-MM-DD.jsonl`: one record per processed event
   (`event`, `outcome`, `attempts`, `latency_us`, `handlers`, ...), the day
-  file named by the event's own date. Every frame of events comes from here.
+  file named by the event's own date; days the host compressed are
+  `YYYY-MM-DD.jsonl.zst` (read alike by `archive_days`). Every frame of
+  events comes from here.
 * `events/dead-letter/*.json`: events that failed for good, with forensics.
 * `events/<category>-events.jsonl`: every event as it was queued (what is
   logged but neither archived nor dead-lettered is still pending).
@@ -96,19 +98,98 @@ class Period:
         return f"{self.start:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC"
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _parse_lines(lines) -> list[dict]:
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                # A torn last line (a crash mid-append) is not a record.
-                continue
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            # A torn last line (a crash mid-append) is not a record.
+            continue
     return rows
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as f:
+        return _parse_lines(f)
+
+
+# A compressed archive day (`YYYY-MM-DD.jsonl.zst`, runtime/src/archive/index.rs):
+# zstd frames of whole lines, then a skippable frame holding the seek index,
+# whose footer (the file's last 16 bytes) is its length, this magic and a version.
+_INDEX_MAGIC = b"CXSEEK01"
+
+
+def _fnv1a(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def _covered(path: Path) -> tuple[int, int]:
+    """The plain prefix (length, FNV-1a hash) a compressed day holds."""
+    with path.open("rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        if size < 16:
+            raise ValueError(f"{path}: no seek index (cut short?)")
+        f.seek(size - 16)
+        footer = f.read(16)
+        frame = int.from_bytes(footer[0:4], "little")
+        if footer[4:12] != _INDEX_MAGIC or frame > size:
+            raise ValueError(f"{path}: no seek index cortex wrote (cut short?)")
+        f.seek(size - frame)
+        head = f.read(28)
+    return int.from_bytes(head[12:20], "little"), int.from_bytes(head[20:28], "little")
+
+
+def _zst_lines(path: Path):
+    import zstandard  # only roots with compressed days need it
+
+    with path.open("rb") as raw:
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        import io
+        yield from io.TextIOWrapper(reader, encoding="utf-8", errors="replace")
+
+
+def _plain_lines(path: Path, covered: tuple[int, int] | None):
+    """A plain day's lines, past the prefix its compressed part holds (a
+    crash between writing the segment and removing the plain file)."""
+    data = path.read_bytes()
+    if covered and covered[0] and len(data) >= covered[0] and _fnv1a(data[:covered[0]]) == covered[1]:
+        data = data[covered[0]:]
+    return data.decode("utf-8", "replace").splitlines()
+
+
+def archive_days(archive: Path):
+    """Each archive day (or `undated`, or a compacted month) as (stem, a
+    function returning its lines), in name order: every line once, whether
+    the day is plain JSONL, compressed by the host (`.jsonl.zst`), or both."""
+    stems: dict[str, set[str]] = {}
+    for path in archive.glob("*.jsonl*"):
+        if not path.is_file() or path.is_symlink():
+            continue
+        for suffix in (".jsonl.zst", ".jsonl"):
+            if path.name.endswith(suffix):
+                stems.setdefault(path.name[: -len(suffix)], set()).add(suffix)
+                break
+    for stem in sorted(stems):
+        kinds = stems[stem]
+
+        def lines(stem=stem, kinds=kinds):
+            covered = None
+            if ".jsonl.zst" in kinds:
+                packed = archive / f"{stem}.jsonl.zst"
+                covered = _covered(packed)
+                yield from _zst_lines(packed)
+            if ".jsonl" in kinds:
+                yield from _plain_lines(archive / f"{stem}.jsonl", covered)
+
+        yield stem, lines
 
 
 def _frame(rows: list[dict], schema: dict) -> pl.DataFrame:
@@ -164,14 +245,14 @@ class Root:
     def archive_records(self, period: Period) -> list[dict]:
         """Archive records whose event time is in `period`. Day files are
         named by the event's own (possibly non-UTC) date, so one day either
-        side is read too."""
+        side is read too; plain and compressed days alike (`archive_days`)."""
         first = (period.start - dt.timedelta(days=1)).date().isoformat()
         last = (period.end + dt.timedelta(days=1)).date().isoformat()
         records = []
-        for path in sorted((self.path / "events" / "archive").glob("*.jsonl")):
-            if path.stem != "undated" and not first <= path.stem <= last:
+        for stem, lines in archive_days(self.path / "events" / "archive"):
+            if stem != "undated" and not first <= stem <= last:
                 continue
-            for record in _read_jsonl(path):
+            for record in _parse_lines(lines()):
                 t = parse_time(record.get("event", {}).get("timestamp", ""))
                 if t is not None and t in period:
                     record["_time"] = t

@@ -87,6 +87,44 @@ def test_archive_is_read_by_event_time_and_torn_lines_are_skipped(tmp_path):
         cd.Root(tmp_path / "nothing")
 
 
+def pack_day(text: bytes, covered: bytes) -> bytes:
+    """A compressed day as the host writes it (runtime/src/archive/index.rs):
+    zstd frames of whole lines, then the seek index in a skippable frame
+    (frame and id tables left empty: readers of whole days skip them)."""
+    import struct
+    import zstandard
+    lines = text.splitlines(keepends=True)
+    frames = b"".join(zstandard.ZstdCompressor().compress(b"".join(lines[i:i + 2])) for i in range(0, len(lines), 2))
+    head = struct.pack("<IQQQQQII", 1, len(covered), cd.load._fnv1a(covered), len(text), len(lines), len(lines), 0, 0)
+    data = head + struct.pack("<I", 8 + len(head) + 16) + b"CXSEEK01" + struct.pack("<I", 1)
+    return frames + struct.pack("<II", 0x184D2A5E, len(data)) + data
+
+
+def test_compressed_days_read_like_plain_ones_and_a_leftover_plain_day_once(tmp_path):
+    records = [record("task.created", at(h), {"task_id": f"t{h}"}) for h in range(1, 6)]
+    root = write_root(tmp_path, records)
+    archive = root / "events" / "archive"
+    plain = (archive / "2026-11-23.jsonl").read_bytes()
+    expected = cd.Dataset(root, cd.Period(T0, at(24))).events["event_id"].to_list()
+    assert len(expected) == 5
+
+    # Compressed, the plain file gone: the same events.
+    (archive / "2026-11-23.jsonl.zst").write_bytes(pack_day(plain, plain))
+    (archive / "2026-11-23.jsonl").unlink()
+    assert cd.Dataset(root, cd.Period(T0, at(24))).events["event_id"].to_list() == expected
+
+    # A crash left the plain file too, and one more line was appended: each once.
+    extra = record("task.created", at(7), {"task_id": "late"})
+    extra["event"]["event_id"] = "evt_20261123_070000_late01"
+    (archive / "2026-11-23.jsonl").write_bytes(plain + json.dumps(extra).encode() + b"\n")
+    got = cd.Dataset(root, cd.Period(T0, at(24))).events["event_id"].to_list()
+    assert got == expected + ["evt_20261123_070000_late01"]
+
+    # A plain file that does not start with what was compressed is read whole.
+    (archive / "2026-11-23.jsonl").write_bytes(json.dumps(extra).encode() + b"\n")
+    assert len(cd.Dataset(root, cd.Period(T0, at(24))).events) == 6
+
+
 def test_empty_root_gives_empty_frames_and_plain_advice(tmp_path):
     data = cd.Dataset(write_root(tmp_path, []), cd.Period(T0, at(24)))
     for frame in (data.events, data.runs, data.decisions, data.scans, data.sightings, data.register, data.ledger):

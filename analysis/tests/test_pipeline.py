@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import pytest
+import zstandard
 
 from conftest import ANALYSIS, REPO
 
@@ -30,11 +31,27 @@ def ts(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.timezone.utc)
 
 
+def unzstd(data: bytes) -> bytes:
+    """Every frame of a zstd stream, one at a time (the index frame at the
+    end is a skippable one and yields nothing)."""
+    out = []
+    while data:
+        d = zstandard.ZstdDecompressor().decompressobj()
+        out.append(d.decompress(data))
+        data = d.unused_data
+    return b"".join(out)
+
+
 def archived(demo) -> list[dict]:
     """Every archived event in the demo's period."""
     events = []
-    for path in sorted((demo.root / "events" / "archive").glob("*.jsonl")):
-        for line in path.read_text().splitlines():
+    archive = demo.root / "events" / "archive"
+    texts = [p.read_text() for p in sorted(archive.glob("*.jsonl"))]
+    # Days the host compressed (whole-file decompression, independent of
+    # cortexdata's reader); the demo leaves no day in both forms.
+    texts += [unzstd(p.read_bytes()).decode() for p in sorted(archive.glob("*.jsonl.zst"))]
+    for text in texts:
+        for line in text.splitlines():
             event = json.loads(line)["event"]
             if demo.start <= ts(event["timestamp"]) < demo.end:
                 events.append(event)

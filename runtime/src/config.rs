@@ -160,12 +160,32 @@ pub struct ArchiveConfig {
     /// everything.
     #[serde(default = "default_retention_days")]
     pub retention_days: u64,
+    /// Day files named for a date more than this many days ago (UTC) are
+    /// rewritten as compressed segments (`YYYY-MM-DD.jsonl.zst`, see
+    /// [`crate::archive`]); 0 never compresses.
+    #[serde(default = "default_compress_after_days")]
+    pub compress_after_days: u64,
+    /// A directory (relative to the root, or absolute) that each archive
+    /// file past its retention is copied to before it is removed.
+    #[serde(default)]
+    pub export_before_delete: Option<PathBuf>,
 }
 
 impl Default for ArchiveConfig {
     fn default() -> Self {
-        ArchiveConfig { retention_days: DEFAULT_RETENTION_DAYS }
+        ArchiveConfig {
+            retention_days: DEFAULT_RETENTION_DAYS,
+            compress_after_days: DEFAULT_COMPRESS_AFTER_DAYS,
+            export_before_delete: None,
+        }
     }
+}
+
+/// Days after which archive days are compressed by default.
+pub const DEFAULT_COMPRESS_AFTER_DAYS: u64 = 2;
+
+fn default_compress_after_days() -> u64 {
+    DEFAULT_COMPRESS_AFTER_DAYS
 }
 
 fn default_retention_days() -> u64 {

@@ -9,6 +9,8 @@
 //! <root>/events/archive/YYYY-MM-DD.jsonl  processed events with their outcome, by
 //!                                    the event's date; kept [archive] retention_days
 //!                                    after the file's last append
+//! <root>/events/archive/YYYY-MM-DD.jsonl.zst  days older than [archive]
+//!                                    compress_after_days, compressed (see `archive`)
 //! <root>/events/dead-letter/         events that failed for good, with forensics
 //! <root>/events/tmp/                 files being written; renamed into place when whole
 //! <root>/events/<category>-events.jsonl

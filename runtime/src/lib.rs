@@ -18,6 +18,8 @@
 //! - [`records`]: every record written and read back (archive line, dead
 //!   letter, delivery history, service status, replay and retry marks), one
 //!   type each, and the failure kinds they record.
+//! - [`archive`]: reading archive days, plain or compressed, through one door;
+//!   compressing old days into zstd segments with a seek index (`archive/`).
 //! - [`queue`]: the durable queue behind the [`queue::Queue`] trait, a
 //!   `queue/` file per job (names, claiming, group commit, recovery, archive).
 //! - [`lock`]: mutexes and rwlocks that stay usable after a panic (the one place that says why).
@@ -52,6 +54,7 @@
 //! The `cortex` binary (`main.rs`: parse, tracing, exit codes; `cli/`: one
 //! file per command) only parses flags and prints what these modules return.
 
+pub mod archive;
 pub mod cloudevents;
 pub mod config;
 pub mod dispatch;

@@ -67,9 +67,7 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
     // Who may use the listener, resolved before anything starts: a
     // public bind without a token refuses to start.
     let auth = options.listen.map(|addr| http::Auth::new(&config.http, addr)).transpose()?;
-    let queue = Arc::new(
-        FsQueue::open(layout.clone(), config.validator())?.with_archive_retention(config.archive.retention_days),
-    );
+    let queue = Arc::new(FsQueue::open(layout.clone(), config.validator())?.with_archive(&config.archive));
     // Loading runs guest code (`describe`), whose WASI calls block on a
     // runtime of their own: never on this one's threads.
     let dispatcher = {

@@ -27,7 +27,7 @@ use crate::text::Escaped;
 mod read;
 mod render;
 
-pub use read::{Gathered, gather, open_day};
+pub use read::{Gathered, gather};
 
 /// What the asked id named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -2,6 +2,7 @@
 //! writes BENCHMARKS.md at the repository root. Not a test: nothing here
 //! asserts on time; the table states each target next to what was measured.
 
+mod archive;
 mod dispatch;
 mod languages;
 mod replay;
@@ -92,6 +93,7 @@ fn main() -> anyhow::Result<()> {
         ("service", service::run),
         ("replay", replay::run),
         ("languages", languages::run),
+        ("archive", archive::run),
     ];
     for (name, f) in sections {
         if !only.is_empty() && !only.iter().any(|o| o == name) {

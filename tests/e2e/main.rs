@@ -1,6 +1,7 @@
 //! End-to-end tests: the `cortex` binary and its components against
 //! throwaway coordination roots. One test binary; a module per capability.
 
+mod archive;
 mod cli;
 mod cloudevents;
 mod crash;

@@ -3,8 +3,10 @@
 //! removes a day file once its last append is older than `[archive]
 //! retention_days` (never by the date in the file's name, which is the
 //! events' own date), so this handler has the archive read-only. It lists
-//! `/events/archive/*.jsonl` — events, bytes, and days since each file's
-//! last append — says which files are past the retention the event or the
+//! `/events/archive/*.jsonl` and the days the host compressed
+//! (`*.jsonl.zst`, counted from their seek index, never decompressed) —
+//! events, bytes, and days since each file's last append — says which
+//! files are past the retention the event or the
 //! `retention_days` setting names, and records the run in
 //! `/state/cleanup/last-run.json` and `history.json`.
 //!
@@ -123,10 +125,17 @@ struct FileInfo {
     /// Whole days since the file's last append.
     idle_days: u64,
     expired: bool,
+    /// A compressed day (`.jsonl.zst`): counted from its seek index.
+    #[serde(default, skip_serializing_if = "is_false")]
+    compressed: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// One line of an archive day file, as the host writes it: the fields this
@@ -153,7 +162,71 @@ fn count_lines(text: &str) -> (u64, u64) {
     (events, unreadable)
 }
 
-/// Lists the archive's `*.jsonl` files (read-only).
+/// A compressed day's totals, read from the seek index that ends it (the
+/// host's format, `runtime/src/archive/index.rs`): the index frame's
+/// length and magic are the last 16 bytes, its header (line and record
+/// counts, the plain prefix it holds) opens the frame. Nothing is
+/// decompressed, so a guest needs no zstd decoder for a report.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct PackedTotals {
+    lines: u64,
+    records: u64,
+    /// Bytes of the plain day file's start that this segment holds.
+    covered_len: u64,
+    covered_hash: u64,
+}
+
+const INDEX_MAGIC: &[u8; 8] = b"CXSEEK01";
+const INDEX_VERSION: u32 = 1;
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    u64::from(le_u32(b, at)) | (u64::from(le_u32(b, at + 4)) << 32)
+}
+
+/// The totals of a compressed day from its last bytes.
+fn packed_totals(path: &Path) -> Result<PackedTotals> {
+    use std::io::{Read, Seek, SeekFrom};
+    let bad = || format!("{} has no seek index cortex wrote (cut short?)", path.display());
+    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let len = f.metadata().map_err(|e| format!("cannot stat {}: {e}", path.display()))?.len();
+    let mut footer = [0u8; 16];
+    let mut read_at = |at: u64, buf: &mut [u8]| {
+        f.seek(SeekFrom::Start(at)).and_then(|_| f.read_exact(buf)).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    if len < 16 {
+        return Err(bad().into());
+    }
+    read_at(len - 16, &mut footer)?;
+    let frame = u64::from(le_u32(&footer, 0));
+    if &footer[4..12] != INDEX_MAGIC || le_u32(&footer, 12) != INDEX_VERSION || frame > len || frame < 76 {
+        return Err(bad().into());
+    }
+    let mut head = [0u8; 60];
+    read_at(len - frame, &mut head)?;
+    if le_u32(&head, 8) != INDEX_VERSION {
+        return Err(bad().into());
+    }
+    Ok(PackedTotals {
+        covered_len: le_u64(&head, 12),
+        covered_hash: le_u64(&head, 20),
+        lines: le_u64(&head, 36),
+        records: le_u64(&head, 44),
+    })
+}
+
+/// FNV-1a 64, as the host hashes the plain prefix a segment holds.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h: u64, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// Lists the archive's day files (read-only): plain `*.jsonl`, counted
+/// line by line, and compressed `*.jsonl.zst`, counted from their seek
+/// index. When a crash left a day in both forms, the plain file's lines
+/// the compressed one already holds are not counted twice.
 ///
 /// # Errors
 /// When the archive cannot be listed or a file read.
@@ -164,31 +237,47 @@ fn survey(archive: &Path, now: i64, retention_days: u64) -> Result<Report> {
         let entry = entry.map_err(|e| format!("cannot list {}: {e}", archive.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let meta = entry.metadata().map_err(|e| format!("cannot stat {name}: {e}"))?;
-        if name.ends_with(".jsonl") && meta.is_file() {
+        if (name.ends_with(".jsonl") || name.ends_with(".jsonl.zst")) && meta.is_file() {
             let modified = meta
                 .modified()
                 .ok()
                 .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(now, |d| d.as_secs() as i64);
-            found.push((name, modified));
+            found.push((name, modified, meta.len()));
         }
     }
-    found.sort();
+    // A day's compressed file sorts before its plain one.
+    found.sort_by(|a, b| a.0.trim_end_matches(".zst").cmp(b.0.trim_end_matches(".zst")).then(b.0.len().cmp(&a.0.len())));
     let mut report = Report::default();
-    for (name, modified) in found {
+    let mut packed: Option<(String, PackedTotals)> = None;
+    for (name, modified, bytes) in found {
         let path = archive.join(&name);
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let (events, unreadable) = count_lines(&text);
+        let (events, unreadable, compressed) = if name.ends_with(".zst") {
+            let totals = packed_totals(&path)?;
+            packed = Some((name.trim_end_matches(".zst").to_string(), totals));
+            (totals.records, totals.lines.saturating_sub(totals.records), true)
+        } else {
+            let text = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let skip = match &packed {
+                Some((plain, t)) if *plain == name && t.covered_len > 0 && text.len() as u64 >= t.covered_len => {
+                    let n = t.covered_len as usize;
+                    if fnv1a(&text[..n]) == t.covered_hash { n } else { 0 }
+                }
+                _ => 0,
+            };
+            let (events, unreadable) = count_lines(&String::from_utf8_lossy(&text[skip..]));
+            (events, unreadable, false)
+        };
         let idle = now.saturating_sub(modified).max(0) as u64;
         let (idle_days, expired) = (idle / 86_400, idle > retention_days * 86_400);
         report.files_total += 1;
         report.events_total += events;
-        report.bytes_total += text.len() as u64;
+        report.bytes_total += bytes;
         if expired {
             report.files_expired += 1;
             report.events_expired += events;
         }
-        report.files.push(FileInfo { name, events, unreadable, bytes: text.len() as u64, idle_days, expired });
+        report.files.push(FileInfo { name, events, unreadable, bytes, idle_days, expired, compressed });
     }
     Ok(report)
 }
@@ -248,6 +337,43 @@ mod tests {
         assert!(by_name("2025-11-01.jsonl").expired);
         assert_eq!(by_name("2025-11-01.jsonl").idle_days, 40);
         assert_eq!(std::fs::read_dir(&s.0).unwrap().count(), 4, "a survey changes nothing");
+    }
+
+    /// The last bytes of a compressed day as the host writes them (frames
+    /// omitted: the report reads only the index).
+    fn packed(lines: u64, records: u64, covered: &[u8]) -> Vec<u8> {
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&0x184D_2A5Eu32.to_le_bytes());
+        frame.extend_from_slice(&(52u32 + 16).to_le_bytes());
+        frame.extend_from_slice(&INDEX_VERSION.to_le_bytes());
+        for v in [covered.len() as u64, fnv1a(covered), 0, lines, records] {
+            frame.extend_from_slice(&v.to_le_bytes());
+        }
+        frame.extend_from_slice(&[0u8; 8]);
+        frame.extend_from_slice(&(frame.len() as u32 + 16).to_le_bytes());
+        frame.extend_from_slice(INDEX_MAGIC);
+        frame.extend_from_slice(&INDEX_VERSION.to_le_bytes());
+        [b"frames".to_vec(), frame].concat()
+    }
+
+    #[test]
+    fn compressed_days_count_from_their_index_and_a_leftover_plain_day_once() {
+        let s = Scratch::new("packed");
+        let first = line("evt_1") + &line("evt_2");
+        std::fs::write(s.0.join("2025-11-01.jsonl.zst"), packed(3, 2, first.as_bytes())).unwrap();
+        // A crash between writing the segment and removing the plain file,
+        // then one more append: only that append is new.
+        s.write("2025-11-01.jsonl", &(first.clone() + &line("evt_3")), 0);
+        std::fs::write(s.0.join("2025-11-02.jsonl.zst"), b"not a segment at all").unwrap();
+        let err = survey(&s.0, now_epoch_seconds(), 30).unwrap_err();
+        assert!(err.message().contains("no seek index"), "{err}");
+        std::fs::remove_file(s.0.join("2025-11-02.jsonl.zst")).unwrap();
+
+        let r = survey(&s.0, now_epoch_seconds(), 30).unwrap();
+        assert_eq!((r.files_total, r.events_total), (2, 3), "{r:?}");
+        let zst = r.files.iter().find(|f| f.name == "2025-11-01.jsonl.zst").unwrap();
+        assert!(zst.compressed && zst.events == 2 && zst.unreadable == 1);
+        assert_eq!(r.files.iter().find(|f| f.name == "2025-11-01.jsonl").unwrap().events, 1);
     }
 
     fn cleanup(payload: Value) -> Event {

@@ -137,8 +137,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
 /// The root's checked config and its queue.
 fn open(layout: &Layout) -> Result<(Config, FsQueue)> {
     let config = Config::load(layout.root())?;
-    let queue =
-        FsQueue::open(layout.clone(), config.validator())?.with_archive_retention(config.archive.retention_days);
+    let queue = FsQueue::open(layout.clone(), config.validator())?.with_archive(&config.archive);
     Ok((config, queue))
 }
 

@@ -135,6 +135,51 @@ pub fn open_append(dir: &File, name: &str) -> std::io::Result<File> {
     Ok(f)
 }
 
+/// Opens `name` in `dir` for reading, refusing a symlink and anything but
+/// a regular file.
+///
+/// # Errors
+/// An `ELOOP` error for a symlink (see [`is_symlink_error`]), else the open error.
+pub fn open_read(dir: &File, name: &str) -> std::io::Result<File> {
+    let c = CString::new(name).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // O_NONBLOCK: a FIFO planted here must not hang the host on open.
+    let f = File::from(openat(dir, &c, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0)?);
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!("{name} is not a regular file")));
+    }
+    Ok(f)
+}
+
+/// Creates (or truncates) `name` in `dir` for writing, mode 0644, refusing
+/// a symlink in its place.
+///
+/// # Errors
+/// An `ELOOP` error for a symlink (see [`is_symlink_error`]), else the open error.
+pub fn open_truncate(dir: &File, name: &str) -> std::io::Result<File> {
+    let c = CString::new(name).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    let f = File::from(openat(dir, &c, flags, 0o644)?);
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!("{name} is not a regular file")));
+    }
+    Ok(f)
+}
+
+/// Renames `from` to `to` within `dir` (replacing `to`; a link at either
+/// name is moved or replaced as a link, never followed).
+///
+/// # Errors
+/// When the rename fails.
+pub fn rename(dir: &File, from: &str, to: &str) -> std::io::Result<()> {
+    let bad = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    let (f, t) = (CString::new(from).map_err(bad)?, CString::new(to).map_err(bad)?);
+    // SAFETY: both names are valid NUL-terminated strings, `dir` a live descriptor.
+    if unsafe { libc::renameat(dir.as_raw_fd(), f.as_ptr(), dir.as_raw_fd(), t.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Removes the entry `name` of `dir` (a file or a symlink, never followed).
 ///
 /// # Errors

@@ -38,6 +38,11 @@ pub struct FsQueue {
     /// Archive day files whose last append is older than this are removed
     /// (`[archive] retention_days`); `None` keeps them forever.
     pub(super) archive_retention: Option<Duration>,
+    /// Days named more than this many days ago are compressed
+    /// (`[archive] compress_after_days`); `None` never compresses.
+    pub(super) archive_compress_after: Option<u64>,
+    /// Where expired archive files are copied before they are removed.
+    pub(super) archive_export: Option<PathBuf>,
     /// When this process last pruned the archive.
     pub(super) last_prune: Mutex<Option<std::time::Instant>>,
 }
@@ -55,6 +60,8 @@ impl FsQueue {
             reaper: Mutex::new(None),
             owner: Mutex::new(None),
             archive_retention: Some(Duration::from_secs(crate::config::DEFAULT_RETENTION_DAYS * 86_400)),
+            archive_compress_after: Some(crate::config::DEFAULT_COMPRESS_AFTER_DAYS),
+            archive_export: None,
             last_prune: Mutex::new(None),
         })
     }
@@ -63,6 +70,16 @@ impl FsQueue {
     #[must_use]
     pub fn with_archive_retention(mut self, days: u64) -> FsQueue {
         self.archive_retention = (days > 0).then(|| Duration::from_secs(days.saturating_mul(86_400)));
+        self
+    }
+
+    /// Applies the whole `[archive]` table: retention, compression and
+    /// the export before removal (a relative directory is under the root).
+    #[must_use]
+    pub fn with_archive(mut self, config: &crate::config::ArchiveConfig) -> FsQueue {
+        self = self.with_archive_retention(config.retention_days);
+        self.archive_compress_after = (config.compress_after_days > 0).then_some(config.compress_after_days);
+        self.archive_export = config.export_before_delete.as_ref().map(|d| self.layout.root().join(d));
         self
     }
 

@@ -8,7 +8,6 @@
 //! Crash story: read-only. It is a check before enqueueing, not a lock.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -17,6 +16,7 @@ use serde::Deserialize;
 use super::FsQueue;
 use super::fs::read_dir_if_any;
 use super::name::dead_letter_event_id;
+use crate::archive::{Archive, Lines};
 use crate::event::Event;
 
 impl FsQueue {
@@ -68,15 +68,15 @@ impl FsQueue {
             .iter()
             .flat_map(|d| [d.format("%Y-%m-%d.").to_string(), d.format("%Y-%m.compact.").to_string()])
             .collect();
-        let archive = self.layout.archive();
         let mut found = BTreeSet::new();
-        if let Some(rd) = read_dir_if_any(&archive)? {
-            for entry in rd {
-                let entry = entry.with_context(|| format!("failed to list {}", archive.display()))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".jsonl") && prefixes.iter().any(|p| name.starts_with(p.as_str())) {
-                    archived_ids(&entry.path(), ids, &mut found)?;
-                }
+        let Some(archive) = Archive::open(&self.layout)? else { return Ok(found) };
+        let wanted: Vec<&str> = ids.iter().copied().collect();
+        for seg in archive.segments()? {
+            let stem = format!("{}.", seg.stem);
+            if prefixes.iter().any(|p| stem.starts_with(p.as_str())) {
+                // A compressed day: only the frames its seek index names.
+                let lines = archive.lines_naming(&seg, &wanted)?;
+                archived_ids(lines, &archive.path().join(seg.names()), ids, &mut found)?;
             }
         }
         Ok(found)
@@ -87,15 +87,10 @@ impl FsQueue {
 /// compacted month, a bare event). Lines are searched for `"event_id":"…"`
 /// and only a line that names a wanted id is parsed, to confirm that it is
 /// the line's own event (a follow-up's record also names its trigger).
-fn archived_ids(path: &Path, ids: &BTreeSet<&str>, found: &mut BTreeSet<String>) -> Result<()> {
+fn archived_ids(lines: Lines, path: &Path, ids: &BTreeSet<&str>, found: &mut BTreeSet<String>) -> Result<()> {
     use std::io::BufRead;
     const KEY: &str = "\"event_id\":\"";
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("failed to open archive file {}", path.display())),
-    };
-    for line in std::io::BufReader::new(file).split(b'\n') {
+    for line in lines.split(b'\n') {
         let line = line.with_context(|| format!("failed to read archive file {}", path.display()))?;
         let Ok(line) = std::str::from_utf8(&line) else { continue };
         let named = line.match_indices(KEY).filter_map(|(at, _)| {

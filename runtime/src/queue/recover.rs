@@ -115,7 +115,7 @@ impl FsQueue {
     ) -> Result<()> {
         // Work already recorded? Then only the removal of the claim was lost.
         let done = match std::fs::read_to_string(path).ok().and_then(|t| self.validator.parse(&t).ok()) {
-            Some(event) => archived_entry(&self.archive_path(&event), &name.key()),
+            Some(event) => archived_entry(&self.layout, &self.archive_path(&event), &name.key()),
             None => false,
         } || self.dead_letter_path(name).exists();
         if done {

@@ -8,7 +8,6 @@
 //! and line, and never selected.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -17,6 +16,7 @@ use chrono::{Datelike, Days, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{Filter, Origin, Progress};
+use crate::archive::{Archive, Segment};
 use crate::dlq;
 use crate::event::{Event, Validator};
 use crate::layout::Layout;
@@ -81,36 +81,30 @@ enum Span {
 #[derive(Debug, Clone)]
 struct ArchiveFile {
     span: Span,
+    /// Its plain and compressed files, read as one (see [`crate::archive`]).
+    seg: Segment,
+    /// The path named in reports: the compressed file when there is one.
     path: PathBuf,
+    /// Bytes of JSONL it holds, for the progress meter.
     size: u64,
 }
 
-/// The archive's files, compact ones first, then days in order: a later
-/// copy of an event comes later.
-fn archive_files(dir: &Path) -> Result<Vec<ArchiveFile>> {
+/// The archive's days and compacted months, compact ones first, then days
+/// in order: a later copy of an event comes later.
+fn archive_files(archive: Option<&Archive>) -> Result<Vec<ArchiveFile>> {
+    let Some(archive) = archive else { return Ok(Vec::new()) };
     let mut out = Vec::new();
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e).with_context(|| format!("failed to list the archive {}", dir.display())),
-    };
-    for entry in rd {
-        let entry = entry.with_context(|| format!("failed to list the archive {}", dir.display()))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name.strip_suffix(".jsonl") else { continue };
-        let Ok(meta) = entry.metadata() else { continue };
-        if !meta.is_file() {
-            continue;
-        }
-        let span = if let Some(month) = stem.strip_suffix(".compact") {
+    for seg in archive.segments()? {
+        let span = if let Some(month) = seg.stem.strip_suffix(".compact") {
             match NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d") {
                 Ok(d) => Span::Month(d),
                 Err(_) => Span::Undated,
             }
         } else {
-            NaiveDate::parse_from_str(stem, "%Y-%m-%d").map_or(Span::Undated, Span::Day)
+            NaiveDate::parse_from_str(&seg.stem, "%Y-%m-%d").map_or(Span::Undated, Span::Day)
         };
-        out.push(ArchiveFile { span, path: entry.path(), size: meta.len() });
+        let name = seg.packed.as_ref().or(seg.plain.as_ref()).map(|p| p.name.clone()).unwrap_or_default();
+        out.push(ArchiveFile { span, path: archive.path().join(name), size: seg.content_bytes, seg });
     }
     out.sort_by(|a, b| (&a.span, &a.path).cmp(&(&b.span, &b.path)));
     Ok(out)
@@ -166,14 +160,20 @@ struct Scanner<'a> {
 }
 
 impl Scanner<'_> {
-    fn scan(&mut self, file: &ArchiveFile, needle: Option<&str>, sink: &mut Sink) -> Result<()> {
+    fn scan(
+        &mut self,
+        archive: Option<&Archive>,
+        file: &ArchiveFile,
+        needle: Option<&str>,
+        sink: &mut Sink,
+    ) -> Result<()> {
+        let Some(archive) = archive else { return Ok(()) };
         let path = &file.path;
         let compact = matches!(file.span, Span::Month(_));
-        let mut f = match File::open(path) {
-            Ok(f) => f,
-            // Removed by a cleanup since it was listed.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e).with_context(|| format!("failed to open archive file {}", path.display())),
+        // A file removed by the retention since it was listed reads as empty.
+        let mut f = match needle {
+            Some(id) => archive.lines_naming(&file.seg, &[id])?,
+            None => archive.lines(&file.seg)?,
         };
         self.files_read.push(path.clone());
         let mut buf = vec![0u8; CHUNK];
@@ -325,7 +325,8 @@ pub fn select(
         });
     }
 
-    let files = archive_files(&layout.archive())?;
+    let archive = Archive::open(layout)?;
+    let files = archive_files(archive.as_ref())?;
     let mut scanner = Scanner { skipped: Vec::new(), files_read: Vec::new(), done_bytes: 0, total_bytes: 0, progress };
     let mut c = Collector::default();
     let mut full_scan = false;
@@ -338,7 +339,7 @@ pub fn select(
                 scanner.total_bytes += picks.iter().map(|&i| files[i].size).sum::<u64>();
                 for i in picks {
                     read[i] = true;
-                    scanner.scan(&files[i], Some(id), &mut |e| {
+                    scanner.scan(archive.as_ref(), &files[i], Some(id), &mut |e| {
                         *found = Some(revalidate(validator, e)?);
                         Ok(())
                     })?;
@@ -390,7 +391,7 @@ pub fn select(
             full_scan = picks.len() == files.len();
             scanner.total_bytes = picks.iter().map(|f| f.size).sum();
             for f in picks {
-                scanner.scan(f, None, &mut |e| {
+                scanner.scan(archive.as_ref(), f, None, &mut |e| {
                     if filter.matches(&e) {
                         c.push(revalidate(validator, e)?);
                     }
