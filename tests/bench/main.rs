@@ -2,6 +2,7 @@
 //! writes BENCHMARKS.md at the repository root. Not a test: nothing here
 //! asserts on time; the table states each target next to what was measured.
 
+mod dashboard;
 mod dispatch;
 mod languages;
 mod replay;
@@ -91,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         ("dispatch", dispatch::run),
         ("service", service::run),
         ("replay", replay::run),
+        ("dashboard", dashboard::run),
         ("languages", languages::run),
     ];
     for (name, f) in sections {

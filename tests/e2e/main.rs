@@ -4,6 +4,7 @@
 mod cli;
 mod cloudevents;
 mod crash;
+mod dashboard;
 mod dispatch;
 mod handlers;
 mod host_boundary;
