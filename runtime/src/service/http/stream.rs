@@ -7,16 +7,24 @@
 //! bounded tokio broadcast channel, which never waits for a reader; each
 //! client reads it at its own pace through its own cursor, and a client
 //! that falls [`CLIENT_BUFFER`] events behind is told so and dropped
-//! (counted in `cortex_dashboard_stream_dropped_clients`). The window is a
-//! bounded in-memory sample per handler, updated under one short lock per
-//! batch.
+//! (counted in `cortex_dashboard_stream_dropped_clients`). What is waiting
+//! for a client goes out in one write (up to [`MAX_WRITE`] bytes), so a busy
+//! stream costs a syscall per batch, not per event. The window is a bounded
+//! in-memory sample per handler, updated under one short lock per batch.
+//!
+//! The stream speaks Server-Sent Events: `settled` (and `dead-lettered`)
+//! events whose `data` is a [`Settled`] record, `lagged` when the client is
+//! dropped, and a comment every [`KEEP_ALIVE`] so proxies keep it open.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use futures_util::Stream;
+use axum::body::Body;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -33,6 +41,10 @@ const RECENT: usize = 100;
 const WINDOW_US: u64 = 5 * 60 * 1_000_000;
 /// Samples kept per handler, at most (the window's memory bound).
 const MAX_SAMPLES: usize = 100_000;
+/// What a client is sent in one write, at most (more waits for the next).
+pub const MAX_WRITE: usize = 64 * 1024;
+/// How often an idle stream sends a comment.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// One settled event, serialized once for every client.
 pub struct Item {
@@ -149,17 +161,18 @@ impl Feed {
 
     /// The live stream for one client: first the recent events that pass
     /// `filter`, then each new one, until the client goes or falls behind.
-    pub fn sse(&self, filter: Filter) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>> + use<>> {
+    pub fn sse(&self, filter: Filter) -> Response {
         let rx = self.tx.subscribe();
         let backlog: VecDeque<Arc<Item>> =
             self.state.locked().recent.iter().filter(|i| filter.matches(&i.settled)).cloned().collect();
         let client = Client { rx, backlog, filter, metrics: self.metrics.clone(), done: false };
         client.metrics.stream_client(1);
         let stream = futures_util::stream::unfold(client, |mut c| async move {
-            let event = c.next().await?;
-            Some((Ok(event), c))
+            let chunk = c.next_chunk().await?;
+            Some((Ok::<_, Infallible>(chunk), c))
         });
-        Sse::new(stream).keep_alive(KeepAlive::default())
+        ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(stream))
+            .into_response()
     }
 }
 
@@ -221,28 +234,53 @@ struct Client {
 }
 
 impl Client {
-    async fn next(&mut self) -> Option<SseEvent> {
+    /// What to write next: the backlog, else the next events that pass the
+    /// filter (waiting for the first, then taking what is already there),
+    /// a keep-alive comment, or the notice that this client is dropped.
+    /// `None` ends the stream.
+    async fn next_chunk(&mut self) -> Option<String> {
         if self.done {
             return None;
         }
-        if let Some(item) = self.backlog.pop_front() {
-            return Some(settled_event(&item));
+        let mut out = String::new();
+        while out.len() < MAX_WRITE
+            && let Some(item) = self.backlog.pop_front()
+        {
+            frame(&mut out, &item);
         }
-        loop {
-            match self.rx.recv().await {
-                Ok(item) if self.filter.matches(&item.settled) => return Some(settled_event(&item)),
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    self.done = true;
-                    self.metrics.stream_dropped();
-                    let why = format!(
-                        "this client fell {missed} events behind (more than {CLIENT_BUFFER}) and was dropped; reconnect to follow the stream again"
-                    );
-                    return Some(SseEvent::default().event("lagged").data(why));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+        if !out.is_empty() {
+            return Some(out);
+        }
+        while out.is_empty() {
+            match tokio::time::timeout(KEEP_ALIVE, self.rx.recv()).await {
+                Err(_) => return Some(": keep-alive\n\n".into()),
+                Ok(Ok(item)) if self.filter.matches(&item.settled) => frame(&mut out, &item),
+                Ok(Ok(_)) => {}
+                Ok(Err(broadcast::error::RecvError::Lagged(missed))) => return Some(self.drop_lagging(missed)),
+                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
             }
         }
+        while out.len() < MAX_WRITE {
+            match self.rx.try_recv() {
+                Ok(item) if self.filter.matches(&item.settled) => frame(&mut out, &item),
+                Ok(_) => {}
+                Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                    out.push_str(&self.drop_lagging(missed));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Some(out)
+    }
+
+    /// Marks this client done and says why, as a `lagged` event.
+    fn drop_lagging(&mut self, missed: u64) -> String {
+        self.done = true;
+        self.metrics.stream_dropped();
+        format!(
+            "event: lagged\ndata: this client fell {missed} events behind (more than {CLIENT_BUFFER}) and was dropped; reconnect to follow the stream again\n\n"
+        )
     }
 }
 
@@ -252,18 +290,44 @@ impl Drop for Client {
     }
 }
 
-fn settled_event(item: &Item) -> SseEvent {
+/// Appends one settled event in the SSE format. The JSON is compact (no
+/// newline can end its `data` line early); the id is a validated event id,
+/// stripped of line breaks all the same.
+fn frame(out: &mut String, item: &Item) {
     let kind = match item.settled.ending {
         Ending::DeadLettered => "dead-lettered",
         _ => "settled",
     };
-    SseEvent::default().event(kind).id(item.settled.event_id.clone()).data(item.json.clone())
+    let id: String = item.settled.event_id.chars().filter(|c| *c != '\n' && *c != '\r').collect();
+    // Writing into a String cannot fail.
+    let _ = write!(out, "event: {kind}\nid: {id}\ndata: {}\n\n", item.json);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dispatch::{HandlerResult, Observe};
+
+    #[test]
+    fn waiting_events_go_out_in_one_write_each_in_the_sse_format() {
+        let metrics = Arc::new(Metrics::new());
+        let feed = Feed::new(metrics.clone());
+        let rx = feed.tx.subscribe();
+        let filter = Filter { event_type: Some("a.*".into()), ..Filter::default() };
+        let mut client = Client { rx, backlog: VecDeque::new(), filter, metrics, done: false };
+        feed.settled(vec![
+            settled("e1", "a.b", 1.0, true),
+            settled("e2", "x.y", 1.0, true),
+            settled("e3", "a.c", 1.0, false),
+        ]);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a runtime builds");
+        let chunk = rt.block_on(client.next_chunk()).expect("a chunk");
+        let frames: Vec<&str> = chunk.split_terminator("\n\n").collect();
+        assert_eq!(frames.len(), 2, "{chunk}");
+        assert!(frames[0].starts_with("event: settled\nid: e1\ndata: {"), "{chunk}");
+        let back: Settled = serde_json::from_str(frames[1].split_once("data: ").expect("data").1).expect("a Settled");
+        assert_eq!((back.event_id.as_str(), back.ending), ("e3", Ending::Retried));
+    }
 
     fn settled(id: &str, event_type: &str, ms: f64, ok: bool) -> Settled {
         Settled {
@@ -318,9 +382,13 @@ mod tests {
         for i in 0..(CLIENT_BUFFER + 10) {
             feed.settled(vec![settled(&format!("e{i}"), "a.b", 1.0, true)]);
         }
-        let rt = tokio::runtime::Builder::new_current_thread().build().expect("a current-thread runtime builds");
-        assert!(rt.block_on(client.next()).is_some(), "the lagged notice");
-        assert!(rt.block_on(client.next()).is_none(), "then the stream ends");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a current-thread runtime builds");
+        let notice = rt.block_on(client.next_chunk()).expect("the lagged notice");
+        assert!(notice.starts_with("event: lagged\ndata: this client fell 10 events behind"), "{notice}");
+        assert!(rt.block_on(client.next_chunk()).is_none(), "then the stream ends");
         let text = metrics.encode();
         assert!(text.contains("cortex_dashboard_stream_dropped_clients_total 1"), "{text}");
         drop(client);
