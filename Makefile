@@ -20,7 +20,7 @@ PY_HANDLERS     := $(patsubst handlers-wasm/py/%/app.py,$(HANDLERS_OUT)/%.wasm,$
 JS_HANDLERS     := $(patsubst handlers-wasm/js/%/handler.js,$(HANDLERS_OUT)/%.wasm,$(wildcard handlers-wasm/js/*/handler.js))
 WIT             := $(wildcard wit/*.wit wit/deps/*/*.wit)
 
-.PHONY: all setup build handlers rust-handlers run test bench fuzz lint fmt clean
+.PHONY: all setup build handlers rust-handlers run test bench fuzz lint fmt clean browser
 
 all: build
 
@@ -81,7 +81,22 @@ run: build handlers
 	@echo "serving $(ROOT): metrics on http://127.0.0.1:9464/metrics; Ctrl-C stops"
 	$(CORTEX) serve --root $(ROOT)
 
-test: build handlers analysis-test
+# The dashboard's browser test drives Debian's Chromium through chromedriver
+# (tests/e2e/dashboard/browser.rs). Installed here when missing and we are
+# root; otherwise this stops, saying what to install.
+BROWSER_BINS := /usr/bin/chromium /usr/bin/chromedriver
+browser:
+	@missing=""; for b in $(BROWSER_BINS); do test -x "$$b" || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium and chromium-driver (missing:$$missing)"; \
+	    apt-get install -y chromium chromium-driver || { apt-get update && apt-get install -y chromium chromium-driver; }; \
+	  else \
+	    echo "error: the dashboard's browser test needs$$missing: run 'sudo apt-get install -y chromium chromium-driver' (Debian/Ubuntu), then make test again" >&2; exit 1; \
+	  fi; \
+	fi
+
+test: build handlers analysis-test browser
 	cd handlers-wasm && CARGO_TARGET_DIR=$(TARGET)/wasm-native $(CARGO) test --release --workspace
 	for d in handlers-wasm/py/on-*/; do (cd "$$d" && $(TOOLS)/py/bin/python -m unittest --quiet) || exit 1; done
 	cd handlers-wasm/js && node --test

@@ -19,6 +19,8 @@
 //! - `verdict`: how one event ends, from what its handlers did.
 //! - `load`: loading a config's handlers, checked against `describe()`.
 //! - `summary`: what a run did.
+//! - `observe`: what the committer tells an observer (the live dashboard)
+//!   about each settled event.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -30,12 +32,14 @@ mod commit;
 mod dispatcher;
 mod lanes;
 mod load;
+mod observe;
 mod summary;
 mod verdict;
 
 pub use claim::Mode;
 pub use dispatcher::Dispatcher;
 pub use load::{declared, load_all, prepare, undeclared};
+pub use observe::{Ending, HandlerResult, Observe, Settled};
 pub use summary::{HandlerStats, Summary, Until};
 
 /// The handlers currently serving, by name; swapped whole on reload.

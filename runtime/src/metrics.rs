@@ -67,6 +67,8 @@ pub struct Metrics {
     claimed: Gauge,
     oldest_age_ms: Gauge,
     dead_letters: Gauge,
+    stream_clients: Gauge,
+    stream_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -95,6 +97,8 @@ impl Metrics {
             claimed: Gauge::default(),
             oldest_age_ms: Gauge::default(),
             dead_letters: Gauge::default(),
+            stream_clients: Gauge::default(),
+            stream_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -131,6 +135,12 @@ impl Metrics {
         registry.register("queue_claimed", "Events claimed and not yet settled", m.claimed.clone());
         registry.register("queue_oldest_age_milliseconds", "Age of the oldest queued event", m.oldest_age_ms.clone());
         registry.register("dead_letters", "Events in the dead-letter queue", m.dead_letters.clone());
+        registry.register("dashboard_stream_clients", "Clients connected to /api/stream", m.stream_clients.clone());
+        registry.register(
+            "dashboard_stream_dropped_clients",
+            "Clients of /api/stream dropped for falling behind (their bounded buffer overflowed)",
+            m.stream_dropped.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -189,6 +199,16 @@ impl Metrics {
         self.claimed.set(depth.claimed as i64);
         self.dead_letters.set(depth.dead_letters as i64);
         self.oldest_age_ms.set(oldest_age_ms as i64);
+    }
+
+    /// A client of the live stream connected (`1`) or went (`-1`).
+    pub fn stream_client(&self, delta: i64) {
+        self.stream_clients.inc_by(delta);
+    }
+
+    /// A client of the live stream was dropped for falling behind.
+    pub fn stream_dropped(&self) {
+        self.stream_dropped.inc();
     }
 
     /// The text exposition format.

@@ -31,6 +31,7 @@ use crate::sandbox::Loaded;
 
 pub mod http;
 mod reload;
+pub use reload::{ReloadLog, ReloadResult, Reloaded, ReloadedHandler};
 use reload::{Reloader, reload_loop};
 
 /// Changes to a component or the config are gathered this long before a
@@ -76,6 +77,10 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
         Arc::new(prepared.await.context("loading the handlers panicked")??)
     };
     let metrics = dispatcher.metrics();
+    // The live stream and per-handler window of the dashboard, fed by the
+    // committer (never blocking it).
+    let feed = Arc::new(http::stream::Feed::new(metrics.clone()));
+    dispatcher.observe(feed.clone());
     let reloader = Arc::new(Reloader::new(layout.clone(), dispatcher.clone(), config));
     reloader.publish(&options)?;
 
@@ -122,6 +127,8 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
                 ready: ready.clone(),
                 broken: dispatcher.broken(),
                 auth: auth.clone().context("the listener's auth was resolved at start")?,
+                reloads: reloader.log.clone(),
+                feed: feed.clone(),
             });
             let app = http::app(ctx);
             Some(tokio::spawn(async move {

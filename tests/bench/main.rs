@@ -3,6 +3,7 @@
 //! asserts on time; the table states each target next to what was measured.
 
 mod archive;
+mod dashboard;
 mod dispatch;
 mod languages;
 mod replay;
@@ -92,6 +93,7 @@ fn main() -> anyhow::Result<()> {
         ("dispatch", dispatch::run),
         ("service", service::run),
         ("replay", replay::run),
+        ("dashboard", dashboard::run),
         ("languages", languages::run),
         ("archive", archive::run),
     ];

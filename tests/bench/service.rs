@@ -22,7 +22,7 @@ fn rss_kib(pid: u32) -> Result<u64> {
 
 /// Writes `n` whole events to `events/tmp/` (flushed), ready to be renamed
 /// into the queue one by one.
-fn prepare(root: &Root, n: usize, event_type: &str) -> Result<Vec<(std::path::PathBuf, String)>> {
+pub(crate) fn prepare(root: &Root, n: usize, event_type: &str) -> Result<Vec<(std::path::PathBuf, String)>> {
     let validator = cortex::config::Config::load(&root.path)?.validator();
     let tmp = root.join("events/tmp");
     let mut out = Vec::with_capacity(n);
@@ -44,7 +44,7 @@ fn prepare(root: &Root, n: usize, event_type: &str) -> Result<Vec<(std::path::Pa
 /// Renames prepared events into the queue at `per_sec`, naming each with
 /// the time of its rename, so an archive record's `latency_us` is exactly
 /// rename → archived.
-fn offer(root: &std::path::Path, prepared: Vec<(std::path::PathBuf, String)>, per_sec: u64) -> Result<()> {
+pub(crate) fn offer(root: &std::path::Path, prepared: Vec<(std::path::PathBuf, String)>, per_sec: u64) -> Result<()> {
     let queue = root.join("events/queue");
     let start = Instant::now();
     for (i, (tmp, id)) in prepared.into_iter().enumerate() {

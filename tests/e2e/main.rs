@@ -5,6 +5,7 @@ mod archive;
 mod cli;
 mod cloudevents;
 mod crash;
+mod dashboard;
 mod dispatch;
 mod handlers;
 mod host_boundary;

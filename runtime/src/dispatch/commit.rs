@@ -82,6 +82,7 @@ pub(super) fn commit_loop(
     in_flight: &InFlight,
     metrics: &Metrics,
     sandbox: &Sandbox,
+    observer: Option<&dyn super::Observe>,
 ) -> Result<Summary> {
     let mut summary = Summary::default();
     let mut failed: Option<anyhow::Error> = None;
@@ -114,10 +115,15 @@ pub(super) fn commit_loop(
                 .collect();
             let observed: Vec<(String, &'static str, usize)> =
                 settlements.iter().map(|s| (s.claim.event.event_type.clone(), outcome(s), s.emitted.len())).collect();
+            let told: Option<Vec<super::Settled>> =
+                observer.map(|_| settlements.iter().map(super::Settled::of).collect());
             match queue.settle(settlements) {
                 Ok(()) => {
                     for (event_type, outcome, emitted) in &observed {
                         metrics.settled(event_type, outcome, *emitted);
+                    }
+                    if let (Some(o), Some(told)) = (observer, told) {
+                        o.settled(told);
                     }
                 }
                 Err(e) => {

@@ -10,14 +10,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
 
 use super::commit::{InFlight, commit_loop};
 use super::lanes::{Lanes, Pending, Shared, Slots};
-use super::{Broken, Handlers, Mode, Summary};
+use super::{Broken, Handlers, Mode, Observe, Summary};
 use crate::config::Config;
 use crate::lock::RecoverRw;
 use crate::metrics::Metrics;
@@ -34,6 +34,8 @@ pub struct Dispatcher {
     pub(super) broken: Broken,
     /// How often each waiting entry was put back (for its next delay).
     pub(super) deferrals: Mutex<BTreeMap<String, u32>>,
+    /// Told of every settled event (the service's live stream), if set.
+    observer: OnceLock<Arc<dyn Observe>>,
 }
 
 impl Dispatcher {
@@ -54,6 +56,7 @@ impl Dispatcher {
             handlers: Arc::new(RwLock::new(Arc::new(handlers))),
             broken: Arc::new(RwLock::new(broken)),
             deferrals: Mutex::default(),
+            observer: OnceLock::new(),
         }
     }
 
@@ -84,6 +87,12 @@ impl Dispatcher {
         self.config.clone()
     }
 
+    /// Sets the observer told of every event settled from now on (once;
+    /// a second call is ignored).
+    pub fn observe(&self, observer: Arc<dyn Observe>) {
+        let _ = self.observer.set(observer);
+    }
+
     pub(super) fn config(&self) -> Arc<Config> {
         self.config.read_locked().clone()
     }
@@ -110,7 +119,8 @@ impl Dispatcher {
         let mut claimed = 0;
         let committed = std::thread::scope(|scope| -> Result<Result<Summary>> {
             let (queue, in_flight, metrics, sandbox) = (self.queue.as_ref(), &in_flight, &self.metrics, &self.sandbox);
-            let committer = scope.spawn(move || commit_loop(queue, &done_rx, in_flight, metrics, sandbox));
+            let observer = self.observer.get().map(|o| o.as_ref());
+            let committer = scope.spawn(move || commit_loop(queue, &done_rx, in_flight, metrics, sandbox, observer));
             let done = shared.done.clone();
             let mut lanes = Lanes::new(scope, shared);
             let claim_result = self.claim_loop(&mode, stop, &mut lanes, &done, in_flight, &mut claimed);

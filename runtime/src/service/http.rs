@@ -23,7 +23,10 @@ use crate::lock::RecoverRw;
 use crate::metrics::Metrics;
 use crate::queue::{FsQueue, Queue, now_us};
 
+pub mod api;
 pub mod auth;
+pub mod dashboard;
+pub mod stream;
 pub use auth::{Auth, Denied};
 
 /// What the routes share: the root, the queue, the dispatcher (its live
@@ -36,11 +39,18 @@ pub struct Ctx {
     pub ready: Arc<AtomicBool>,
     pub broken: Broken,
     pub auth: Auth,
+    /// The latest reloads (the dashboard's `/api/reloads`).
+    pub reloads: Arc<super::ReloadLog>,
+    /// Settled events, live, and the per-handler window (the dashboard).
+    pub feed: Arc<stream::Feed>,
 }
 
 /// Every route of the listener.
 pub fn app(ctx: Arc<Ctx>) -> Router {
-    Router::new().merge(probes(ctx.clone())).merge(guard(&ctx, Scope::Read, metrics(ctx.clone())))
+    Router::new()
+        .merge(probes(ctx.clone()))
+        .merge(guard(&ctx, Scope::Read, metrics(ctx.clone())))
+        .merge(dashboard::routes(ctx.clone()))
 }
 
 /// Lets a request through `routes` only with `scope` (see [`Auth::check`]).

@@ -3,6 +3,10 @@
 //! compiled and checked off the hot path and swapped in as a whole handler
 //! map (new events go to the new version, in-flight ones finish on the old);
 //! a version that does not load is refused and the old one keeps serving.
+//! Each reload that did something (or was refused) is kept in a short
+//! [`ReloadLog`] for the dashboard's `/api/reloads`.
+
+use serde::{Deserialize, Serialize};
 
 use super::*;
 
@@ -33,8 +37,86 @@ pub(super) fn reload_loop(reloader: &Reloader, rx: &mpsc::Receiver<()>, stop: &A
     }
 }
 
+/// How many reloads the [`ReloadLog`] keeps.
+const KEPT: usize = 100;
+
+/// How a reload ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReloadResult {
+    /// The versions serving when the service started.
+    Started,
+    /// Everything that changed was swapped in.
+    Ok,
+    /// Some handlers were swapped in, others did not load (they keep their
+    /// previous version, or wait if they had none).
+    Partial,
+    /// Nothing was swapped: the running configuration keeps serving.
+    Refused,
+}
+
+/// One handler in a reload: the version it now serves, or why it did not load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadedHandler {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One reload, as `/api/reloads` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// When (RFC 3339).
+    pub at: String,
+    pub result: ReloadResult,
+    pub config_changed: bool,
+    /// The handlers swapped in or that failed (at start: every one serving).
+    pub handlers: Vec<ReloadedHandler>,
+    /// Why it was refused.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+impl Reloaded {
+    fn refused(reason: String) -> Reloaded {
+        Reloaded {
+            at: now_rfc3339(),
+            result: ReloadResult::Refused,
+            config_changed: false,
+            handlers: Vec::new(),
+            reason,
+        }
+    }
+}
+
+/// The latest reloads, newest last, at most [`KEPT`].
+#[derive(Debug, Default)]
+pub struct ReloadLog {
+    entries: Mutex<std::collections::VecDeque<Reloaded>>,
+}
+
+impl ReloadLog {
+    fn push(&self, r: Reloaded) {
+        let mut entries = self.entries.locked();
+        if entries.len() == KEPT {
+            entries.pop_front();
+        }
+        entries.push_back(r);
+    }
+
+    /// What it holds, oldest first.
+    pub fn list(&self) -> Vec<Reloaded> {
+        self.entries.locked().iter().cloned().collect()
+    }
+}
+
 /// Swaps in new component versions and configurations when they load.
 pub(super) struct Reloader {
+    pub(super) log: Arc<ReloadLog>,
     layout: Layout,
     dispatcher: Arc<Dispatcher>,
     /// The config text now serving, to tell config changes from component ones.
@@ -44,8 +126,10 @@ pub(super) struct Reloader {
 impl Reloader {
     pub(super) fn new(layout: Layout, dispatcher: Arc<Dispatcher>, config: Arc<Config>) -> Reloader {
         let text = std::fs::read_to_string(layout.config()).unwrap_or_default();
-        let r = Reloader { layout, dispatcher, active_config: Mutex::new((text, config)) };
+        let r = Reloader { log: Arc::default(), layout, dispatcher, active_config: Mutex::new((text, config)) };
         r.record_active();
+        let handlers = r.current().values().map(|l| serving(l)).collect();
+        r.log.push(Reloaded { handlers, result: ReloadResult::Started, ..Reloaded::refused(String::new()) });
         r
     }
 
@@ -73,13 +157,20 @@ impl Reloader {
     /// loads. A new config is taken whole or not at all; a broken component
     /// leaves its handler on the version it was serving.
     fn reload(&self) {
+        if let Some(r) = self.try_reload() {
+            self.log.push(r);
+        }
+    }
+
+    /// [`Reloader::reload`], saying what it did (`None`: nothing changed).
+    fn try_reload(&self) -> Option<Reloaded> {
         let metrics = self.dispatcher.metrics();
         let text = match std::fs::read_to_string(self.layout.config()) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "reload refused: cannot read cortex.toml; keeping the running configuration");
                 metrics.reload(false);
-                return;
+                return Some(Reloaded::refused(format!("cannot read cortex.toml: {e}")));
             }
         };
         let (active_text, active_config) = self.active_config.locked().clone();
@@ -90,7 +181,7 @@ impl Reloader {
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "reload refused: cortex.toml is invalid; keeping the running configuration");
                     metrics.reload(false);
-                    return;
+                    return Some(Reloaded::refused(format!("cortex.toml is invalid: {e:#}")));
                 }
             }
         } else {
@@ -99,7 +190,7 @@ impl Reloader {
         if config_changed && config.needs_fuel() != self.any_fuel() {
             tracing::error!("reload refused: turning fuel metering on or off needs a restart");
             metrics.reload(false);
-            return;
+            return Some(Reloaded::refused("turning fuel metering on or off needs a restart".into()));
         }
         let sandbox = self.dispatcher.sandbox();
         let current = self.current();
@@ -136,20 +227,21 @@ impl Reloader {
                         }
                         None => {
                             tracing::error!(handler = %name, error = %why, "handler does not load; its events wait in the queue until it does");
-                            broken.insert(name.clone(), why);
+                            broken.insert(name.clone(), why.clone());
                         }
                     }
-                    failed.push(name.clone());
+                    failed.push(ReloadedHandler { name: name.clone(), version: None, sha256: sha, error: Some(why) });
                 }
             }
         }
         // A handler serving a version loaded under the old config cannot
         // keep it under a new one: take the new config whole or not at all.
-        let stranded: Vec<&String> = failed.iter().filter(|n| current.contains_key(*n)).collect();
+        let stranded: Vec<&String> = failed.iter().map(|f| &f.name).filter(|n| current.contains_key(*n)).collect();
         if config_changed && !stranded.is_empty() {
             tracing::error!(handlers = ?stranded, "reload refused: the new cortex.toml names handlers that do not load; keeping the running configuration");
             metrics.reload(false);
-            return;
+            let reason = format!("the new cortex.toml names handlers that do not load: {stranded:?}");
+            return Some(Reloaded { handlers: failed, ..Reloaded::refused(reason) });
         }
         for _ in &failed {
             metrics.reload(false);
@@ -157,8 +249,12 @@ impl Reloader {
         let broken_slot = self.dispatcher.broken();
         let broken_changed = broken_slot.read_locked().keys().ne(broken.keys());
         if swapped.is_empty() && !config_changed && !broken_changed {
-            return;
+            return (!failed.is_empty()).then(|| Reloaded { handlers: failed, ..Reloaded::refused(String::new()) });
         }
+        let mut handlers: Vec<ReloadedHandler> =
+            swapped.iter().filter_map(|n| next.get(n)).map(|l| serving(l)).collect();
+        let result = if failed.is_empty() { ReloadResult::Ok } else { ReloadResult::Partial };
+        handlers.extend(failed);
         *self.dispatcher.handlers().write_locked() = Arc::new(next);
         // Only now that the loaded ones serve may their waiting events run.
         metrics.set_broken(broken.keys().map(String::as_str));
@@ -170,6 +266,7 @@ impl Reloader {
         *self.active_config.locked() = (text, config);
         metrics.reload(true);
         self.record_active();
+        Some(Reloaded { at: now_rfc3339(), result, config_changed, handlers, reason: String::new() })
     }
 
     fn any_fuel(&self) -> bool {
@@ -202,6 +299,16 @@ impl Reloader {
             std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
         }
         fsio::write_durably(&self.layout.tmp(), &path, serde_json::to_string_pretty(&doc)?.as_bytes())
+    }
+}
+
+/// A loaded handler as a reload lists it.
+fn serving(l: &Loaded) -> ReloadedHandler {
+    ReloadedHandler {
+        name: l.name.clone(),
+        version: Some(l.info.version.clone()),
+        sha256: Some(l.sha256.clone()),
+        error: None,
     }
 }
 

@@ -135,7 +135,8 @@ fn presented(method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<String> 
     })
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes a query-string value (`%XX` and `+`).
+pub(super) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
