@@ -41,6 +41,11 @@ struct ReloadLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IngestLabels {
+    code: String,
+}
+
 type HistogramFamily = Family<HandlerLabel, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
@@ -67,6 +72,9 @@ pub struct Metrics {
     claimed: Gauge,
     oldest_age_ms: Gauge,
     dead_letters: Gauge,
+    ingest_requests: Family<IngestLabels, Counter>,
+    ingested: Counter,
+    ingest_duplicates: Counter,
 }
 
 impl Default for Metrics {
@@ -95,6 +103,9 @@ impl Metrics {
             claimed: Gauge::default(),
             oldest_age_ms: Gauge::default(),
             dead_letters: Gauge::default(),
+            ingest_requests: Family::default(),
+            ingested: Counter::default(),
+            ingest_duplicates: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -131,6 +142,17 @@ impl Metrics {
         registry.register("queue_claimed", "Events claimed and not yet settled", m.claimed.clone());
         registry.register("queue_oldest_age_milliseconds", "Age of the oldest queued event", m.oldest_age_ms.clone());
         registry.register("dead_letters", "Events in the dead-letter queue", m.dead_letters.clone());
+        registry.register(
+            "ingest_requests",
+            "POST /v1/events requests by status class (2xx, 4xx, 5xx)",
+            m.ingest_requests.clone(),
+        );
+        registry.register("ingested_events", "Events queued through POST /v1/events", m.ingested.clone());
+        registry.register(
+            "ingest_duplicate_events",
+            "Events POST /v1/events skipped because their id was already known",
+            m.ingest_duplicates.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -151,6 +173,17 @@ impl Metrics {
             _ => {}
         }
         self.emitted.inc_by(emitted as u64);
+    }
+
+    /// One `POST /v1/events` answered with `status`.
+    pub fn ingest_request(&self, status: u16) {
+        self.ingest_requests.get_or_create(&IngestLabels { code: format!("{}xx", status / 100) }).inc();
+    }
+
+    /// Events one accepted ingest request queued, and those it skipped.
+    pub fn ingested(&self, queued: usize, duplicates: usize) {
+        self.ingested.inc_by(queued as u64);
+        self.ingest_duplicates.inc_by(duplicates as u64);
     }
 
     pub fn reload(&self, ok: bool) {

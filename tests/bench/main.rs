@@ -3,6 +3,7 @@
 //! asserts on time; the table states each target next to what was measured.
 
 mod dispatch;
+mod ingest;
 mod languages;
 mod replay;
 mod service;
@@ -90,6 +91,7 @@ fn main() -> anyhow::Result<()> {
         ("store", store::run),
         ("dispatch", dispatch::run),
         ("service", service::run),
+        ("ingest", ingest::run),
         ("replay", replay::run),
         ("languages", languages::run),
     ];

@@ -7,6 +7,7 @@ mod crash;
 mod dispatch;
 mod handlers;
 mod host_boundary;
+mod ingest;
 mod languages;
 mod payloads;
 mod reliability;

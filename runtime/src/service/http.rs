@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::queue::{FsQueue, Queue, now_us};
 
 pub mod auth;
+pub mod ingest;
 pub use auth::{Auth, Denied};
 
 /// What the routes share: the root, the queue, the dispatcher (its live
@@ -40,7 +41,10 @@ pub struct Ctx {
 
 /// Every route of the listener.
 pub fn app(ctx: Arc<Ctx>) -> Router {
-    Router::new().merge(probes(ctx.clone())).merge(guard(&ctx, Scope::Read, metrics(ctx.clone())))
+    Router::new()
+        .merge(probes(ctx.clone()))
+        .merge(guard(&ctx, Scope::Read, metrics(ctx.clone())))
+        .merge(ingest::counted(&ctx, guard(&ctx, Scope::Ingest, ingest::routes(ctx.clone()))))
 }
 
 /// Lets a request through `routes` only with `scope` (see [`Auth::check`]).
