@@ -39,7 +39,9 @@
 //! - [`harness`]: `cortex handler test`: one component against fixture events in a
 //!   throwaway root, its typed report compared with an expectation.
 //! - [`schedule`]: `[schedules]`: timer events that `cortex serve` queues once per tick.
-//! - [`service`]: `cortex serve`: watcher, hot reload, metrics, shutdown, schedules.
+//! - [`service`]: `cortex serve`: watcher, hot reload, metrics, shutdown, schedules;
+//!   `service/http/` the listener's routes by job, `auth` (tokens, scopes) and
+//!   `ingest` (`POST /v1/events` through [`producer`]).
 //! - [`status`]: what `cortex status` reports.
 //! - [`trace`]: `cortex trace`: the causal tree of an event or a correlation,
 //!   from `caused_by` across queue, claims, dead letters and archive.

@@ -200,9 +200,7 @@ impl<'q> Producer<'q> {
                     .map(|(i, line)| {
                         let event = serde_json::from_str::<Value>(line)
                             .map_err(|e| document(format!("malformed JSON: {e}")))
-                            .and_then(|ce| {
-                                cloudevents::from_structured(&self.validator, &ce, now)
-                            });
+                            .and_then(|ce| cloudevents::from_structured(&self.validator, &ce, now));
                         Item { at: At::Line(i + 1), event, id_given: true }
                     })
                     .collect()
@@ -349,7 +347,10 @@ fn complete(mut obj: Map<String, Value>) -> std::result::Result<Value, Problem> 
         None => Map::new(),
         Some(Value::Object(m)) => m,
         Some(v) => {
-            return Err(Problem { path: "metadata".into(), message: format!("expected an object, found {}", kind(&v)) });
+            return Err(Problem {
+                path: "metadata".into(),
+                message: format!("expected an object, found {}", kind(&v)),
+            });
         }
     };
     for key in ["priority", "master", "tags"] {

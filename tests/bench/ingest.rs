@@ -81,7 +81,8 @@ fn client(addr: &str, c: u64, n: u64, start: Instant) -> Result<Seen> {
             "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        let answer = stream.write_all(request.as_bytes()).map_err(anyhow::Error::from).and_then(|()| read_response(&mut reader));
+        let answer =
+            stream.write_all(request.as_bytes()).map_err(anyhow::Error::from).and_then(|()| read_response(&mut reader));
         match answer {
             Ok(202) => seen.latencies.push(due.elapsed()),
             Ok(status) => seen.errors.push(format!("status {status}")),
@@ -138,7 +139,9 @@ pub fn run() -> Result<Vec<Row>> {
     Ok(vec![
         Row {
             area: "ingest",
-            metric: format!("POST /v1/events (Cortex JSON, bearer token, no-op handler): {load}; achieved rate, errors"),
+            metric: format!(
+                "POST /v1/events (Cortex JSON, bearer token, no-op handler): {load}; achieved rate, errors"
+            ),
             target: "1,000 events/s, 0 errors".into(),
             measured: format!(
                 "{rate:.0} events/s, {} errors, {}",

@@ -20,7 +20,8 @@ const TOKENS: &str = "\n[http.tokens.ci]\nvalue = \"ingest-token-0123456789\"\ns
 fn serve_with(max_event_bytes: usize, extra: &str) -> Result<(Root, Service)> {
     let root = Root::with_handlers(SINK)?;
     let path = root.join("cortex.toml");
-    let text = std::fs::read_to_string(&path)?.replace("max_event_bytes = 1048576", &format!("max_event_bytes = {max_event_bytes}"));
+    let text = std::fs::read_to_string(&path)?
+        .replace("max_event_bytes = 1048576", &format!("max_event_bytes = {max_event_bytes}"));
     std::fs::write(&path, text)?;
     root.configure(&format!("{TOKENS}{extra}"))?;
     let svc = root.serve()?;
@@ -104,7 +105,10 @@ fn every_body_kind_is_queued_then_dispatched_with_its_mapped_fields() -> Result<
     assert!(id[0].starts_with("evt_20261130_080000_"), "{id:?}");
     let e = handled(&root, &id[0])?;
     assert_eq!(e["source"], "https://ci.example.com/scanner");
-    assert_eq!((e["correlation_id"].as_str(), e["timestamp"].as_str()), (Some("build-77"), Some("2026-11-30T08:00:00Z")));
+    assert_eq!(
+        (e["correlation_id"].as_str(), e["timestamp"].as_str()),
+        (Some("build-77"), Some("2026-11-30T08:00:00Z"))
+    );
     assert_eq!(e["metadata"]["tags"], json!(["ci", "nightly"]));
     assert_eq!(e["metadata"]["cloudevent"]["extensions"]["comexampleteam"], "platform");
     assert_eq!(e["payload"]["findings"]["high"], 2);
@@ -196,7 +200,8 @@ fn bad_bodies_get_a_line_per_problem_and_nothing_is_queued() -> Result<()> {
 
     // 413: a batch over http.max_body_bytes.
     let (_root, svc) = serve("\n[http]\nmax_body_bytes = 1024\n")?;
-    let batch: Vec<Value> = (0..20).map(|i| json!({"event_type": "task.created", "source": "p", "payload": {"n": i}})).collect();
+    let batch: Vec<Value> =
+        (0..20).map(|i| json!({"event_type": "task.created", "source": "p", "payload": {"n": i}})).collect();
     let r = post(&svc, "application/json", &[], serde_json::to_string(&batch)?.as_bytes())?;
     assert_eq!(r.status, 413, "{}", r.body);
     assert!(r.body.contains("http.max_body_bytes"), "{}", r.body);
@@ -250,7 +255,9 @@ fn an_id_sent_twice_or_at_once_is_queued_once() -> Result<()> {
     let threads: Vec<_> = (0..8)
         .map(|_| {
             let (svc, ce) = (svc.clone(), ce.clone());
-            std::thread::spawn(move || post(&svc, "application/cloudevents+json", &[], ce.as_bytes()).and_then(|r| queued(&r)))
+            std::thread::spawn(move || {
+                post(&svc, "application/cloudevents+json", &[], ce.as_bytes()).and_then(|r| queued(&r))
+            })
         })
         .collect();
     let mut ids = Vec::new();

@@ -112,9 +112,7 @@ impl IntoResponse for Answer {
                 let body = serde_json::to_string(&a).expect("serialize the ingest reply");
                 (StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "application/json")], body + "\n").into_response()
             }
-            Answer::Rejected(lines) => {
-                text(StatusCode::BAD_REQUEST, lines.iter().map(|l| format!("{l}\n")).collect())
-            }
+            Answer::Rejected(lines) => text(StatusCode::BAD_REQUEST, lines.iter().map(|l| format!("{l}\n")).collect()),
             Answer::TooLarge(why) => text(StatusCode::PAYLOAD_TOO_LARGE, why + "\n"),
             Answer::Unsupported(why) => text(StatusCode::UNSUPPORTED_MEDIA_TYPE, why + "\n"),
             Answer::Failed(why) => text(StatusCode::INTERNAL_SERVER_ERROR, why + "\n"),
