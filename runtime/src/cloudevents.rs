@@ -74,7 +74,9 @@ fn problem(path: &str, message: impl Into<String>) -> Problem {
     Problem { path: path.to_string(), message: message.into() }
 }
 
-fn is_json_type(content_type: &str) -> bool {
+/// Whether a media type (parameters allowed) is JSON: `application/json`,
+/// `text/json` or any `+json` suffix.
+pub fn is_json_type(content_type: &str) -> bool {
     let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     media == "application/json" || media == "text/json" || media.ends_with("+json")
 }

@@ -42,8 +42,10 @@
 //!   throwaway root, its typed report compared with an expectation.
 //! - [`schedule`]: `[schedules]`: timer events that `cortex serve` queues once per tick.
 //! - [`service`]: `cortex serve`: watcher, hot reload, metrics, shutdown, schedules;
-//!   `service/http/` the listener: auth, probes, metrics, and the live dashboard
-//!   (`dashboard` page, `api` JSON, `stream` SSE fed by [`dispatch::Observe`]).
+//!   `service/http/` the listener's routes by job: `auth` (tokens, scopes),
+//!   probes and metrics, `ingest` (`POST /v1/events` through [`producer`]), and
+//!   the live dashboard (`dashboard` page, `api` JSON, `stream` SSE fed by
+//!   [`dispatch::Observe`]).
 //! - [`status`]: what `cortex status` reports.
 //! - [`trace`]: `cortex trace`: the causal tree of an event or a correlation,
 //!   from `caused_by` across queue, claims, dead letters and archive.

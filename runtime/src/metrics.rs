@@ -41,6 +41,11 @@ struct ReloadLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IngestLabels {
+    code: String,
+}
+
 type HistogramFamily = Family<HandlerLabel, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
@@ -69,6 +74,9 @@ pub struct Metrics {
     dead_letters: Gauge,
     stream_clients: Gauge,
     stream_dropped: Counter,
+    ingest_requests: Family<IngestLabels, Counter>,
+    ingested: Counter,
+    ingest_duplicates: Counter,
 }
 
 impl Default for Metrics {
@@ -99,6 +107,9 @@ impl Metrics {
             dead_letters: Gauge::default(),
             stream_clients: Gauge::default(),
             stream_dropped: Counter::default(),
+            ingest_requests: Family::default(),
+            ingested: Counter::default(),
+            ingest_duplicates: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -141,6 +152,17 @@ impl Metrics {
             "Clients of /api/stream dropped for falling behind (their bounded buffer overflowed)",
             m.stream_dropped.clone(),
         );
+        registry.register(
+            "ingest_requests",
+            "POST /v1/events requests by status class (2xx, 4xx, 5xx)",
+            m.ingest_requests.clone(),
+        );
+        registry.register("ingested_events", "Events queued through POST /v1/events", m.ingested.clone());
+        registry.register(
+            "ingest_duplicate_events",
+            "Events POST /v1/events skipped because their id was already known",
+            m.ingest_duplicates.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -161,6 +183,17 @@ impl Metrics {
             _ => {}
         }
         self.emitted.inc_by(emitted as u64);
+    }
+
+    /// One `POST /v1/events` answered with `status`.
+    pub fn ingest_request(&self, status: u16) {
+        self.ingest_requests.get_or_create(&IngestLabels { code: format!("{}xx", status / 100) }).inc();
+    }
+
+    /// Events one accepted ingest request queued, and those it skipped.
+    pub fn ingested(&self, queued: usize, duplicates: usize) {
+        self.ingested.inc_by(queued as u64);
+        self.ingest_duplicates.inc_by(duplicates as u64);
     }
 
     pub fn reload(&self, ok: bool) {

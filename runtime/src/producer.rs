@@ -54,7 +54,8 @@ impl std::fmt::Display for At {
 /// A rejected batch: every bad item with its problems. Nothing was queued.
 #[derive(Debug)]
 pub struct BadBatch {
-    pub items: Vec<(At, String)>,
+    /// Each bad item with its problems (printed on one line, joined by "; ").
+    pub items: Vec<(At, Invalid)>,
     pub total: usize,
 }
 
@@ -100,7 +101,7 @@ pub struct Batch {
 #[derive(Debug)]
 pub struct Item {
     pub at: At,
-    pub event: std::result::Result<Event, String>,
+    pub event: std::result::Result<Event, Invalid>,
     pub id_given: bool,
 }
 
@@ -184,7 +185,7 @@ impl<'q> Producer<'q> {
             Ok(value @ Value::Array(_)) => cloudevents::from_batch(&self.validator, &value, now)?
                 .into_iter()
                 .enumerate()
-                .map(|(i, r)| Item { at: At::Element(i + 1), event: r.map_err(|e| e.to_string()), id_given: true })
+                .map(|(i, r)| Item { at: At::Element(i + 1), event: r, id_given: true })
                 .collect(),
             Ok(value) => {
                 let event = cloudevents::from_structured(&self.validator, &value, now)?;
@@ -198,10 +199,8 @@ impl<'q> Producer<'q> {
                 lines()
                     .map(|(i, line)| {
                         let event = serde_json::from_str::<Value>(line)
-                            .map_err(|e| format!("(document): malformed JSON: {e}"))
-                            .and_then(|ce| {
-                                cloudevents::from_structured(&self.validator, &ce, now).map_err(|e| e.to_string())
-                            });
+                            .map_err(|e| document(format!("malformed JSON: {e}")))
+                            .and_then(|ce| cloudevents::from_structured(&self.validator, &ce, now));
                         Item { at: At::Line(i + 1), event, id_given: true }
                     })
                     .collect()
@@ -263,35 +262,96 @@ impl<'q> Producer<'q> {
     }
 
     /// One line's event, and whether the line gave its id.
-    fn build(&self, line: &str) -> std::result::Result<(Event, bool), String> {
+    fn build(&self, line: &str) -> std::result::Result<(Event, bool), Invalid> {
         if line.len() > self.validator.max_event_bytes() {
-            return Err(format!(
-                "(document): line is {} bytes, over the {} byte limit (limits.max_event_bytes in cortex.toml)",
+            return Err(document(format!(
+                "line is {} bytes, over the {} byte limit (limits.max_event_bytes in cortex.toml)",
                 line.len(),
                 self.validator.max_event_bytes()
-            ));
+            )));
         }
-        let value: Value = serde_json::from_str(line).map_err(|e| format!("(document): malformed JSON: {e}"))?;
+        let value: Value = serde_json::from_str(line).map_err(|e| document(format!("malformed JSON: {e}")))?;
+        self.envelope(value)
+    }
+
+    /// One envelope's event, full or partial (see [`complete`]), and
+    /// whether it gave its id.
+    fn envelope(&self, value: Value) -> std::result::Result<(Event, bool), Invalid> {
         let Value::Object(obj) = value else {
-            return Err(format!("(document): expected a JSON object, found {}", kind(&value)));
+            return Err(document(format!("expected a JSON object, found {}", kind(&value))));
         };
         let given = obj.contains_key("event_id");
-        let value = if given { Value::Object(obj) } else { complete(obj)? };
-        self.validator
-            .validate(value)
-            .map(|e| (e, given))
-            .map_err(|Invalid(problems)| problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+        let value = if given { Value::Object(obj) } else { complete(obj).map_err(|p| Invalid(vec![p]))? };
+        self.validator.validate(value).map(|e| (e, given))
     }
+
+    /// Validates Cortex JSON as `POST /v1/events` takes it: one envelope
+    /// (a JSON object) or a batch (a JSON array of them), each full or
+    /// partial as a line of [`Producer::parse_batch`]; skips the events
+    /// already known.
+    ///
+    /// # Errors
+    /// [`Invalid`] for one envelope, problems by field; [`BadBatch`]
+    /// listing each bad element of a batch; errors looking up which events
+    /// the store already holds.
+    pub fn parse_json(&self, text: &str) -> Result<Batch> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let value: Value = serde_json::from_str(text).map_err(|e| document(format!("malformed JSON: {e}")))?;
+        let items = match value {
+            Value::Array(values) => values
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let (event, id_given) = match self.envelope(v) {
+                        Ok((e, given)) => (Ok(e), given),
+                        Err(problems) => (Err(problems), false),
+                    };
+                    Item { at: At::Element(i + 1), event, id_given }
+                })
+                .collect(),
+            value => {
+                let (event, id_given) = self.envelope(value)?;
+                vec![Item { at: At::Element(1), event: Ok(event), id_given }]
+            }
+        };
+        self.sort_items(items)
+    }
+
+    /// Validates a binary-mode CloudEvent (attributes in `ce-*` headers,
+    /// the data in `body`; see [`cloudevents::from_binary`]) and skips it
+    /// when already known.
+    ///
+    /// # Errors
+    /// [`Invalid`], problems named by header or attribute; errors looking
+    /// up whether the store already holds it.
+    pub fn parse_binary<'a>(
+        &self,
+        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+        body: &[u8],
+    ) -> Result<Batch> {
+        let event = cloudevents::from_binary(&self.validator, headers, body, chrono::Utc::now())?;
+        self.sort_items(vec![Item { at: At::Element(1), event: Ok(event), id_given: true }])
+    }
+}
+
+/// A problem with a document as a whole.
+fn document(message: String) -> Invalid {
+    Invalid(vec![Problem { path: "(document)".into(), message }])
 }
 
 /// Fills in what a partial event lacks; `priority`, `master` and `tags` may
 /// be given at the top level as shorthand for their `metadata` fields.
-fn complete(mut obj: Map<String, Value>) -> std::result::Result<Value, String> {
+fn complete(mut obj: Map<String, Value>) -> std::result::Result<Value, Problem> {
     let base = NewEvent::default().into_value();
     let mut metadata = match obj.remove("metadata") {
         None => Map::new(),
         Some(Value::Object(m)) => m,
-        Some(v) => return Err(format!("metadata: expected an object, found {}", kind(&v))),
+        Some(v) => {
+            return Err(Problem {
+                path: "metadata".into(),
+                message: format!("expected an object, found {}", kind(&v)),
+            });
+        }
     };
     for key in ["priority", "master", "tags"] {
         if let Some(v) = obj.remove(key) {

@@ -5,6 +5,7 @@
 mod archive;
 mod dashboard;
 mod dispatch;
+mod ingest;
 mod languages;
 mod replay;
 mod service;
@@ -92,6 +93,7 @@ fn main() -> anyhow::Result<()> {
         ("store", store::run),
         ("dispatch", dispatch::run),
         ("service", service::run),
+        ("ingest", ingest::run),
         ("replay", replay::run),
         ("dashboard", dashboard::run),
         ("languages", languages::run),

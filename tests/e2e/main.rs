@@ -9,6 +9,7 @@ mod dashboard;
 mod dispatch;
 mod handlers;
 mod host_boundary;
+mod ingest;
 mod languages;
 mod payloads;
 mod reliability;

@@ -50,12 +50,25 @@ pub struct HttpConfig {
     /// Bearer tokens by name (the name appears in logs, the value never).
     #[serde(default)]
     pub tokens: BTreeMap<String, TokenConfig>,
+    /// The largest request body `POST /v1/events` reads (a batch); a
+    /// larger one is answered 413. Each event is also held to
+    /// `limits.max_event_bytes`. Default 4 MiB.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { loopback_scopes: default_loopback_scopes(), tokens: BTreeMap::new() }
+        HttpConfig {
+            loopback_scopes: default_loopback_scopes(),
+            tokens: BTreeMap::new(),
+            max_body_bytes: default_max_body_bytes(),
+        }
     }
+}
+
+fn default_max_body_bytes() -> usize {
+    4 << 20
 }
 
 fn default_loopback_scopes() -> Vec<Scope> {
@@ -81,6 +94,9 @@ impl HttpConfig {
     /// # Errors
     /// Naming the token table and what is wrong with it.
     pub fn check(&self) -> Result<()> {
+        if self.max_body_bytes < 256 {
+            bail!("http.max_body_bytes: {} is too small to hold an event (use at least 256)", self.max_body_bytes);
+        }
         for (name, t) in &self.tokens {
             if !event::is_valid_handler_name(name) {
                 bail!("http.tokens.{name}: a token name is letters, digits, '-' and '_'");

@@ -27,6 +27,7 @@ pub mod api;
 pub mod auth;
 pub mod dashboard;
 pub mod stream;
+pub mod ingest;
 pub use auth::{Auth, Denied};
 
 /// What the routes share: the root, the queue, the dispatcher (its live
@@ -51,6 +52,7 @@ pub fn app(ctx: Arc<Ctx>) -> Router {
         .merge(probes(ctx.clone()))
         .merge(guard(&ctx, Scope::Read, metrics(ctx.clone())))
         .merge(dashboard::routes(ctx.clone()))
+        .merge(ingest::counted(&ctx, guard(&ctx, Scope::Ingest, ingest::routes(ctx.clone()))))
 }
 
 /// Lets a request through `routes` only with `scope` (see [`Auth::check`]).

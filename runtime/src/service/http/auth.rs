@@ -176,6 +176,7 @@ mod tests {
                     (n.to_string(), TokenConfig { value: Some(v.to_string()), value_env: None, scopes: s.to_vec() })
                 })
                 .collect(),
+            ..HttpConfig::default()
         }
     }
 
