@@ -67,6 +67,7 @@ pub struct Metrics {
     claimed: Gauge,
     oldest_age_ms: Gauge,
     dead_letters: Gauge,
+    webhooks: crate::webhooks::metrics::WebhookMetrics,
 }
 
 impl Default for Metrics {
@@ -95,6 +96,7 @@ impl Metrics {
             claimed: Gauge::default(),
             oldest_age_ms: Gauge::default(),
             dead_letters: Gauge::default(),
+            webhooks: crate::webhooks::metrics::WebhookMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -131,7 +133,13 @@ impl Metrics {
         registry.register("queue_claimed", "Events claimed and not yet settled", m.claimed.clone());
         registry.register("queue_oldest_age_milliseconds", "Age of the oldest queued event", m.oldest_age_ms.clone());
         registry.register("dead_letters", "Events in the dead-letter queue", m.dead_letters.clone());
+        m.webhooks.register(&mut registry);
         Metrics { registry, ..m }
+    }
+
+    /// The outbound webhooks' metrics.
+    pub fn webhooks(&self) -> &crate::webhooks::metrics::WebhookMetrics {
+        &self.webhooks
     }
 
     pub fn invocation(&self, handler: &str, result: &str, took: Duration) {

@@ -66,6 +66,11 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
     let queue = Arc::new(
         FsQueue::open(layout.clone(), config.validator())?.with_archive_retention(config.archive.retention_days),
     );
+    // Outbound webhooks: secrets are read now, so a missing one stops the
+    // start with its variable named; deliveries run on this runtime, off
+    // the dispatch thread (see crate::webhooks).
+    queue.set_webhooks(crate::webhooks::Routes::of(&config))?;
+    let deliverer = crate::webhooks::Deliverer::new(layout.clone(), &config)?;
     // Loading runs guest code (`describe`), whose WASI calls block on a
     // runtime of their own: never on this one's threads.
     let dispatcher = {
@@ -105,6 +110,8 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
             reload_loop(&reloader, &reload_rx, &stop, options_listen);
         })?
     };
+
+    let webhooks = tokio::spawn(deliverer.run(dispatcher.config_slot(), queue.clone(), metrics.clone(), stop.clone()));
 
     let ready = Arc::new(AtomicBool::new(false));
     let server = match options.listen {
@@ -158,6 +165,8 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
         .map_err(|_| anyhow::anyhow!("the dispatcher thread panicked"))??;
     let _ = reload_thread.join();
     let _ = schedule_thread.join();
+    // Attempts in flight are dropped; their records are sent again later.
+    let _ = webhooks.await;
     if let Some(server) = server {
         server.abort();
     }

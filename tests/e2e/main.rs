@@ -20,4 +20,5 @@ mod store;
 mod trace;
 mod trust;
 mod user;
+mod webhooks;
 mod world;

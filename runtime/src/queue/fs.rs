@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -40,6 +40,9 @@ pub struct FsQueue {
     pub(super) archive_retention: Option<Duration>,
     /// When this process last pruned the archive.
     pub(super) last_prune: Mutex<Option<std::time::Instant>>,
+    /// The webhook endpoints an archived event is delivered to: the commit
+    /// writes their outbox records (see [`crate::webhooks`]).
+    pub(super) webhooks: RwLock<Arc<crate::webhooks::Routes>>,
 }
 
 impl FsQueue {
@@ -56,7 +59,24 @@ impl FsQueue {
             owner: Mutex::new(None),
             archive_retention: Some(Duration::from_secs(crate::config::DEFAULT_RETENTION_DAYS * 86_400)),
             last_prune: Mutex::new(None),
+            webhooks: RwLock::default(),
         })
+    }
+
+    /// Routes archived events to these webhook endpoints from now on,
+    /// making their outbox directories first.
+    ///
+    /// # Errors
+    /// When a directory cannot be made; the routes are then unchanged.
+    pub fn set_webhooks(&self, routes: Arc<crate::webhooks::Routes>) -> Result<()> {
+        crate::webhooks::outbox::prepare(&self.layout, &routes)?;
+        *crate::lock::RecoverRw::write_locked(&self.webhooks) = routes;
+        Ok(())
+    }
+
+    /// The webhook endpoints archived events are delivered to.
+    pub fn webhooks(&self) -> Arc<crate::webhooks::Routes> {
+        crate::lock::RecoverRw::read_locked(&self.webhooks).clone()
     }
 
     /// Keeps archive day files for `days` after their last append (0: forever).
