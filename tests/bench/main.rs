@@ -7,6 +7,7 @@ mod languages;
 mod replay;
 mod service;
 mod store;
+mod webhooks;
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -92,6 +93,7 @@ fn main() -> anyhow::Result<()> {
         ("service", service::run),
         ("replay", replay::run),
         ("languages", languages::run),
+        ("webhooks", webhooks::run),
     ];
     for (name, f) in sections {
         if !only.is_empty() && !only.iter().any(|o| o == name) {

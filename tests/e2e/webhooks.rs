@@ -392,8 +392,25 @@ fn the_circuit_breaker_opens_after_failures_in_a_row_and_one_probe_closes_it() -
     assert_eq!(seen[failed..].iter().map(|s| s.answered).collect::<Vec<_>>(), [200, 200]);
     let delivered: BTreeSet<String> = seen[failed..].iter().map(|s| s.id.clone()).collect();
     assert_eq!(delivered, ids.iter().map(|id| webhook_id("sink", id)).collect());
-    wait_for(LONG, || {
-        Ok(metric(&samples(&svc)?, &["cortex_webhook_breaker_state", "endpoint=\"sink\""]) == Some(0.0))
-    })?;
+    wait_for(
+        LONG,
+        || Ok(metric(&samples(&svc)?, &["cortex_webhook_breaker_state", "endpoint=\"sink\""]) == Some(0.0)),
+    )?;
+    Ok(())
+}
+
+#[test]
+fn an_endpoint_added_by_a_reload_gets_the_events_archived_after_it() -> Result<()> {
+    let rx = Receiver::start(|_| Reply::Status(200))?;
+    let root = root_with("")?;
+    let svc = root.serve()?;
+    let before = root.emit("hook.ping", "{}")?;
+    wait_for(LONG, || Ok(root.archived_record(&before)?.is_some()))?;
+    root.configure(&format!("\n[webhooks.late]\nurl = \"{}\"\nevents = [\"hook.ping\"]\n", rx.url()))?;
+    wait_for(LONG, || Ok(svc.log_text().contains("webhook endpoint (re)started")))?;
+    let after = root.emit("hook.ping", "{}")?;
+    wait_for(LONG, || Ok(!rx.answered(200).is_empty() && outbox(&root, "late").is_empty()))?;
+    let ids: Vec<String> = rx.seen().iter().map(|s| s.id.clone()).collect();
+    assert_eq!(ids, [webhook_id("late", &after)], "only the event archived after the reload; not {before}");
     Ok(())
 }

@@ -14,6 +14,7 @@
 //! swapped at once, and an endpoint whose table changed is restarted (its
 //! in-flight attempts are dropped and made again by the new task).
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -105,14 +106,13 @@ impl Deliverer {
         stop: Arc<AtomicBool>,
     ) {
         let Deliverer { layout, client, endpoints } = self;
-        let mut running: BTreeMap<String, (Arc<Endpoint>, Arc<AtomicBool>, tokio::task::JoinHandle<()>)> =
-            BTreeMap::new();
+        let mut running: BTreeMap<String, Running> = BTreeMap::new();
         let start = |ep: Arc<Endpoint>| {
             let flag = Arc::new(AtomicBool::new(false));
             let task =
                 Task { ep: ep.clone(), layout: layout.clone(), client: client.clone(), metrics: metrics.clone() };
             let handle = tokio::spawn(task.run(flag.clone()));
-            (ep, flag, handle)
+            Running { ep, stop: flag, handle }
         };
         for (name, ep) in endpoints {
             running.insert(name, start(ep));
@@ -139,25 +139,32 @@ impl Deliverer {
                     continue;
                 }
             };
-            running.retain(|name, (ep, flag, _)| {
-                let keep = resolved.get(name).is_some_and(|new| new.config == ep.config);
+            running.retain(|name, r| {
+                let keep = resolved.get(name).is_some_and(|new| new.config == r.ep.config);
                 if !keep {
-                    flag.store(true, Ordering::Relaxed);
+                    r.stop.store(true, Ordering::Relaxed);
                 }
                 keep
             });
             for (name, ep) in resolved {
-                if !running.contains_key(&name) {
-                    tracing::info!(endpoint = %name, url = %ep.shown_url, "webhook endpoint (re)started");
-                    running.insert(name, start(ep));
+                if let Entry::Vacant(slot) = running.entry(name) {
+                    tracing::info!(endpoint = %slot.key(), url = %ep.shown_url, "webhook endpoint (re)started");
+                    slot.insert(start(ep));
                 }
             }
         }
-        for (_, flag, handle) in running.into_values() {
-            flag.store(true, Ordering::Relaxed);
-            let _ = handle.await;
+        for r in running.into_values() {
+            r.stop.store(true, Ordering::Relaxed);
+            let _ = r.handle.await;
         }
     }
+}
+
+/// An endpoint task and how to stop it.
+struct Running {
+    ep: Arc<Endpoint>,
+    stop: Arc<AtomicBool>,
+    handle: tokio::task::JoinHandle<()>,
 }
 
 /// How an attempt ended.

@@ -102,14 +102,16 @@ pub fn write(layout: &Layout, record: &OutboxRecord) -> Result<()> {
     write_json(layout, &path(layout, &record.endpoint, &record.webhook_id), record)
 }
 
-/// Removes a delivery that was made. One already gone is fine.
+/// Removes a delivery that was made. One already gone is fine. The
+/// directory is not synced: a removal lost in a crash only sends the
+/// delivery once more, with the same `webhook-id` (at least once).
 ///
 /// # Errors
 /// When it exists and cannot be removed.
 pub fn remove(layout: &Layout, endpoint: &str, webhook_id: &str) -> Result<()> {
     let p = path(layout, endpoint, webhook_id);
     match std::fs::remove_file(&p) {
-        Ok(()) => fsio::sync_dir(&layout.outbox_endpoint(endpoint)),
+        Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("failed to remove delivered webhook {}", p.display())),
     }
