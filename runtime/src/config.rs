@@ -17,8 +17,10 @@ use crate::event::{self, DEFAULT_MAX_EVENT_BYTES, Priority, Validator};
 
 mod handler;
 mod http;
+mod webhooks;
 pub use handler::{Access, Grant, HandlerConfig, HandlerLimits, RESERVED_DIRS};
 pub use http::{HttpConfig, MIN_TOKEN_LEN, Scope, TOKEN_ENV, TokenConfig};
+pub use webhooks::{WebhookConfig, WebhookFormat, shown_url};
 
 /// The file name of the configuration inside a root.
 pub const CONFIG_FILE: &str = "cortex.toml";
@@ -43,6 +45,9 @@ pub struct Config {
     /// Events `cortex serve` emits on a timer, by name.
     #[serde(default)]
     pub schedules: BTreeMap<String, ScheduleConfig>,
+    /// Outbound webhook endpoints by name (see [`crate::webhooks`]).
+    #[serde(default)]
+    pub webhooks: BTreeMap<String, WebhookConfig>,
 }
 
 /// `[schedules.NAME]`: an event that `cortex serve` queues on a timer (see
@@ -355,6 +360,9 @@ impl Config {
                     );
                 }
             }
+        }
+        for (name, w) in &self.webhooks {
+            w.check(name)?;
         }
         self.check_overlaps()
     }

@@ -372,7 +372,8 @@ pub fn mark_retry(event: &mut Event, now: &str, succeeded: &[String]) {
 }
 
 /// Puts dead letters back in the queue as new entries, in one group
-/// commit, then removes them.
+/// commit, then removes them. A dead letter of a webhook delivery goes
+/// back to the endpoint's outbox instead (the event is not run again).
 ///
 /// # Errors
 /// When one is not an event, does not validate against the current config,
@@ -380,6 +381,43 @@ pub fn mark_retry(event: &mut Event, now: &str, succeeded: &[String]) {
 /// be written (then every dead letter is kept); when a dead letter cannot
 /// be removed after its event was queued (saying so).
 pub fn retry(queue: &FsQueue, validator: &Validator, letters: &[&DeadLetter]) -> Result<Vec<Event>> {
+    // A failed webhook delivery goes back to the outbox, not the queue:
+    // the event was handled; only the delivery is made again.
+    let (webhooks, letters): (Vec<&DeadLetter>, Vec<&DeadLetter>) =
+        letters.iter().copied().partition(|l| l.record.webhook.is_some());
+    let mut redelivered = retry_webhooks(queue, &webhooks)?;
+    let mut events = retry_events(queue, validator, &letters)?;
+    redelivered.append(&mut events);
+    Ok(redelivered)
+}
+
+/// Puts webhook dead letters' deliveries back in the outbox, then removes
+/// the letters; returns their events.
+fn retry_webhooks(queue: &FsQueue, letters: &[&DeadLetter]) -> Result<Vec<Event>> {
+    let routes = queue.webhooks();
+    let mut events = Vec::new();
+    for l in letters {
+        crate::webhooks::outbox::redeliver(queue.layout(), &routes, &l.record)?;
+        std::fs::remove_file(&l.path).with_context(|| {
+            format!(
+                "webhook delivery {} is back in the outbox, but its dead letter {} could not be removed: remove it by hand",
+                l.key,
+                l.path.display()
+            )
+        })?;
+        events.extend(l.event().cloned());
+    }
+    if !letters.is_empty() {
+        fsio::sync_dir(&queue.layout().dead_letter())?;
+    }
+    Ok(events)
+}
+
+/// [`retry`] of dead letters of events: back in the queue.
+fn retry_events(queue: &FsQueue, validator: &Validator, letters: &[&DeadLetter]) -> Result<Vec<Event>> {
+    if letters.is_empty() {
+        return Ok(Vec::new());
+    }
     let now = now_rfc3339();
     let mut events: Vec<Event> = Vec::new();
     let mut bad = Vec::new();

@@ -13,6 +13,7 @@
 //!                                    compress_after_days, compressed (see `archive`)
 //! <root>/events/dead-letter/         events that failed for good, with forensics
 //! <root>/events/tmp/                 files being written; renamed into place when whole
+//! <root>/events/outbox/<endpoint>/   webhook deliveries not yet made, one JSON file each
 //! <root>/events/<category>-events.jsonl
 //! <root>/state/                      handler state kept in files (grants)
 //! <root>/kv/state.db                 handler state in key-value buckets (SQLite, WAL)
@@ -66,6 +67,14 @@ impl Layout {
     }
     pub fn dead_letter(&self) -> PathBuf {
         self.root.join("events/dead-letter")
+    }
+    /// `<root>/events/outbox/`: webhook deliveries, a directory per endpoint.
+    pub fn outbox(&self) -> PathBuf {
+        self.root.join("events/outbox")
+    }
+    /// `<root>/events/outbox/<endpoint>/`.
+    pub fn outbox_endpoint(&self, endpoint: &str) -> PathBuf {
+        self.outbox().join(endpoint)
     }
     pub fn tmp(&self) -> PathBuf {
         self.root.join("events/tmp")

@@ -53,7 +53,10 @@
 //! - [`harness`]: `cortex handler test`: one component against fixture events in a throwaway root.
 //! - [`scaffold`]: `cortex handlers new`: a handler folder to start from.
 //! - [`text`]: guest and producer text escaped for terminals and log lines.
-//! - [`webhooks`]: outbound webhooks, signed per Standard Webhooks.
+//! - [`webhooks`]: outbound webhooks, signed per Standard Webhooks: the outbox
+//!   written in the settling group commit, the deliverer `cortex serve` runs
+//!   (per-endpoint concurrency, backoff, circuit breaker, `410 Gone`), metrics;
+//!   `cortex webhooks` lists and re-enables endpoints.
 //!
 //! The `cortex` binary (`main.rs`: parse, tracing, exit codes; `cli/`: one
 //! file per command) only parses flags and prints what these modules return.

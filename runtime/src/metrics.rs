@@ -77,6 +77,7 @@ pub struct Metrics {
     ingest_requests: Family<IngestLabels, Counter>,
     ingested: Counter,
     ingest_duplicates: Counter,
+    webhooks: crate::webhooks::metrics::WebhookMetrics,
 }
 
 impl Default for Metrics {
@@ -110,6 +111,7 @@ impl Metrics {
             ingest_requests: Family::default(),
             ingested: Counter::default(),
             ingest_duplicates: Counter::default(),
+            webhooks: crate::webhooks::metrics::WebhookMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -163,7 +165,13 @@ impl Metrics {
             "Events POST /v1/events skipped because their id was already known",
             m.ingest_duplicates.clone(),
         );
+        m.webhooks.register(&mut registry);
         Metrics { registry, ..m }
+    }
+
+    /// The outbound webhooks' metrics.
+    pub fn webhooks(&self) -> &crate::webhooks::metrics::WebhookMetrics {
+        &self.webhooks
     }
 
     pub fn invocation(&self, handler: &str, result: &str, took: Duration) {

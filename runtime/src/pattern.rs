@@ -30,6 +30,12 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == b'*')
 }
 
+/// Whether `pattern` is an event type or a glob of one: lowercase letters,
+/// digits, `.`, `_`, `*` and `?`.
+pub fn is_type_pattern(pattern: &str) -> bool {
+    !pattern.is_empty() && pattern.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._*?".contains(c))
+}
+
 /// Whether any of `patterns` matches `text`.
 pub fn any_match<S: AsRef<str>>(patterns: &[S], text: &str) -> bool {
     patterns.iter().any(|p| glob_match(p.as_ref(), text))

@@ -21,9 +21,11 @@ use crate::sandbox::Fault;
 
 pub mod marks;
 pub mod report;
+pub mod webhook;
 
 pub use marks::{CausedBy, ReplayMark, RetryMark};
 pub use report::HarnessReport;
+pub use webhook::{EndpointDisabled, OutboxRecord, WebhookRef};
 
 /// Why a handler run, or a delivery, failed. The names are the words
 /// written into records, metrics and logs.
@@ -58,6 +60,9 @@ pub enum FaultKind {
     LeaseExpired,
     /// Its dispatcher died holding the claim (its lock was free).
     OwnerDied,
+    /// A webhook delivery failed: an answer other than 2xx, a timeout or a
+    /// connection error.
+    Webhook,
     /// A kind this version does not know (written by a newer one).
     #[serde(other)]
     Unknown,
@@ -81,6 +86,7 @@ impl FaultKind {
             FaultKind::Load => "load",
             FaultKind::LeaseExpired => "lease-expired",
             FaultKind::OwnerDied => "owner-died",
+            FaultKind::Webhook => "webhook",
             FaultKind::Unknown => "unknown",
         }
     }
@@ -219,6 +225,11 @@ pub struct DeadLetterRecord {
     /// The link of an event loop cut at `dispatch.max_hops`.
     #[serde(default, rename = "loop", skip_serializing_if = "Option::is_none")]
     pub cut_loop: Option<LoopLink>,
+    /// Set when what failed for good is a webhook delivery of the event
+    /// (which itself was handled): `dlq retry` delivers it again rather
+    /// than running the event's handlers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookRef>,
 }
 
 impl DeadLetterRecord {
@@ -332,6 +343,7 @@ mod tests {
             FaultKind::OutputLimit,
             FaultKind::LeaseExpired,
             FaultKind::OwnerDied,
+            FaultKind::Webhook,
         ] {
             let text = serde_json::to_value(kind).unwrap();
             assert_eq!(text, kind.as_str());

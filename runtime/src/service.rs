@@ -69,6 +69,11 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
     // public bind without a token refuses to start.
     let auth = options.listen.map(|addr| http::Auth::new(&config.http, addr)).transpose()?;
     let queue = Arc::new(FsQueue::open(layout.clone(), config.validator())?.with_archive(&config.archive));
+    // Outbound webhooks: secrets are read now, so a missing one stops the
+    // start with its variable named; deliveries run on this runtime, off
+    // the dispatch thread (see crate::webhooks).
+    queue.set_webhooks(crate::webhooks::Routes::of(&config))?;
+    let deliverer = crate::webhooks::Deliverer::new(layout.clone(), &config)?;
     // Loading runs guest code (`describe`), whose WASI calls block on a
     // runtime of their own: never on this one's threads.
     let dispatcher = {
@@ -112,6 +117,8 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
             reload_loop(&reloader, &reload_rx, &stop, options_listen);
         })?
     };
+
+    let webhooks = tokio::spawn(deliverer.run(dispatcher.config_slot(), queue.clone(), metrics.clone(), stop.clone()));
 
     let ready = Arc::new(AtomicBool::new(false));
     let server = match options.listen {
@@ -176,6 +183,8 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
         .map_err(|_| anyhow::anyhow!("the dispatcher thread panicked"))??;
     let _ = reload_thread.join();
     let _ = schedule_thread.join();
+    // Attempts in flight are dropped; their records are sent again later.
+    let _ = webhooks.await;
     if let Some(server) = server {
         server.abort();
     }

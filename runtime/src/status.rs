@@ -35,6 +35,10 @@ pub struct Status {
     /// What each schedule last fired (`run/schedules.json`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub schedules: BTreeMap<String, crate::schedule::Fired>,
+    /// The webhook endpoints: enabled or disabled (410 Gone), deliveries
+    /// waiting.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<crate::webhooks::EndpointStatus>,
     #[serde(skip)]
     pub skipped: Vec<Skipped>,
 }
@@ -135,6 +139,7 @@ pub fn gather(queue: &FsQueue) -> Result<Status> {
         handlers_not_loading,
         services,
         schedules: crate::schedule::fired(queue.layout()),
+        webhooks: crate::webhooks::endpoint_status(queue.layout(), &queue.webhooks()),
         skipped,
     })
 }
@@ -189,6 +194,21 @@ impl std::fmt::Display for Status {
             let when =
                 fired.last_fired_at.as_deref().map_or("not fired yet".to_string(), |at| format!("fired at {at}"));
             writeln!(f, "schedule:      {name} ({}): last tick {tick}, {when}", fired.spec)?;
+        }
+        for w in &self.webhooks {
+            match &w.disabled {
+                None => writeln!(f, "webhook:       {} -> {}: enabled, {} pending", w.name, w.url, w.pending)?,
+                Some(d) => writeln!(
+                    f,
+                    "WEBHOOK DISABLED: {} -> {}: answered {} Gone at {}; {} pending; `cortex webhooks enable {}` (or a new url) sends again",
+                    w.name,
+                    w.url,
+                    d.status,
+                    Escaped(&d.at),
+                    w.pending,
+                    w.name
+                )?,
+            }
         }
         writeln!(f, "logged events: {}", self.logged_events)?;
         for (t, n) in &self.events_by_type {

@@ -10,6 +10,7 @@ mod languages;
 mod replay;
 mod service;
 mod store;
+mod webhooks;
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -98,6 +99,7 @@ fn main() -> anyhow::Result<()> {
         ("dashboard", dashboard::run),
         ("languages", languages::run),
         ("archive", archive::run),
+        ("webhooks", webhooks::run),
     ];
     for (name, f) in sections {
         if !only.is_empty() && !only.iter().any(|o| o == name) {

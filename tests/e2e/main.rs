@@ -23,4 +23,5 @@ mod store;
 mod trace;
 mod trust;
 mod user;
+mod webhooks;
 mod world;

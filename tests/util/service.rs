@@ -13,12 +13,18 @@ pub struct Service {
 impl Root {
     /// Starts `cortex serve` on a free loopback port and waits until `/readyz` says ready.
     pub fn serve(&self) -> Result<Service> {
+        self.serve_with(&[])
+    }
+
+    /// [`Root::serve`] with extra environment variables (webhook secrets).
+    pub fn serve_with(&self, env: &[(&str, &str)]) -> Result<Service> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr = format!("127.0.0.1:{port}");
         let log = self.scratch().join(format!("serve-{port}.log"));
         let child = self
             .command()
             .args(["serve", "--listen", &addr])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;

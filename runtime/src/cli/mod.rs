@@ -30,6 +30,7 @@ mod state;
 mod status;
 mod trace;
 mod validate;
+mod webhooks;
 
 #[derive(Parser)]
 #[command(name = "cortex", version, about = "Sandboxed WebAssembly event handlers over a durable queue")]
@@ -96,6 +97,11 @@ pub enum Command {
         #[command(subcommand)]
         command: state::Command,
     },
+    /// Outbound webhook endpoints: list them, re-enable one after 410 Gone.
+    Webhooks {
+        #[command(subcommand)]
+        command: webhooks::Command,
+    },
 }
 
 impl Command {
@@ -131,6 +137,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Dlq { command } => dlq::run(&layout, command),
         Command::Trace(args) => trace::run(&layout, args),
         Command::State { command } => state::run(&layout, command),
+        Command::Webhooks { command } => webhooks::run(&layout, command),
     }
 }
 
@@ -138,6 +145,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
 fn open(layout: &Layout) -> Result<(Config, FsQueue)> {
     let config = Config::load(layout.root())?;
     let queue = FsQueue::open(layout.clone(), config.validator())?.with_archive(&config.archive);
+    queue.set_webhooks(cortex::webhooks::Routes::of(&config))?;
     Ok((config, queue))
 }
 

@@ -6,6 +6,9 @@
 //! place, syncs the directories, appends the archive lines, and only then
 //! hands the settled claims to the reaper.
 //!
+//! An archived event's webhook deliveries (`events/outbox/`, see
+//! [`crate::webhooks`]) are staged and renamed like the dead letters.
+//!
 //! Crash story: before the renames nothing is visible (temp files are
 //! garbage that `recover` removes); after them, an event's follow-ups are
 //! queued before its archive line exists, and the archive line or dead
@@ -130,6 +133,12 @@ impl FsQueue {
                 let lines = commit.archive.entry(self.archive_path(&s.claim.event)).or_default();
                 serde_json::to_writer(&mut *lines, record).context("failed to serialize an archive record")?;
                 lines.push(b'\n');
+                // Its webhook deliveries (the outbox) become durable with
+                // the archive line: renamed before it, like follow-ups.
+                for delivery in self.webhooks().deliveries(&s.claim.event) {
+                    let target = crate::webhooks::outbox::path(&self.layout, &delivery.endpoint, &delivery.webhook_id);
+                    self.stage_record(commit, target, &delivery)?;
+                }
                 commit.removals.push(claimed);
                 if s.claim.name.attempt > 1 {
                     commit.removals.push(self.attempts_path(&s.claim.name));

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -45,6 +45,9 @@ pub struct FsQueue {
     pub(super) archive_export: Option<PathBuf>,
     /// When this process last pruned the archive.
     pub(super) last_prune: Mutex<Option<std::time::Instant>>,
+    /// The webhook endpoints an archived event is delivered to: the commit
+    /// writes their outbox records (see [`crate::webhooks`]).
+    pub(super) webhooks: RwLock<Arc<crate::webhooks::Routes>>,
 }
 
 impl FsQueue {
@@ -63,7 +66,24 @@ impl FsQueue {
             archive_compress_after: Some(crate::config::DEFAULT_COMPRESS_AFTER_DAYS),
             archive_export: None,
             last_prune: Mutex::new(None),
+            webhooks: RwLock::default(),
         })
+    }
+
+    /// Routes archived events to these webhook endpoints from now on,
+    /// making their outbox directories first.
+    ///
+    /// # Errors
+    /// When a directory cannot be made; the routes are then unchanged.
+    pub fn set_webhooks(&self, routes: Arc<crate::webhooks::Routes>) -> Result<()> {
+        crate::webhooks::outbox::prepare(&self.layout, &routes)?;
+        *crate::lock::RecoverRw::write_locked(&self.webhooks) = routes;
+        Ok(())
+    }
+
+    /// The webhook endpoints archived events are delivered to.
+    pub fn webhooks(&self) -> Arc<crate::webhooks::Routes> {
+        crate::lock::RecoverRw::read_locked(&self.webhooks).clone()
     }
 
     /// Keeps archive day files for `days` after their last append (0: forever).
