@@ -15,15 +15,17 @@ const DAYS: [&str; 3] = ["2025-11-01", "2025-11-02", "2025-11-03"];
 /// Events per old day: several zstd frames' worth with the padding below.
 const PER_DAY: usize = 400;
 
-/// Sets `[archive]` keys (retention first, as the default config has it).
+/// Sets the `[archive]` table (replacing the default config's, if the
+/// root kept it).
 fn archive_config(root: &Root, compress_after_days: u64, extra: &str) -> Result<()> {
     let path = root.join("cortex.toml");
-    let text = std::fs::read_to_string(&path)?;
-    let start = text.find("retention_days = 30").context("no retention_days in the default config")?;
-    let end = text[start..].find("\n\n").map_or(text.len(), |e| start + e);
-    let table = format!("retention_days = 30\ncompress_after_days = {compress_after_days}\n{extra}");
-    std::fs::write(&path, format!("{}{}{}", &text[..start], table.trim_end(), &text[end..]))?;
-    Ok(())
+    let mut text = std::fs::read_to_string(&path)?;
+    if let Some(start) = text.find("\n[archive]\n") {
+        let end = text[start + 1..].find("\n[").map_or(text.len(), |e| start + 1 + e);
+        text.replace_range(start..end, "");
+    }
+    text.push_str(&format!("\n[archive]\nretention_days = 30\ncompress_after_days = {compress_after_days}\n{extra}"));
+    std::fs::write(&path, text).context("failed to write cortex.toml")
 }
 
 /// A root whose archive holds DAYS × PER_DAY events in plain day files
@@ -90,6 +92,21 @@ fn views(root: &Root, ids: &[String]) -> Result<Views> {
     })
 }
 
+/// Lines of the archive as the runtime's one reader gives them (replay and
+/// export keep one copy per id, so they cannot show a line read twice).
+fn lines_read(root: &Root) -> Result<usize> {
+    use std::io::BufRead;
+    let layout = cortex::layout::Layout::new(root.path.clone());
+    let archive = cortex::archive::Archive::open(&layout)?.context("no archive")?;
+    let mut n = 0;
+    for seg in archive.segments()? {
+        for line in archive.lines(&seg)?.lines() {
+            n += usize::from(!line?.trim().is_empty());
+        }
+    }
+    Ok(n)
+}
+
 /// The archive's file names of 2025 (today's day file, of the events a
 /// test emits now, is left out).
 fn files(root: &Root) -> BTreeSet<String> {
@@ -126,6 +143,7 @@ fn old_days_are_compressed_and_every_reader_gives_the_same_answers() -> Result<(
     assert!(packed_bytes * 4 < plain_bytes, "{packed_bytes} bytes compressed of {plain_bytes}");
     let after = views(&root, &ids)?;
     assert_eq!(after, before);
+    assert_eq!(lines_read(&root)?, DAYS.len() * PER_DAY);
     assert_eq!(root.archived()?.len(), DAYS.len() * PER_DAY, "any zstd decoder reads the days whole");
 
     // By id, one day is read, and of it only the frame the index names.
@@ -182,17 +200,20 @@ fn a_crash_mid_compression_leaves_the_plain_day_and_readers_see_each_line_once()
         }
         // Every reader sees every line once, whichever files the crash left.
         archive_config(&root, 0, "")?;
+        assert_eq!(lines_read(&root)?, DAYS.len() * PER_DAY, "{point}: each line once");
         assert_eq!(views(&root, &ids)?, before, "{point}");
         // A later append to the day the crash left in both forms counts too.
         root.batch(&event("task.created").id("evt_20251101_235900_late02").at("2025-11-01T23:59:00Z").line())?;
         root.dispatch()?;
         assert_eq!(dry_run(&root, &["--date", DAYS[0]])?["selected"], PER_DAY + 1, "{point}");
+        assert_eq!(lines_read(&root)?, DAYS.len() * PER_DAY + 1, "{point}: each line once");
         // The next run finishes the job.
         archive_config(&root, 2, "")?;
         root.dispatch()?;
         assert_eq!(files(&root), names(".jsonl.zst"), "{point}");
         assert_eq!(dry_run(&root, &["--date", DAYS[0]])?["selected"], PER_DAY + 1, "{point}");
         assert_eq!(root.ok(&["export"])?.lines().count(), DAYS.len() * PER_DAY + 1, "{point}");
+        assert_eq!(lines_read(&root)?, DAYS.len() * PER_DAY + 1, "{point}: merged, each line once");
     }
     Ok(())
 }

@@ -221,12 +221,16 @@ fn cleanup_reports_the_archive_and_the_host_keeps_it_by_last_append() -> Result<
     dispatched(&root)?;
     assert!(!root.join("events/archive/2020-01-01.jsonl").exists());
     assert!(!root.join("events/archive/2026-11-30.jsonl").exists());
-    assert!(root.join("events/archive/2020-01-02.jsonl").exists(), "an archive file appended to yesterday went");
+    // Kept, and compressed (named for a date past `compress_after_days`).
+    let kept = root.join("events/archive/2020-01-02.jsonl.zst");
+    assert!(kept.exists(), "an archive file appended to yesterday went");
+    let idle = std::fs::metadata(&kept)?.modified()?.elapsed()?;
+    assert!(idle > std::time::Duration::from_secs(86_400), "the compressed day keeps its last append");
 
     let run = root.read_json("state/cleanup/last-run.json")?;
     assert_eq!(run["retention_days"], 30);
     let names: Vec<&str> = run["files"].as_array().into_iter().flatten().filter_map(|f| f["name"].as_str()).collect();
-    assert!(names.contains(&"2020-01-02.jsonl"), "{run}");
+    assert!(names.contains(&"2020-01-02.jsonl.zst"), "{run}");
     assert_eq!(run["files_expired"], 0, "{run}");
 
     root.emit("system.cleanup_needed", "{}")?;
