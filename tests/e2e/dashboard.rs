@@ -48,7 +48,11 @@ fn served() -> Result<(Root, Service, String, String)> {
     let svc = root.serve()?;
     let ok = root.emit("task.created", "{}")?;
     let bad = root.emit("task.failed", r#"{"count": "<b id=pwn>many</b>"}"#)?;
-    wait_for(Duration::from_secs(20), || Ok(root.archived()?.len() == 1 && root.dead_letters()?.len() == 1))?;
+    // Settled: archived and dead-lettered, and the claims gone (they go
+    // last in a settlement).
+    wait_for(Duration::from_secs(20), || {
+        Ok(root.archived()?.len() == 1 && root.dead_letters()?.len() == 1 && root.claims().is_empty())
+    })?;
     Ok((root, svc, ok, bad))
 }
 
