@@ -7,7 +7,11 @@
 //! bounded tokio broadcast channel, which never waits for a reader; each
 //! client reads it at its own pace through its own cursor, and a client
 //! that falls [`CLIENT_BUFFER`] events behind is told so and dropped
-//! (counted in `cortex_dashboard_stream_dropped_clients`). What is waiting
+//! (counted in `cortex_dashboard_stream_dropped_clients`). The publisher
+//! sees how far each client has read ([`Cursor`]), so a client that stops
+//! reading altogether (its connection stuck on a full socket, never polled
+//! again) is counted as dropped when it falls behind, not only when it
+//! wakes. What is waiting
 //! for a client goes out in one write (up to [`MAX_WRITE`] bytes), so a busy
 //! stream costs a syscall per batch, not per event. The window is a bounded
 //! in-memory sample per handler, updated under one short lock per batch.
@@ -19,7 +23,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -48,8 +53,19 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// One settled event, serialized once for every client.
 pub struct Item {
+    /// Its place in the stream (1, 2, ...).
+    seq: u64,
     pub settled: Settled,
     json: String,
+}
+
+/// How far one client has read, shared with the publisher.
+#[derive(Debug, Default)]
+struct Cursor {
+    /// The `seq` of the last item it received.
+    seen: AtomicU64,
+    /// Dropped for falling behind (counted once, by whoever saw it first).
+    dropped: AtomicBool,
 }
 
 /// Where settled events go: the live stream and the handler window.
@@ -58,6 +74,9 @@ pub struct Feed {
     state: Mutex<State>,
     metrics: Arc<Metrics>,
     started_us: u64,
+    /// The `seq` of the last item published.
+    seq: AtomicU64,
+    cursors: Mutex<Vec<Weak<Cursor>>>,
 }
 
 #[derive(Default)]
@@ -81,7 +100,8 @@ impl crate::dispatch::Observe for Feed {
             .map(|settled| {
                 // Serializing a plain record of strings and numbers cannot fail.
                 let json = serde_json::to_string(&settled).unwrap_or_default();
-                Arc::new(Item { settled, json })
+                let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+                Arc::new(Item { seq, settled, json })
             })
             .collect();
         {
@@ -98,6 +118,19 @@ impl crate::dispatch::Observe for Feed {
             // No receiver is not an error: nobody is watching.
             let _ = self.tx.send(item);
         }
+        // Clients now past the broadcast's memory are dropped (and gone
+        // ones forgotten).
+        let last = self.seq.load(Ordering::Relaxed);
+        self.cursors.locked().retain(|weak| {
+            let Some(cursor) = weak.upgrade() else { return false };
+            if last.saturating_sub(cursor.seen.load(Ordering::Relaxed)) > CLIENT_BUFFER as u64 {
+                if !cursor.dropped.swap(true, Ordering::Relaxed) {
+                    self.metrics.stream_dropped();
+                }
+                return false;
+            }
+            !cursor.dropped.load(Ordering::Relaxed)
+        });
     }
 }
 
@@ -131,7 +164,30 @@ pub struct Window {
 impl Feed {
     pub fn new(metrics: Arc<Metrics>) -> Feed {
         let (tx, _) = broadcast::channel(CLIENT_BUFFER);
-        Feed { tx, state: Mutex::default(), metrics, started_us: now_us() }
+        Feed {
+            tx,
+            state: Mutex::default(),
+            metrics,
+            started_us: now_us(),
+            seq: AtomicU64::new(0),
+            cursors: Mutex::default(),
+        }
+    }
+
+    /// A new client's cursor, with the recent events that pass `filter`
+    /// to send first.
+    fn client(&self, filter: Filter) -> Client {
+        let cursor = Arc::new(Cursor::default());
+        // It starts at the current place: a new client is not behind.
+        let rx = {
+            let mut cursors = self.cursors.locked();
+            cursor.seen.store(self.seq.load(Ordering::Relaxed), Ordering::Relaxed);
+            cursors.push(Arc::downgrade(&cursor));
+            self.tx.subscribe()
+        };
+        let backlog = self.state.locked().recent.iter().filter(|i| filter.matches(&i.settled)).cloned().collect();
+        self.metrics.stream_client(1);
+        Client { rx, cursor, backlog, filter, metrics: self.metrics.clone(), done: false }
     }
 
     /// Each handler's figures over the last five minutes.
@@ -162,11 +218,7 @@ impl Feed {
     /// The live stream for one client: first the recent events that pass
     /// `filter`, then each new one, until the client goes or falls behind.
     pub fn sse(&self, filter: Filter) -> Response {
-        let rx = self.tx.subscribe();
-        let backlog: VecDeque<Arc<Item>> =
-            self.state.locked().recent.iter().filter(|i| filter.matches(&i.settled)).cloned().collect();
-        let client = Client { rx, backlog, filter, metrics: self.metrics.clone(), done: false };
-        client.metrics.stream_client(1);
+        let client = self.client(filter);
         let stream = futures_util::stream::unfold(client, |mut c| async move {
             let chunk = c.next_chunk().await?;
             Some((Ok::<_, Infallible>(chunk), c))
@@ -227,6 +279,7 @@ impl Filter {
 /// One connected client's cursor.
 struct Client {
     rx: broadcast::Receiver<Arc<Item>>,
+    cursor: Arc<Cursor>,
     backlog: VecDeque<Arc<Item>>,
     filter: Filter,
     metrics: Arc<Metrics>,
@@ -242,6 +295,9 @@ impl Client {
         if self.done {
             return None;
         }
+        if self.cursor.dropped.load(Ordering::Relaxed) {
+            return Some(self.drop_lagging(None));
+        }
         let mut out = String::new();
         while out.len() < MAX_WRITE
             && let Some(item) = self.backlog.pop_front()
@@ -254,18 +310,16 @@ impl Client {
         while out.is_empty() {
             match tokio::time::timeout(KEEP_ALIVE, self.rx.recv()).await {
                 Err(_) => return Some(": keep-alive\n\n".into()),
-                Ok(Ok(item)) if self.filter.matches(&item.settled) => frame(&mut out, &item),
-                Ok(Ok(_)) => {}
-                Ok(Err(broadcast::error::RecvError::Lagged(missed))) => return Some(self.drop_lagging(missed)),
+                Ok(Ok(item)) => self.take(&mut out, &item),
+                Ok(Err(broadcast::error::RecvError::Lagged(missed))) => return Some(self.drop_lagging(Some(missed))),
                 Ok(Err(broadcast::error::RecvError::Closed)) => return None,
             }
         }
         while out.len() < MAX_WRITE {
             match self.rx.try_recv() {
-                Ok(item) if self.filter.matches(&item.settled) => frame(&mut out, &item),
-                Ok(_) => {}
+                Ok(item) => self.take(&mut out, &item),
                 Err(broadcast::error::TryRecvError::Lagged(missed)) => {
-                    out.push_str(&self.drop_lagging(missed));
+                    out.push_str(&self.drop_lagging(Some(missed)));
                     break;
                 }
                 Err(_) => break,
@@ -274,12 +328,23 @@ impl Client {
         Some(out)
     }
 
-    /// Marks this client done and says why, as a `lagged` event.
-    fn drop_lagging(&mut self, missed: u64) -> String {
+    /// Notes `item` read, and frames it when it passes the filter.
+    fn take(&self, out: &mut String, item: &Item) {
+        self.cursor.seen.store(item.seq, Ordering::Relaxed);
+        if self.filter.matches(&item.settled) {
+            frame(out, item);
+        }
+    }
+
+    /// Marks this client done (counted once) and says why, as a `lagged` event.
+    fn drop_lagging(&mut self, missed: Option<u64>) -> String {
         self.done = true;
-        self.metrics.stream_dropped();
+        if !self.cursor.dropped.swap(true, Ordering::Relaxed) {
+            self.metrics.stream_dropped();
+        }
+        let missed = missed.map_or_else(|| "over".to_string(), |n| format!("{n} events, over"));
         format!(
-            "event: lagged\ndata: this client fell {missed} events behind (more than {CLIENT_BUFFER}) and was dropped; reconnect to follow the stream again\n\n"
+            "event: lagged\ndata: this client fell behind ({missed} the {CLIENT_BUFFER} it may) and was dropped; reconnect to follow the stream again\n\n"
         )
     }
 }
@@ -312,9 +377,7 @@ mod tests {
     fn waiting_events_go_out_in_one_write_each_in_the_sse_format() {
         let metrics = Arc::new(Metrics::new());
         let feed = Feed::new(metrics.clone());
-        let rx = feed.tx.subscribe();
-        let filter = Filter { event_type: Some("a.*".into()), ..Filter::default() };
-        let mut client = Client { rx, backlog: VecDeque::new(), filter, metrics, done: false };
+        let mut client = feed.client(Filter { event_type: Some("a.*".into()), ..Filter::default() });
         feed.settled(vec![
             settled("e1", "a.b", 1.0, true),
             settled("e2", "x.y", 1.0, true),
@@ -374,20 +437,20 @@ mod tests {
     fn publishing_never_waits_for_a_reader_and_a_lagging_one_is_told_and_dropped() {
         let metrics = Arc::new(Metrics::new());
         let feed = Feed::new(metrics.clone());
-        let rx = feed.tx.subscribe();
-        let mut client =
-            Client { rx, backlog: VecDeque::new(), filter: Filter::default(), metrics: metrics.clone(), done: false };
-        metrics.stream_client(1);
-        // The reader never reads while more than its buffer is published.
+        let mut client = feed.client(Filter::default());
+        // The reader never reads while more than its buffer is published:
+        // the publisher counts it dropped then, before it reads again.
         for i in 0..(CLIENT_BUFFER + 10) {
             feed.settled(vec![settled(&format!("e{i}"), "a.b", 1.0, true)]);
         }
+        assert!(metrics.encode().contains("cortex_dashboard_stream_dropped_clients_total 1"));
+        assert!(feed.cursors.locked().is_empty(), "the publisher forgot it");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .expect("a current-thread runtime builds");
         let notice = rt.block_on(client.next_chunk()).expect("the lagged notice");
-        assert!(notice.starts_with("event: lagged\ndata: this client fell 10 events behind"), "{notice}");
+        assert!(notice.starts_with("event: lagged\ndata: this client fell behind"), "{notice}");
         assert!(rt.block_on(client.next_chunk()).is_none(), "then the stream ends");
         let text = metrics.encode();
         assert!(text.contains("cortex_dashboard_stream_dropped_clients_total 1"), "{text}");
