@@ -1,10 +1,15 @@
 //! HTTP ingest under load (issue 14): 50 keep-alive clients on loopback
-//! post one Cortex JSON event each at a fixed schedule, 1,000 events/s in
-//! all, for 30 s (`CORTEX_BENCH_INGEST_SECS` to change it), against
-//! `cortex serve` with a no-op handler and a bearer token. Reports errors,
-//! the achieved rate and the p50/p99 of the `202 Accepted`, measured from
-//! each request's scheduled time (so a stalled server is not hidden by
-//! clients that fall behind), and checks that every event was dispatched.
+//! post one event each at a fixed schedule, 1,000 events/s in all, for 30 s
+//! (`CORTEX_BENCH_INGEST_SECS` to change it), against `cortex serve` with a
+//! no-op handler and a bearer token. Reports errors, the achieved rate and
+//! the p50/p99 of the `202 Accepted`, measured from each request's
+//! scheduled time (so a stalled server is not hidden by clients that fall
+//! behind), and checks that every event was dispatched.
+//!
+//! Two bodies: Cortex JSON without an id (the server makes one, no
+//! look-up), and for a third of the time structured CloudEvents, whose ids
+//! the producer gives, so each request also looks its id up in the queue,
+//! the claims, the dead letters and the archive day being written.
 //!
 //! Run alone: `make build`, then `target/release/cortex-bench ingest`
 //! (under `$CARGO_TARGET_DIR` when set).
@@ -54,9 +59,48 @@ fn read_response(reader: &mut BufReader<TcpStream>) -> Result<u16> {
     Ok(status)
 }
 
+/// What the clients post.
+#[derive(Clone, Copy)]
+enum Body {
+    /// A partial Cortex event, `application/json`.
+    Cortex,
+    /// A structured CloudEvent with its own id.
+    CloudEvent,
+}
+
+impl Body {
+    fn name(self) -> &'static str {
+        match self {
+            Body::Cortex => "Cortex JSON without ids",
+            Body::CloudEvent => "structured CloudEvents, ids given, each looked up",
+        }
+    }
+
+    fn request(self, addr: &str, c: u64, i: u64) -> String {
+        let (content_type, body) = match self {
+            Body::Cortex => (
+                "application/json",
+                format!(
+                    r#"{{"event_type":"task.created","source":"bench-ingest","payload":{{"client":{c},"n":{i},"task_id":"t-{c}-{i}"}}}}"#
+                ),
+            ),
+            Body::CloudEvent => (
+                cortex::cloudevents::STRUCTURED,
+                format!(
+                    r#"{{"specversion":"1.0","id":"ce-{c}-{i}","source":"/bench/{c}","type":"task.created","data":{{"task_id":"t-{c}-{i}"}}}}"#
+                ),
+            ),
+        };
+        format!(
+            "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+}
+
 /// Client `c` of [`CLIENTS`]: `n` requests, one every `CLIENTS / RATE`
 /// seconds, its schedule offset so that together they send evenly.
-fn client(addr: &str, c: u64, n: u64, start: Instant) -> Result<Seen> {
+fn client(addr: &str, kind: Body, c: u64, n: u64, start: Instant) -> Result<Seen> {
     let interval = Duration::from_micros(1_000_000 * CLIENTS / RATE);
     let offset = Duration::from_micros(c * 1_000_000 / RATE);
     let connect = || -> Result<(TcpStream, BufReader<TcpStream>)> {
@@ -74,13 +118,7 @@ fn client(addr: &str, c: u64, n: u64, start: Instant) -> Result<Seen> {
         if due > now {
             std::thread::sleep(due - now);
         }
-        let body = format!(
-            r#"{{"event_type":"task.created","source":"bench-ingest","payload":{{"client":{c},"n":{i},"task_id":"t-{c}-{i}"}}}}"#
-        );
-        let request = format!(
-            "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
+        let request = kind.request(addr, c, i);
         let answer =
             stream.write_all(request.as_bytes()).map_err(anyhow::Error::from).and_then(|()| read_response(&mut reader));
         match answer {
@@ -107,6 +145,13 @@ fn archived_lines(root: &Root) -> usize {
 
 pub fn run() -> Result<Vec<Row>> {
     let secs: u64 = std::env::var("CORTEX_BENCH_INGEST_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let mut rows = load(Body::Cortex, secs)?;
+    rows.extend(load(Body::CloudEvent, secs.div_ceil(3))?);
+    Ok(rows)
+}
+
+/// One load run of `secs` seconds at [`RATE`] with `kind` bodies.
+fn load(kind: Body, secs: u64) -> Result<Vec<Row>> {
     let root = Root::with_handlers("[handlers.sink]\ncomponent = \"{noop}\"\nevents = [\"*\"]\n")?;
     root.configure(&format!("\n[http.tokens.bench]\nvalue = \"{TOKEN}\"\nscopes = [\"ingest\"]\n"))?;
     let svc = root.serve()?;
@@ -115,7 +160,7 @@ pub fn run() -> Result<Vec<Row>> {
     let threads: Vec<_> = (0..CLIENTS)
         .map(|c| {
             let addr = svc.addr.clone();
-            std::thread::spawn(move || client(&addr, c, per_client, start))
+            std::thread::spawn(move || client(&addr, kind, c, per_client, start))
         })
         .collect();
     let (mut latencies, mut errors) = (Vec::new(), Vec::new());
@@ -140,7 +185,8 @@ pub fn run() -> Result<Vec<Row>> {
         Row {
             area: "ingest",
             metric: format!(
-                "POST /v1/events (Cortex JSON, bearer token, no-op handler): {load}; achieved rate, errors"
+                "POST /v1/events ({}, bearer token, no-op handler): {load}; achieved rate, errors",
+                kind.name()
             ),
             target: "1,000 events/s, 0 errors".into(),
             measured: format!(
