@@ -113,6 +113,7 @@ pub fn run(layout: &Layout, command: Command) -> Result<Outcome> {
                 return Ok(Outcome::Success);
             }
             queue::check_writable(layout)?;
+            let webhooks = selection.letters.iter().filter(|l| l.record.webhook.is_some()).count();
             let events = dlq::retry(&queue, &config.validator(), &selection.letters)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&events)?);
@@ -120,10 +121,17 @@ pub fn run(layout: &Layout, command: Command) -> Result<Outcome> {
                 for e in &events {
                     println!("retried {}  {}", e.event_id, e.event_type);
                 }
-                println!(
-                    "put {} dead letters back in the queue; `cortex dispatch` (or a running `cortex serve`) processes them",
-                    events.len()
-                );
+                if webhooks > 0 {
+                    println!(
+                        "put {webhooks} webhook deliveries back in their outbox; a running `cortex serve` sends them"
+                    );
+                }
+                if events.len() > webhooks {
+                    println!(
+                        "put {} dead letters back in the queue; `cortex dispatch` (or a running `cortex serve`) processes them",
+                        events.len() - webhooks
+                    );
+                }
             }
         }
         Command::Purge { id, older_than, yes } => {
