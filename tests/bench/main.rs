@@ -6,6 +6,7 @@ mod dispatch;
 mod languages;
 mod replay;
 mod service;
+mod state;
 mod store;
 
 use std::fmt::Write as _;
@@ -89,6 +90,7 @@ fn main() -> anyhow::Result<()> {
     let sections: Vec<(&str, Section)> = vec![
         ("store", store::run),
         ("dispatch", dispatch::run),
+        ("state", state::run),
         ("service", service::run),
         ("replay", replay::run),
         ("languages", languages::run),
