@@ -169,10 +169,10 @@ fn lane(name: &str, rx: &Mutex<Receiver<Job>>, shared: &Shared, overlay: &Arc<Ov
         // the writes of a delivery already applied (a rerun event whose
         // other handler conflicted, a redelivery after a crash): the
         // backend will skip them, so nothing may be built on them.
-        if let Some(changes) = &ran.changes {
-            if !already_applied(shared, changes) {
-                overlay.push(changes);
-            }
+        if let Some(changes) = &ran.changes
+            && !already_applied(shared, changes)
+        {
+            overlay.push(changes);
         }
         job.pending.results.locked()[job.slot] = Some(ran);
         let last = {

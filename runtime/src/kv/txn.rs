@@ -16,6 +16,9 @@ enum Seen {
     Unknown,
 }
 
+/// A key's value and version as first read through pending changes.
+type View = (Option<Vec<u8>>, u64);
+
 /// One invocation's view of the buckets: grants, limits, buffered writes.
 pub struct Txn {
     backend: Arc<dyn Backend>,
@@ -34,7 +37,7 @@ pub struct Txn {
     /// Pending buffers of the lane that this one read through.
     after: BTreeSet<Mark>,
     /// Keys read through the lane's pending changes, as first read.
-    views: BTreeMap<(String, String), (Option<Vec<u8>>, u64)>,
+    views: BTreeMap<(String, String), View>,
     /// The last key of each page `list_keys` returned: cursor n is `cursors[n - 1]`.
     cursors: Vec<String>,
     bytes_written: usize,
