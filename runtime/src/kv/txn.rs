@@ -75,6 +75,14 @@ impl Txn {
     /// changes on top, and whether there were any; the buffers not yet
     /// committed become ones this one must commit after.
     fn committed(&mut self, bucket: &str, key: &str) -> Result<(Option<Vec<u8>>, u64, bool), KvError> {
+        self.committed_as(bucket, key, true)
+    }
+
+    /// As [`Txn::committed`]; with `depend` false (the base of an
+    /// increment, which commits a delta that is right in any order) the
+    /// pending buffers read through are not ones to commit after, and
+    /// nothing is kept as the invocation's view.
+    fn committed_as(&mut self, bucket: &str, key: &str, depend: bool) -> Result<(Option<Vec<u8>>, u64, bool), KvError> {
         let backend = |e: anyhow::Error| KvError::Other(format!("state backend: {e:#}"));
         let Some(o) = self.overlay.clone().filter(|o| o.has(bucket, key)) else {
             let found = self.backend.get(bucket, key).map_err(backend)?;
@@ -97,6 +105,9 @@ impl Txn {
         };
         let (value, version) = found.map_or((None, 0), |v| (Some(v.value), v.version));
         let (value, version) = overlay::apply(value, version, &pending.ops, &applied)?;
+        if !depend {
+            return Ok((value, version, true));
+        }
         for ((mark, _), done) in pending.ops.into_iter().zip(applied) {
             if !done {
                 self.after.insert(mark);
@@ -241,11 +252,11 @@ impl Txn {
             Some(Op::Delete) => (Op::Set(delta.to_string().into_bytes()), delta),
             Some(Op::Add(d)) => {
                 let total = d.checked_add(delta).ok_or_else(overflow)?;
-                let (base, _, _) = self.committed(bucket, key)?;
+                let (base, _, _) = self.committed_as(bucket, key, false)?;
                 (Op::Add(total), add(base.as_deref(), total)?)
             }
             None => {
-                let (base, _, _) = self.committed(bucket, key)?;
+                let (base, _, _) = self.committed_as(bucket, key, false)?;
                 (Op::Add(delta), add(base.as_deref(), delta)?)
             }
         };
