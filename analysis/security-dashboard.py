@@ -41,7 +41,7 @@ def _(args, cd, mo):
 
     Root `{data.root.path}`, {data.period.label}: **{data.scans.height}** scans,
     **{data.sightings.height}** sightings of **{sum(new_counts.values())}** distinct findings.
-    The register (`state/security/vulnerabilities.json`) holds **{aged.height}** open findings.
+    The register (bucket `security`, `cortex state list security --prefix vuln/`) holds **{aged.height}** open findings.
     """),
         mo.hstack([mo.stat(value=str(n), label=f"open {s}") for s, n in open_counts.items()]),
     ])

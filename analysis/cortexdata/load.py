@@ -11,12 +11,12 @@ The sources, as the runtime and the handlers write them (see
 * `events/dead-letter/*.json`: events that failed for good, with forensics.
 * `events/<category>-events.jsonl`: every event as it was queued (what is
   logged but neither archived nor dead-lettered is still pending).
-* `state/<handler>/...`: the files handlers keep for people (the security
-  register, the cost ledger).
+* `state/<handler>/...`: the files handlers keep for people (the cost
+  ledger).
 * `kv/state.db`: the handlers' key-value buckets (SQLite, table
   `kv(bucket, key, value, version)`; values JSON text, counters decimal
   text): heartbeats, workers, routing statistics, failure signatures, the
-  cost totals. Opened read-only, so a running service is not disturbed.
+  cost totals, the security register. Opened read-only, so a running service is not disturbed.
 
 A `Dataset` is one root seen over one `Period` (by event timestamp, start
 inclusive, end exclusive). Frames have fixed schemas, so an empty root gives
@@ -436,14 +436,16 @@ class Dataset:
     @cached_property
     def register(self) -> pl.DataFrame:
         """The security handler's register of findings (its current state,
-        not limited to the period)."""
+        not limited to the period): the `vuln/<id>|<package>|<target>` keys
+        of bucket `security`."""
         schema = {"key": pl.String, "id": pl.String, "severity": pl.String, "package": pl.String,
                   "target": pl.String, "scanner": pl.String, "title": pl.String, "first_seen": TIME,
                   "last_seen": TIME, "occurrences": pl.Int64, "status": pl.String}
-        register = self.root.state("security/vulnerabilities.json", {}) or {}
+        register = {k.removeprefix("vuln/"): v for k, v in self.root.bucket("security").items()
+                    if k.startswith("vuln/") and isinstance(v, dict)}
         rows = [{**v, "key": k, "first_seen": parse_time(v.get("first_seen", "")),
                  "last_seen": parse_time(v.get("last_seen", ""))}
-                for k, v in (register.get("vulnerabilities") or {}).items()]
+                for k, v in register.items()]
         return _frame(rows, schema)
 
     @cached_property

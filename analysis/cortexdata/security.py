@@ -1,7 +1,7 @@
 """Security posture: scans, findings by severity and age, new findings over
 time, and findings that look fixed, from `Dataset.scans` and
 `Dataset.sightings` (the events) and the security handler's register
-(`state/security/vulnerabilities.json`, which keeps every finding "open":
+(bucket `security`, keys `vuln/<id>|<package>|<target>`, which keeps every finding "open":
 the handler has no "fixed" event).
 
 Rules behind the recommendations:

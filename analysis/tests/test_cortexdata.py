@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 
 import polars as pl
 import pytest
@@ -36,7 +37,19 @@ def record(event_type, t, payload, *, source="producer", master=None, outcome="h
             "handlers": [{"name": h, "duration_ms": 2.0, "emitted": []} for h in handlers]}
 
 
-def write_root(path, records, *, state=None, ledger=(), dead=()):
+def write_buckets(path, buckets):
+    """`kv/state.db` with the runtime's schema, holding `buckets` (name -> key -> JSON value)."""
+    (path / "kv").mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path / "kv" / "state.db")
+    db.execute("CREATE TABLE kv (bucket TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, "
+               "version INTEGER NOT NULL, PRIMARY KEY (bucket, key)) WITHOUT ROWID")
+    db.executemany("INSERT INTO kv VALUES (?, ?, ?, 1)",
+                   [(b, k, json.dumps(v).encode()) for b, keys in buckets.items() for k, v in keys.items()])
+    db.commit()
+    db.close()
+
+
+def write_root(path, records, *, state=None, ledger=(), dead=(), buckets=None):
     archive = path / "events" / "archive"
     archive.mkdir(parents=True)
     by_day = {}
@@ -51,6 +64,8 @@ def write_root(path, records, *, state=None, ledger=(), dead=()):
         (path / "state" / "cost" / "ledger").mkdir(parents=True, exist_ok=True)
         (path / "state" / "cost" / "ledger" / "2026-11-23.jsonl").write_text(
             "".join(json.dumps(r) + "\n" for r in ledger))
+    if buckets:
+        write_buckets(path, buckets)
     (path / "events" / "dead-letter").mkdir(parents=True)
     for i, d in enumerate(dead):
         (path / "events" / "dead-letter" / f"{i}.json").write_text(json.dumps(d))
@@ -172,17 +187,18 @@ def test_error_shapes_mask_numbers():
 
 
 def test_security_age_fixed_and_gaps(tmp_path):
-    register = {"vulnerabilities": {
-        "CVE-1|openssl|api": {"id": "CVE-1", "severity": "critical", "package": "openssl", "target": "api",
+    register = {
+        "vuln/CVE-1|openssl|api": {"id": "CVE-1", "severity": "critical", "package": "openssl", "target": "api",
                               "scanner": "trivy", "first_seen": stamp(at(0)), "last_seen": stamp(at(48)),
                               "occurrences": 3, "status": "open"},
-        "CVE-2|zlib|api": {"id": "CVE-2", "severity": "low", "package": "zlib", "target": "api", "scanner": "trivy",
+        "vuln/CVE-2|zlib|api": {"id": "CVE-2", "severity": "low", "package": "zlib", "target": "api", "scanner": "trivy",
                            "first_seen": stamp(at(0)), "last_seen": stamp(at(24)), "occurrences": 2,
-                           "status": "open"}}}
+                           "status": "open"},
+        "summary": {"open": {"critical": 1, "low": 1}, "total": 2, "updated_at": stamp(at(48))}}
     scans = [record("security.scan_completed", at(h), {"scanner": "trivy", "target": "api",
                                                        "findings": {"critical": 1}}) for h in (0, 24, 48)]
     scans.append(record("security.scan_completed", at(0), {"scanner": "semgrep", "target": "api", "findings": 3}))
-    data = cd.Dataset(write_root(tmp_path, scans, state={"security/vulnerabilities.json": register}),
+    data = cd.Dataset(write_root(tmp_path, scans, buckets={"security": register}),
                       cd.Period(T0, at(72)))
     aged = cd.security.with_age(data.register, at(72))
     assert aged["id"].to_list() == ["CVE-1", "CVE-2"]

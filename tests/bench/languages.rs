@@ -159,8 +159,8 @@ pub fn run() -> Result<Vec<Row>> {
         )
     };
     let real: [(&str, &str, EventFn); 3] = [
-        ("Rust on-worker-complete (state file per event)", "on-worker-complete", &worker),
-        ("Python on-cost-tracking (ledger append + totals rewrite per event)", "on-cost-tracking", &worker),
+        ("Rust on-worker-complete (a key-value record per event)", "on-worker-complete", &worker),
+        ("Python on-cost-tracking (key-value counters + a ledger line per event)", "on-cost-tracking", &worker),
         ("JavaScript on-alert-notify (one emit per event)", "on-alert-notify", &alert),
     ];
     let n = 1000;

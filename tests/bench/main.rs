@@ -9,6 +9,7 @@ mod ingest;
 mod languages;
 mod replay;
 mod service;
+mod state;
 mod store;
 mod webhooks;
 
@@ -93,6 +94,7 @@ fn main() -> anyhow::Result<()> {
     let sections: Vec<(&str, Section)> = vec![
         ("store", store::run),
         ("dispatch", dispatch::run),
+        ("state", state::run),
         ("service", service::run),
         ("ingest", ingest::run),
         ("replay", replay::run),

@@ -2,7 +2,7 @@
 //! `cortex dispatch`: their state (files, and key-value buckets) and the
 //! events they emit.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use cortex_tests::{Root, event};
 use serde_json::{Value, json};
 
@@ -157,15 +157,15 @@ fn security_alert_deduplicates_and_alerts_on_critical_findings() -> Result<()> {
         .line();
     root.batch(&lines)?;
     dispatched(&root)?;
-    let reg = root.read_json("state/security/vulnerabilities.json")?;
-    let vulns = reg["vulnerabilities"].as_object().unwrap();
-    assert_eq!(vulns.len(), 2);
-    let openssl = vulns.values().find(|v| v["id"] == "CVE-2025-0001").unwrap();
+    assert_eq!(root.ok(&["state", "list", "security", "--prefix", "vuln/"])?.lines().count(), 2);
+    let openssl = root.state_value("security", "vuln/CVE-2025-0001|openssl|api")?.context("no register entry")?;
     assert_eq!(openssl["occurrences"], 2);
-    let summary = root.read_json("state/security/summary.json")?;
+    let summary = root.state_value("security", "summary")?.context("no summary")?;
     assert_eq!(summary["open"]["critical"], 1);
     assert_eq!(summary["total"], 2);
-    assert_eq!(root.read_json("state/security/scans.json")?["scans"].as_array().unwrap().len(), 2);
+    assert_eq!(root.state_value("security", "scans")?, Some(json!(2)));
+    let last = root.state_value("security", "scan/001")?.context("no second scan")?;
+    assert_eq!(last["scan_id"], "s-2");
     let alerts = archived_events_of(&root, "system.health_alert")?;
     assert_eq!(alerts.len(), 2, "one for the new critical CVE (not its repeat), one for the scan with high findings");
     assert!(alerts.iter().all(|a| a["metadata"]["priority"] == "critical" && a["payload"]["component"] == "security"));

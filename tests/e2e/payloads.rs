@@ -36,8 +36,8 @@ fn a_critical_cve_sent_as_cve_id_raises_the_alert() -> Result<()> {
     assert_eq!(alert["payload"]["vulnerability"]["id"], "CVE-2025-55555", "{alert}");
     assert_eq!(alert["payload"]["source_event"], id.as_str());
     assert_eq!(alert["metadata"]["priority"], "critical");
-    let register = root.read_json("state/security/vulnerabilities.json")?;
-    assert!(register["vulnerabilities"]["CVE-2025-55555|openssl|api"].is_object(), "{register}");
+    let entry = root.state_value("security", "vuln/CVE-2025-55555|openssl|api")?;
+    assert!(entry.is_some_and(|v| v.is_object()), "not registered");
     Ok(())
 }
 
@@ -120,7 +120,7 @@ fn an_unusable_payload_is_dead_lettered_after_one_attempt() -> Result<()> {
         "{failure}"
     );
     assert!(message.contains(r#"got "lots""#), "{failure}");
-    assert!(root.read_json("state/security/scans.json").is_err(), "a refused scan is not logged");
+    assert!(root.state_value("security", "scans")?.is_none(), "a refused scan is not logged");
     Ok(())
 }
 
@@ -143,7 +143,7 @@ fn an_unknown_field_is_named_in_one_warn_line() -> Result<()> {
     );
     assert!(!out.stderr.contains("rotate the keys"), "the value is not logged:\n{}", out.stderr);
     // The event itself was handled.
-    assert!(root.read_json("state/security/vulnerabilities.json")?["vulnerabilities"]["CVE-2025-1||"].is_object());
+    assert!(root.state_value("security", "vuln/CVE-2025-1||")?.is_some_and(|v| v.is_object()));
     Ok(())
 }
 

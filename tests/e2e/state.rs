@@ -161,21 +161,126 @@ fn bucket_names_are_checked_and_the_database_directory_is_the_runtimes() -> Resu
 }
 
 #[test]
-fn a_crash_after_the_state_commit_applies_each_event_once() -> Result<()> {
+fn a_crash_at_any_step_applies_each_event_once() -> Result<()> {
+    let points = [
+        "dispatch.handler-done",
+        "state.before-commit",
+        "state.committed",
+        "settle.written",
+        "settle.synced",
+        "settle.renamed",
+        "settle.dir-synced",
+        "settle.archived",
+    ];
+    for point in points {
+        let root = counter_root("")?;
+        let config = std::fs::read_to_string(root.join("cortex.toml"))?.replace("lease_secs = 300", "lease_secs = 1");
+        std::fs::write(root.join("cortex.toml"), config)?;
+        root.batch(&jsonl((0..5).map(|_| event("task.created").payload(serde_json::json!({"rmw": true})))))?;
+        let out: cortex_tests::Out = root.failpoint_command(point).args(["dispatch"]).output()?.into();
+        assert_ne!(out.code, 0, "{point}: the fail point did not fire: {}", out.stderr);
+        if point == "state.committed" {
+            assert!(number(&root, "total")? > 0, "{point}: the state commit happened before the crash");
+            assert!(root.archived()?.is_empty(), "{point}: the crash came before the first settlement");
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        let s = root.dispatch()?;
+        assert_eq!(s["dead_lettered"], 0, "{point}: {s}");
+        assert!(root.files("events/queue").is_empty() && root.files("events/claimed").is_empty(), "{point}");
+        assert_eq!(number(&root, "total")?, 5, "{point}: each event applied exactly once");
+        assert_eq!(number(&root, "rmw")?, 5, "{point}: each read-then-write applied exactly once");
+    }
+    Ok(())
+}
+
+/// A small xorshift generator: the kill test's moments, reproducible from
+/// the seed it prints.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[test]
+fn fifty_random_kill_9_of_the_service_lose_and_double_no_state_change() -> Result<()> {
     let root = counter_root("")?;
-    let config = std::fs::read_to_string(root.join("cortex.toml"))?.replace("lease_secs = 300", "lease_secs = 1");
+    // An event in flight at several kills is delivered as often: it must
+    // not be dead-lettered for it.
+    let config = std::fs::read_to_string(root.join("cortex.toml"))?.replace("max_attempts = 3", "max_attempts = 1000");
     std::fs::write(root.join("cortex.toml"), config)?;
-    root.batch(&jsonl((0..5).map(|_| event("task.created").payload(serde_json::json!({})))))?;
-    let out: cortex_tests::Out = root.failpoint_command("state.committed").args(["dispatch"]).output()?.into();
-    assert_ne!(out.code, 0, "the fail point did not fire: {}", out.stderr);
-    let applied = number(&root, "total")?;
-    assert!(applied > 0, "the state commit happened before the crash");
-    assert!(root.archived()?.is_empty(), "the crash came before the settlement of the first batch");
-    std::thread::sleep(Duration::from_millis(1100));
-    let s = root.dispatch()?;
-    assert_eq!(s["dead_lettered"], 0, "{s}");
-    assert_eq!(root.archived()?.len(), 5);
-    assert_eq!(number(&root, "total")?, 5, "redelivered events found their marks: none applied twice");
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64 | 1;
+    eprintln!("kill -9 test seed: {seed}");
+    let mut rng = Rng(seed);
+    let mut emitted = 0u64;
+    for round in 0..50 {
+        let svc = root.serve()?;
+        // Events arrive while the service runs; it dies at a random moment
+        // of handling them (or of the next start's recovery).
+        let n = 10 + rng.below(30);
+        let ids =
+            root.batch(&jsonl((0..n).map(|_| event("task.created").payload(serde_json::json!({"rmw": true})))))?;
+        assert_eq!(ids.len() as u64, n, "round {round}: every event was queued");
+        emitted += n;
+        std::thread::sleep(Duration::from_millis(rng.below(60)));
+        drop(svc); // SIGKILL
+    }
+    let svc = root.serve()?;
+    cortex_tests::wait_for(Duration::from_secs(60), || {
+        Ok(root.files("events/queue").is_empty() && root.claims().is_empty())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}: the queue did not drain:\n{}", svc.log_text()))?;
+    assert_eq!(svc.stop()?, 0);
+    assert!(root.dead_letters()?.is_empty(), "seed {seed}");
+    assert_eq!(number(&root, "total")?, emitted, "seed {seed}: every distinct event counted exactly once");
+    assert_eq!(number(&root, "counts/task.created")?, emitted, "seed {seed}");
+    assert_eq!(number(&root, "rmw")?, emitted, "seed {seed}: every read-then-write applied exactly once");
+    Ok(())
+}
+
+#[test]
+fn state_set_and_delete_repair_one_key_and_are_refused_while_a_service_runs() -> Result<()> {
+    let root = counter_root("")?;
+    root.ok(&["state", "set", "counters", "total", "41"])?;
+    assert_eq!(root.ok(&["state", "get", "counters", "total"])?, "41\n");
+    root.emit("task.created", "{}")?;
+    root.dispatch()?;
+    assert_eq!(number(&root, "total")?, 42, "the handler counts on from the repaired value");
+    // JSON is checked unless --raw; `-` reads stdin.
+    let out = root.fails(&["state", "set", "counters", "note", "not json"])?;
+    assert!(out.stderr.contains("not JSON") && out.stderr.contains("--raw"), "{}", out.stderr);
+    root.ok(&["state", "set", "counters", "note", "--raw", "not json"])?;
+    assert_eq!(root.ok(&["state", "get", "counters", "note"])?, "not json\n");
+    let out = root.run_with(&["state", "set", "counters", "doc", "-"], br#"{"a": [1, 2]}"#)?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(root.ok(&["state", "get", "counters", "doc"])?, "{\"a\": [1, 2]}\n");
+    root.ok(&["state", "delete", "counters", "note"])?;
+    let out = root.fails(&["state", "get", "counters", "note"])?;
+    assert!(out.stderr.contains("has no key note"), "{}", out.stderr);
+    let out = root.fails(&["state", "delete", "counters", "note"])?;
+    assert!(out.stderr.contains("has no key note"), "{}", out.stderr);
+    let out = root.fails(&["state", "set", "Bad", "k", "1"])?;
+    assert!(out.stderr.contains("bad bucket name"), "{}", out.stderr);
+
+    // While a service holds the root: refused, naming it, unless --force.
+    let svc = root.serve()?;
+    let pid = svc.child.id().to_string();
+    for args in [vec!["state", "set", "counters", "total", "0"], vec!["state", "delete", "counters", "doc"]] {
+        let out = root.fails(&args)?;
+        assert!(out.stderr.contains("cortex serve") && out.stderr.contains(&pid), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains("--force"), "{}", out.stderr);
+    }
+    assert_eq!(number(&root, "total")?, 42, "nothing was written");
+    assert!(root.ok(&["state", "get", "counters", "doc"]).is_ok(), "nothing was deleted");
+    root.ok(&["state", "set", "counters", "total", "7", "--force"])?;
+    root.ok(&["state", "delete", "counters", "doc", "--force"])?;
+    assert_eq!(number(&root, "total")?, 7);
+    assert!(root.fails(&["state", "get", "counters", "doc"]).is_ok());
+    assert_eq!(svc.stop()?, 0);
     Ok(())
 }
 
@@ -203,6 +308,7 @@ fn replay_applies_again_on_purpose_and_a_dead_letter_retry_applies_once() -> Res
         mark,
         ops: vec![("settings".into(), "ready".into(), Op::Set(b"1".to_vec()))],
         reads: vec![],
+        after: vec![],
     }])?;
     root.ok(&["dlq", "retry", &failing])?;
     let s = root.dispatch()?;

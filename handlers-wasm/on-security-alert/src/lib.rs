@@ -1,8 +1,15 @@
 //! `on-security-alert`: turns scanner output into a deduplicated register of
-//! open vulnerabilities (`/state/security/vulnerabilities.json`), a log of
-//! scans (`scans.json`) and a summary by severity (`summary.json`), and raises
-//! one critical `system.health_alert` per newly found critical or high
-//! vulnerability and per scan that found any.
+//! open vulnerabilities, a log of scans and a summary by severity, all in
+//! the `security` key-value bucket, and raises one critical
+//! `system.health_alert` per newly found critical or high vulnerability and
+//! per scan that found any.
+//!
+//! The bucket: `vuln/<id>|<package>|<target>` one [`Vulnerability`] each;
+//! `summary` the open vulnerabilities by severity ([`Summary`]); `scans` the
+//! number of scans logged and `scan/NNN` the last [`MAX_SCANS`] of them, a
+//! ring (scan n is at `scan/{(n - 1) % 200}`). The host commits the writes
+//! with the event, so a redelivered event applies once: no seen-id list.
+//! `cortex state dump security` shows it all.
 //!
 //! Producers name things differently: the vulnerability id may come as `id`,
 //! `cve_id`, `cve` or `vulnerability_id`, and a scan's `findings` as a count,
@@ -12,16 +19,20 @@
 //! refused as not retryable. The file is past 500 lines for its tests: one
 //! per accepted shape and per refusal.
 
-use cortex_sdk::state::{self, already_applied, duplicate_summary, keep_last, remember};
+use cortex_sdk::kv::{self, Bucket};
 use cortex_sdk::{Contract, Emit, Event, Handler, Leftover, Priority, Reader, Result, Value, json};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-const REGISTER: &str = "/state/security/vulnerabilities.json";
-const SCANS: &str = "/state/security/scans.json";
-const SUMMARY: &str = "/state/security/summary.json";
-/// Scans kept in the log.
-const MAX_SCANS: usize = 200;
+/// The handler's bucket (`keyvalue = ["security"]`).
+const BUCKET: &str = "security";
+/// Register entries: `vuln/<id>|<package>|<target>`.
+const VULN: &str = "vuln/";
+const SUMMARY: &str = "summary";
+/// The number of scans ever logged.
+const SCANS: &str = "scans";
+/// Scans kept in the log (the ring `scan/000` .. `scan/199`).
+const MAX_SCANS: u64 = 200;
 const SEVERITIES: [&str; 5] = ["critical", "high", "medium", "low", "info"];
 /// The names a vulnerability id comes under, tried in this order.
 const VULNERABILITY_ID: [&str; 4] = ["id", "cve_id", "cve", "vulnerability_id"];
@@ -40,37 +51,21 @@ impl Handler for OnSecurityAlert {
     ];
 
     fn handle(event: Event) -> Result<String> {
-        let mut register: Register = state::load(REGISTER)?;
-        if already_applied(&register.recent_event_ids, &event.id) {
-            return Ok(duplicate_summary(&event.id));
-        }
-        let mut scans: Scans = state::load(SCANS)?;
-        let applied = apply(&mut register, &mut scans, &event)?;
+        let bucket = Bucket::open(BUCKET)?;
+        let applied = apply(&bucket, &event)?;
         applied.leftover.warn();
+        // Queued emits and the writes are committed together, only if this
+        // returns Ok.
         for follow_up in applied.follow_ups {
             follow_up.send()?;
         }
-        if applied.scan_logged {
-            state::save(SCANS, &scans)?;
-        }
-        state::save(SUMMARY, &summary(&register, &scans, &event.timestamp))?;
-        // Saved last: it holds the applied ids, so a crash before this point
-        // lets the redelivery apply the event again (a scan is logged once
-        // per event id, and the summary is recomputed).
-        state::save(REGISTER, &register)?;
         Ok(applied.summary)
     }
 }
 
 cortex_sdk::handler!(OnSecurityAlert);
 
-/// `/state/security/vulnerabilities.json`: keyed by `<id>|<package>|<target>`.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Register {
-    vulnerabilities: BTreeMap<String, Vulnerability>,
-    recent_event_ids: Vec<String>,
-}
-
+/// One register entry: the value of `vuln/<id>|<package>|<target>`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Vulnerability {
     id: String,
@@ -86,12 +81,7 @@ struct Vulnerability {
     status: String,
 }
 
-/// `/state/security/scans.json`.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Scans {
-    scans: Vec<Scan>,
-}
-
+/// One logged scan: the value of `scan/NNN`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Scan {
     scan_id: String,
@@ -107,32 +97,58 @@ struct Scan {
     duration_ms: Option<u64>,
 }
 
-/// `/state/security/summary.json`: derived from the register and the scan log.
-#[derive(Debug, Serialize, PartialEq)]
+/// `summary`: unique open vulnerabilities by severity, kept as the
+/// register changes (a severity changed by a later sighting moves its count).
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Summary {
-    /// Unique open vulnerabilities by severity.
     open: BTreeMap<String, u64>,
     total: u64,
-    last_scan: Option<Scan>,
     updated_at: String,
+}
+
+impl Default for Summary {
+    fn default() -> Summary {
+        Summary { open: SEVERITIES.iter().map(|s| (s.to_string(), 0)).collect(), total: 0, updated_at: String::new() }
+    }
+}
+
+impl Summary {
+    /// One open vulnerability went from severity `from` (`None`: new) to `to`.
+    fn moved(&mut self, from: Option<&str>, to: &str, now: &str) {
+        if let Some(from) = from {
+            let n = self.open.entry(from.to_string()).or_default();
+            *n = n.saturating_sub(1);
+        }
+        *self.open.entry(to.to_string()).or_default() += 1;
+        self.total = self.open.values().sum();
+        self.updated_at = now.to_string();
+    }
 }
 
 #[derive(Debug)]
 struct Applied {
     summary: String,
     follow_ups: Vec<Emit>,
-    scan_logged: bool,
     leftover: Leftover,
 }
 
-fn apply(register: &mut Register, scans: &mut Scans, event: &Event) -> Result<Applied> {
-    let applied = match event.event_type.as_str() {
-        VULNERABILITY_FOUND => vulnerability_found(register, event)?,
-        SCAN_COMPLETED => scan_completed(scans, event)?,
-        other => return Err(format!("event type {other} is not handled by on-security-alert").into()),
-    };
-    remember(&mut register.recent_event_ids, &event.id);
-    Ok(applied)
+/// Applies one event to the bucket (buffered by the host until commit).
+fn apply(bucket: &Bucket, event: &Event) -> Result<Applied> {
+    match event.event_type.as_str() {
+        VULNERABILITY_FOUND => vulnerability_found(bucket, event),
+        SCAN_COMPLETED => {
+            let (scan, applied) = scan_completed(event)?;
+            let n = bucket.increment(SCANS, 1)?;
+            bucket.set(&scan_key(n), &scan)?;
+            Ok(applied)
+        }
+        other => Err(format!("event type {other} is not handled by on-security-alert").into()),
+    }
+}
+
+/// Where scan number `n` (from 1) is kept.
+fn scan_key(n: u64) -> String {
+    format!("scan/{:03}", (n.max(1) - 1) % MAX_SCANS)
 }
 
 /// A `security.vulnerability_found` payload.
@@ -172,13 +188,20 @@ fn read_severity(p: &mut Reader, key: &str) -> Result<&'static str> {
     })
 }
 
-fn vulnerability_found(register: &mut Register, event: &Event) -> Result<Applied> {
+fn vulnerability_found(bucket: &Bucket, event: &Event) -> Result<Applied> {
     let (s, leftover) = Sighting::read(event)?;
     let id = s.id;
-    let key = format!("{id}|{}|{}", s.package.as_deref().unwrap_or(""), s.target.as_deref().unwrap_or(""));
-
-    let new = !register.vulnerabilities.contains_key(&key);
-    let v = register.vulnerabilities.entry(key).or_insert_with(|| Vulnerability {
+    let key = format!("{VULN}{id}|{}|{}", s.package.as_deref().unwrap_or(""), s.target.as_deref().unwrap_or(""));
+    if !kv::valid_key(&key) {
+        return Err(cortex_sdk::Error::refuse(format!(
+            "payload.id, package and target together are too long to register ({} bytes; at most 1019)",
+            key.len() - VULN.len()
+        )));
+    }
+    let old: Option<Vulnerability> = bucket.get(&key)?;
+    let new = old.is_none();
+    let old_severity = old.as_ref().map(|v| v.severity.clone());
+    let mut v = old.unwrap_or_else(|| Vulnerability {
         id: id.clone(),
         first_seen: event.timestamp.clone(),
         status: "open".into(),
@@ -194,6 +217,12 @@ fn vulnerability_found(register: &mut Register, event: &Event) -> Result<Applied
     v.target = s.target.or(v.target.take());
     v.title = s.title.or(v.title.take());
     v.scanner = s.scanner.or(v.scanner.take());
+    bucket.set(&key, &v)?;
+    if old_severity.as_deref() != Some(severity) {
+        let mut summary: Summary = bucket.get(SUMMARY)?.unwrap_or_default();
+        summary.moved(old_severity.as_deref(), severity, &event.timestamp);
+        bucket.set(SUMMARY, &summary)?;
+    }
 
     let what = format!("{severity} {id}{}", v.package.as_deref().map(|p| format!(" in {p}")).unwrap_or_default());
     let mut follow_ups = Vec::new();
@@ -209,7 +238,7 @@ fn vulnerability_found(register: &mut Register, event: &Event) -> Result<Applied
     } else {
         format!("{what} seen again ({} sightings)", v.occurrences)
     };
-    Ok(Applied { summary, follow_ups, scan_logged: false, leftover })
+    Ok(Applied { summary, follow_ups, leftover })
 }
 
 /// What a scan found: counts per severity, or only a total.
@@ -267,7 +296,8 @@ fn read_findings(p: &mut Reader, event_type: &str) -> Result<Findings> {
     Ok(Findings { counts, total_only })
 }
 
-fn scan_completed(scans: &mut Scans, event: &Event) -> Result<Applied> {
+/// The scan to log and what to say and raise about it.
+fn scan_completed(event: &Event) -> Result<(Scan, Applied)> {
     let mut p = Reader::new(event);
     let findings = read_findings(&mut p, &event.event_type)?;
     let scan = Scan {
@@ -294,11 +324,7 @@ fn scan_completed(scans: &mut Scans, event: &Event) -> Result<Applied> {
         follow_ups.push(alert("scan", details, event));
         summary.push_str(": health alert raised");
     }
-    if !scans.scans.iter().any(|s| s.event_id == scan.event_id) {
-        scans.scans.push(scan);
-        keep_last(&mut scans.scans, MAX_SCANS);
-    }
-    Ok(Applied { summary, follow_ups, scan_logged: true, leftover })
+    Ok((scan, Applied { summary, follow_ups, leftover }))
 }
 
 /// A critical `system.health_alert` carrying `details` under `key`.
@@ -321,14 +347,6 @@ fn severity(s: &str) -> Option<&'static str> {
     }
 }
 
-fn summary(register: &Register, scans: &Scans, now: &str) -> Summary {
-    let mut open: BTreeMap<String, u64> = SEVERITIES.iter().map(|s| (s.to_string(), 0)).collect();
-    for v in register.vulnerabilities.values().filter(|v| v.status == "open") {
-        *open.entry(v.severity.clone()).or_default() += 1;
-    }
-    Summary { total: open.values().sum(), open, last_scan: scans.scans.last().cloned(), updated_at: now.into() }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,11 +364,29 @@ mod tests {
         event(n, "security.vulnerability_found", payload)
     }
 
+    /// The bucket (an empty in-memory map per test thread).
+    fn bucket() -> Bucket {
+        Bucket::open(BUCKET).unwrap()
+    }
+
+    fn entry(b: &Bucket, key: &str) -> Vulnerability {
+        b.get(&format!("{VULN}{key}")).unwrap().unwrap()
+    }
+
+    fn summary(b: &Bucket) -> Summary {
+        b.get(SUMMARY).unwrap().unwrap_or_default()
+    }
+
+    /// The latest scan logged.
+    fn last_scan(b: &Bucket) -> Scan {
+        b.get(&scan_key(b.counter(SCANS).unwrap())).unwrap().unwrap()
+    }
+
     #[test]
     fn a_new_high_vulnerability_alerts_once() {
-        let (mut r, mut s) = (Register::default(), Scans::default());
+        let b = bucket();
         let payload = json!({"cve": "CVE-2025-1234", "severity": "HIGH", "package": "openssl", "target": "api"});
-        let a = apply(&mut r, &mut s, &vuln(1, payload.clone())).unwrap();
+        let a = apply(&b, &vuln(1, payload.clone())).unwrap();
         assert_eq!(a.follow_ups.len(), 1);
         let alert = &a.follow_ups[0];
         assert_eq!(alert.event_type, "system.health_alert");
@@ -361,88 +397,88 @@ mod tests {
         assert_eq!(alert.payload["vulnerability"]["severity"], "high");
         assert_eq!(alert.payload["source_event"], "evt_20251201_120001_sec001");
 
-        let again = apply(&mut r, &mut s, &vuln(2, payload)).unwrap();
+        let again = apply(&b, &vuln(2, payload)).unwrap();
         assert!(again.follow_ups.is_empty(), "a repeat sighting does not alert");
-        let v = &r.vulnerabilities["CVE-2025-1234|openssl|api"];
+        let v = entry(&b, "CVE-2025-1234|openssl|api");
         assert_eq!((v.occurrences, v.first_seen.as_str()), (2, "2025-12-01T12:00:01+01:00"));
         assert_eq!(v.last_seen, "2025-12-01T12:00:02+01:00");
 
         // Another target is another vulnerability.
         let other = json!({"cve": "CVE-2025-1234", "severity": "high", "package": "openssl", "target": "web"});
-        assert_eq!(apply(&mut r, &mut s, &vuln(3, other)).unwrap().follow_ups.len(), 1);
-        assert_eq!(r.vulnerabilities.len(), 2);
+        assert_eq!(apply(&b, &vuln(3, other)).unwrap().follow_ups.len(), 1);
+        assert_eq!(b.keys(VULN).unwrap().len(), 2);
     }
 
     #[test]
     fn medium_vulnerabilities_are_registered_quietly_and_summarised() {
-        let (mut r, mut s) = (Register::default(), Scans::default());
+        let b = bucket();
         for (n, sev) in [(1, "medium"), (2, "Low"), (3, "critical")] {
-            apply(&mut r, &mut s, &vuln(n, json!({"id": format!("GHSA-{n}"), "severity": sev}))).unwrap();
+            apply(&b, &vuln(n, json!({"id": format!("GHSA-{n}"), "severity": sev}))).unwrap();
         }
-        let sum = summary(&r, &s, "now");
+        let sum = summary(&b);
         assert_eq!((sum.total, sum.open["medium"], sum.open["low"], sum.open["critical"]), (3, 1, 1, 1));
         assert_eq!(sum.open["high"], 0);
     }
 
     #[test]
     fn bad_vulnerability_payloads_are_errors() {
-        let (mut r, mut s) = (Register::default(), Scans::default());
-        let err = apply(&mut r, &mut s, &vuln(1, json!({"severity": "high"}))).unwrap_err();
+        let b = bucket();
+        let err = apply(&b, &vuln(1, json!({"severity": "high"}))).unwrap_err();
         assert_eq!(err.message(), "payload.id (or cve_id, cve, vulnerability_id) is required (a string)");
         assert!(!err.is_retryable());
-        let err = apply(&mut r, &mut s, &vuln(2, json!({"id": "x", "severity": "severe"}))).unwrap_err();
+        let err = apply(&b, &vuln(2, json!({"id": "x", "severity": "severe"}))).unwrap_err();
         assert!(err.message().starts_with("payload.severity must be critical, high"), "{err}");
         assert!(!err.is_retryable());
-        let err = apply(&mut r, &mut s, &vuln(3, json!({"id": "x"}))).unwrap_err();
+        let err = apply(&b, &vuln(3, json!({"id": "x"}))).unwrap_err();
         assert!(err.message().contains("payload.severity") && !err.is_retryable(), "{err}");
-        assert!(r.vulnerabilities.is_empty() && r.recent_event_ids.is_empty());
+        assert!(b.keys("").unwrap().is_empty(), "a refused event writes nothing");
     }
 
     #[test]
     fn scans_are_logged_and_alert_on_critical_or_high_findings() {
-        let (mut r, mut s) = (Register::default(), Scans::default());
+        let b = bucket();
         let clean = event(1, "security.scan_completed", json!({"scanner": "trivy", "findings": {"medium": 2}}));
-        let a = apply(&mut r, &mut s, &clean).unwrap();
+        let a = apply(&b, &clean).unwrap();
         assert!(a.follow_ups.is_empty());
-        assert_eq!(s.scans[0].scan_id, "evt_20251201_120001_sec001", "scan id defaults to the event id");
-        assert_eq!(s.scans[0].findings["medium"], 2);
+        assert_eq!(last_scan(&b).scan_id, "evt_20251201_120001_sec001", "scan id defaults to the event id");
+        assert_eq!(last_scan(&b).findings["medium"], 2);
 
         let bad = event(2, "security.scan_completed", json!({"scan_id": "scan-9", "findings": {"critical": 1}}));
-        let a = apply(&mut r, &mut s, &bad).unwrap();
+        let a = apply(&b, &bad).unwrap();
         assert_eq!(a.follow_ups[0].payload["scan"]["findings"]["critical"], 1);
         assert_eq!(a.follow_ups[0].payload["scan"]["scan_id"], "scan-9");
-        assert_eq!(s.scans.len(), 2);
-        assert_eq!(summary(&r, &s, "now").last_scan.unwrap().scan_id, "scan-9");
+        assert_eq!(b.counter(SCANS).unwrap(), 2);
+        assert_eq!(last_scan(&b).scan_id, "scan-9");
 
         let wrong = event(3, "security.scan_completed", json!({"findings": {"high": "lots"}}));
-        let err = apply(&mut r, &mut s, &wrong).unwrap_err();
+        let err = apply(&b, &wrong).unwrap_err();
         assert!(err.message().starts_with("payload.findings.high must be a non-negative whole number"), "{err}");
         assert!(!err.is_retryable());
     }
 
     #[test]
     fn a_critical_cve_sent_as_cve_id_raises_the_alert() {
-        let (mut r, mut s) = (Register::default(), Scans::default());
+        let b = bucket();
         for (n, key) in [(1, "cve_id"), (2, "vulnerability_id"), (3, "id"), (4, "cve")] {
             let e = vuln(n, json!({key: format!("CVE-2025-000{n}"), "severity": "critical", "package": "openssl"}));
-            let a = apply(&mut r, &mut s, &e).unwrap();
+            let a = apply(&b, &e).unwrap();
             assert_eq!(a.follow_ups[0].payload["vulnerability"]["id"], format!("CVE-2025-000{n}"), "{key}");
             assert!(a.leftover.ignored.is_empty());
         }
         // The first synonym present wins; blank text counts as absent.
         let both = vuln(5, json!({"id": " ", "cve_id": "CVE-2025-0009", "cve": "CVE-OTHER", "severity": "low"}));
-        apply(&mut r, &mut s, &both).unwrap();
-        assert!(r.vulnerabilities.contains_key("CVE-2025-0009||"), "{:?}", r.vulnerabilities.keys());
+        apply(&b, &both).unwrap();
+        assert!(b.exists("vuln/CVE-2025-0009||").unwrap(), "{:?}", b.keys(VULN).unwrap());
     }
 
     #[test]
     fn unknown_fields_are_named_not_dropped_silently() {
-        let (mut r, mut s) = (Register::default(), Scans::default());
+        let b = bucket();
         let e = vuln(
             1,
             json!({"cve_id": "CVE-1", "severity": "high", "recommendation": "upgrade", "repo": "api", "package": "x"}),
         );
-        let a = apply(&mut r, &mut s, &e).unwrap();
+        let a = apply(&b, &e).unwrap();
         assert_eq!(a.leftover.ignored, ["recommendation", "repo"]);
         assert_eq!(
             a.leftover.message().unwrap(),
@@ -452,25 +488,25 @@ mod tests {
 
     #[test]
     fn findings_come_as_a_count_a_map_or_a_list() {
-        let (mut r, mut s) = (Register::default(), Scans::default());
+        let b = bucket();
         let scan = |n: u32, findings: Value| event(n, "security.scan_completed", json!({"findings": findings}));
 
         for (n, count) in [(1, json!(3)), (2, json!("3"))] {
-            let a = apply(&mut r, &mut s, &scan(n, count)).unwrap();
+            let a = apply(&b, &scan(n, count)).unwrap();
             assert!(a.follow_ups.is_empty(), "a bare count has no severities to alert on");
             assert!(a.summary.contains("3 findings, severities not given"), "{}", a.summary);
-            assert_eq!(s.scans.last().unwrap().findings_total, Some(3));
+            assert_eq!(last_scan(&b).findings_total, Some(3));
         }
         let per_severity = json!({"High": "2", "moderate": 1, "negligible": 4, "total": 7});
-        let a = apply(&mut r, &mut s, &scan(3, per_severity)).unwrap();
-        let found = &s.scans.last().unwrap().findings;
+        let a = apply(&b, &scan(3, per_severity)).unwrap();
+        let found = &last_scan(&b).findings;
         assert_eq!((found["high"], found["medium"], found["unknown"]), (2, 1, 4));
         assert!(!found.contains_key("total"));
         assert_eq!(a.follow_ups[0].payload["scan"]["findings"]["high"], 2);
         let list = json!([{"id": "CVE-1", "severity": "CRITICAL"}, {"id": "CVE-2", "severity": "low"}]);
-        let a = apply(&mut r, &mut s, &scan(4, list)).unwrap();
+        let a = apply(&b, &scan(4, list)).unwrap();
         assert_eq!(a.follow_ups[0].payload["scan"]["findings"]["critical"], 1);
-        assert_eq!(s.scans.last().unwrap().findings_total, None);
+        assert_eq!(last_scan(&b).findings_total, None);
 
         for (n, bad, named) in [
             (5, json!("lots"), "payload.findings must be a count, an object of counts per severity or a list"),
@@ -478,17 +514,17 @@ mod tests {
             (7, json!([{"id": "CVE-1"}]), "payload.findings[0].severity is required"),
             (8, json!(["CVE-1"]), "payload.findings[0] must be an object with a severity"),
         ] {
-            let err = apply(&mut r, &mut s, &scan(n, bad)).unwrap_err();
+            let err = apply(&b, &scan(n, bad)).unwrap_err();
             assert!(!err.is_retryable() && err.message().starts_with(named), "{err}");
         }
-        assert_eq!(s.scans.len(), 4, "a refused scan is not logged");
+        assert_eq!(b.counter(SCANS).unwrap(), 4, "a refused scan is not logged");
     }
 
     /// Parses without state, as the contract check needs.
     fn read(e: &Event) -> Result<Leftover> {
         match e.event_type.as_str() {
             VULNERABILITY_FOUND => Sighting::read(e).map(|(_, left)| left),
-            _ => scan_completed(&mut Scans::default(), e).map(|a| a.leftover),
+            _ => scan_completed(e).map(|(_, a)| a.leftover),
         }
     }
 
@@ -516,12 +552,38 @@ mod tests {
 
     #[test]
     fn fixtures_apply() {
-        let (mut r, mut s) = (Register::default(), Scans::default());
+        let b = bucket();
         for text in
             [include_str!("../fixtures/vulnerability-found.json"), include_str!("../fixtures/scan-completed.json")]
         {
             let e = Event::from_envelope_json(text).unwrap();
-            assert_eq!(apply(&mut r, &mut s, &e).unwrap().follow_ups.len(), 1);
+            assert_eq!(apply(&b, &e).unwrap().follow_ups.len(), 1);
         }
+    }
+
+    #[test]
+    fn a_severity_changed_by_a_later_sighting_moves_its_count() {
+        let b = bucket();
+        apply(&b, &vuln(1, json!({"id": "CVE-1", "severity": "low"}))).unwrap();
+        apply(&b, &vuln(2, json!({"id": "CVE-1", "severity": "high"}))).unwrap();
+        let sum = summary(&b);
+        assert_eq!((sum.open["low"], sum.open["high"], sum.total), (0, 1, 1));
+        assert_eq!(sum.updated_at, "2025-12-01T12:00:02+01:00");
+    }
+
+    #[test]
+    fn the_scan_log_is_a_ring_of_the_last_two_hundred() {
+        let b = bucket();
+        for n in 0..205 {
+            let e = event(n % 60, SCAN_COMPLETED, json!({"scan_id": format!("scan-{n}"), "findings": 0}));
+            apply(&b, &e).unwrap();
+        }
+        assert_eq!(b.keys("scan/").unwrap().len(), 200);
+        assert_eq!(b.counter(SCANS).unwrap(), 205);
+        assert_eq!(last_scan(&b).scan_id, "scan-204");
+        let oldest: Scan = b.get("scan/005").unwrap().unwrap();
+        assert_eq!(oldest.scan_id, "scan-5", "scan 206 would replace it next");
+        let first: Scan = b.get("scan/000").unwrap().unwrap();
+        assert_eq!(first.scan_id, "scan-200");
     }
 }

@@ -92,7 +92,7 @@ pub enum Command {
     /// the claims, the dead letters and the archive: each event with its
     /// handlers and their outcome, duration and time after its parent.
     Trace(trace::Args),
-    /// Handler state: the key-value buckets (read-only).
+    /// Handler state: the key-value buckets; `set`/`delete` repair them.
     State {
         #[command(subcommand)]
         command: state::Command,

@@ -1,9 +1,15 @@
 //! `cortex state`: read handler state (the key-value buckets in
 //! `<root>/kv/state.db`) — the buckets, one value, the keys, a whole bucket
-//! as text or JSON. Read-only: it never creates the database, and takes no
-//! lock a running service would wait on (SQLite WAL readers do not block
-//! its writer). Keys and values are handlers' text, so text output escapes
-//! them.
+//! as text or JSON — and repair it (`set`, `delete`). Reading never creates
+//! the database and takes no lock a running service would wait on (SQLite
+//! WAL readers do not block its writer). Keys and values are handlers'
+//! text, so text output escapes them.
+//!
+//! A repair is one backend transaction ([`Backend::commit`]) under a mark of
+//! its own, so it is atomic and durable like a handler's writes. It is
+//! refused while a `cortex serve` holds the root (`run/services/<pid>.json`
+//! of a live process), unless `--force`: a handler invocation in flight read
+//! the old value and would write over the repair.
 
 use std::io::Write;
 
@@ -12,8 +18,8 @@ use clap::Subcommand;
 use serde_json::{Map, Value};
 
 use super::Outcome;
-use cortex::kv::Backend;
 use cortex::kv::sqlite::SqliteBackend;
+use cortex::kv::{Backend, Changes, Mark, Op};
 use cortex::layout::Layout;
 use cortex::text::escape;
 
@@ -41,6 +47,31 @@ pub enum Command {
         /// `{"hex": "..."}`.
         #[arg(long)]
         json: bool,
+    },
+    /// Repair: sets one key. VALUE is JSON text (checked, stored as given),
+    /// or any bytes with `--raw`; `-` reads it from stdin. Refused while a
+    /// `cortex serve` runs on the root, unless `--force`.
+    Set {
+        bucket: String,
+        key: String,
+        /// The value; `-` reads it from stdin.
+        value: String,
+        /// Store the bytes as they are instead of checking they are JSON.
+        #[arg(long)]
+        raw: bool,
+        /// Write even while a service runs (its in-flight invocations may
+        /// conflict with the repair or overwrite it).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Repair: removes one key (exit 1 when it has none). Refused while a
+    /// `cortex serve` runs on the root, unless `--force`.
+    Delete {
+        bucket: String,
+        key: String,
+        /// Delete even while a service runs.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -77,6 +108,64 @@ fn json_value(bytes: Vec<u8>) -> Value {
             serde_json::json!({ "hex": hex })
         }
     }
+}
+
+/// Refuses a repair while a service runs on the root, unless `force`.
+fn check_no_service(layout: &Layout, force: bool) -> Result<()> {
+    let running = cortex::service::running(layout);
+    if running.is_empty() || force {
+        return Ok(());
+    }
+    let pids: Vec<String> = running.iter().map(|s| s.pid.to_string()).collect();
+    anyhow::bail!(
+        "refusing to change handler state while `cortex serve` runs on {} (pid {}): stop it first, or pass --force \
+         (an invocation in flight may then conflict with the repair or write over it)",
+        layout.root().display(),
+        pids.join(", ")
+    )
+}
+
+/// The bytes to store: VALUE, or stdin for `-`; checked to be JSON unless `raw`.
+fn value_bytes(value: String, raw: bool) -> Result<Vec<u8>> {
+    let bytes = if value == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut buf)
+            .context("failed to read the value from stdin")?;
+        buf
+    } else {
+        value.into_bytes()
+    };
+    if !raw {
+        serde_json::from_slice::<Value>(&bytes).context(
+            "the value is not JSON (handlers read their values as JSON): quote a string as '\"text\"', or pass --raw to store the bytes as they are",
+        )?;
+    }
+    Ok(bytes)
+}
+
+/// Applies one repair in one transaction, under a mark of its own.
+fn repair(layout: &Layout, bucket: &str, key: &str, op: Op) -> Result<()> {
+    cortex::kv::check_bucket(bucket)?;
+    anyhow::ensure!(
+        !key.is_empty() && key.len() <= 1024 && !key.contains('\0'),
+        "bad key {:?}: keys are 1 to 1024 bytes without NUL",
+        escape(key)
+    );
+    let db = SqliteBackend::open(&layout.kv_db())?;
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mark = Mark {
+        event_id: format!("repair-{}-{}", at.as_nanos(), std::process::id()),
+        handler: "cortex state".into(),
+        generation: 0,
+    };
+    db.commit(&[Changes {
+        mark,
+        ops: vec![(bucket.to_string(), key.to_string(), op)],
+        reads: Vec::new(),
+        after: Vec::new(),
+    }])
+    .with_context(|| format!("failed to write key {} of bucket {}", escape(key), escape(bucket)))?;
+    Ok(())
 }
 
 pub fn run(layout: &Layout, command: Command) -> Result<Outcome> {
@@ -139,6 +228,22 @@ pub fn run(layout: &Layout, command: Command) -> Result<Outcome> {
                     writeln!(out, "{}\t{text}", escape(&k))?;
                 }
             }
+        }
+        Command::Set { bucket, key, value, raw, force } => {
+            check_no_service(layout, force)?;
+            repair(layout, &bucket, &key, Op::Set(value_bytes(value, raw)?))?;
+        }
+        Command::Delete { bucket, key, force } => {
+            check_no_service(layout, force)?;
+            let exists = match &db {
+                Some(db) => db.get(&bucket, &key)?.is_some(),
+                None => false,
+            };
+            if !exists {
+                eprintln!("bucket {} has no key {}", escape(&bucket), escape(&key));
+                return Ok(Outcome::Failure);
+            }
+            repair(layout, &bucket, &key, Op::Delete)?;
         }
     }
     Ok(Outcome::Success)
