@@ -187,11 +187,8 @@ def test_security_audit_shows_findings_by_severity(demo, reports):
 
 def test_cost_report_matches_the_ledger_and_the_prices(demo, reports):
     fig = shown(reports["cost-report"])
-    lines = [json.loads(line) for p in sorted((demo.root / "state" / "cost" / "ledger").glob("*.jsonl"))
-             for line in p.read_text().splitlines()]
-    # One line per event id: an event run again (a state conflict of one of
-    # its handlers) appends its line again, as the handler documents.
-    ledger = list({r["event_id"]: r for r in reversed(lines)}.values())
+    ledger = [json.loads(line) for p in (demo.root / "state" / "cost" / "ledger").glob("*.jsonl")
+              for line in p.read_text().splitlines()]
     assert float(fig["cost_usd"]) == pytest.approx(sum(r["cost_usd"] for r in ledger), abs=1e-6)
     assert int(fig["priced_events"]) == len(ledger)
     # Priced again here from the archived worker events and the demo's prices.

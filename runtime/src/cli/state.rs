@@ -162,7 +162,6 @@ fn repair(layout: &Layout, bucket: &str, key: &str, op: Op) -> Result<()> {
         mark,
         ops: vec![(bucket.to_string(), key.to_string(), op)],
         reads: Vec::new(),
-        after: Vec::new(),
     }])
     .with_context(|| format!("failed to write key {} of bucket {}", escape(key), escape(bucket)))?;
     Ok(())

@@ -26,9 +26,6 @@ use crate::route;
 /// Events claimed but not yet settled, at most.
 const MAX_IN_FLIGHT: usize = 512;
 
-/// How often a service prunes the key-value marks.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-
 /// How long an event that waits for a handler that does not load first
 /// stays out of the serving order; doubled each time it is put back again,
 /// up to [`MAX_DEFER`], so a large backlog is not churned every few seconds.
@@ -61,7 +58,6 @@ impl Dispatcher {
     ) -> Result<()> {
         let lease = Duration::from_secs(self.config().dispatch.lease_secs);
         let mut last_recovery = Instant::now();
-        let mut last_prune = Instant::now();
         // Entries this run put back for a handler that does not load.
         let mut deferred = BTreeSet::new();
         loop {
@@ -78,12 +74,6 @@ impl Dispatcher {
                 if r.requeued + r.finished > 0 {
                     tracing::warn!(requeued = r.requeued, finished = r.finished, "recovered stale claims");
                 }
-            }
-            // A service that runs for weeks prunes its key-value marks as
-            // it goes (a run prunes them when it starts).
-            if matches!(mode, Mode::Service { .. }) && last_prune.elapsed() > PRUNE_EVERY {
-                last_prune = Instant::now();
-                self.prune_marks(&self.config());
             }
             in_flight.wait_below(MAX_IN_FLIGHT);
             if let Some(claim) = self.queue.claim()? {
@@ -140,6 +130,7 @@ impl Dispatcher {
             looped,
             results: std::sync::Mutex::new((0..names.len()).map(|_| None).collect()),
             remaining: std::sync::Mutex::new(names.len()),
+            state_committed: std::sync::Arc::default(),
             names,
             claim,
         }

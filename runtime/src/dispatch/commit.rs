@@ -103,6 +103,10 @@ pub(super) fn commit_loop(
         } else {
             Err(())
         };
+        // Committed or not, the lanes waiting for it go on.
+        for p in &batch {
+            p.state_committed.open();
+        }
         if let Ok(conflicted) = conflicted {
             let settlements: Vec<Settlement> = batch
                 .into_iter()
@@ -143,13 +147,11 @@ pub(super) fn commit_loop(
 fn commit_state(sandbox: &Sandbox, batch: &[Arc<Pending>]) -> Result<Vec<bool>> {
     let mut owners = Vec::new();
     let mut changes = Vec::new();
-    let mut overlays = Vec::new();
     for (i, p) in batch.iter().enumerate() {
         let mut results = p.results.locked();
         for ran in results.iter_mut().flatten() {
             if let Some(c) = ran.changes.take() {
                 owners.push(i);
-                overlays.push(ran.overlay.take());
                 changes.push(c);
             }
         }
@@ -158,22 +160,8 @@ fn commit_state(sandbox: &Sandbox, batch: &[Arc<Pending>]) -> Result<Vec<bool>> 
     if changes.is_empty() {
         return Ok(conflicted);
     }
-    // Flagged before the transaction starts: a lane reading these keys
-    // meanwhile asks the backend whether they are applied.
-    for (o, c) in overlays.iter().zip(&changes) {
-        if let Some(o) = o {
-            o.committing(&c.mark);
-        }
-    }
     crate::fsio::failpoint("state.before-commit");
-    let applied = sandbox.state().and_then(|s| s.commit(&changes));
-    // Only now, committed or not, do the lanes stop reading them as pending.
-    for (o, c) in overlays.iter().zip(&changes) {
-        if let Some(o) = o {
-            o.remove(&c.mark);
-        }
-    }
-    let applied = applied?;
+    let applied = sandbox.state()?.commit(&changes)?;
     crate::fsio::failpoint("state.committed");
     for (i, a) in owners.into_iter().zip(applied) {
         conflicted[i] |= a == Applied::Conflict;

@@ -4,11 +4,11 @@
 //! limited to `workers` invocations at once by [`Slots`]. A lane runs its
 //! handler on an event in the sandbox, logs what happened (guest text
 //! escaped), and, when the event's last handler is done, hands the event
-//! to the committer. A lane does not wait for the commit of what its
-//! handler wrote: the writes go into the lane's [`Overlay`] when the
-//! invocation ends, the next event runs at once and reads them there, and
-//! the committer takes them out once committed (see `crate::kv::overlay`
-//! for why what is built on them is still exactly once and in order).
+//! to the committer. A lane whose handler wrote key-value state waits until
+//! the committer has committed it before it runs its next event, so a
+//! stateful handler's next event reads what the previous one wrote (not
+//! the state from before the batch, which would only conflict and run
+//! again).
 //!
 //! Threads: lanes are scoped threads of [`super::Dispatcher::run`];
 //! dropping [`Lanes`] closes every lane's queue, and each lane thread ends
@@ -21,7 +21,6 @@ use std::thread::Scope;
 use std::time::Duration;
 
 use crate::event::Event;
-use crate::kv::overlay::Overlay;
 use crate::metrics::Metrics;
 use crate::queue::Claim;
 use crate::records::FaultKind;
@@ -56,6 +55,30 @@ pub(super) struct Pending {
     pub names: Vec<String>,
     pub results: Mutex<Vec<Option<Ran>>>,
     pub remaining: Mutex<usize>,
+    /// Opened by the committer once the event's key-value writes are
+    /// committed (or will not be).
+    pub state_committed: Arc<Latch>,
+}
+
+/// A one-way gate: closed until [`Latch::open`], then open for good.
+#[derive(Default)]
+pub(super) struct Latch {
+    open: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Latch {
+    pub fn open(&self) {
+        *self.open.locked() = true;
+        self.cv.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = self.open.locked();
+        while !*open {
+            open = crate::lock::recover(self.cv.wait(open));
+        }
+    }
 }
 
 impl Pending {
@@ -71,6 +94,7 @@ impl Pending {
             names: p.names.clone(),
             results: Mutex::new(p.results.locked().iter_mut().map(Option::take).collect()),
             remaining: Mutex::new(0),
+            state_committed: p.state_committed.clone(),
         })
     }
 }
@@ -88,8 +112,6 @@ pub(super) struct Ran {
     /// Its key-value writes, if it succeeded and wrote any; the committer
     /// takes them out to commit before the settlement.
     pub changes: Option<crate::kv::Changes>,
-    /// The lane's pending changes, which hold `changes` until committed.
-    pub overlay: Option<Arc<Overlay>>,
 }
 
 /// A simple counting semaphore: the `workers` invocations of a run.
@@ -145,10 +167,9 @@ impl<'scope, 'env> Lanes<'scope, 'env> {
         let tx = self.lanes.entry(name.to_string()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel::<Job>();
             let rx = Arc::new(Mutex::new(rx));
-            let overlay = Arc::new(Overlay::default());
             for _ in 0..concurrency.max(1) {
-                let (rx, shared, name, overlay) = (rx.clone(), self.shared.clone(), name.to_string(), overlay.clone());
-                self.scope.spawn(move || lane(&name, &rx, &shared, &overlay));
+                let (rx, shared, name) = (rx.clone(), self.shared.clone(), name.to_string());
+                self.scope.spawn(move || lane(&name, &rx, &shared));
             }
             tx
         });
@@ -157,23 +178,15 @@ impl<'scope, 'env> Lanes<'scope, 'env> {
 }
 
 /// One thread of handler `name`'s lane: runs its jobs until the lane closes.
-fn lane(name: &str, rx: &Mutex<Receiver<Job>>, shared: &Shared, overlay: &Arc<Overlay>) {
+fn lane(name: &str, rx: &Mutex<Receiver<Job>>, shared: &Shared) {
     loop {
         let job = match rx.locked().recv() {
             Ok(job) => job,
             Err(_) => return,
         };
-        let ran = run_one(name, &job.pending.claim, shared, overlay);
-        // In the overlay before the committer can see it, so it is there
-        // for this lane's next event and leaves only once committed. Not
-        // the writes of a delivery already applied (a rerun event whose
-        // other handler conflicted, a redelivery after a crash): the
-        // backend will skip them, so nothing may be built on them.
-        if let Some(changes) = &ran.changes
-            && !already_applied(shared, changes)
-        {
-            overlay.push(changes);
-        }
+        let ran = run_one(name, &job.pending.claim, shared);
+        let wrote = ran.changes.is_some();
+        let committed = job.pending.state_committed.clone();
         job.pending.results.locked()[job.slot] = Some(ran);
         let last = {
             let mut remaining = job.pending.remaining.locked();
@@ -183,17 +196,16 @@ fn lane(name: &str, rx: &Mutex<Receiver<Job>>, shared: &Shared, overlay: &Arc<Ov
         if last {
             let _ = shared.done.send(job.pending);
         }
+        // No deadlock: every lane takes its jobs in claim order, so the
+        // other handlers of this event are not waiting on a later one.
+        if wrote {
+            committed.wait();
+        }
     }
 }
 
-/// Whether the backend already holds the mark of `changes` (on error:
-/// assumed so, which only makes the lane read around them).
-fn already_applied(shared: &Shared, changes: &crate::kv::Changes) -> bool {
-    shared.sandbox.state().and_then(|s| s.applied(&changes.mark)).unwrap_or(true)
-}
-
 /// Runs handler `name` on a claimed event, and logs what it did.
-fn run_one(name: &str, claim: &Claim, shared: &Shared, overlay: &Arc<Overlay>) -> Ran {
+fn run_one(name: &str, claim: &Claim, shared: &Shared) -> Ran {
     // The version serving when the event reaches the front of the lane;
     // a reload swaps the map, and this Arc keeps the old one alive until
     // the invocation ends.
@@ -209,12 +221,11 @@ fn run_one(name: &str, claim: &Claim, shared: &Shared, overlay: &Arc<Overlay>) -
             emitted: Vec::new(),
             duration: Duration::ZERO,
             changes: None,
-            overlay: None,
         };
     };
     let event = &claim.event;
     shared.slots.acquire();
-    let inv = shared.sandbox.invoke_in(&loaded, event, claim.name.attempt, Some(overlay));
+    let inv = shared.sandbox.invoke(&loaded, event, claim.name.attempt);
     shared.slots.release();
     crate::fsio::failpoint("dispatch.handler-done");
     let ms = crate::text::millis(inv.duration);
@@ -244,7 +255,6 @@ fn run_one(name: &str, claim: &Claim, shared: &Shared, overlay: &Arc<Overlay>) -
         result: inv.result,
         emitted: inv.emitted,
         duration: inv.duration,
-        overlay: inv.changes.is_some().then(|| overlay.clone()),
         changes: inv.changes,
     }
 }

@@ -15,7 +15,7 @@
 //! bucket holds.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -23,7 +23,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 
 use crate::lock::Recover;
 
-use super::{Applied, Backend, Changes, Mark, Op, Versioned};
+use super::{Applied, Backend, Changes, Op, Versioned};
 
 /// How long a writer waits for another process's transaction.
 const BUSY: Duration = Duration::from_secs(10);
@@ -46,13 +46,10 @@ CREATE TABLE IF NOT EXISTS marks (
 CREATE INDEX IF NOT EXISTS marks_at ON marks (at_ms);
 ";
 
-/// Connections for reads: the lanes of a dispatcher read at once.
-const READERS: usize = 4;
-
-/// State in one SQLite file. Reads take one of a few connections, writes
-/// another (a connection is not `Sync`).
+/// State in one SQLite file. Reads share a connection, writes take another
+/// (a connection is not `Sync`).
 pub struct SqliteBackend {
-    read: Vec<Mutex<Connection>>,
+    read: Mutex<Connection>,
     write: Mutex<Connection>,
 }
 
@@ -85,20 +82,8 @@ impl SqliteBackend {
         write
             .execute_batch(SCHEMA)
             .with_context(|| format!("failed to set up the state database {}", path.display()))?;
-        let read = (0..READERS).map(|_| connect(path).map(Mutex::new)).collect::<Result<Vec<_>>>()?;
-        Ok(SqliteBackend { read, write: Mutex::new(write) })
-    }
-
-    /// A free read connection, or (all busy) one picked by the thread.
-    fn reader(&self) -> MutexGuard<'_, Connection> {
-        for conn in &self.read {
-            if let Ok(guard) = conn.try_lock() {
-                return guard;
-            }
-        }
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        std::hash::Hash::hash(&std::thread::current().id(), &mut h);
-        self.read[std::hash::Hasher::finish(&h) as usize % self.read.len()].locked()
+        let read = connect(path)?;
+        Ok(SqliteBackend { read: Mutex::new(read), write: Mutex::new(write) })
     }
 }
 
@@ -108,7 +93,7 @@ fn now_ms() -> u64 {
 
 impl Backend for SqliteBackend {
     fn get(&self, bucket: &str, key: &str) -> Result<Option<Versioned>> {
-        let conn = self.reader();
+        let conn = self.read.locked();
         let mut stmt = conn.prepare_cached("SELECT value, version FROM kv WHERE bucket = ?1 AND key = ?2")?;
         let row = stmt
             .query_row(params![bucket, key], |r| {
@@ -119,40 +104,8 @@ impl Backend for SqliteBackend {
         Ok(row)
     }
 
-    fn get_with_marks(&self, bucket: &str, key: &str, marks: &[Mark]) -> Result<(Option<Versioned>, Vec<bool>)> {
-        let mut conn = self.reader();
-        // One read transaction: the value and the marks from one snapshot.
-        let tx = conn.transaction().context("failed to begin a state read")?;
-        let found = {
-            let mut stmt = tx.prepare_cached("SELECT value, version FROM kv WHERE bucket = ?1 AND key = ?2")?;
-            stmt.query_row(params![bucket, key], |r| {
-                Ok(Versioned { value: r.get(0)?, version: r.get::<_, i64>(1)? as u64 })
-            })
-            .optional()
-            .with_context(|| format!("failed to read key {key:?} of bucket {bucket:?}"))?
-        };
-        let applied = {
-            let mut seen =
-                tx.prepare_cached("SELECT 1 FROM marks WHERE event_id = ?1 AND handler = ?2 AND generation = ?3")?;
-            marks
-                .iter()
-                .map(|m| seen.exists(params![m.event_id, m.handler, m.generation]))
-                .collect::<rusqlite::Result<Vec<bool>>>()
-                .context("failed to read the state marks")?
-        };
-        tx.finish().context("failed to end a state read")?;
-        Ok((found, applied))
-    }
-
-    fn applied(&self, mark: &Mark) -> Result<bool> {
-        let conn = self.reader();
-        let mut seen =
-            conn.prepare_cached("SELECT 1 FROM marks WHERE event_id = ?1 AND handler = ?2 AND generation = ?3")?;
-        seen.exists(params![mark.event_id, mark.handler, mark.generation]).context("failed to read the state marks")
-    }
-
     fn keys(&self, bucket: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
-        let conn = self.reader();
+        let conn = self.read.locked();
         let mut stmt = conn.prepare_cached(
             "SELECT key FROM kv WHERE bucket = ?1 AND key >= ?2 AND (?3 IS NULL OR key > ?3) \
              AND substr(key, 1, length(?2)) = ?2 ORDER BY key LIMIT ?4",
@@ -163,7 +116,7 @@ impl Backend for SqliteBackend {
     }
 
     fn buckets(&self) -> Result<Vec<(String, u64)>> {
-        let conn = self.reader();
+        let conn = self.read.locked();
         let mut stmt = conn.prepare_cached("SELECT bucket, count(*) FROM kv GROUP BY bucket ORDER BY bucket")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
         rows.collect::<rusqlite::Result<Vec<_>>>().context("failed to list the state buckets")
@@ -192,9 +145,6 @@ impl Backend for SqliteBackend {
             let mut value = tx.prepare_cached("SELECT value FROM kv WHERE bucket = ?1 AND key = ?2")?;
             let mut seen =
                 tx.prepare_cached("SELECT 1 FROM marks WHERE event_id = ?1 AND handler = ?2 AND generation = ?3")?;
-            // Marks applied by this transaction: most buffers a buffer was
-            // built on commit with it.
-            let mut applied_here: std::collections::HashSet<&super::Mark> = std::collections::HashSet::new();
             for changes in batch {
                 if changes.ops.is_empty() {
                     out.push(Applied::Applied);
@@ -210,14 +160,6 @@ impl Backend for SqliteBackend {
                 // Check everything before touching anything, so a refused
                 // buffer leaves no partial write behind.
                 let mut stale = false;
-                // Built on a pending buffer of its lane that was not applied
-                // (refused, or not here yet): run it again.
-                for m in &changes.after {
-                    if !applied_here.contains(m) && !seen.exists(params![m.event_id, m.handler, m.generation])? {
-                        stale = true;
-                        break;
-                    }
-                }
                 for read in &changes.reads {
                     let now: Option<i64> =
                         version.query_row(params![read.bucket, read.key], |r| r.get(0)).optional()?;
@@ -262,7 +204,6 @@ impl Backend for SqliteBackend {
                         }
                     }
                 }
-                applied_here.insert(m);
                 out.push(Applied::Applied);
             }
         }
