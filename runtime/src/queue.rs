@@ -44,6 +44,7 @@ mod clock;
 mod commit;
 mod fs;
 mod known;
+pub(crate) use known::LineIds;
 mod name;
 mod owner;
 mod reaper;

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::index::{self, Covered, Frame, Header, SeekIndex};
 use super::{Archive, PACKED, PLAIN, Segment};
@@ -187,20 +187,6 @@ impl Archive {
     }
 }
 
-/// The id a whole archive line (or bare event) is about.
-#[derive(Deserialize)]
-struct LineId {
-    #[serde(default)]
-    event: Option<EventId>,
-    #[serde(default)]
-    event_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct EventId {
-    #[allow(dead_code)] // present is what counts
-    event_id: String,
-}
 
 /// A segment's bytes: `content` (whole lines) as frames of about
 /// [`FRAME_BYTES`], then the seek index.
@@ -225,7 +211,7 @@ pub fn encode(content: &[u8], covered: Covered) -> Result<Vec<u8>> {
         for line in chunk.split(|&b| b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)) {
             frame_lines += 1;
             idx.ids.extend(index::ids_in(line).map(|id| (index::fnv1a(id), n)));
-            if serde_json::from_slice::<LineId>(line).is_ok_and(|l| l.event.is_some() || l.event_id.is_some()) {
+            if serde_json::from_slice::<crate::queue::LineIds>(line).is_ok_and(|l| l.event.is_some() || l.event_id.is_some()) {
                 records += 1;
             }
         }

@@ -48,6 +48,8 @@ pub struct FsQueue {
     /// The webhook endpoints an archived event is delivered to: the commit
     /// writes their outbox records (see [`crate::webhooks`]).
     pub(super) webhooks: RwLock<Arc<crate::webhooks::Routes>>,
+    /// The ids of the plain archive days the idempotency check looked in.
+    pub(super) seen: Mutex<super::known::SeenIds>,
 }
 
 impl FsQueue {
@@ -67,6 +69,7 @@ impl FsQueue {
             archive_export: None,
             last_prune: Mutex::new(None),
             webhooks: RwLock::default(),
+            seen: Mutex::default(),
         })
     }
 

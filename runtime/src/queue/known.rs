@@ -17,6 +17,7 @@ use super::FsQueue;
 use super::fs::read_dir_if_any;
 use super::name::dead_letter_event_id;
 use crate::archive::{Archive, Lines};
+use crate::lock::Recover;
 use crate::event::Event;
 
 impl FsQueue {
@@ -73,14 +74,101 @@ impl FsQueue {
         let wanted: Vec<&str> = ids.iter().copied().collect();
         for seg in archive.segments()? {
             let stem = format!("{}.", seg.stem);
-            if prefixes.iter().any(|p| stem.starts_with(p.as_str())) {
+            if !prefixes.iter().any(|p| stem.starts_with(p.as_str())) {
+                continue;
+            }
+            if seg.packed.is_some() {
                 // A compressed day: only the frames its seek index names.
-                let lines = archive.lines_naming(&seg, &wanted)?;
+                let packed = crate::archive::Segment { plain: None, ..seg.clone() };
+                let lines = archive.lines_naming(&packed, &wanted)?;
                 archived_ids(lines, &archive.path().join(seg.names()), ids, &mut found)?;
+            }
+            if let Some(plain) = &seg.plain {
+                // A plain day: the ids it holds are remembered, and only
+                // what was appended since the last look is read.
+                self.seen.locked().look_up(&archive, &plain.name, ids, &mut found)?;
             }
         }
         Ok(found)
     }
+}
+
+/// The event ids of the plain archive days this process looked in, so that
+/// an idempotency check (every `POST /v1/events` with producer ids) reads
+/// only the lines appended since the previous one instead of whole days.
+/// A day file is only ever appended to; one that was replaced (compressed
+/// and started again, or removed) has another inode, or is shorter, and is
+/// read again from the start.
+#[derive(Default)]
+pub(crate) struct SeenIds {
+    days: BTreeMap<String, SeenDay>,
+    /// Bumped per look-up: the least recently used day is forgotten first.
+    clock: u64,
+}
+
+struct SeenDay {
+    ino: u64,
+    /// Bytes read: up to the end of the last whole line.
+    offset: u64,
+    ids: std::collections::HashSet<String>,
+    used: u64,
+}
+
+/// Plain days remembered at most (a look-up reads three: its day and one
+/// either side).
+const SEEN_DAYS: usize = 8;
+
+impl SeenIds {
+    fn look_up(&mut self, archive: &Archive, name: &str, ids: &BTreeSet<&str>, found: &mut BTreeSet<String>) -> Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        use std::os::unix::fs::MetadataExt;
+        let what = || archive.path().join(name).display().to_string();
+        let mut file = match crate::fsio::beneath::open_read(archive.handle(), name) {
+            Ok(f) => f,
+            // Removed (compressed or expired) since it was listed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("failed to open archive file {}", what())),
+        };
+        let meta = file.metadata().with_context(|| format!("failed to stat archive file {}", what()))?;
+        self.clock += 1;
+        let day = self.days.entry(name.to_string()).or_insert(SeenDay {
+            ino: meta.ino(),
+            offset: 0,
+            ids: Default::default(),
+            used: 0,
+        });
+        if day.ino != meta.ino() || meta.len() < day.offset {
+            *day = SeenDay { ino: meta.ino(), offset: 0, ids: Default::default(), used: 0 };
+        }
+        day.used = self.clock;
+        if meta.len() > day.offset {
+            let mut fresh = Vec::with_capacity(usize::try_from(meta.len() - day.offset).unwrap_or(0));
+            file.seek(SeekFrom::Start(day.offset)).with_context(|| format!("failed to read archive file {}", what()))?;
+            file.read_to_end(&mut fresh).with_context(|| format!("failed to read archive file {}", what()))?;
+            // A line still being appended is read whole next time.
+            let whole = fresh.iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1);
+            for line in fresh[..whole].split(|&b| b == b'\n') {
+                if let Some(id) = own_id(line) {
+                    day.ids.insert(id);
+                }
+            }
+            day.offset += whole as u64;
+        }
+        found.extend(ids.iter().filter(|id| day.ids.contains(**id)).map(|id| (*id).to_string()));
+        if self.days.len() > SEEN_DAYS
+            && let Some(oldest) = self.days.iter().min_by_key(|(_, d)| d.used).map(|(n, _)| n.clone())
+        {
+            self.days.remove(&oldest);
+        }
+        Ok(())
+    }
+}
+
+/// The id of the event an archive line records (or of the bare event of a
+/// compacted month); `None` for a line that is neither.
+fn own_id(line: &[u8]) -> Option<String> {
+    let line = serde_json::from_slice::<LineIds>(line).ok()?;
+    line.event.map(|e| e.event_id).or(line.event_id)
 }
 
 /// Which of `ids` an archive file holds in a whole record (or, in a
@@ -100,9 +188,7 @@ fn archived_ids(lines: Lines, path: &Path, ids: &BTreeSet<&str>, found: &mut BTr
         if !named.into_iter().any(|id| ids.contains(id)) {
             continue;
         }
-        let Ok(line) = serde_json::from_str::<LineIds>(line) else { continue };
-        let own = line.event.map(|e| e.event_id).or(line.event_id);
-        if let Some(id) = own.filter(|id| ids.contains(id.as_str())) {
+        if let Some(id) = own_id(line.as_bytes()).filter(|id| ids.contains(id.as_str())) {
             found.insert(id);
         }
     }
@@ -113,14 +199,14 @@ fn archived_ids(lines: Lines, path: &Path, ids: &BTreeSet<&str>, found: &mut BTr
 /// event of an [`crate::records::ArchiveRecord`], or the line's own id when
 /// it is a bare event (a compacted month).
 #[derive(Deserialize)]
-struct LineIds {
+pub(crate) struct LineIds {
     #[serde(default)]
-    event: Option<EventId>,
+    pub(crate) event: Option<EventId>,
     #[serde(default)]
-    event_id: Option<String>,
+    pub(crate) event_id: Option<String>,
 }
 
 #[derive(Deserialize)]
-struct EventId {
-    event_id: String,
+pub(crate) struct EventId {
+    pub(crate) event_id: String,
 }
