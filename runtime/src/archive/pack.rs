@@ -187,7 +187,6 @@ impl Archive {
     }
 }
 
-
 /// A segment's bytes: `content` (whole lines) as frames of about
 /// [`FRAME_BYTES`], then the seek index.
 ///
@@ -211,7 +210,9 @@ pub fn encode(content: &[u8], covered: Covered) -> Result<Vec<u8>> {
         for line in chunk.split(|&b| b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)) {
             frame_lines += 1;
             idx.ids.extend(index::ids_in(line).map(|id| (index::fnv1a(id), n)));
-            if serde_json::from_slice::<crate::queue::LineIds>(line).is_ok_and(|l| l.event.is_some() || l.event_id.is_some()) {
+            if serde_json::from_slice::<crate::queue::LineIds>(line)
+                .is_ok_and(|l| l.event.is_some() || l.event_id.is_some())
+            {
                 records += 1;
             }
         }

@@ -17,8 +17,8 @@ use super::FsQueue;
 use super::fs::read_dir_if_any;
 use super::name::dead_letter_event_id;
 use crate::archive::{Archive, Lines};
-use crate::lock::Recover;
 use crate::event::Event;
+use crate::lock::Recover;
 
 impl FsQueue {
     /// [`super::Queue::known`] of the filesystem queue.
@@ -119,7 +119,13 @@ struct SeenDay {
 const SEEN_DAYS: usize = 8;
 
 impl SeenIds {
-    fn look_up(&mut self, archive: &Archive, name: &str, ids: &BTreeSet<&str>, found: &mut BTreeSet<String>) -> Result<()> {
+    fn look_up(
+        &mut self,
+        archive: &Archive,
+        name: &str,
+        ids: &BTreeSet<&str>,
+        found: &mut BTreeSet<String>,
+    ) -> Result<()> {
         use std::io::{Read, Seek, SeekFrom};
         use std::os::unix::fs::MetadataExt;
         let what = || archive.path().join(name).display().to_string();
@@ -143,7 +149,8 @@ impl SeenIds {
         day.used = self.clock;
         if meta.len() > day.offset {
             let mut fresh = Vec::with_capacity(usize::try_from(meta.len() - day.offset).unwrap_or(0));
-            file.seek(SeekFrom::Start(day.offset)).with_context(|| format!("failed to read archive file {}", what()))?;
+            file.seek(SeekFrom::Start(day.offset))
+                .with_context(|| format!("failed to read archive file {}", what()))?;
             file.read_to_end(&mut fresh).with_context(|| format!("failed to read archive file {}", what()))?;
             // A line still being appended is read whole next time.
             let whole = fresh.iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1);

@@ -26,8 +26,8 @@ use crate::queue::{FsQueue, Queue, now_us};
 pub mod api;
 pub mod auth;
 pub mod dashboard;
-pub mod stream;
 pub mod ingest;
+pub mod stream;
 pub use auth::{Auth, Denied};
 
 /// What the routes share: the root, the queue, the dispatcher (its live
