@@ -261,8 +261,20 @@ fn a_hanging_endpoint_times_out_and_never_stalls_dispatch_or_another_endpoint() 
         Ok(metric(&samples(&svc)?, &["cortex_webhook_attempts_total", "endpoint=\"slow\"", "result=\"failed\""])
             .is_some_and(|n| n >= 5.0))
     })?;
-    let file = outbox(&root, "slow").into_iter().next().context("no slow delivery")?;
-    let record = root.read_json(&format!("events/outbox/slow/{file}"))?;
+    // Failed attempts count across the five deliveries (retries
+    // included), so look for one that has been tried, not the first.
+    let mut tried = None;
+    wait_for(LONG, || {
+        for file in outbox(&root, "slow") {
+            let Ok(record) = root.read_json(&format!("events/outbox/slow/{file}")) else { continue };
+            if record["attempts"].as_u64().unwrap_or(0) >= 1 {
+                tried = Some(record);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    })?;
+    let record = tried.context("no slow delivery was attempted")?;
     let message = record["history"][0]["failures"][0]["message"].as_str().unwrap_or("");
     assert!(message.contains("timeout_ms 300"), "{record}");
     assert!(record["attempts"].as_u64().unwrap_or(0) >= 1);
