@@ -317,9 +317,7 @@ impl Config {
             }
             for (key, patterns) in [("events", &h.events), ("emits", h.emits.as_ref().unwrap_or(&Vec::new()))] {
                 for p in patterns {
-                    if p.is_empty()
-                        || !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._*?".contains(c))
-                    {
+                    if !crate::pattern::is_type_pattern(p) {
                         bail!(
                             "handlers.{name}.{key}: {p:?} is not an event type or glob (e.g. worker.* or task.failed)"
                         );
