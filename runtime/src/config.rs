@@ -15,9 +15,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{self, DEFAULT_MAX_EVENT_BYTES, Priority, Validator};
 
+mod backend;
 mod handler;
 mod http;
 mod webhooks;
+pub use backend::{BACKEND_ENV, BackendConfig, BackendKind, shown_redis_url};
 pub use handler::{Access, Grant, HandlerConfig, HandlerLimits, RESERVED_DIRS};
 pub use http::{HttpConfig, MIN_TOKEN_LEN, Scope, TOKEN_ENV, TokenConfig};
 pub use webhooks::{WebhookConfig, WebhookFormat, shown_url};
@@ -39,6 +41,9 @@ pub struct Config {
     /// Who may use the service's HTTP listener.
     #[serde(default)]
     pub http: HttpConfig,
+    /// Where events, dead letters, the archive and state are kept (see [`crate::store`]).
+    #[serde(default)]
+    pub backend: BackendConfig,
     /// Handlers by name, in name order.
     #[serde(default)]
     pub handlers: BTreeMap<String, HandlerConfig>,
@@ -290,6 +295,7 @@ impl Config {
             );
         }
         self.http.check()?;
+        self.backend.check()?;
         for (name, s) in &self.schedules {
             crate::schedule::Timing::of(s).with_context(|| format!("schedules.{name}"))?;
             if !event::is_valid_type_name(&s.event_type) {

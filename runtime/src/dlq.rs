@@ -19,9 +19,10 @@ use chrono::DateTime;
 use crate::event::{Event, Validator};
 use crate::fsio;
 use crate::layout::Layout;
-use crate::queue::{FsQueue, Queue, now_rfc3339};
+use crate::queue::now_rfc3339;
 use crate::records::{DeadLetterRecord, RetryMark};
 use crate::replay::Filter;
+use crate::store::Store;
 use crate::text::{Escaped, escape_lines};
 
 /// One dead-letter file.
@@ -380,25 +381,24 @@ pub fn mark_retry(event: &mut Event, now: &str, succeeded: &[String]) {
 /// or two are the same event (then nothing was done); when the queue cannot
 /// be written (then every dead letter is kept); when a dead letter cannot
 /// be removed after its event was queued (saying so).
-pub fn retry(queue: &FsQueue, validator: &Validator, letters: &[&DeadLetter]) -> Result<Vec<Event>> {
+pub fn retry(store: &dyn Store, validator: &Validator, letters: &[&DeadLetter]) -> Result<Vec<Event>> {
     // A failed webhook delivery goes back to the outbox, not the queue:
     // the event was handled; only the delivery is made again.
     let (webhooks, letters): (Vec<&DeadLetter>, Vec<&DeadLetter>) =
         letters.iter().copied().partition(|l| l.record.webhook.is_some());
-    let mut redelivered = retry_webhooks(queue, &webhooks)?;
-    let mut events = retry_events(queue, validator, &letters)?;
+    let mut redelivered = retry_webhooks(store, &webhooks)?;
+    let mut events = retry_events(store, validator, &letters)?;
     redelivered.append(&mut events);
     Ok(redelivered)
 }
 
 /// Puts webhook dead letters' deliveries back in the outbox, then removes
 /// the letters; returns their events.
-fn retry_webhooks(queue: &FsQueue, letters: &[&DeadLetter]) -> Result<Vec<Event>> {
-    let routes = queue.webhooks();
+fn retry_webhooks(store: &dyn Store, letters: &[&DeadLetter]) -> Result<Vec<Event>> {
     let mut events = Vec::new();
     for l in letters {
-        crate::webhooks::outbox::redeliver(queue.layout(), &routes, &l.record)?;
-        std::fs::remove_file(&l.path).with_context(|| {
+        store.redeliver_webhook(&l.record)?;
+        store.remove_dead_letters(&[&l.key]).with_context(|| {
             format!(
                 "webhook delivery {} is back in the outbox, but its dead letter {} could not be removed: remove it by hand",
                 l.key,
@@ -407,14 +407,11 @@ fn retry_webhooks(queue: &FsQueue, letters: &[&DeadLetter]) -> Result<Vec<Event>
         })?;
         events.extend(l.event().cloned());
     }
-    if !letters.is_empty() {
-        fsio::sync_dir(&queue.layout().dead_letter())?;
-    }
     Ok(events)
 }
 
 /// [`retry`] of dead letters of events: back in the queue.
-fn retry_events(queue: &FsQueue, validator: &Validator, letters: &[&DeadLetter]) -> Result<Vec<Event>> {
+fn retry_events(store: &dyn Store, validator: &Validator, letters: &[&DeadLetter]) -> Result<Vec<Event>> {
     if letters.is_empty() {
         return Ok(Vec::new());
     }
@@ -447,19 +444,16 @@ fn retry_events(queue: &FsQueue, validator: &Validator, letters: &[&DeadLetter])
     if !bad.is_empty() {
         bail!("nothing was retried:\n  {}", bad.join("\n  "));
     }
-    queue
+    store
         .enqueue(&events)
         .context("failed to queue the retried events; none was queued and every dead letter is kept")?;
-    for l in letters {
-        std::fs::remove_file(&l.path).with_context(|| {
-            format!(
-                "event {} is queued again, but its dead letter {} could not be removed: remove it by hand so it is not retried twice",
-                l.event().map_or("", |e| e.event_id.as_str()),
-                l.path.display()
-            )
-        })?;
-    }
-    fsio::sync_dir(&queue.layout().dead_letter())?;
+    let keys: Vec<&str> = letters.iter().map(|l| l.key.as_str()).collect();
+    store.remove_dead_letters(&keys).with_context(|| {
+        format!(
+            "the events are queued again, but their dead letters could not all be removed from {}: remove them by hand (`cortex dlq purge ID`) so they are not retried twice",
+            store.describe()
+        )
+    })?;
     Ok(events)
 }
 
@@ -467,15 +461,9 @@ fn retry_events(queue: &FsQueue, validator: &Validator, letters: &[&DeadLetter])
 ///
 /// # Errors
 /// When one cannot be removed (those before it are gone).
-pub fn purge(layout: &Layout, letters: &[&DeadLetter]) -> Result<()> {
-    for l in letters {
-        match std::fs::remove_file(&l.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("failed to remove dead letter {}", l.path.display())),
-        }
-    }
-    fsio::sync_dir(&layout.dead_letter())
+pub fn purge(store: &dyn Store, letters: &[&DeadLetter]) -> Result<()> {
+    let keys: Vec<&str> = letters.iter().map(|l| l.key.as_str()).collect();
+    store.remove_dead_letters(&keys)
 }
 
 #[cfg(test)]

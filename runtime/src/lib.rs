@@ -87,6 +87,7 @@ pub mod scaffold;
 pub mod schedule;
 pub mod service;
 pub mod status;
+pub mod store;
 pub mod text;
 pub mod trace;
 pub mod webhooks;

@@ -49,6 +49,7 @@ mod name;
 mod owner;
 mod reaper;
 mod recover;
+mod store;
 mod verdict;
 
 pub use crate::records::{AttemptRecord, Delivery, Failure};

@@ -31,9 +31,11 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::event::{Event, Validator};
-use crate::queue::{FsQueue, Queue, now_rfc3339};
+use crate::layout::Layout;
+use crate::queue::now_rfc3339;
 use crate::records::{ReplayMark, RetryMark};
 use crate::route;
+use crate::store::Store;
 
 pub use filter::{Filter, parse_date, parse_event_id, parse_time};
 pub use report::{Candidate, EventReport, Report, Run};
@@ -140,10 +142,16 @@ pub fn mark_replay(event: &mut Event, now: &str, handler: Option<&str>) {
 /// Bad options (see [`Request::check`]), selection errors (see [`select`]),
 /// handlers or a candidate that do not load, and failures to queue; then
 /// nothing was queued.
-pub fn run(queue: &FsQueue, config: &Config, request: &Request, progress: Progress) -> Result<Report> {
+pub fn run(
+    store: &dyn Store,
+    layout: &Layout,
+    config: &Config,
+    request: &Request,
+    progress: Progress,
+) -> Result<Report> {
     request.check(config)?;
     let validator = config.validator();
-    let selection = select(queue.layout(), &request.filter, request.origin, &validator, progress)?;
+    let selection = select(store, &request.filter, request.origin, &validator, progress)?;
     let now = now_rfc3339();
     let mut events = selection.events;
     for e in &mut events {
@@ -174,7 +182,7 @@ pub fn run(queue: &FsQueue, config: &Config, request: &Request, progress: Progre
     };
     // Nothing selected, nothing to load or run.
     if request.mode == Mode::Direct && !events.is_empty() && (request.component.is_some() || !request.dry_run) {
-        direct::direct(queue, config, request, events, &mut report, progress)?;
+        direct::direct(store, layout, config, request, events, &mut report, progress)?;
         return Ok(report);
     }
     for e in &events {
@@ -194,14 +202,14 @@ pub fn run(queue: &FsQueue, config: &Config, request: &Request, progress: Progre
     }
     report.selected = events.len();
     if !request.dry_run && request.mode == Mode::Requeue {
-        requeue(queue, &validator, &events)?;
+        requeue(store, &validator, &events)?;
         report.requeued = events.len();
     }
     Ok(report)
 }
 
 /// Puts copies back in the queue: one group commit for all of them.
-fn requeue(queue: &FsQueue, validator: &Validator, events: &[Event]) -> Result<()> {
+fn requeue(store: &dyn Store, validator: &Validator, events: &[Event]) -> Result<()> {
     let bad: Vec<String> = events
         .iter()
         .filter_map(|e| still_accepted(validator, e).err().map(|why| format!("{}: {why}", e.event_id)))
@@ -214,7 +222,7 @@ fn requeue(queue: &FsQueue, validator: &Validator, events: &[Event]) -> Result<(
             bad.iter().take(20).cloned().collect::<Vec<_>>().join("\n  ")
         );
     }
-    queue.enqueue(events).context("failed to queue the replayed events; none of them was queued")
+    store.enqueue(events).context("failed to queue the replayed events; none of them was queued")
 }
 
 /// Selection validated every envelope against the current config; the

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use notify::{EventKind, RecursiveMode, Watcher};
 
+use crate::config::BackendKind;
 use crate::config::Config;
 use crate::dispatch::{self, Dispatcher, Mode};
 use crate::fsio;
@@ -28,6 +29,7 @@ use crate::lock::{Recover, RecoverRw};
 use crate::queue::{FsQueue, now_rfc3339};
 use crate::records::{ServiceStatus, Serving};
 use crate::sandbox::Loaded;
+use crate::store::Store;
 
 pub mod http;
 mod reload;
@@ -68,12 +70,17 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
     // Who may use the listener, resolved before anything starts: a
     // public bind without a token refuses to start.
     let auth = options.listen.map(|addr| http::Auth::new(&config.http, addr)).transpose()?;
-    let queue = Arc::new(FsQueue::open(layout.clone(), config.validator())?.with_archive(&config.archive));
-    // Outbound webhooks: secrets are read now, so a missing one stops the
-    // start with its variable named; deliveries run on this runtime, off
-    // the dispatch thread (see crate::webhooks).
-    queue.set_webhooks(crate::webhooks::Routes::of(&config))?;
-    let deliverer = crate::webhooks::Deliverer::new(layout.clone(), &config)?;
+    // Outbound webhooks (filesystem backend only): secrets are read now, so
+    // a missing one stops the start with its variable named; deliveries run
+    // on this runtime, off the dispatch thread (see crate::webhooks).
+    let (queue, fs): (Arc<dyn Store>, Option<Arc<FsQueue>>) = match config.backend.resolve()? {
+        BackendKind::Filesystem => {
+            let fs = Arc::new(crate::store::open_fs(&layout, &config)?);
+            (fs.clone(), Some(fs))
+        }
+        BackendKind::Redis { .. } => (crate::store::open(&layout, &config)?, None),
+    };
+    let deliverer = fs.is_some().then(|| crate::webhooks::Deliverer::new(layout.clone(), &config)).transpose()?;
     // Loading runs guest code (`describe`), whose WASI calls block on a
     // runtime of their own: never on this one's threads.
     let dispatcher = {
@@ -118,7 +125,10 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
         })?
     };
 
-    let webhooks = tokio::spawn(deliverer.run(dispatcher.config_slot(), queue.clone(), metrics.clone(), stop.clone()));
+    let webhooks = match (deliverer, fs) {
+        (Some(d), Some(fs)) => Some(tokio::spawn(d.run(dispatcher.config_slot(), fs, metrics.clone(), stop.clone()))),
+        _ => None,
+    };
 
     let ready = Arc::new(AtomicBool::new(false));
     let server = match options.listen {

@@ -7,14 +7,19 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::config::Config;
 use crate::journal::{Journal, Skipped};
-use crate::queue::{FsQueue, Queue, now_us};
+use crate::layout::Layout;
+use crate::queue::now_us;
 use crate::records::ServiceStatus;
+use crate::store::Store;
 use crate::text::Escaped;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub root: String,
+    /// Where events are kept: `filesystem ROOT` or the Redis server and prefix.
+    pub store: String,
     pub queue_depth: usize,
     pub queued_by_priority: BTreeMap<String, usize>,
     pub delayed_retries: usize,
@@ -80,9 +85,9 @@ pub struct Loop {
 }
 
 /// The loops among the dead letters, most frequent first.
-fn loops(layout: &crate::layout::Layout) -> Result<Vec<Loop>> {
+fn loops(store: &dyn Store) -> Result<Vec<Loop>> {
     let mut out: Vec<Loop> = Vec::new();
-    for letter in crate::dlq::list(layout)?.letters {
+    for letter in store.dead_letters()?.letters {
         let Some(link) = &letter.record.cut_loop else { continue };
         let (handler, trigger_type, event_type) =
             (link.handler.clone(), link.trigger_type.clone(), link.event_type.clone());
@@ -102,15 +107,15 @@ fn loops(layout: &crate::layout::Layout) -> Result<Vec<Loop>> {
     Ok(out)
 }
 
-/// Gathers the status of one root.
+/// Gathers the status of the root at `layout` and its store.
 ///
 /// # Errors
-/// When the queue or logs cannot be read.
-pub fn gather(queue: &FsQueue) -> Result<Status> {
-    let depth = queue.depth()?;
+/// When the store or the logs cannot be read.
+pub fn gather(store: &dyn Store, layout: &Layout, config: &Config) -> Result<Status> {
+    let depth = store.depth()?;
     let oldest = match &depth.oldest {
         Some(name) => {
-            let event_type = queue.peek(name).map(|e| e.event_type).unwrap_or_else(|_| "(being claimed)".into());
+            let event_type = store.peek(name).map(|e| e.event_type).unwrap_or_else(|_| "(being claimed)".into());
             Some(Oldest {
                 event_id: name.event_id.clone(),
                 event_type,
@@ -120,15 +125,16 @@ pub fn gather(queue: &FsQueue) -> Result<Status> {
         }
         None => None,
     };
-    let (events_by_type, skipped) = Journal::new(queue.layout().clone()).counts_by_type()?;
-    let running = crate::service::running(queue.layout());
+    let (events_by_type, skipped) = Journal::new(layout.clone()).counts_by_type()?;
+    let running = crate::service::running(layout);
     let services: Vec<Service> = running.iter().map(Service::from).collect();
     let handlers_not_loading = running.iter().flat_map(|s| s.not_loading.clone()).collect();
-    let loops = if depth.dead_letters > 0 { loops(queue.layout())? } else { Vec::new() };
+    let loops = if depth.dead_letters > 0 { loops(store)? } else { Vec::new() };
     Ok(Status {
-        root: queue.layout().root().display().to_string(),
+        root: layout.root().display().to_string(),
+        store: store.describe(),
         queue_depth: depth.queued,
-        queued_by_priority: queue.by_priority()?.into_iter().map(|(p, n)| (p.to_string(), n)).collect(),
+        queued_by_priority: store.by_priority()?.into_iter().map(|(p, n)| (p.to_string(), n)).collect(),
         delayed_retries: depth.delayed,
         claimed: depth.claimed,
         dead_letters: depth.dead_letters,
@@ -138,8 +144,8 @@ pub fn gather(queue: &FsQueue) -> Result<Status> {
         events_by_type,
         handlers_not_loading,
         services,
-        schedules: crate::schedule::fired(queue.layout()),
-        webhooks: crate::webhooks::endpoint_status(queue.layout(), &queue.webhooks()),
+        schedules: crate::schedule::fired(layout),
+        webhooks: crate::webhooks::endpoint_status(layout, &crate::webhooks::Routes::of(config)),
         skipped,
     })
 }
@@ -147,6 +153,9 @@ pub fn gather(queue: &FsQueue) -> Result<Status> {
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "root:          {}", self.root)?;
+        if !self.store.starts_with("filesystem") {
+            writeln!(f, "store:         {}", self.store)?;
+        }
         let by: Vec<String> = self.queued_by_priority.iter().map(|(p, n)| format!("{p} {n}")).collect();
         let by = if by.is_empty() { String::new() } else { format!(" ({})", by.join(", ")) };
         writeln!(f, "queue depth:   {}{by}", self.queue_depth)?;

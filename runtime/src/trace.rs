@@ -20,8 +20,8 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::queue::FsQueue;
 use crate::records::{CausedBy, FaultKind};
+use crate::store::Store;
 use crate::text::Escaped;
 
 mod read;
@@ -181,13 +181,13 @@ impl Node {
 /// # Errors
 /// When the root cannot be read, or `id` is neither an event id nor a
 /// correlation id there.
-pub fn trace(queue: &FsQueue, config: &Config, id: &str) -> Result<Trace> {
-    let gathered = gather(queue, config)?;
+pub fn trace(store: &dyn Store, config: &Config, id: &str) -> Result<Trace> {
+    let gathered = gather(store, config)?;
     let Some((named, trees)) = build(gathered.events, id) else {
         bail!(
             "no event or correlation id {} in the queue, the claims, the dead letters or the archive of {}",
             Escaped(id),
-            queue.layout().root().display()
+            store.describe()
         );
     };
     let events = trees.iter().map(Node::count).sum();

@@ -10,7 +10,6 @@ use super::{Outcome, open};
 use cortex::dispatch::Until;
 use cortex::layout::Layout;
 use cortex::lock::RecoverRw;
-use cortex::queue::Queue;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,7 +23,6 @@ pub struct Args {
 
 pub fn run(layout: &Layout, args: Args) -> Result<Outcome> {
     let (config, queue) = open(layout)?;
-    let queue: Arc<dyn Queue> = Arc::new(queue);
     let dispatcher = cortex::dispatch::prepare(queue, layout.root(), Arc::new(config))?;
     let until = if args.no_wait { Until::NothingDue } else { Until::Drained };
     let summary = dispatcher.run(cortex::dispatch::Mode::OneShot(until), &|| false)?;

@@ -74,7 +74,7 @@ impl<'l> From<&'l DeadLetter> for Row<'l> {
 
 pub fn run(layout: &Layout, command: Command) -> Result<Outcome> {
     let (config, queue) = open(layout)?;
-    let listing = dlq::list(layout)?;
+    let listing = queue.dead_letters()?;
     for u in &listing.unreadable {
         tracing::warn!("skipped: {u}");
     }
@@ -114,7 +114,7 @@ pub fn run(layout: &Layout, command: Command) -> Result<Outcome> {
             }
             queue::check_writable(layout)?;
             let webhooks = selection.letters.iter().filter(|l| l.record.webhook.is_some()).count();
-            let events = dlq::retry(&queue, &config.validator(), &selection.letters)?;
+            let events = dlq::retry(queue.as_ref(), &config.validator(), &selection.letters)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&events)?);
             } else {
@@ -151,7 +151,7 @@ pub fn run(layout: &Layout, command: Command) -> Result<Outcome> {
                 );
                 return Ok(Outcome::Failure);
             }
-            dlq::purge(layout, &letters)?;
+            dlq::purge(queue.as_ref(), &letters)?;
             println!("deleted {} dead letters", letters.len());
         }
     }

@@ -54,7 +54,7 @@ pub struct Args {
 
 pub fn run(layout: &Layout, args: Args) -> Result<Outcome> {
     let (config, queue) = open(layout)?;
-    let producer = Producer::new(&queue, config.validator());
+    let producer = Producer::new(queue.as_ref(), config.validator());
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.batch {
         let stdin = std::io::stdin();

@@ -35,10 +35,15 @@ enum Format {
 }
 
 pub fn run(layout: &Layout, args: Args) -> Result<Outcome> {
-    let (config, _queue) = open(layout)?;
+    let (config, store) = open(layout)?;
     args.filter.check()?;
-    let selection =
-        replay::select(layout, &args.filter, replay::Origin::Archive, &config.validator(), &mut progress_meter())?;
+    let selection = replay::select(
+        store.as_ref(),
+        &args.filter,
+        replay::Origin::Archive,
+        &config.validator(),
+        &mut progress_meter(),
+    )?;
     let mut refused = 0;
     for s in &selection.skipped {
         refused += usize::from(s.refused);

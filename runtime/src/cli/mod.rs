@@ -7,13 +7,14 @@
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use cortex::config::Config;
 use cortex::layout::Layout;
-use cortex::queue::FsQueue;
+use cortex::store::Store;
 
 pub use super::Outcome;
 
@@ -141,12 +142,11 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     }
 }
 
-/// The root's checked config and its queue.
-fn open(layout: &Layout) -> Result<(Config, FsQueue)> {
+/// The root's checked config and the store it selects.
+fn open(layout: &Layout) -> Result<(Config, Arc<dyn Store>)> {
     let config = Config::load(layout.root())?;
-    let queue = FsQueue::open(layout.clone(), config.validator())?.with_archive(&config.archive);
-    queue.set_webhooks(cortex::webhooks::Routes::of(&config))?;
-    Ok((config, queue))
+    let store = cortex::store::open(layout, &config)?;
+    Ok((config, store))
 }
 
 fn read_stdin() -> Result<String> {

@@ -68,7 +68,7 @@ pub fn run(layout: &Layout, args: Args) -> Result<Outcome> {
     if !args.dry_run {
         queue::check_writable(layout)?;
     }
-    let report = replay::run(&queue, &config, &request, &mut progress_meter())?;
+    let report = replay::run(queue.as_ref(), layout, &config, &request, &mut progress_meter())?;
     for s in &report.skipped_lines {
         tracing::warn!("{s}");
     }

@@ -14,8 +14,8 @@ pub struct Args {
 }
 
 pub fn run(layout: &Layout, args: Args) -> Result<Outcome> {
-    let (_, queue) = open(layout)?;
-    let status = cortex::status::gather(&queue)?;
+    let (config, queue) = open(layout)?;
+    let status = cortex::status::gather(queue.as_ref(), layout, &config)?;
     for s in &status.skipped {
         tracing::warn!("{s}");
     }

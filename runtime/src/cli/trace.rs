@@ -19,7 +19,7 @@ pub struct Args {
 
 pub fn run(layout: &Layout, args: Args) -> Result<Outcome> {
     let (config, queue) = open(layout)?;
-    let trace = cortex::trace::trace(&queue, &config, &args.id)?;
+    let trace = cortex::trace::trace(queue.as_ref(), &config, &args.id)?;
     for s in &trace.skipped {
         tracing::warn!("skipped: {s}");
     }

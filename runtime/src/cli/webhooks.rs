@@ -4,7 +4,7 @@
 
 use anyhow::{Result, bail};
 
-use super::{Outcome, open};
+use super::Outcome;
 use cortex::layout::Layout;
 
 #[derive(clap::Subcommand)]
@@ -24,8 +24,8 @@ pub enum Command {
 }
 
 pub fn run(layout: &Layout, command: Command) -> Result<Outcome> {
-    let (_, queue) = open(layout)?;
-    let routes = queue.webhooks();
+    let config = cortex::config::Config::load(layout.root())?;
+    let routes = cortex::webhooks::Routes::of(&config);
     match command {
         Command::List { json } => {
             let endpoints = cortex::webhooks::endpoint_status(layout, &routes);

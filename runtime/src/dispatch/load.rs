@@ -12,6 +12,7 @@ use super::Dispatcher;
 use crate::config::Config;
 use crate::queue::Queue;
 use crate::sandbox::{Loaded, Sandbox};
+use crate::store::Store;
 
 /// Loads every handler of a config. One that does not load (its component
 /// is missing or broken, or its `describe()` traps or times out) does not
@@ -86,9 +87,13 @@ pub fn declared(loaded: &Loaded, mode: crate::config::Mismatch) -> Result<()> {
 ///
 /// # Errors
 /// When the sandbox cannot be started.
-pub fn prepare(queue: Arc<dyn Queue>, root: &std::path::Path, config: Arc<Config>) -> Result<Dispatcher> {
-    let sandbox =
-        Arc::new(Sandbox::new(root, config.validator(), config.needs_fuel()).context("failed to start the sandbox")?);
+pub fn prepare(store: Arc<dyn Store>, root: &std::path::Path, config: Arc<Config>) -> Result<Dispatcher> {
+    let sandbox = Arc::new(
+        Sandbox::new(root, config.validator(), config.needs_fuel())
+            .context("failed to start the sandbox")?
+            .with_store(store.clone()),
+    );
+    let queue: Arc<dyn Queue> = store;
     let (handlers, broken) = load_all(&sandbox, &config);
     Ok(Dispatcher::new(queue, sandbox, config, handlers, broken))
 }

@@ -50,6 +50,8 @@ pub struct FsQueue {
     pub(super) webhooks: RwLock<Arc<crate::webhooks::Routes>>,
     /// The ids of the plain archive days the idempotency check looked in.
     pub(super) seen: Mutex<super::known::SeenIds>,
+    /// Handler state, opened on first use (see [`crate::store::Store::state`]).
+    pub(super) state: std::sync::OnceLock<Arc<dyn crate::kv::Backend>>,
 }
 
 impl FsQueue {
@@ -70,6 +72,7 @@ impl FsQueue {
             last_prune: Mutex::new(None),
             webhooks: RwLock::default(),
             seen: Mutex::default(),
+            state: std::sync::OnceLock::new(),
         })
     }
 
@@ -162,12 +165,19 @@ impl FsQueue {
 
     /// Every claim file: the old flat ones and those in owner directories.
     pub(super) fn claim_names(&self) -> Result<Vec<EntryName>> {
-        let mut names = list_names(&self.layout.claimed())?;
-        for dir in owner::dirs(&self.layout.claimed()) {
+        Ok(self.claim_files()?.into_iter().map(|(_, name)| name).collect())
+    }
+
+    /// Every claim file with where it is.
+    pub(super) fn claim_files(&self) -> Result<Vec<(PathBuf, EntryName)>> {
+        let claimed = self.layout.claimed();
+        let mut out: Vec<(PathBuf, EntryName)> =
+            list_names(&claimed)?.into_iter().map(|n| (claimed.join(n.file_name()), n)).collect();
+        for dir in owner::dirs(&claimed) {
             // An owner directory may vanish while listed: its owner retired.
-            names.extend(list_names(&dir).unwrap_or_default());
+            out.extend(list_names(&dir).unwrap_or_default().into_iter().map(|n| (dir.join(n.file_name()), n)));
         }
-        Ok(names)
+        Ok(out)
     }
 
     fn depth_now(&self) -> Result<Depth> {

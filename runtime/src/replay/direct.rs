@@ -12,20 +12,20 @@ use crate::config::Config;
 use crate::event::Event;
 use crate::fsio;
 use crate::layout::Layout;
-use crate::queue::{FsQueue, Queue};
 use crate::route;
 use crate::sandbox::{Loaded, Sandbox};
+use crate::store::Store;
 
 /// Runs the handlers in-process; queues their follow-ups unless a dry run.
 pub(super) fn direct(
-    queue: &FsQueue,
+    store: &dyn Store,
+    layout: &Layout,
     config: &Config,
     request: &Request,
     events: Vec<Event>,
     report: &mut Report,
     progress: Progress,
 ) -> Result<()> {
-    let layout = queue.layout();
     let candidate = match &request.component {
         None => None,
         Some(path) => {
@@ -99,7 +99,12 @@ pub(super) fn direct(
         None
     };
     let root = scratch.as_ref().map_or(layout.root(), |d| d.path());
-    let sandbox = Sandbox::new(root, config.validator(), config.needs_fuel()).context("failed to start the sandbox")?;
+    let mut sandbox =
+        Sandbox::new(root, config.validator(), config.needs_fuel()).context("failed to start the sandbox")?;
+    if !request.dry_run {
+        // The store's state, which another host may share.
+        sandbox = sandbox.with_state(store.state()?);
+    }
     let mut loaded: BTreeMap<String, Loaded> = BTreeMap::new();
     for (_, hs) in &plan {
         for name in hs {
@@ -191,7 +196,7 @@ pub(super) fn direct(
     }
     report.selected = plan.len();
     if !request.dry_run {
-        queue
+        store
             .enqueue(&follow_ups)
             .context("the handlers ran, but their follow-up events could not be queued; none of them was")?;
         report.follow_ups_queued = follow_ups.len();

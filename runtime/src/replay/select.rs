@@ -16,10 +16,10 @@ use chrono::{Datelike, Days, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{Filter, Origin, Progress};
-use crate::archive::{Archive, Segment};
+use crate::archive::Segment;
 use crate::dlq;
 use crate::event::{Event, Validator};
-use crate::layout::Layout;
+use crate::store::{ArchiveRead, Store};
 
 /// Bytes read from an archive file at a time.
 const CHUNK: usize = 4 << 20;
@@ -91,7 +91,7 @@ struct ArchiveFile {
 
 /// The archive's days and compacted months, compact ones first, then days
 /// in order: a later copy of an event comes later.
-fn archive_files(archive: Option<&Archive>) -> Result<Vec<ArchiveFile>> {
+fn archive_files(archive: Option<&dyn ArchiveRead>) -> Result<Vec<ArchiveFile>> {
     let Some(archive) = archive else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     for seg in archive.segments()? {
@@ -103,8 +103,8 @@ fn archive_files(archive: Option<&Archive>) -> Result<Vec<ArchiveFile>> {
         } else {
             NaiveDate::parse_from_str(&seg.stem, "%Y-%m-%d").map_or(Span::Undated, Span::Day)
         };
-        let name = seg.packed.as_ref().or(seg.plain.as_ref()).map(|p| p.name.clone()).unwrap_or_default();
-        out.push(ArchiveFile { span, path: archive.path().join(name), size: seg.content_bytes, seg });
+        let path = PathBuf::from(archive.describe(&seg));
+        out.push(ArchiveFile { span, path, size: seg.content_bytes, seg });
     }
     out.sort_by(|a, b| (&a.span, &a.path).cmp(&(&b.span, &b.path)));
     Ok(out)
@@ -162,7 +162,7 @@ struct Scanner<'a> {
 impl Scanner<'_> {
     fn scan(
         &mut self,
-        archive: Option<&Archive>,
+        archive: Option<&dyn ArchiveRead>,
         file: &ArchiveFile,
         needle: Option<&str>,
         sink: &mut Sink,
@@ -288,14 +288,14 @@ fn id_date(id: &str) -> Option<NaiveDate> {
 /// Events `validator` refuses are not errors: they are listed in
 /// [`Selection::skipped`] as refused.
 pub fn select(
-    layout: &Layout,
+    store: &dyn Store,
     filter: &Filter,
     origin: Origin,
     validator: &Validator,
     progress: Progress,
 ) -> Result<Selection> {
     if origin == Origin::DeadLetters {
-        let listing = dlq::list(layout)?;
+        let listing = store.dead_letters()?;
         let mut c = Collector::default();
         let mut skipped = Vec::new();
         for l in listing.letters {
@@ -319,14 +319,15 @@ pub fn select(
         }
         return Ok(Selection {
             events: c.events,
-            files_read: vec![layout.dead_letter()],
+            files_read: vec![PathBuf::from(format!("the dead letters of {}", store.describe()))],
             skipped,
             ..Selection::default()
         });
     }
 
-    let archive = Archive::open(layout)?;
-    let files = archive_files(archive.as_ref())?;
+    let archive = store.archive()?;
+    let archive = archive.as_deref();
+    let files = archive_files(archive)?;
     let mut scanner = Scanner { skipped: Vec::new(), files_read: Vec::new(), done_bytes: 0, total_bytes: 0, progress };
     let mut c = Collector::default();
     let mut full_scan = false;
@@ -339,7 +340,7 @@ pub fn select(
                 scanner.total_bytes += picks.iter().map(|&i| files[i].size).sum::<u64>();
                 for i in picks {
                     read[i] = true;
-                    scanner.scan(archive.as_ref(), &files[i], Some(id), &mut |e| {
+                    scanner.scan(archive, &files[i], Some(id), &mut |e| {
                         *found = Some(revalidate(validator, e)?);
                         Ok(())
                     })?;
@@ -374,7 +375,7 @@ pub fn select(
                     if let Some(refused) = scanner.skipped.iter().find(|s| s.refused) {
                         bail!("event {id} cannot be replayed: {refused}");
                     }
-                    return Err(not_found(layout, id, scanner.files_read.len()));
+                    return Err(not_found(store, id, scanner.files_read.len()));
                 }
                 Some(e) if !filter.matches(&e) => bail!(
                     "event {id} is archived ({} {} at {}) but does not match the other filters ({}); drop them to select it",
@@ -391,7 +392,7 @@ pub fn select(
             full_scan = picks.len() == files.len();
             scanner.total_bytes = picks.iter().map(|f| f.size).sum();
             for f in picks {
-                scanner.scan(archive.as_ref(), f, None, &mut |e| {
+                scanner.scan(archive, f, None, &mut |e| {
                     if filter.matches(&e) {
                         c.push(revalidate(validator, e)?);
                     }
@@ -404,30 +405,22 @@ pub fn select(
 }
 
 /// Why an id is not in the archive, and where it is instead.
-fn not_found(layout: &Layout, id: &str, files_read: usize) -> anyhow::Error {
-    let named = |dir: PathBuf| -> Vec<String> {
-        std::fs::read_dir(dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.contains(id))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+fn not_found(store: &dyn Store, id: &str, files_read: usize) -> anyhow::Error {
     let base = format!(
-        "event {id} is not in the archive (read {files_read} file{} in {}: its day, the days around it, then all of them)",
+        "event {id} is not in the archive (read {files_read} day{} of {}: its day, the days around it, then all of them)",
         if files_read == 1 { "" } else { "s" },
-        layout.archive().display()
+        store.describe()
     );
-    if let Some(key) = named(layout.dead_letter()).first() {
+    let dead = store.dead_letters().map(|l| l.letters.into_iter().find(|l| l.is(id)).map(|l| l.key)).ok().flatten();
+    let live = store.live().map(|l| l.iter().any(|l| l.name.event_id == id)).unwrap_or(false);
+    if let Some(key) = dead {
         anyhow::anyhow!(
             "{base}; it is in the dead-letter queue as {key}: see `cortex dlq show {id}`, try a fix with `cortex replay --dead-letters --event-id {id} --component NEW.wasm --dry-run`, then `cortex dlq retry {id}`"
         )
-    } else if !named(layout.queue()).is_empty() || !named(layout.claimed()).is_empty() {
+    } else if live {
         anyhow::anyhow!("{base}; it is still queued, not yet dispatched: run `cortex dispatch`")
     } else {
-        anyhow::anyhow!("{base}; check the id (`grep {id} {}/*.jsonl`)", layout.events().display())
+        anyhow::anyhow!("{base}; check the id (`cortex trace {id}` looks everywhere)")
     }
 }
 

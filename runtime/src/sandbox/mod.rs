@@ -149,6 +149,8 @@ pub struct Sandbox {
     /// The key-value backend, opened when a handler with `keyvalue` grants
     /// first runs (a root without them never gets a database).
     state: Mutex<Option<Arc<dyn kv::Backend>>>,
+    /// Where [`Sandbox::state`] comes from when set: the store's backend.
+    store: Option<Arc<dyn crate::store::Store>>,
 }
 
 impl Drop for Sandbox {
@@ -244,6 +246,7 @@ impl Sandbox {
             fuel,
             ticker_stop,
             state: Mutex::new(None),
+            store: None,
         })
     }
 
@@ -266,8 +269,17 @@ impl Sandbox {
         self
     }
 
+    /// Takes handler state from `store` (opened on first use): the store a
+    /// dispatcher settles in, which other hosts may share.
+    #[must_use]
+    pub fn with_store(mut self, store: Arc<dyn crate::store::Store>) -> Sandbox {
+        self.store = Some(store);
+        self
+    }
+
     /// The key-value backend handlers' state lives in, opened on first use
-    /// (`<root>/kv/state.db`); the dispatcher commits to the same one.
+    /// (the store's, or `<root>/kv/state.db`); the dispatcher commits to
+    /// the same one.
     ///
     /// # Errors
     /// When the database cannot be opened.
@@ -276,8 +288,10 @@ impl Sandbox {
         if let Some(b) = slot.as_ref() {
             return Ok(b.clone());
         }
-        let path = crate::layout::Layout::new(&self.root).kv_db();
-        let backend: Arc<dyn kv::Backend> = Arc::new(kv::sqlite::SqliteBackend::open(&path)?);
+        let backend: Arc<dyn kv::Backend> = match &self.store {
+            Some(store) => store.state()?,
+            None => Arc::new(kv::sqlite::SqliteBackend::open(&crate::layout::Layout::new(&self.root).kv_db())?),
+        };
         *slot = Some(backend.clone());
         Ok(backend)
     }

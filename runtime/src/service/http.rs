@@ -21,7 +21,8 @@ use crate::dispatch::{Broken, Dispatcher};
 use crate::layout::Layout;
 use crate::lock::RecoverRw;
 use crate::metrics::Metrics;
-use crate::queue::{FsQueue, Queue, now_us};
+use crate::queue::now_us;
+use crate::store::Store;
 
 pub mod api;
 pub mod auth;
@@ -34,7 +35,7 @@ pub use auth::{Auth, Denied};
 /// config, handlers and metrics), readiness and who may do what.
 pub struct Ctx {
     pub layout: Layout,
-    pub queue: Arc<FsQueue>,
+    pub queue: Arc<dyn Store>,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,

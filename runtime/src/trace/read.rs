@@ -7,7 +7,7 @@
 //! line.
 //!
 //! The archive is read once, a line at a time, through
-//! [`crate::archive::Archive::lines`], the one door to plain and compressed
+//! [`crate::store::ArchiveRead::lines`], the one door to plain and compressed
 //! days alike; each line keeps only
 //! what a node shows (no payload), boxed in one table. Measured on these
 //! machines: 500,000 archived events (550 MB of day files) take about 9 s
@@ -15,18 +15,17 @@
 
 use std::collections::HashMap;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use chrono::DateTime;
 
 use super::{Events, Node, Outcome, Status, Step};
-use crate::archive::Archive;
 use crate::config::Config;
-use crate::dlq::{self, DeadLetter};
+use crate::dlq::DeadLetter;
 use crate::event::Event;
-use crate::queue::{EntryName, FsQueue};
+use crate::queue::EntryName;
 use crate::records::{ArchiveRecord, CausedBy, Delivery, Outcome as Settled};
+use crate::store::{LiveState, Store};
 
 /// Notes kept about unreadable input; past this many only counted.
 const MAX_NOTES: usize = 20;
@@ -75,30 +74,26 @@ impl Gathered {
     }
 }
 
-/// Reads every event `queue`'s root holds: waiting and claimed entries
-/// (with the handlers `config` routes them to), dead letters, and the
-/// archive's day files.
+/// Reads every event `store` holds: waiting and claimed entries (with the
+/// handlers `config` routes them to), dead letters, and the archive's days.
 ///
 /// # Errors
-/// When a directory cannot be listed or an archive file cannot be read;
-/// a line or record that does not parse is only noted in `skipped`.
-pub fn gather(queue: &FsQueue, config: &Config) -> Result<Gathered> {
-    let layout = queue.layout();
+/// When the store cannot be read or an archive day cannot be opened; a
+/// line or record that does not parse is only noted in `skipped`.
+pub fn gather(store: &dyn Store, config: &Config) -> Result<Gathered> {
     let mut out = Gathered::default();
     let mut places = HashMap::new();
-    for name in queue.entries()? {
-        let path = layout.queue().join(name.file_name());
-        if let Some(node) = live(&path, &name, Status::Waiting, layout.attempts().as_path(), config, &mut out)? {
-            out.put(node, Place::Queue, &mut places);
+    for live in store.live()? {
+        let (status, place) = match live.state {
+            LiveState::Waiting => (Status::Waiting, Place::Queue),
+            LiveState::Claimed => (Status::Running, Place::Claim),
+        };
+        match live.event {
+            Ok(event) => out.put(live_node(event, &live.name, status, &live.delivery, config), place, &mut places),
+            Err(why) => out.skip(why),
         }
     }
-    for path in claim_files(&layout.claimed())? {
-        let Some(name) = path.file_name().and_then(|n| EntryName::parse(&n.to_string_lossy())) else { continue };
-        if let Some(node) = live(&path, &name, Status::Running, layout.attempts().as_path(), config, &mut out)? {
-            out.put(node, Place::Claim, &mut places);
-        }
-    }
-    let letters = dlq::list(layout)?;
+    let letters = store.dead_letters()?;
     for why in letters.unreadable {
         out.skip(why);
     }
@@ -107,12 +102,12 @@ pub fn gather(queue: &FsQueue, config: &Config) -> Result<Gathered> {
             out.put(node, Place::DeadLetter, &mut places);
         }
     }
-    if let Some(archive) = Archive::open(layout)? {
+    if let Some(archive) = store.archive()? {
         let mut days = archive.segments()?;
         // Compacted months first, then by name: a later copy is read later.
         days.sort_by_key(|s| !s.stem.ends_with(".compact"));
         for seg in days {
-            let what = archive.path().join(seg.names());
+            let what = archive.describe(&seg);
             let reader = match archive.lines(&seg) {
                 Ok(r) => r,
                 Err(e) => {
@@ -121,13 +116,13 @@ pub fn gather(queue: &FsQueue, config: &Config) -> Result<Gathered> {
                 }
             };
             for (n, line) in reader.split(b'\n').enumerate() {
-                let line = line.with_context(|| format!("failed to read archive file {}", what.display()))?;
+                let line = line.with_context(|| format!("failed to read archive file {what}"))?;
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
                 match archived(&line) {
                     Some(node) => out.put(node, Place::Archive, &mut places),
-                    None => out.skip(format!("{}:{}: not an archive record or an event", what.display(), n + 1)),
+                    None => out.skip(format!("{what}:{}: not an archive record or an event", n + 1)),
                 }
             }
         }
@@ -139,63 +134,10 @@ pub fn gather(queue: &FsQueue, config: &Config) -> Result<Gathered> {
     Ok(out)
 }
 
-/// The claim files under `claimed/`: each dispatcher's directory, and any
-/// left flat by an older version.
-fn claim_files(claimed: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for name in listing(claimed)? {
-        let path = claimed.join(&name);
-        if path.is_dir() {
-            // An owner's directory goes when its owner retires.
-            out.extend(listing(&path).unwrap_or_default().into_iter().map(|n| path.join(n)));
-        } else {
-            out.push(path);
-        }
-    }
-    Ok(out)
-}
-
-/// File names in `dir`; none when it does not exist.
-fn listing(dir: &Path) -> Result<Vec<String>> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("failed to list {}", dir.display())),
-    };
-    let mut out = Vec::new();
-    for entry in rd {
-        let entry = entry.with_context(|| format!("failed to list {}", dir.display()))?;
-        out.push(entry.file_name().to_string_lossy().into_owned());
-    }
-    Ok(out)
-}
-
 /// The node of a waiting or claimed entry: the handlers that succeeded on
 /// earlier deliveries, those whose last attempt failed, and the rest of
-/// those `config` routes it to, waiting. `None` when the entry moved on
-/// while it was listed.
-fn live(
-    path: &Path,
-    name: &EntryName,
-    status: Status,
-    attempts: &Path,
-    config: &Config,
-    out: &mut Gathered,
-) -> Result<Option<Node>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("failed to read queue entry {}", path.display())),
-    };
-    let event: Event = match serde_json::from_str(&text) {
-        Ok(e) => e,
-        Err(e) => {
-            out.skip(format!("{}: not an event: {e}", path.display()));
-            return Ok(None);
-        }
-    };
-    let delivery = if name.attempt > 1 { delivery(&attempts.join(format!("{}.json", name.key())), out) } else { None };
-    let delivery = delivery.unwrap_or_default();
+/// those `config` routes it to, waiting.
+fn live_node(event: Event, name: &EntryName, status: Status, delivery: &Delivery, config: &Config) -> Node {
     let mut handlers: Vec<Step> = delivery.done.iter().map(|h| ok(h, None, String::new())).collect();
     for f in delivery.history.last().map(|a| a.failures.as_slice()).unwrap_or_default() {
         if !f.handler.is_empty() {
@@ -221,19 +163,7 @@ fn live(
     }
     let mut node = node(event, status, name.attempt, handlers);
     node.enqueued_us = Some(name.enqueued_us);
-    Ok(Some(node))
-}
-
-/// An entry's delivery record, if it has one that reads.
-fn delivery(path: &Path, out: &mut Gathered) -> Option<Delivery> {
-    let bytes = std::fs::read(path).ok()?;
-    match serde_json::from_slice(&bytes) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            out.skip(format!("{}: not a delivery record: {e}", path.display()));
-            None
-        }
-    }
+    node
 }
 
 /// The node of a dead letter that holds an event: the handlers that

@@ -148,7 +148,10 @@ pub(super) fn reads(ctx: Arc<Ctx>) -> Router {
     let c = ctx.clone();
     let status = get(move || {
         let c = c.clone();
-        blocking(move || Ok(crate::status::gather(&c.queue)?))
+        blocking(move || {
+            let config = c.dispatcher.config_slot().read_locked().clone();
+            Ok(crate::status::gather(c.queue.as_ref(), &c.layout, &config)?)
+        })
     });
     let c = ctx.clone();
     let queue = get(move || {
@@ -233,7 +236,7 @@ fn queue_view(ctx: &Ctx) -> Result<QueueView, Problem> {
 
 fn trace(ctx: &Ctx, id: &str) -> Result<crate::trace::Trace, Problem> {
     let config = ctx.dispatcher.config_slot().read_locked().clone();
-    let gathered = crate::trace::gather(&ctx.queue, &config)?;
+    let gathered = crate::trace::gather(ctx.queue.as_ref(), &config)?;
     let Some((named, trees)) = crate::trace::build(gathered.events, id) else {
         let error = format!(
             "no event or correlation id {} in the queue, the claims, the dead letters or the archive",
@@ -246,7 +249,7 @@ fn trace(ctx: &Ctx, id: &str) -> Result<crate::trace::Trace, Problem> {
 }
 
 fn letters(ctx: &Ctx) -> Result<Letters, Problem> {
-    let listing = crate::dlq::list(&ctx.layout)?;
+    let listing = ctx.queue.dead_letters()?;
     let letters = listing
         .letters
         .iter()
@@ -268,7 +271,7 @@ fn letters(ctx: &Ctx) -> Result<Letters, Problem> {
 }
 
 fn letter(ctx: &Ctx, id: &str) -> Result<Letter, Problem> {
-    let listing = crate::dlq::list(&ctx.layout)?;
+    let listing = ctx.queue.dead_letters()?;
     let found = listing.find(id).map_err(|e| Problem(StatusCode::NOT_FOUND, format!("{e:#}")))?;
     // `find` names at least one or fails.
     let l = found[0];
@@ -309,12 +312,12 @@ fn handlers(ctx: &Ctx) -> Vec<HandlerView> {
 }
 
 fn retry(ctx: &Ctx, id: &str) -> Result<Retried, Problem> {
-    let listing = crate::dlq::list(&ctx.layout)?;
+    let listing = ctx.queue.dead_letters()?;
     let selection = listing
         .for_retry(Some(id), false, &crate::replay::Filter::default())
         .map_err(|e| Problem(StatusCode::NOT_FOUND, format!("{e:#}")))?;
     let config = ctx.dispatcher.config_slot().read_locked().clone();
-    let events = crate::dlq::retry(&ctx.queue, &config.validator(), &selection.letters)
+    let events = crate::dlq::retry(ctx.queue.as_ref(), &config.validator(), &selection.letters)
         .map_err(|e| Problem(StatusCode::CONFLICT, format!("{e:#}")))?;
     tracing::info!(id = %Escaped(id), events = events.len(), "dead letter retried from the dashboard");
     Ok(Retried { retried: events.into_iter().map(|e| e.event_id).collect() })
