@@ -161,6 +161,17 @@ pub fn open_fs(layout: &Layout, config: &Config) -> Result<FsQueue> {
     Ok(queue)
 }
 
+/// The handler state kept in Redis at `url` under `prefix`, without the
+/// rest of the store (for `cortex state`).
+///
+/// # Errors
+/// When Redis does not answer.
+pub fn open_state(url: &str, prefix: &str) -> Result<Arc<dyn crate::kv::Backend>> {
+    let server = Arc::new(self::redis::Redis::open(url, prefix)?);
+    let _ = server;
+    anyhow::bail!("key-value state on Redis is not wired yet")
+}
+
 /// Opens the store `config` (and `CORTEX_BACKEND`) selects for the root at
 /// `layout`: the filesystem under the root, or Redis.
 ///

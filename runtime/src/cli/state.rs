@@ -83,8 +83,7 @@ const PAGE: usize = 1000;
 /// The state backend of the root's store: on the filesystem, the database
 /// if any handler ever wrote one (reading never creates it).
 fn backend(layout: &Layout) -> Result<Option<Arc<dyn Backend>>> {
-    let config = cortex::config::Config::load(layout.root())?;
-    match config.backend.resolve()? {
+    match cortex::config::BackendConfig::load(layout.root())?.resolve()? {
         BackendKind::Filesystem => {
             let path = layout.kv_db();
             if !path.is_file() {
@@ -92,7 +91,7 @@ fn backend(layout: &Layout) -> Result<Option<Arc<dyn Backend>>> {
             }
             Ok(Some(Arc::new(SqliteBackend::open(&path)?)))
         }
-        BackendKind::Redis { .. } => Ok(Some(cortex::store::open(layout, &config)?.state()?)),
+        BackendKind::Redis { url, prefix } => Ok(Some(cortex::store::open_state(&url, &prefix)?)),
     }
 }
 

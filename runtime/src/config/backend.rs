@@ -56,6 +56,30 @@ pub enum BackendKind {
 }
 
 impl BackendConfig {
+    /// Only the `[backend]` table of `<root>/cortex.toml`, for the repair
+    /// commands (`cortex state`), which must work while another part of the
+    /// config is broken.
+    ///
+    /// # Errors
+    /// When the file cannot be read, is not TOML, or the table is invalid.
+    pub fn load(root: &Path) -> Result<BackendConfig> {
+        let path = root.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!("failed to read {} (run `cortex init --root {}` first?)", path.display(), root.display())
+        })?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!("invalid configuration in {}: {}", path.display(), e.to_string().trim_end())
+        })?;
+        let backend: BackendConfig = match table.get("backend") {
+            Some(v) => v.clone().try_into().map_err(|e: toml::de::Error| {
+                anyhow::anyhow!("invalid configuration in {}: backend: {}", path.display(), e.to_string().trim_end())
+            })?,
+            None => BackendConfig::default(),
+        };
+        backend.check().with_context(|| format!("invalid configuration in {}", path.display()))?;
+        Ok(backend)
+    }
+
     /// The backend to open: `CORTEX_BACKEND` when set and not empty, else
     /// `url`, else the filesystem.
     ///
@@ -174,7 +198,7 @@ mod tests {
             password_env: None,
         };
         assert!(c("redis://127.0.0.1:6379/0", "cortex").check().is_ok());
-        assert!(c("http://h", "cortex").check().unwrap_err().to_string().contains("unknown backend scheme"));
+        assert!(format!("{:#}", c("http://h", "cortex").check().unwrap_err()).contains("unknown backend scheme"));
         assert!(c("redis://", "cortex").check().is_err());
         assert!(c("redis://h", "a b").check().is_err());
         let e = c("redis://:pw@h:1/0", "cortex").check();
