@@ -72,6 +72,7 @@ pub struct Metrics {
     claimed: Gauge,
     oldest_age_ms: Gauge,
     dead_letters: Gauge,
+    store_reachable: Gauge,
     stream_clients: Gauge,
     stream_dropped: Counter,
     ingest_requests: Family<IngestLabels, Counter>,
@@ -106,6 +107,7 @@ impl Metrics {
             claimed: Gauge::default(),
             oldest_age_ms: Gauge::default(),
             dead_letters: Gauge::default(),
+            store_reachable: Gauge::default(),
             stream_clients: Gauge::default(),
             stream_dropped: Counter::default(),
             ingest_requests: Family::default(),
@@ -148,6 +150,11 @@ impl Metrics {
         registry.register("queue_claimed", "Events claimed and not yet settled", m.claimed.clone());
         registry.register("queue_oldest_age_milliseconds", "Age of the oldest queued event", m.oldest_age_ms.clone());
         registry.register("dead_letters", "Events in the dead-letter queue", m.dead_letters.clone());
+        registry.register(
+            "store_reachable",
+            "1 while the store (filesystem, or the Redis server) answered the last call, 0 while it is unreachable",
+            m.store_reachable.clone(),
+        );
         registry.register("dashboard_stream_clients", "Clients connected to /api/stream", m.stream_clients.clone());
         registry.register(
             "dashboard_stream_dropped_clients",
@@ -191,6 +198,11 @@ impl Metrics {
             _ => {}
         }
         self.emitted.inc_by(emitted as u64);
+    }
+
+    /// Whether the store answered its last call.
+    pub fn store_reachable(&self, reachable: bool) {
+        self.store_reachable.set(i64::from(reachable));
     }
 
     /// One `POST /v1/events` answered with `status`.

@@ -102,6 +102,8 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
     let _watcher = watch(&layout, &reloader.watched(), wake_tx.clone(), reload_tx.clone())?;
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Events queued on other hosts wake the dispatcher too.
+    queue.watch(wake_tx.clone(), stop.clone())?;
     let dispatch_thread = {
         let (dispatcher, stop) = (dispatcher.clone(), stop.clone());
         std::thread::Builder::new().name("cortex-dispatch".into()).spawn(move || {

@@ -81,6 +81,24 @@ pub trait Store: Queue {
     /// /srv/cortex` or `redis://host:6379/0 (prefix cortex)`.
     fn describe(&self) -> String;
 
+    /// Whether the last call reached the store (false while a Redis server
+    /// is unreachable); `/readyz` and the `store_reachable` metric say it.
+    fn reachable(&self) -> bool {
+        true
+    }
+
+    /// Wakes a waiting dispatcher through `wake` when events are queued by
+    /// another process, until `stop`. The filesystem needs nothing here
+    /// (the service watches `queue/`); a shared server tells its
+    /// subscribers.
+    ///
+    /// # Errors
+    /// When the watch cannot be started.
+    fn watch(&self, wake: std::sync::mpsc::Sender<()>, stop: Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
+        let _ = (wake, stop);
+        Ok(())
+    }
+
     /// Queued entries (ready and delayed), in claim order.
     ///
     /// # Errors

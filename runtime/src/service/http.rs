@@ -76,6 +76,9 @@ fn probes(ctx: Arc<Ctx>) -> Router {
     Router::new().route("/healthz", get(|| async { "ok\n" })).route(
         "/readyz",
         get(move || {
+            // Not ready while the store is unreachable (a Redis server
+            // down): nothing claimed, nothing accepted for ingest.
+            let store_down = (!ctx.queue.reachable()).then(|| ctx.queue.describe());
             let ready = ctx.ready.load(Ordering::Relaxed);
             // Serving, but some handlers do not load: still ready (the
             // others serve), with the detail for whoever looks.
@@ -86,6 +89,9 @@ fn probes(ctx: Arc<Ctx>) -> Router {
                 .map(|(name, why)| format!("handler {name} does not load: {}\n", crate::text::escape(why)))
                 .collect();
             async move {
+                if let Some(store) = store_down {
+                    return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: the store {store} is unreachable\n"));
+                }
                 match (ready, detail.is_empty()) {
                     (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string()),
                     (true, true) => (StatusCode::OK, "ready\n".to_string()),
@@ -104,7 +110,9 @@ fn metrics(ctx: Arc<Ctx>) -> Router {
         get(move || {
             let ctx = ctx.clone();
             async move {
-                match ctx.queue.depth() {
+                let depth = ctx.queue.depth();
+                ctx.metrics.store_reachable(ctx.queue.reachable());
+                match depth {
                     Ok(d) => {
                         let age = d.oldest.as_ref().map_or(0, |o| now_us().saturating_sub(o.enqueued_us) / 1000);
                         ctx.metrics.queue(&d, age);
