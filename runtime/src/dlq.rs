@@ -17,7 +17,6 @@ use anyhow::{Context, Result, bail};
 use chrono::DateTime;
 
 use crate::event::{Event, Validator};
-use crate::fsio;
 use crate::layout::Layout;
 use crate::queue::now_rfc3339;
 use crate::records::{DeadLetterRecord, RetryMark};

@@ -194,7 +194,9 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
     let _ = reload_thread.join();
     let _ = schedule_thread.join();
     // Attempts in flight are dropped; their records are sent again later.
-    let _ = webhooks.await;
+    if let Some(w) = webhooks {
+        let _ = w.await;
+    }
     if let Some(server) = server {
         server.abort();
     }

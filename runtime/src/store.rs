@@ -177,7 +177,7 @@ pub fn open(layout: &Layout, config: &Config) -> Result<Arc<dyn Store>> {
                     "[webhooks] needs the filesystem backend (its outbox is written in the filesystem's group commit); remove [webhooks] or [backend] url"
                 );
             }
-            let server = Arc::new(redis::Redis::open(&url, &prefix)?);
+            let server = Arc::new(self::redis::Redis::open(&url, &prefix)?);
             let _ = server;
             anyhow::bail!("the Redis backend is not wired into the commands yet")
         }

@@ -12,12 +12,14 @@
 //! the old value and would write over the repair.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::{Map, Value};
 
 use super::Outcome;
+use cortex::config::BackendKind;
 use cortex::kv::sqlite::SqliteBackend;
 use cortex::kv::{Backend, Changes, Mark, Op};
 use cortex::layout::Layout;
@@ -78,17 +80,24 @@ pub enum Command {
 /// Keys read from the backend per page.
 const PAGE: usize = 1000;
 
-/// The state database, if any handler ever wrote one.
-fn backend(layout: &Layout) -> Result<Option<SqliteBackend>> {
-    let path = layout.kv_db();
-    if !path.is_file() {
-        return Ok(None);
+/// The state backend of the root's store: on the filesystem, the database
+/// if any handler ever wrote one (reading never creates it).
+fn backend(layout: &Layout) -> Result<Option<Arc<dyn Backend>>> {
+    let config = cortex::config::Config::load(layout.root())?;
+    match config.backend.resolve()? {
+        BackendKind::Filesystem => {
+            let path = layout.kv_db();
+            if !path.is_file() {
+                return Ok(None);
+            }
+            Ok(Some(Arc::new(SqliteBackend::open(&path)?)))
+        }
+        BackendKind::Redis { .. } => Ok(Some(cortex::store::open(layout, &config)?.state()?)),
     }
-    Ok(Some(SqliteBackend::open(&path)?))
 }
 
 /// Every key of `bucket` under `prefix`, page by page.
-fn keys(db: &SqliteBackend, bucket: &str, prefix: &str) -> Result<Vec<String>> {
+fn keys(db: &dyn Backend, bucket: &str, prefix: &str) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     loop {
         let page = db.keys(bucket, prefix, out.last().map(String::as_str), PAGE)?;
@@ -151,7 +160,10 @@ fn repair(layout: &Layout, bucket: &str, key: &str, op: Op) -> Result<()> {
         "bad key {:?}: keys are 1 to 1024 bytes without NUL",
         escape(key)
     );
-    let db = SqliteBackend::open(&layout.kv_db())?;
+    let db = match backend(layout)? {
+        Some(db) => db,
+        None => Arc::new(SqliteBackend::open(&layout.kv_db())?),
+    };
     let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let mark = Mark {
         event_id: format!("repair-{}-{}", at.as_nanos(), std::process::id()),
@@ -197,7 +209,7 @@ pub fn run(layout: &Layout, command: Command) -> Result<Outcome> {
         }
         Command::List { bucket, prefix } => {
             if let Some(db) = &db {
-                for k in keys(db, &bucket, &prefix)? {
+                for k in keys(db.as_ref(), &bucket, &prefix)? {
                     writeln!(out, "{}", escape(&k))?;
                 }
             }
@@ -205,7 +217,7 @@ pub fn run(layout: &Layout, command: Command) -> Result<Outcome> {
         Command::Dump { bucket, json } => {
             let mut map = Map::new();
             if let Some(db) = &db {
-                for k in keys(db, &bucket, "")? {
+                for k in keys(db.as_ref(), &bucket, "")? {
                     // A key removed since it was listed is skipped.
                     if let Some(v) = db.get(&bucket, &k)? {
                         map.insert(k, json_value(v.value));

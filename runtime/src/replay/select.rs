@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{Filter, Origin, Progress};
 use crate::archive::Segment;
-use crate::dlq;
 use crate::event::{Event, Validator};
 use crate::store::{ArchiveRead, Store};
 

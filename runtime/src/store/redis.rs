@@ -39,10 +39,10 @@ pub enum Budget {
 
 /// A Redis server and the key prefix of one Cortex deployment.
 pub struct Redis {
-    client: redis::Client,
+    client: ::redis::Client,
     prefix: String,
     shown: String,
-    pool: Mutex<Vec<redis::Connection>>,
+    pool: Mutex<Vec<::redis::Connection>>,
     reachable: AtomicBool,
 }
 
@@ -60,7 +60,7 @@ impl Redis {
     /// it (without a password) and what to check.
     pub fn open(url: &str, prefix: &str) -> Result<Redis> {
         let shown = shown_redis_url(url);
-        let client = redis::Client::open(url).with_context(|| format!("invalid Redis URL {shown}"))?;
+        let client = ::redis::Client::open(url).with_context(|| format!("invalid Redis URL {shown}"))?;
         let r = Redis {
             client,
             prefix: prefix.to_string(),
@@ -68,7 +68,7 @@ impl Redis {
             pool: Mutex::new(Vec::new()),
             reachable: AtomicBool::new(false),
         };
-        r.run("PING", Budget::Once, |c| redis::cmd("PING").query::<String>(c)).with_context(|| {
+        r.run("PING", Budget::Once, |c| ::redis::cmd("PING").query::<String>(c)).with_context(|| {
             format!("is redis-server running at {}? (set [backend] url or CORTEX_BACKEND)", r.shown)
         })?;
         Ok(r)
@@ -103,7 +103,7 @@ impl Redis {
         &self,
         what: &str,
         budget: Budget,
-        mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+        mut f: impl FnMut(&mut ::redis::Connection) -> ::redis::RedisResult<T>,
     ) -> Result<T> {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
@@ -138,7 +138,7 @@ impl Redis {
         }
     }
 
-    fn connection(&self) -> redis::RedisResult<redis::Connection> {
+    fn connection(&self) -> ::redis::RedisResult<::redis::Connection> {
         if let Some(c) = self.pool.locked().pop() {
             return Ok(c);
         }
@@ -148,7 +148,7 @@ impl Redis {
         Ok(c)
     }
 
-    fn give_back(&self, c: redis::Connection) {
+    fn give_back(&self, c: ::redis::Connection) {
         let mut pool = self.pool.locked();
         if pool.len() < POOL {
             pool.push(c);
@@ -158,6 +158,6 @@ impl Redis {
 
 /// Whether an error means the connection (or the server) is gone, rather
 /// than that the server refused the command.
-fn lost(e: &redis::RedisError) -> bool {
+fn lost(e: &::redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }

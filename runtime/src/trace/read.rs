@@ -297,7 +297,7 @@ mod tests {
                 {"handler": "flaky", "kind": "trap", "message": "panic", "duration_ms": 0.7}]}]});
         let letter = DeadLetter {
             key: "k".into(),
-            path: PathBuf::from("k.json"),
+            path: std::path::PathBuf::from("k.json"),
             record: serde_json::from_value(record).unwrap(),
         };
         let n = dead(&letter).unwrap();

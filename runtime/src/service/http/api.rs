@@ -27,7 +27,7 @@ use super::Ctx;
 use super::stream::{Filter, Window};
 use crate::config::Scope;
 use crate::lock::RecoverRw;
-use crate::queue::{Queue, now_us};
+use crate::queue::now_us;
 use crate::records::DeadLetterRecord;
 use crate::text::Escaped;
 

@@ -46,7 +46,6 @@ use crate::cloudevents;
 use crate::event::{Event, Invalid};
 use crate::lock::{Recover, RecoverRw};
 use crate::producer::{BadBatch, Batch, Producer};
-use crate::queue::Queue as _;
 
 /// The reply to an accepted request (`202`).
 #[derive(Debug, Serialize)]
