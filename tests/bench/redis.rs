@@ -24,9 +24,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use ::redis::streams::StreamReadReply;
 use anyhow::{Context, Result, ensure};
 use cortex_tests::{RedisPrefix, event, jsonl};
-use ::redis::streams::StreamReadReply;
 
 use crate::Row;
 
