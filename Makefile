@@ -20,7 +20,7 @@ PY_HANDLERS     := $(patsubst handlers-wasm/py/%/app.py,$(HANDLERS_OUT)/%.wasm,$
 JS_HANDLERS     := $(patsubst handlers-wasm/js/%/handler.js,$(HANDLERS_OUT)/%.wasm,$(wildcard handlers-wasm/js/*/handler.js))
 WIT             := $(wildcard wit/*.wit wit/deps/*/*.wit)
 
-.PHONY: all setup build handlers rust-handlers run test bench fuzz lint fmt clean browser
+.PHONY: all setup build handlers rust-handlers run test bench fuzz lint fmt clean browser redis
 
 all: build
 
@@ -96,7 +96,30 @@ browser:
 	  fi; \
 	fi
 
-test: build handlers analysis-test browser
+# The Redis backend's tests and benchmarks use the server on
+# 127.0.0.1:6379 (each under its own key prefix, never FLUSHDB). Started
+# here when nothing answers there: redis-server without persistence,
+# installed first when missing and we are root; otherwise this stops,
+# saying what to install. The probe is bash's /dev/tcp: redis-cli may be
+# absent where a server runs.
+REDIS_PORT := 6379
+REDIS_PING := bash -c 'exec 3<>/dev/tcp/127.0.0.1/$(REDIS_PORT) && printf "PING\r\n" >&3 && timeout 2 head -c 7 <&3 | grep -q PONG' 2>/dev/null
+redis:
+	@$(REDIS_PING) && exit 0; \
+	if ! command -v redis-server >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing redis-server (nothing answers on 127.0.0.1:$(REDIS_PORT))"; \
+	    apt-get install -y redis-server || { apt-get update && apt-get install -y redis-server; } || exit 1; \
+	  else \
+	    echo "error: the Redis backend's tests need a Redis on 127.0.0.1:$(REDIS_PORT): run 'sudo apt-get install -y redis-server' (Debian/Ubuntu) or start one there, then make test again" >&2; exit 1; \
+	  fi; \
+	fi; \
+	echo "starting redis-server on 127.0.0.1:$(REDIS_PORT) (no persistence)"; \
+	redis-server --daemonize yes --bind 127.0.0.1 --port $(REDIS_PORT) --save '' --appendonly no || exit 1; \
+	for i in $$(seq 20); do $(REDIS_PING) && exit 0; sleep 0.25; done; \
+	echo "error: nothing answers PING on 127.0.0.1:$(REDIS_PORT) after starting redis-server (a server there that wants a password, or one that failed to start?)" >&2; exit 1
+
+test: build handlers analysis-test browser redis
 	cd handlers-wasm && CARGO_TARGET_DIR=$(TARGET)/wasm-native $(CARGO) test --release --workspace
 	for d in handlers-wasm/py/on-*/; do (cd "$$d" && $(TOOLS)/py/bin/python -m unittest --quiet) || exit 1; done
 	cd handlers-wasm/js && node --test

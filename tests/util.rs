@@ -490,3 +490,7 @@ impl Root {
 #[path = "util/service.rs"]
 mod service;
 pub use service::{HttpResponse, Service, http_get, http_request, metric, parse_metrics, wait_for};
+
+#[path = "util/redis_prefix.rs"]
+mod redis_prefix;
+pub use redis_prefix::{REDIS_URL_ENV, RedisPrefix, redis_url};

@@ -7,6 +7,7 @@ mod dashboard;
 mod dispatch;
 mod ingest;
 mod languages;
+mod redis;
 mod replay;
 mod service;
 mod state;
@@ -102,6 +103,7 @@ fn main() -> anyhow::Result<()> {
         ("languages", languages::run),
         ("archive", archive::run),
         ("webhooks", webhooks::run),
+        ("redis", redis::run),
     ];
     for (name, f) in sections {
         if !only.is_empty() && !only.iter().any(|o| o == name) {
