@@ -186,8 +186,7 @@ pub fn open_fs(layout: &Layout, config: &Config) -> Result<FsQueue> {
 /// When Redis does not answer.
 pub fn open_state(url: &str, prefix: &str) -> Result<Arc<dyn crate::kv::Backend>> {
     let server = Arc::new(self::redis::Redis::open(url, prefix)?);
-    let _ = server;
-    anyhow::bail!("key-value state on Redis is not wired yet")
+    Ok(Arc::new(self::redis::kv::RedisKv::new(server)))
 }
 
 /// Opens the store `config` (and `CORTEX_BACKEND`) selects for the root at

@@ -2,6 +2,7 @@
 //! throwaway coordination roots. One test binary; a module per capability.
 
 mod archive;
+mod backends;
 mod cli;
 mod cloudevents;
 mod crash;
