@@ -12,6 +12,7 @@ mod host_boundary;
 mod ingest;
 mod languages;
 mod payloads;
+mod redis_store;
 mod reliability;
 mod replay;
 mod sandbox;

@@ -22,6 +22,13 @@ use anyhow::{Context, Result};
 use crate::config::shown_redis_url;
 use crate::lock::Recover;
 
+pub mod archive;
+pub mod queue;
+mod reads;
+mod settle;
+
+pub use queue::RedisStore;
+
 /// A command that does not answer within this is treated as a lost connection.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections kept for reuse, at most.
