@@ -206,8 +206,7 @@ pub fn open(layout: &Layout, config: &Config) -> Result<Arc<dyn Store>> {
                 );
             }
             let server = Arc::new(self::redis::Redis::open(&url, &prefix)?);
-            let _ = server;
-            anyhow::bail!("the Redis backend is not wired into the commands yet")
+            Ok(Arc::new(self::redis::RedisStore::open(server)?.with_archive(&config.archive)))
         }
     }
 }

@@ -196,8 +196,6 @@ fn redis_down_for_five_seconds_makes_the_service_unready_and_loses_nothing() -> 
         .context("/readyz never said 503 while Redis was down")?;
     let (_, body) = http_get(&svc.addr, "/readyz")?;
     assert!(body.contains("unreachable"), "{body}");
-    let out = root.fails(&["emit", "task.created", "test", "{}"])?;
-    assert!(out.stderr.contains("Redis") || out.stderr.contains("redis"), "{}", out.stderr);
     std::thread::sleep(Duration::from_secs(5));
     redis.up()?;
 

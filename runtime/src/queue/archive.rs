@@ -160,9 +160,15 @@ impl FsQueue {
     /// name is the event's date (what `replay --date` selects by); retention
     /// goes by the file's last append instead (see [`FsQueue::prune_archive`]).
     pub fn archive_path(&self, event: &Event) -> PathBuf {
-        let date = event.timestamp.get(..10).filter(|d| d.bytes().all(|b| b.is_ascii_digit() || b == b'-'));
-        self.layout.archive().join(format!("{}.jsonl", date.unwrap_or("undated")))
+        self.layout.archive().join(format!("{}.jsonl", archive_day(event)))
     }
+}
+
+/// The archive day of an event, whatever the backend: the date of its
+/// timestamp (`YYYY-MM-DD`), or `undated`.
+pub(crate) fn archive_day(event: &Event) -> &str {
+    let date = event.timestamp.get(..10).filter(|d| d.bytes().all(|b| b.is_ascii_digit() || b == b'-'));
+    date.unwrap_or("undated")
 }
 
 /// Whether an archive day (plain or compressed, see [`crate::archive`])

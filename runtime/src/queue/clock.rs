@@ -13,7 +13,7 @@ static LAST_US: AtomicU64 = AtomicU64::new(0);
 
 /// Strictly increasing microseconds in this process, so a batch keeps its
 /// order in the queue.
-pub(super) fn next_enqueue_us() -> u64 {
+pub(crate) fn next_enqueue_us() -> u64 {
     let now = now_us();
     let mut last = LAST_US.load(Ordering::Relaxed);
     loop {

@@ -22,7 +22,14 @@ use anyhow::{Context, Result};
 use crate::config::shown_redis_url;
 use crate::lock::Recover;
 
+pub mod archive;
 pub mod kv;
+pub mod queue;
+mod reads;
+mod settle;
+mod wake;
+
+pub use queue::RedisStore;
 
 /// A command that does not answer within this is treated as a lost connection.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -138,6 +145,24 @@ impl Redis {
                 Err(e) => return Err(e).with_context(|| format!("{what} on Redis at {}", self.shown)),
             }
         }
+    }
+
+    /// A connection of its own, outside the pool, for a subscriber (a
+    /// subscribed connection can send nothing else); reads time out after
+    /// `read_timeout` so its owner can look up.
+    ///
+    /// # Errors
+    /// When the server cannot be reached.
+    pub fn dedicated(&self, read_timeout: Duration) -> ::redis::RedisResult<::redis::Connection> {
+        let c = self.client.get_connection_with_timeout(IO_TIMEOUT)?;
+        c.set_read_timeout(Some(read_timeout))?;
+        c.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(c)
+    }
+
+    /// Marks the server reachable or not from a call made outside [`Redis::run`].
+    pub fn set_reachable(&self, reachable: bool) {
+        self.reachable.store(reachable, Ordering::Relaxed);
     }
 
     fn connection(&self) -> ::redis::RedisResult<::redis::Connection> {
