@@ -26,7 +26,10 @@ fn on_both(name: &str, journey: impl Fn(&Root) -> Result<()>) -> Result<()> {
     let root = Root::with_handlers(COUNTER)?;
     root.configure(&format!("\n[backend]\nurl = \"{}\"\nprefix = \"{}\"\n", redis.url, redis.prefix))?;
     journey(&root).context("on the Redis backend")?;
-    anyhow::ensure!(!redis.keys()?.is_empty(), "the Redis journey kept nothing under its prefix: it ran on the filesystem");
+    anyhow::ensure!(
+        !redis.keys()?.is_empty(),
+        "the Redis journey kept nothing under its prefix: it ran on the filesystem"
+    );
     assert!(root.files("events/archive").is_empty(), "a Redis root archived on its filesystem");
     Ok(())
 }
@@ -102,8 +105,12 @@ fn replay_filters_dry_runs_requeue_and_direct_on_both_backends() -> Result<()> {
             let mut all = vec!["replay", "--dry-run", "--json"];
             all.extend_from_slice(args);
             let report = json(root, &all)?;
-            let mut got: Vec<String> =
-                report["events"].as_array().into_iter().flatten().filter_map(|e| e["event_id"].as_str().map(str::to_string)).collect();
+            let mut got: Vec<String> = report["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["event_id"].as_str().map(str::to_string))
+                .collect();
             got.sort();
             Ok(got)
         };

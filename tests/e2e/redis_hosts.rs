@@ -91,7 +91,8 @@ fn three_hosts_share_the_work_and_a_killed_one_loses_nothing() -> Result<()> {
         services[2].signal(9);
         (pa.join(), pb.join())
     });
-    let ids: BTreeSet<String> = ids_a.map_err(|_| anyhow::anyhow!("producer a panicked"))??
+    let ids: BTreeSet<String> = ids_a
+        .map_err(|_| anyhow::anyhow!("producer a panicked"))??
         .into_iter()
         .chain(ids_b.map_err(|_| anyhow::anyhow!("producer b panicked"))??)
         .collect();
@@ -102,7 +103,9 @@ fn three_hosts_share_the_work_and_a_killed_one_loses_nothing() -> Result<()> {
         let s = status(&roots[0])?;
         Ok(s["queue_depth"] == 0 && s["claimed"] == 0)
     })
-    .with_context(|| format!("the queue never drained: {}", status(&roots[0]).map(|s| s.to_string()).unwrap_or_default()))?;
+    .with_context(|| {
+        format!("the queue never drained: {}", status(&roots[0]).map(|s| s.to_string()).unwrap_or_default())
+    })?;
 
     let (archived, dead) = settled(&roots[0])?;
     let seen: BTreeSet<&String> = archived.keys().chain(dead.iter()).collect();

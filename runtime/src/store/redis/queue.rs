@@ -187,7 +187,7 @@ pub struct RedisStore {
     pub(super) last_prune: Mutex<Option<Instant>>,
     batches: AtomicU64,
     /// Handler state under the same prefix, made on first use.
-    state: std::sync::OnceLock<Arc<dyn crate::kv::Backend>>,
+    pub(super) state: std::sync::OnceLock<Arc<dyn crate::kv::Backend>>,
 }
 
 impl std::fmt::Debug for RedisStore {
