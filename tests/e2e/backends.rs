@@ -94,8 +94,8 @@ fn replay_filters_dry_runs_requeue_and_direct_on_both_backends() -> Result<()> {
         let lines: String = [
             event("task.created").source("a").at("2025-11-30T10:00:00Z").line(),
             event("task.created").source("a").at("2025-11-30T11:00:00Z").line(),
-            event("task.updated").source("b").at("2025-12-01T10:00:00Z").line(),
-            event("task.updated").source("b").at("2025-12-01T11:00:00Z").line(),
+            event("task.assigned").source("b").at("2025-12-01T10:00:00Z").line(),
+            event("task.assigned").source("b").at("2025-12-01T11:00:00Z").line(),
         ]
         .concat();
         let ids = root.batch(&lines)?;
@@ -121,7 +121,7 @@ fn replay_filters_dry_runs_requeue_and_direct_on_both_backends() -> Result<()> {
         };
         assert_eq!(selected(&["--source", "a"])?, sorted(&[&ids[0], &ids[1]]));
         assert_eq!(selected(&["--date", "2025-12-01"])?, sorted(&[&ids[2], &ids[3]]));
-        assert_eq!(selected(&["--type", "task.updated"])?, sorted(&[&ids[2], &ids[3]]));
+        assert_eq!(selected(&["--type", "task.assigned"])?, sorted(&[&ids[2], &ids[3]]));
         assert_eq!(selected(&["--event-id", &ids[1]])?, vec![ids[1].clone()]);
         assert_eq!(status(root)?["queue_depth"], 0, "a dry run queued nothing");
 

@@ -208,10 +208,28 @@ fn redis_down_for_five_seconds_makes_the_service_unready_and_loses_nothing() -> 
     wait_for(Duration::from_secs(120), || {
         let s = status(&root)?;
         Ok(s["queue_depth"] == 0 && s["claimed"] == 0)
+    })
+    .with_context(|| {
+        let log = svc.log_text();
+        let tail: Vec<&str> = log.lines().filter(|l| !l.contains("handler completed")).collect();
+        format!(
+            "the queue never drained after the outage: {}\nservice log (without handler lines):\n{}",
+            status(&root).map(|s| s.to_string()).unwrap_or_default(),
+            tail[tail.len().saturating_sub(40)..].join("\n")
+        )
     })?;
     let (archived, dead) = settled(&root)?;
     let missing: Vec<&String> = before.iter().chain(&after).filter(|id| !archived.contains_key(*id)).collect();
-    assert!(missing.is_empty() && dead.is_empty(), "{} lost, {} dead-lettered", missing.len(), dead.len());
+    assert!(
+        missing.is_empty() && dead.is_empty(),
+        "{} lost (e.g. {:?}), {} dead-lettered:\n{}\nstatus: {}\nservice log:\n{}",
+        missing.len(),
+        missing.first(),
+        dead.len(),
+        root.ok(&["dlq", "list"])?,
+        status(&root)?,
+        svc.log_text()
+    );
     assert_eq!(counter_total(&root)?, 1000);
     assert!(svc.log_text().contains("unreachable"), "the service said nothing of the outage");
     Ok(())
