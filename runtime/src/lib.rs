@@ -14,7 +14,8 @@
 //! - [`fsio`]: crash-safe file primitives (temp + fsync + rename, `syncfs`).
 //! - [`journal`]: the category JSONL logs.
 //! - [`kv`]: handler state (`wasi:keyvalue` buckets in `<root>/kv/state.db`),
-//!   committed with each event's settlement; `cortex state` reads it.
+//!   committed with each event's settlement (a lane reads its pending writes
+//!   through `kv::overlay`); `cortex state` reads and repairs it.
 //! - [`records`]: every record written and read back (archive line, dead
 //!   letter, delivery history, service status, replay and retry marks), one
 //!   type each, and the failure kinds they record.

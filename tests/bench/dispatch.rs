@@ -123,17 +123,24 @@ pub fn run() -> Result<Vec<Row>> {
     let (s, _) = dispatch(&root)?;
     ensure!(s["dead_lettered"] == 0, "dead letters in the mixed run: {s}");
     let secs = s["elapsed_ms"].as_f64().unwrap_or(0.0) / 1000.0;
-    let claimed = s["claimed"].as_f64().unwrap_or(0.0);
-    let rate = claimed / secs;
+    // Events settled for good (follow-ups included), not claims: an event
+    // run again after a state conflict is claimed twice but counts once.
+    let count = |k: &str| s[k].as_u64().unwrap_or(0);
+    let events = count("handled") + count("unhandled");
+    ensure!(events >= N as u64, "not all handled: {s}");
+    let rate = events as f64 / secs;
     rows.push(Row {
         area: "dispatch",
         metric: format!(
-            "`cortex dispatch` of {N} mixed events through the seven built-in handlers (stateful, one lane each)"
+            "`cortex dispatch` of {N} mixed events through the seven built-in handlers (stateful, one lane each), durable"
         ),
-        target: "(seed: 100 events/s)".into(),
-        measured: format!("{rate:.0} events/s ({claimed} events incl. follow-ups, {secs:.2} s)"),
-        ratio: format!("{:.0}× the seed's 100/s", rate / 100.0),
-        met: None,
+        target: "≥ 5,000 events/s (seed: 100 events/s)".into(),
+        measured: format!(
+            "{rate:.0} events/s ({events} events incl. follow-ups, {} reruns, {secs:.2} s)",
+            count("rerun")
+        ),
+        ratio: format!("{:.2}× the target; {:.0}× the seed's 100/s", rate / 5000.0, rate / 100.0),
+        met: Some(rate >= 5000.0),
     });
     Ok(rows)
 }

@@ -169,8 +169,13 @@ fn repair(layout: &Layout, bucket: &str, key: &str, op: Op) -> Result<()> {
         handler: "cortex state".into(),
         generation: 0,
     };
-    db.commit(&[Changes { mark, ops: vec![(bucket.to_string(), key.to_string(), op)], reads: Vec::new() }])
-        .with_context(|| format!("failed to write key {} of bucket {}", escape(key), escape(bucket)))?;
+    db.commit(&[Changes {
+        mark,
+        ops: vec![(bucket.to_string(), key.to_string(), op)],
+        reads: Vec::new(),
+        after: Vec::new(),
+    }])
+    .with_context(|| format!("failed to write key {} of bucket {}", escape(key), escape(bucket)))?;
     Ok(())
 }
 

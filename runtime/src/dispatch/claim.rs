@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use super::commit::InFlight;
-use super::lanes::{Job, Lanes, Pending};
+use super::lanes::{Done, Job, Lanes, Pending};
 use super::{Dispatcher, Until};
 use crate::config::Config;
 use crate::lock::{Recover, RecoverRw};
@@ -25,6 +25,9 @@ use crate::route;
 
 /// Events claimed but not yet settled, at most.
 const MAX_IN_FLIGHT: usize = 512;
+
+/// How often a service prunes the key-value marks.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// How long an event that waits for a handler that does not load first
 /// stays out of the serving order; doubled each time it is put back again,
@@ -52,12 +55,13 @@ impl Dispatcher {
         mode: &Mode<'_>,
         stop: &(dyn Fn() -> bool + Sync),
         lanes: &mut Lanes<'_, '_>,
-        done: &Sender<Arc<Pending>>,
+        done: &Sender<Done>,
         in_flight: &InFlight,
         claimed: &mut u64,
     ) -> Result<()> {
         let lease = Duration::from_secs(self.config().dispatch.lease_secs);
         let mut last_recovery = Instant::now();
+        let mut last_prune = Instant::now();
         // Entries this run put back for a handler that does not load.
         let mut deferred = BTreeSet::new();
         loop {
@@ -75,6 +79,12 @@ impl Dispatcher {
                     tracing::warn!(requeued = r.requeued, finished = r.finished, "recovered stale claims");
                 }
             }
+            // A service that runs for weeks prunes its key-value marks as
+            // it goes (a run prunes them when it starts).
+            if matches!(mode, Mode::Service { .. }) && last_prune.elapsed() > PRUNE_EVERY {
+                last_prune = Instant::now();
+                self.prune_marks(&self.config());
+            }
             in_flight.wait_below(MAX_IN_FLIGHT);
             if let Some(claim) = self.queue.claim()? {
                 *claimed += 1;
@@ -82,7 +92,7 @@ impl Dispatcher {
                 let config = self.config();
                 let pending = Arc::new(self.route(claim, &config, &mut deferred));
                 if pending.names.is_empty() {
-                    let _ = done.send(pending);
+                    let _ = done.send(Done::Settle(pending));
                     continue;
                 }
                 for (slot, name) in pending.names.iter().enumerate() {
@@ -130,7 +140,7 @@ impl Dispatcher {
             looped,
             results: std::sync::Mutex::new((0..names.len()).map(|_| None).collect()),
             remaining: std::sync::Mutex::new(names.len()),
-            state_committed: std::sync::Arc::default(),
+            conflicted: std::sync::atomic::AtomicBool::new(false),
             names,
             claim,
         }

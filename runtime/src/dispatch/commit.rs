@@ -1,22 +1,30 @@
-//! The committer of a dispatch run: gathers the events whose handlers are
-//! done, decides each one's verdict (see `verdict`), and settles them in
-//! batches of up to [`MAX_BATCH`], one durable group commit per batch, so
-//! follow-up events are queued before the event that caused them is
-//! acknowledged. It also keeps the count of events in flight, which bounds
-//! how far the claim loop runs ahead.
+//! The committer of a dispatch run: gathers what the lanes hand it —
+//! each invocation's key-value writes as soon as it ends, each event once
+//! all its handlers are done — decides each event's verdict (see
+//! `verdict`), and settles the events in batches of up to [`MAX_BATCH`]
+//! messages, one durable group commit per batch, so follow-up events are
+//! queued before the event that caused them is acknowledged. It also keeps
+//! the count of events in flight, which bounds how far the claim loop runs
+//! ahead.
 //!
-//! Handler state goes first: the key-value writes of every successful
-//! invocation in the batch are committed to the state backend in one
-//! transaction ([`crate::kv::Backend::commit`]) before the filesystem
-//! settlement. An event with a write refused as a conflict is not settled
-//! but put back to run again (see `verdict::rerun`).
+//! Handler state goes first: the writes in the batch are committed to the
+//! state backend in one transaction ([`crate::kv::Backend::commit`]), in
+//! the order they came, before the filesystem settlement. Every write of
+//! an event comes before the event itself, so it is committed or refused
+//! by the time the event is settled. An event with a write refused as a
+//! conflict is not settled but put back to run again (see
+//! `verdict::rerun`), and the lane of the refused write drains (see
+//! `crate::kv::overlay`).
 //!
 //! Crash story: a batch that cannot be settled stays claimed (its claims
 //! are recovered after their lease); the committer then settles nothing
 //! more, and the run ends with that error. A crash between the state commit
 //! and the settlement redelivers the events, whose writes the backend then
-//! recognises by their marks and does not apply twice.
+//! recognises by their marks and does not apply twice — also when an
+//! invocation's writes were committed while another handler of its event
+//! still ran.
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -24,9 +32,10 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::Summary;
-use super::lanes::Pending;
+use super::lanes::{Done, Pending};
 use super::verdict::{rerun, settle_one};
-use crate::kv::Applied;
+use crate::kv::overlay::Overlay;
+use crate::kv::{Applied, Changes};
 use crate::lock::Recover;
 use crate::metrics::Metrics;
 use crate::queue::{Queue, Settlement, Verdict};
@@ -78,7 +87,7 @@ impl InFlight {
 /// has closed; returns the tally of what was settled.
 pub(super) fn commit_loop(
     queue: &dyn Queue,
-    rx: &Receiver<Arc<Pending>>,
+    rx: &Receiver<Done>,
     in_flight: &InFlight,
     metrics: &Metrics,
     sandbox: &Sandbox,
@@ -87,31 +96,38 @@ pub(super) fn commit_loop(
     let mut summary = Summary::default();
     let mut failed: Option<anyhow::Error> = None;
     while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+        let (mut writes, mut events) = (Vec::new(), Vec::new());
+        let mut next = Some(first);
+        for _ in 0..MAX_BATCH {
+            match next.take().or_else(|| rx.try_recv().ok()) {
+                Some(Done::State(p, slot)) => writes.push((p, slot)),
+                Some(Done::Settle(p)) => events.push(p),
+                None => break,
             }
         }
-        let n = batch.len();
-        let conflicted = if failed.is_none() {
-            commit_state(sandbox, &batch).map_err(|e| {
+        // The writes first, in the order they came: every write of an
+        // event came before the event, so it is committed (or refused) by
+        // the time the event is settled below.
+        if failed.is_none() {
+            if let Err(e) = commit_state(sandbox, &writes) {
                 tracing::error!(error = %format!("{e:#}"), "failed to commit the handlers' state for a batch; its events stay claimed and are recovered after their lease");
                 failed = Some(e);
-            })
+            }
         } else {
-            Err(())
-        };
-        // Committed or not, the lanes waiting for it go on.
-        for p in &batch {
-            p.state_committed.open();
+            resolve_unapplied(&writes);
         }
-        if let Ok(conflicted) = conflicted {
-            let settlements: Vec<Settlement> = batch
+        drop(writes);
+        let n = events.len();
+        if failed.is_none() && n > 0 {
+            let settlements: Vec<Settlement> = events
                 .into_iter()
-                .zip(conflicted)
-                .map(|(p, c)| if c { rerun(p, &mut summary) } else { settle_one(p, &mut summary) })
+                .map(|p| {
+                    if p.conflicted.load(Ordering::SeqCst) {
+                        rerun(p, &mut summary)
+                    } else {
+                        settle_one(p, &mut summary)
+                    }
+                })
                 .collect();
             let observed: Vec<(String, &'static str, usize)> =
                 settlements.iter().map(|s| (s.claim.event.event_type.clone(), outcome(s), s.emitted.len())).collect();
@@ -140,33 +156,75 @@ pub(super) fn commit_loop(
     }
 }
 
-/// Commits the key-value writes of a batch's successful invocations in one
-/// backend transaction; says for each event whether one of its writes was
-/// refused as a conflict. The backend is opened only when there is
-/// something to write.
-fn commit_state(sandbox: &Sandbox, batch: &[Arc<Pending>]) -> Result<Vec<bool>> {
-    let mut owners = Vec::new();
-    let mut changes = Vec::new();
-    for (i, p) in batch.iter().enumerate() {
-        let mut results = p.results.locked();
-        for ran in results.iter_mut().flatten() {
-            if let Some(c) = ran.changes.take() {
-                owners.push(i);
-                changes.push(c);
-            }
+/// A buffer taken out of its invocation to commit: the event it belongs to
+/// and the overlay of the lane it came from.
+struct Taken {
+    event: Arc<Pending>,
+    changes: Changes,
+    overlay: Option<Arc<Overlay>>,
+}
+
+/// The buffer of each (event, handler slot) in `writes`, in order.
+fn take_changes(writes: &[(Arc<Pending>, usize)]) -> Vec<Taken> {
+    writes
+        .iter()
+        .filter_map(|(p, slot)| {
+            let mut results = p.results.locked();
+            let ran = results.get_mut(*slot)?.as_mut()?;
+            let changes = ran.changes.take()?;
+            Some(Taken { event: p.clone(), changes, overlay: ran.overlay.take() })
+        })
+        .collect()
+}
+
+/// Resolves the buffers of a batch that will not be committed (the run is
+/// stopping after a failure), so that no lane waits for them.
+fn resolve_unapplied(writes: &[(Arc<Pending>, usize)]) {
+    for t in take_changes(writes) {
+        if let Some(o) = &t.overlay {
+            o.resolve(&t.changes.mark, true);
         }
     }
-    let mut conflicted = vec![false; batch.len()];
-    if changes.is_empty() {
-        return Ok(conflicted);
+}
+
+/// Commits the key-value writes that reached the committer, in the order
+/// they came (a lane's in the order it finished them), in one backend
+/// transaction; marks the events with a write refused as a conflict, and
+/// resolves every buffer in its lane's overlay, committed or not. The
+/// backend is opened only when there is something to write.
+fn commit_state(sandbox: &Sandbox, writes: &[(Arc<Pending>, usize)]) -> Result<()> {
+    let taken = take_changes(writes);
+    if taken.is_empty() {
+        return Ok(());
+    }
+    // Flagged before the transaction starts: a lane reading these keys
+    // meanwhile asks the backend whether they are applied.
+    for t in &taken {
+        if let Some(o) = &t.overlay {
+            o.committing(&t.changes.mark);
+        }
     }
     crate::fsio::failpoint("state.before-commit");
-    let applied = sandbox.state()?.commit(&changes)?;
-    crate::fsio::failpoint("state.committed");
-    for (i, a) in owners.into_iter().zip(applied) {
-        conflicted[i] |= a == Applied::Conflict;
+    let changes: Vec<Changes> = taken.iter().map(|t| t.changes.clone()).collect();
+    let applied = sandbox.state().and_then(|s| s.commit(&changes));
+    // Only now, committed or not, do the lanes stop reading them as
+    // pending; a refused buffer (or a transaction that failed) makes its
+    // lane drain before it runs anything else.
+    let refused: Vec<bool> = match &applied {
+        Ok(a) => a.iter().map(|a| *a == Applied::Conflict).collect(),
+        Err(_) => vec![true; taken.len()],
+    };
+    for (t, refused) in taken.iter().zip(refused) {
+        if refused {
+            t.event.conflicted.store(true, Ordering::SeqCst);
+        }
+        if let Some(o) = &t.overlay {
+            o.resolve(&t.changes.mark, refused);
+        }
     }
-    Ok(conflicted)
+    applied?;
+    crate::fsio::failpoint("state.committed");
+    Ok(())
 }
 
 /// The metrics' word for how a settlement ends.

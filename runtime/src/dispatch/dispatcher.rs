@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow};
 
 use super::commit::{InFlight, commit_loop};
-use super::lanes::{Lanes, Pending, Shared, Slots};
+use super::lanes::{Done, Lanes, Shared, Slots};
 use super::{Broken, Handlers, Mode, Observe, Summary};
 use crate::config::Config;
 use crate::lock::RecoverRw;
@@ -97,6 +97,20 @@ impl Dispatcher {
         self.config.read_locked().clone()
     }
 
+    /// Forgets the key-value marks older than the archive retention
+    /// ([`mark_horizon`]): by then the event is long archived (the archive
+    /// is what proves it settled) or dead-lettered. A failure is logged, not
+    /// fatal: the marks are only kept longer.
+    pub(super) fn prune_marks(&self, config: &Config) {
+        let Some(before) = mark_horizon(config.archive.retention_days, crate::queue::now_ms()) else { return };
+        let pruned = self.sandbox.existing_state().and_then(|s| s.map_or(Ok(0), |s| s.prune_marks(before)));
+        match pruned {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(marks = n, "pruned key-value marks older than the archive retention"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "failed to prune the key-value marks"),
+        }
+    }
+
     /// Dispatches until the run's [`Mode`] says to stop or `stop` returns
     /// true, then waits for the events in flight and returns what was done.
     ///
@@ -107,8 +121,9 @@ impl Dispatcher {
         let start = Instant::now();
         let config = self.config();
         let recovered = self.queue.recover(Duration::from_secs(config.dispatch.lease_secs))?;
+        self.prune_marks(&config);
         let in_flight = InFlight::default();
-        let (done_tx, done_rx) = mpsc::channel::<Arc<Pending>>();
+        let (done_tx, done_rx) = mpsc::channel::<Done>();
         let shared = Shared {
             slots: Arc::new(Slots::new(config.workers())),
             done: done_tx,
@@ -140,5 +155,21 @@ impl Dispatcher {
             elapsed_ms: crate::text::millis(start.elapsed()),
             ..committed
         })
+    }
+}
+
+/// Marks recorded before this time (Unix ms) may go: `retention_days`
+/// before `now_ms`; `None` (keep them all) when the archive is kept forever.
+pub(super) fn mark_horizon(retention_days: u64, now_ms: u64) -> Option<u64> {
+    (retention_days > 0).then(|| now_ms.saturating_sub(retention_days.saturating_mul(86_400_000)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn marks_are_kept_as_long_as_the_archive() {
+        assert_eq!(super::mark_horizon(0, 10 * 86_400_000), None);
+        assert_eq!(super::mark_horizon(2, 10 * 86_400_000), Some(8 * 86_400_000));
+        assert_eq!(super::mark_horizon(30, 1000), Some(0));
     }
 }

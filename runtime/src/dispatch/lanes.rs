@@ -3,24 +3,34 @@
 //! stateful handler sees its events one at a time), all lanes together
 //! limited to `workers` invocations at once by [`Slots`]. A lane runs its
 //! handler on an event in the sandbox, logs what happened (guest text
-//! escaped), and, when the event's last handler is done, hands the event
-//! to the committer. A lane whose handler wrote key-value state waits until
-//! the committer has committed it before it runs its next event, so a
-//! stateful handler's next event reads what the previous one wrote (not
-//! the state from before the batch, which would only conflict and run
-//! again).
+//! escaped), hands the invocation's key-value writes to the committer at
+//! once ([`Done::State`]), and, when the event's last handler is done,
+//! hands it the event to settle ([`Done::Settle`]).
+//!
+//! A lane does not wait for the commit of what its handler wrote: the
+//! writes go into the lane's [`Overlay`] when the invocation ends, the next
+//! event runs at once and reads them there, and the committer takes them
+//! out once committed (see `crate::kv::overlay` for why what is built on
+//! them is still exactly once and in order). The committer commits a lane's
+//! writes in the order the lane finished them — they reach it one by one,
+//! not with their events, which can finish in another order when an event
+//! also waits for a slower handler — so a lane's own writes never refuse
+//! each other. After a refusal the lane drains ([`Overlay::begin`]) before
+//! it runs anything else, which is what makes it always go forward.
 //!
 //! Threads: lanes are scoped threads of [`super::Dispatcher::run`];
 //! dropping [`Lanes`] closes every lane's queue, and each lane thread ends
 //! when its queue is empty and closed.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::Scope;
 use std::time::Duration;
 
 use crate::event::Event;
+use crate::kv::overlay::Overlay;
 use crate::metrics::Metrics;
 use crate::queue::Claim;
 use crate::records::FaultKind;
@@ -55,30 +65,18 @@ pub(super) struct Pending {
     pub names: Vec<String>,
     pub results: Mutex<Vec<Option<Ran>>>,
     pub remaining: Mutex<usize>,
-    /// Opened by the committer once the event's key-value writes are
-    /// committed (or will not be).
-    pub state_committed: Arc<Latch>,
+    /// Set by the committer when a buffer of one of its handlers was
+    /// refused as a conflict: the event runs again.
+    pub conflicted: AtomicBool,
 }
 
-/// A one-way gate: closed until [`Latch::open`], then open for good.
-#[derive(Default)]
-pub(super) struct Latch {
-    open: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl Latch {
-    pub fn open(&self) {
-        *self.open.locked() = true;
-        self.cv.notify_all();
-    }
-
-    fn wait(&self) {
-        let mut open = self.open.locked();
-        while !*open {
-            open = crate::lock::recover(self.cv.wait(open));
-        }
-    }
+/// What a lane hands the committer, in the order it happens.
+pub(super) enum Done {
+    /// The key-value writes of handler `slot` of the event, to commit with
+    /// the next batch (before the event is settled).
+    State(Arc<Pending>, usize),
+    /// The event, all its handlers done (or none to run), to settle.
+    Settle(Arc<Pending>),
 }
 
 impl Pending {
@@ -94,7 +92,7 @@ impl Pending {
             names: p.names.clone(),
             results: Mutex::new(p.results.locked().iter_mut().map(Option::take).collect()),
             remaining: Mutex::new(0),
-            state_committed: p.state_committed.clone(),
+            conflicted: AtomicBool::new(p.conflicted.load(Ordering::SeqCst)),
         })
     }
 }
@@ -112,6 +110,9 @@ pub(super) struct Ran {
     /// Its key-value writes, if it succeeded and wrote any; the committer
     /// takes them out to commit before the settlement.
     pub changes: Option<crate::kv::Changes>,
+    /// The lane's pending changes, which hold `changes` until committed;
+    /// the committer resolves them there ([`Overlay::resolve`]).
+    pub overlay: Option<Arc<Overlay>>,
 }
 
 /// A simple counting semaphore: the `workers` invocations of a run.
@@ -143,7 +144,7 @@ impl Slots {
 #[derive(Clone)]
 pub(super) struct Shared {
     pub slots: Arc<Slots>,
-    pub done: Sender<Arc<Pending>>,
+    pub done: Sender<Done>,
     pub handlers: Handlers,
     pub sandbox: Arc<Sandbox>,
     pub metrics: Arc<Metrics>,
@@ -166,10 +167,11 @@ impl<'scope, 'env> Lanes<'scope, 'env> {
     pub fn send(&mut self, name: &str, concurrency: usize, job: Job) {
         let tx = self.lanes.entry(name.to_string()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel::<Job>();
-            let rx = Arc::new(Mutex::new(rx));
+            let lane =
+                Arc::new(Lane { rx: Mutex::new(rx), overlay: Arc::new(Overlay::default()), order: Mutex::new(()) });
             for _ in 0..concurrency.max(1) {
-                let (rx, shared, name) = (rx.clone(), self.shared.clone(), name.to_string());
-                self.scope.spawn(move || lane(&name, &rx, &shared));
+                let (lane, shared, name) = (lane.clone(), self.shared.clone(), name.to_string());
+                self.scope.spawn(move || run_lane(&name, &lane, &shared));
             }
             tx
         });
@@ -177,35 +179,70 @@ impl<'scope, 'env> Lanes<'scope, 'env> {
     }
 }
 
+/// What the threads of one handler's lane share.
+struct Lane {
+    rx: Mutex<Receiver<Job>>,
+    /// The lane's done-but-uncommitted writes, and its drain gate.
+    overlay: Arc<Overlay>,
+    /// Held while a buffer enters the overlay and goes to the committer, so
+    /// that the committer gets the lane's buffers in overlay order.
+    order: Mutex<()>,
+}
+
 /// One thread of handler `name`'s lane: runs its jobs until the lane closes.
-fn lane(name: &str, rx: &Mutex<Receiver<Job>>, shared: &Shared) {
+fn run_lane(name: &str, lane: &Lane, shared: &Shared) {
+    let overlay = &lane.overlay;
     loop {
-        let job = match rx.locked().recv() {
+        let job = match lane.rx.locked().recv() {
             Ok(job) => job,
             Err(_) => return,
         };
-        let ran = run_one(name, &job.pending.claim, shared);
-        let wrote = ran.changes.is_some();
-        let committed = job.pending.state_committed.clone();
+        overlay.begin();
+        let mut ran = run_one(name, &job.pending.claim, shared, overlay);
+        let order = lane.order.locked();
+        let wrote = match &ran.changes {
+            Some(changes) => {
+                // In the overlay before the committer can see it, so it is
+                // there for this lane's next event and leaves only once
+                // resolved. Not the writes of a delivery already applied (a
+                // rerun event whose other handler conflicted, a redelivery
+                // after a crash): the backend will skip them, so nothing may
+                // be built on them; the committer still resolves them.
+                if !already_applied(shared, changes) {
+                    overlay.push(changes);
+                }
+                ran.overlay = Some(overlay.clone());
+                true
+            }
+            None => {
+                overlay.finish_unwritten();
+                false
+            }
+        };
         job.pending.results.locked()[job.slot] = Some(ran);
+        if wrote {
+            let _ = shared.done.send(Done::State(job.pending.clone(), job.slot));
+        }
+        drop(order);
         let last = {
             let mut remaining = job.pending.remaining.locked();
             *remaining -= 1;
             *remaining == 0
         };
         if last {
-            let _ = shared.done.send(job.pending);
-        }
-        // No deadlock: every lane takes its jobs in claim order, so the
-        // other handlers of this event are not waiting on a later one.
-        if wrote {
-            committed.wait();
+            let _ = shared.done.send(Done::Settle(job.pending));
         }
     }
 }
 
+/// Whether the backend already holds the mark of `changes` (on error:
+/// assumed so, which only makes the lane read around them).
+fn already_applied(shared: &Shared, changes: &crate::kv::Changes) -> bool {
+    shared.sandbox.state().and_then(|s| s.applied(&changes.mark)).unwrap_or(true)
+}
+
 /// Runs handler `name` on a claimed event, and logs what it did.
-fn run_one(name: &str, claim: &Claim, shared: &Shared) -> Ran {
+fn run_one(name: &str, claim: &Claim, shared: &Shared, overlay: &Arc<Overlay>) -> Ran {
     // The version serving when the event reaches the front of the lane;
     // a reload swaps the map, and this Arc keeps the old one alive until
     // the invocation ends.
@@ -221,11 +258,12 @@ fn run_one(name: &str, claim: &Claim, shared: &Shared) -> Ran {
             emitted: Vec::new(),
             duration: Duration::ZERO,
             changes: None,
+            overlay: None,
         };
     };
     let event = &claim.event;
     shared.slots.acquire();
-    let inv = shared.sandbox.invoke(&loaded, event, claim.name.attempt);
+    let inv = shared.sandbox.invoke_in(&loaded, event, claim.name.attempt, Some(overlay));
     shared.slots.release();
     crate::fsio::failpoint("dispatch.handler-done");
     let ms = crate::text::millis(inv.duration);
@@ -255,6 +293,7 @@ fn run_one(name: &str, claim: &Claim, shared: &Shared) -> Ran {
         result: inv.result,
         emitted: inv.emitted,
         duration: inv.duration,
+        overlay: None,
         changes: inv.changes,
     }
 }

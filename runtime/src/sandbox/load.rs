@@ -104,7 +104,7 @@ impl Sandbox {
             metadata: Default::default(),
             payload: Default::default(),
         };
-        let mut store = self.store(loaded, &trigger, &loaded.config.limits)?;
+        let mut store = self.store(loaded, &trigger, &loaded.config.limits, None)?;
         let instance = loaded.pre.instantiate(&mut store).map_err(anyhow_err)?;
         instance.describe(&mut store).map_err(anyhow_err)
     }

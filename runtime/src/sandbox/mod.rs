@@ -296,12 +296,31 @@ impl Sandbox {
         Ok(backend)
     }
 
+    /// The key-value backend if a database exists (or one was given),
+    /// without creating one.
+    ///
+    /// # Errors
+    /// When the database exists but cannot be opened.
+    pub fn existing_state(&self) -> Result<Option<Arc<dyn kv::Backend>>> {
+        let open = self.state.locked().is_some();
+        if open || crate::layout::Layout::new(&self.root).kv_db().is_file() {
+            return self.state().map(Some);
+        }
+        Ok(None)
+    }
+
     /// Where a handler's component lives (relative paths are under the root).
     pub fn component_path(&self, config: &HandlerConfig) -> PathBuf {
         config.component_path(&self.root)
     }
 
-    fn store(&self, loaded: &Loaded, trigger: &Event, limits: &HandlerLimits) -> Result<Store<State>> {
+    fn store(
+        &self,
+        loaded: &Loaded,
+        trigger: &Event,
+        limits: &HandlerLimits,
+        overlay: Option<&Arc<kv::overlay::Overlay>>,
+    ) -> Result<Store<State>> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
         // Invocations run on the dispatcher's own threads, never on an async
@@ -319,7 +338,11 @@ impl Sandbox {
             let generation =
                 crate::records::ReplayMark::of(trigger).map_or(0, |m| u32::try_from(m.count).unwrap_or(u32::MAX));
             let mark = kv::Mark { event_id: trigger.event_id.clone(), handler: loaded.name.clone(), generation };
-            Some(kv::Txn::new(self.state()?, loaded.config.kv_grants(), loaded.config.limits.kv(), mark))
+            let txn = kv::Txn::new(self.state()?, loaded.config.kv_grants(), loaded.config.limits.kv(), mark);
+            Some(match overlay {
+                Some(o) => txn.with_overlay(o.clone()),
+                None => txn,
+            })
         };
         let state = State {
             kv: txn,
@@ -374,9 +397,21 @@ impl Sandbox {
 
     /// Runs `handle` on one event in a fresh instance.
     pub fn invoke(&self, loaded: &Loaded, event: &Event, attempt: u32) -> Invocation {
+        self.invoke_in(loaded, event, attempt, None)
+    }
+
+    /// Runs `handle` on one event in a fresh instance, its key-value reads
+    /// going through `overlay`: the pending changes of the lane it runs in.
+    pub fn invoke_in(
+        &self,
+        loaded: &Loaded,
+        event: &Event,
+        attempt: u32,
+        overlay: Option<&Arc<kv::overlay::Overlay>>,
+    ) -> Invocation {
         let start = Instant::now();
         let limits = &loaded.config.limits;
-        let mut store = match self.store(loaded, event, limits) {
+        let mut store = match self.store(loaded, event, limits, overlay) {
             Ok(s) => s,
             Err(e) => {
                 return Invocation {
