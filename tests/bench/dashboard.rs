@@ -82,19 +82,30 @@ fn cpu_by_thread(pid: u32) -> BTreeMap<String, f64> {
     out
 }
 
-/// What `before` → `after` used, by thread name, largest first.
-fn cpu_used(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> String {
+/// What `before` → `after` used in all, and by thread name, largest first.
+fn cpu_used(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> (Duration, String) {
     let mut used: Vec<(&String, f64)> =
         after.iter().map(|(k, v)| (k, v - before.get(k).copied().unwrap_or(0.0))).filter(|(_, v)| *v > 0.0).collect();
     used.sort_by(|a, b| b.1.total_cmp(&a.1));
     let total: f64 = used.iter().map(|(_, v)| v).sum();
     let parts: Vec<String> = used.iter().take(5).map(|(k, v)| format!("{k} {v:.2}")).collect();
-    format!("{total:.2} s ({})", parts.join(", "))
+    (Duration::from_secs_f64(total), format!("{total:.2} s ({})", parts.join(", ")))
+}
+
+/// One round's figures.
+struct Round {
+    p50: Duration,
+    p99: Duration,
+    /// Bytes the followers read.
+    sent: u64,
+    /// CPU the service used from the first event offered to the last archived.
+    service_cpu: Duration,
 }
 
 /// Rename → archived latencies (p50, p99) of EVENTS events at 1,000/s,
-/// with `clients` following the stream; and the bytes they were sent.
-fn measure(clients: usize) -> Result<(Duration, Duration, u64)> {
+/// with `clients` following the stream; the bytes they were sent, and the
+/// CPU the service used.
+fn measure(clients: usize) -> Result<Round> {
     let root = Root::with_handlers("[handlers.sink]\ncomponent = \"{noop}\"\nevents = [\"*\"]\n")?;
     let svc = root.serve()?;
     let (streams, received) = followers(&svc.addr, clients)?;
@@ -106,11 +117,9 @@ fn measure(clients: usize) -> Result<(Duration, Duration, u64)> {
     let (service_before, bench_before) = (cpu_by_thread(svc.child.id()), cpu_by_thread(std::process::id()));
     offer(&root.path, prepared, 1000)?;
     wait_for(Duration::from_secs(60), || Ok(root.archived()?.len() >= EVENTS))?;
-    eprintln!(
-        "{clients} clients: CPU of the service {}; of the bench {}",
-        cpu_used(&service_before, &cpu_by_thread(svc.child.id())),
-        cpu_used(&bench_before, &cpu_by_thread(std::process::id()))
-    );
+    let (service_cpu, by_thread) = cpu_used(&service_before, &cpu_by_thread(svc.child.id()));
+    let (_, bench) = cpu_used(&bench_before, &cpu_by_thread(std::process::id()));
+    eprintln!("{clients} clients: CPU of the service {by_thread}; of the bench {bench}");
     let mut lat: Vec<Duration> =
         root.archived()?.iter().filter_map(|r| r["latency_us"].as_u64()).map(Duration::from_micros).collect();
     ensure!(lat.len() == EVENTS, "latency missing from archive records");
@@ -126,7 +135,7 @@ fn measure(clients: usize) -> Result<(Duration, Duration, u64)> {
         let _ = s.shutdown(std::net::Shutdown::Both);
     }
     svc.stop()?;
-    Ok((percentile(&mut lat, 0.50), percentile(&mut lat, 0.99), sent))
+    Ok(Round { p50: percentile(&mut lat, 0.50), p99: percentile(&mut lat, 0.99), sent, service_cpu })
 }
 
 pub fn run() -> Result<Vec<Row>> {
@@ -135,23 +144,25 @@ pub fn run() -> Result<Vec<Row>> {
         none.push(measure(0)?);
         many.push(measure(CLIENTS)?);
     }
-    let median_of = |v: &[(Duration, Duration, u64)], f: fn(&(Duration, Duration, u64)) -> Duration| {
-        crate::median(v.iter().map(f).collect())
-    };
-    let (p50_0, p99_0) = (median_of(&none, |r| r.0), median_of(&none, |r| r.1));
-    let (p50_n, p99_n) = (median_of(&many, |r| r.0), median_of(&many, |r| r.1));
-    let sent = many.iter().map(|r| r.2).sum::<u64>() / ROUNDS as u64;
+    let median_of = |v: &[Round], f: fn(&Round) -> Duration| crate::median(v.iter().map(f).collect());
+    let (p50_0, p99_0, cpu_0) =
+        (median_of(&none, |r| r.p50), median_of(&none, |r| r.p99), median_of(&none, |r| r.service_cpu));
+    let (p50_n, p99_n, cpu_n) =
+        (median_of(&many, |r| r.p50), median_of(&many, |r| r.p99), median_of(&many, |r| r.service_cpu));
+    let sent = many.iter().map(|r| r.sent).sum::<u64>() / ROUNDS as u64;
     let all: Vec<String> =
-        none.iter().zip(&many).map(|(a, b)| format!("{} / {}", crate::ms(a.1), crate::ms(b.1))).collect();
+        none.iter().zip(&many).map(|(a, b)| format!("{} / {}", crate::ms(a.p99), crate::ms(b.p99))).collect();
     eprintln!("dashboard rounds, p99 with 0 / {CLIENTS} clients: {}", all.join(", "));
     let ratio = p99_n.as_secs_f64() / p99_0.as_secs_f64();
     Ok(vec![Row {
         area: "dashboard",
         metric: format!(
-            "rename → archived p99, {EVENTS} events at 1,000/s: 0 vs {CLIENTS} clients on /api/stream, each a thread of the bench that reads every byte and got every event, none dropped (medians of {ROUNDS} alternating rounds; p50 {} vs {}; the clients read {:.1} MB a round)",
+            "rename → archived p99, {EVENTS} events at 1,000/s: 0 vs {CLIENTS} clients on /api/stream, each a thread of the bench that reads every byte and got every event, none dropped (medians of {ROUNDS} alternating rounds; p50 {} vs {}; the clients read {:.1} MB a round; the service used {:.2} vs {:.2} s of CPU a round)",
             crate::ms(p50_0),
             crate::ms(p50_n),
-            sent as f64 / 1e6
+            sent as f64 / 1e6,
+            cpu_0.as_secs_f64(),
+            cpu_n.as_secs_f64()
         ),
         target: "within 10%".into(),
         measured: format!("{} vs {}", crate::ms(p99_0), crate::ms(p99_n)),
