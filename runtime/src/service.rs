@@ -91,7 +91,7 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
     let metrics = dispatcher.metrics();
     // The live stream and per-handler window of the dashboard, fed by the
     // committer (never blocking it).
-    let feed = Arc::new(http::stream::Feed::new(metrics.clone()));
+    let feed = Arc::new(http::stream::Feed::new(metrics.clone())?);
     dispatcher.observe(feed.clone());
     let reloader = Arc::new(Reloader::new(layout.clone(), dispatcher.clone(), config));
     reloader.publish(&options)?;

@@ -4,8 +4,8 @@
 //! events live and keep per-handler statistics without reading the archive.
 //!
 //! The committer calls [`Observe::settled`] on its own thread after the
-//! batch is durable: an observer must never block (the service's feeds a
-//! bounded broadcast channel and a bounded in-memory window).
+//! batch is durable: an observer must never block (the service's appends
+//! the batch to a bounded inbox its own thread publishes from).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,20 +1,26 @@
 //! The dashboard's live side: the [`Feed`] the committer tells of every
 //! settled event (see [`crate::dispatch::Observe`]), the Server-Sent Events
 //! stream `GET /api/stream` built on it, and the rolling per-handler
-//! window behind `GET /api/handlers`.
+//! window behind `GET /api/handlers` ([`window`]).
 //!
-//! A slow or gone browser never slows dispatch: publishing is a send on a
-//! bounded tokio broadcast channel, which never waits for a reader; each
-//! client reads it at its own pace through its own cursor, and a client
-//! that falls [`CLIENT_BUFFER`] events behind is told so and dropped
-//! (counted in `cortex_dashboard_stream_dropped_clients`). The publisher
-//! sees how far each client has read ([`Cursor`]), so a client that stops
-//! reading altogether (its connection stuck on a full socket, never polled
-//! again) is counted as dropped when it falls behind, not only when it
-//! wakes. What is waiting
-//! for a client goes out in one write (up to [`MAX_WRITE`] bytes), so a busy
-//! stream costs a syscall per batch, not per event. The window is a bounded
-//! in-memory sample per handler, updated under one short lock per batch.
+//! A slow or gone browser never slows dispatch. The committer's part is a
+//! bounded, non-blocking hand-off: it appends its batch to an inbox under
+//! one short lock and returns. A publisher thread of the feed's own takes
+//! the inbox at most once per [`FLUSH`], serializes each event's SSE frame
+//! once into one shared buffer (a [`Flush`]), records the handler window,
+//! and wakes the clients once. Each client ([`client`]) then sends what was
+//! published after its cursor in one write, so 100 clients cost 100 writes
+//! per flush interval whatever the event rate, and no serializing each.
+//!
+//! Buffers are bounded: the feed keeps the flushes that hold the last
+//! [`CLIENT_BUFFER`] events; a client that falls further behind is told so
+//! and dropped (counted in `cortex_dashboard_stream_dropped_clients`). The
+//! publisher sees how far each client has read ([`Cursor`]), so one that
+//! stops reading altogether (its connection stuck on a full socket, never
+//! polled again) is counted as dropped when it falls behind, not only when
+//! it wakes. Should the publisher itself fall [`INBOX`] events behind the
+//! committer, what does not fit is not kept and every client is dropped,
+//! rather than shown a stream with holes.
 //!
 //! The stream speaks Server-Sent Events: `settled` (and `dead-lettered`)
 //! events whose `data` is a [`Settled`] record, `lagged` when the client is
@@ -22,197 +28,178 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use axum::body::Body;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use bytes::Bytes;
+use tokio::sync::watch;
 
 use crate::dispatch::{Ending, Settled};
 use crate::lock::Recover;
 use crate::metrics::Metrics;
 use crate::queue::now_us;
 
+mod client;
+mod window;
+use client::Client;
+pub use client::Filter;
+pub use window::Window;
+
 /// Events a client may fall behind before it is dropped.
 pub const CLIENT_BUFFER: usize = 1024;
+/// Settled events the committer may hand on before the publisher takes
+/// them, at most.
+pub const INBOX: usize = 16 * CLIENT_BUFFER;
+/// The publisher publishes at most once per this: what settles meanwhile
+/// goes out together, in one write per client.
+pub const FLUSH: Duration = Duration::from_millis(50);
 /// Recent events a new client is sent first, so the page is not empty.
 const RECENT: usize = 100;
-/// How far back the per-handler window reaches.
-const WINDOW_US: u64 = 5 * 60 * 1_000_000;
-/// Samples kept per handler, at most (the window's memory bound).
-const MAX_SAMPLES: usize = 100_000;
-/// What a client is sent in one write, at most (more waits for the next).
+/// What a filtered client is sent in one write, about (more waits for its
+/// next write).
 pub const MAX_WRITE: usize = 64 * 1024;
 /// How often an idle stream sends a comment.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// One settled event, serialized once for every client.
-pub struct Item {
-    /// Its place in the stream (1, 2, ...).
-    seq: u64,
-    pub settled: Settled,
-    json: String,
+/// Where settled events go: the live stream and the handler window. Its
+/// publisher thread stops when it is dropped.
+pub struct Feed {
+    shared: Arc<Shared>,
+}
+
+/// What the committer, the publisher and the clients share.
+struct Shared {
+    inbox: Mutex<Inbox>,
+    arrived: Condvar,
+    log: Mutex<Log>,
+    /// Told of each publication (the last event's place) by the publisher,
+    /// whose end closes it; each client watches a clone.
+    published: watch::Receiver<u64>,
+    window: Mutex<window::Samples>,
+    metrics: Arc<Metrics>,
+    started_us: u64,
+}
+
+/// What the committer handed on and the publisher has not yet taken.
+#[derive(Default)]
+struct Inbox {
+    settled: Vec<Settled>,
+    /// Events that did not fit.
+    lost: u64,
+    closed: bool,
+}
+
+/// What was published, as far back as clients may need it.
+#[derive(Default)]
+struct Log {
+    /// Oldest first: those holding the last [`CLIENT_BUFFER`] events.
+    flushes: VecDeque<Arc<Flush>>,
+    /// The last [`RECENT`] events (a flush and its place in it).
+    recent: VecDeque<(Arc<Flush>, usize)>,
+    /// The place of the last event published (1, 2, ...; 0 before any).
+    last: u64,
+    cursors: Vec<Weak<Cursor>>,
+}
+
+/// Events published together, each framed once, all in one buffer.
+struct Flush {
+    /// The place of its first event in the stream.
+    first: u64,
+    settled: Vec<Settled>,
+    /// Where each event's frame ends in `all`.
+    ends: Vec<usize>,
+    /// The events' SSE frames, one after the other.
+    all: Bytes,
+}
+
+impl Flush {
+    /// The place of its last event.
+    fn last(&self) -> u64 {
+        self.first + self.settled.len() as u64 - 1
+    }
+
+    /// The SSE frame of its `i`th event.
+    fn frame(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.all[start..self.ends[i]]
+    }
 }
 
 /// How far one client has read, shared with the publisher.
 #[derive(Debug, Default)]
 struct Cursor {
-    /// The `seq` of the last item it received.
+    /// The place of the last event it took.
     seen: AtomicU64,
     /// Dropped for falling behind (counted once, by whoever saw it first).
     dropped: AtomicBool,
 }
 
-/// Where settled events go: the live stream and the handler window.
-pub struct Feed {
-    tx: broadcast::Sender<Arc<Item>>,
-    state: Mutex<State>,
-    metrics: Arc<Metrics>,
-    started_us: u64,
-    /// The `seq` of the last item published.
-    seq: AtomicU64,
-    cursors: Mutex<Vec<Weak<Cursor>>>,
-}
-
-#[derive(Default)]
-struct State {
-    recent: VecDeque<Arc<Item>>,
-    samples: BTreeMap<String, VecDeque<Sample>>,
-}
-
-/// One handler run in the window.
-#[derive(Clone, Copy)]
-struct Sample {
-    at_us: u64,
-    ms: f64,
-    ok: bool,
-}
-
 impl crate::dispatch::Observe for Feed {
     fn settled(&self, batch: Vec<Settled>) {
-        let items: Vec<Arc<Item>> = batch
-            .into_iter()
-            .map(|settled| {
-                // Serializing a plain record of strings and numbers cannot fail.
-                let json = serde_json::to_string(&settled).unwrap_or_default();
-                let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-                Arc::new(Item { seq, settled, json })
-            })
-            .collect();
-        {
-            let mut state = self.state.locked();
-            for item in &items {
-                state.record(&item.settled);
-                if state.recent.len() == RECENT {
-                    state.recent.pop_front();
-                }
-                state.recent.push_back(item.clone());
-            }
+        let mut inbox = self.shared.inbox.locked();
+        let room = INBOX.saturating_sub(inbox.settled.len());
+        if batch.len() > room {
+            inbox.lost += (batch.len() - room) as u64;
         }
-        for item in items {
-            // No receiver is not an error: nobody is watching.
-            let _ = self.tx.send(item);
-        }
-        // Clients now past the broadcast's memory are dropped (and gone
-        // ones forgotten).
-        let last = self.seq.load(Ordering::Relaxed);
-        self.cursors.locked().retain(|weak| {
-            let Some(cursor) = weak.upgrade() else { return false };
-            if last.saturating_sub(cursor.seen.load(Ordering::Relaxed)) > CLIENT_BUFFER as u64 {
-                if !cursor.dropped.swap(true, Ordering::Relaxed) {
-                    self.metrics.stream_dropped();
-                }
-                return false;
-            }
-            !cursor.dropped.load(Ordering::Relaxed)
-        });
+        inbox.settled.extend(batch.into_iter().take(room));
+        drop(inbox);
+        self.shared.arrived.notify_one();
     }
-}
-
-impl State {
-    fn record(&mut self, s: &Settled) {
-        for h in &s.handlers {
-            let samples = self.samples.entry(h.handler.clone()).or_default();
-            while samples.len() >= MAX_SAMPLES
-                || samples.front().is_some_and(|f| s.settled_us.saturating_sub(f.at_us) > WINDOW_US)
-            {
-                samples.pop_front();
-            }
-            samples.push_back(Sample { at_us: s.settled_us, ms: h.duration_ms, ok: h.ok() });
-        }
-    }
-}
-
-/// One handler's figures over the window, as `/api/handlers` sends them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Window {
-    /// Seconds the figures cover (the window, or less since the start).
-    pub window_secs: f64,
-    pub invocations: usize,
-    pub failures: usize,
-    /// Invocations per second over the window.
-    pub rate_per_sec: f64,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
 }
 
 impl Feed {
-    pub fn new(metrics: Arc<Metrics>) -> Feed {
-        let (tx, _) = broadcast::channel(CLIENT_BUFFER);
-        Feed {
-            tx,
-            state: Mutex::default(),
+    /// A feed and its publisher thread.
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub fn new(metrics: Arc<Metrics>) -> anyhow::Result<Feed> {
+        let (tell, published) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            inbox: Mutex::default(),
+            arrived: Condvar::new(),
+            log: Mutex::default(),
+            published,
+            window: Mutex::default(),
             metrics,
             started_us: now_us(),
-            seq: AtomicU64::new(0),
-            cursors: Mutex::default(),
-        }
+        });
+        let publisher = shared.clone();
+        std::thread::Builder::new()
+            .name("cortex-stream".into())
+            .spawn(move || publisher.run(&tell))
+            .context("failed to start the dashboard stream's publisher thread")?;
+        Ok(Feed { shared })
     }
 
     /// A new client's cursor, with the recent events that pass `filter`
     /// to send first.
     fn client(&self, filter: Filter) -> Client {
         let cursor = Arc::new(Cursor::default());
-        // It starts at the current place: a new client is not behind.
-        let rx = {
-            let mut cursors = self.cursors.locked();
-            cursor.seen.store(self.seq.load(Ordering::Relaxed), Ordering::Relaxed);
-            cursors.push(Arc::downgrade(&cursor));
-            self.tx.subscribe()
+        let shared = &self.shared;
+        // Watching before the cursor is placed: any publication after the
+        // place wakes it.
+        let published = shared.published.clone();
+        let backlog = {
+            let mut log = shared.log.locked();
+            // It starts at the current place: a new client is not behind.
+            cursor.seen.store(log.last, Ordering::Relaxed);
+            log.cursors.push(Arc::downgrade(&cursor));
+            let passes = log.recent.iter().filter(|(f, i)| filter.matches(&f.settled[*i]));
+            passes.map(|(f, i)| f.all.slice_ref(f.frame(*i))).collect()
         };
-        let backlog = self.state.locked().recent.iter().filter(|i| filter.matches(&i.settled)).cloned().collect();
-        self.metrics.stream_client(1);
-        Client { rx, cursor, backlog, filter, metrics: self.metrics.clone(), done: false }
+        shared.metrics.stream_client(1);
+        Client { shared: shared.clone(), cursor, backlog, filter, published, done: false }
     }
 
     /// Each handler's figures over the last five minutes.
     pub fn windows(&self) -> BTreeMap<String, Window> {
-        let now = now_us();
-        let covered = now.saturating_sub(self.started_us).clamp(1, WINDOW_US) as f64 / 1e6;
-        let state = self.state.locked();
-        state
-            .samples
-            .iter()
-            .map(|(name, samples)| {
-                let live: Vec<&Sample> = samples.iter().filter(|s| now.saturating_sub(s.at_us) <= WINDOW_US).collect();
-                let mut ms: Vec<f64> = live.iter().map(|s| s.ms).collect();
-                ms.sort_by(f64::total_cmp);
-                let window = Window {
-                    window_secs: covered,
-                    invocations: live.len(),
-                    failures: live.iter().filter(|s| !s.ok).count(),
-                    rate_per_sec: live.len() as f64 / covered,
-                    p50_ms: percentile(&ms, 0.50),
-                    p99_ms: percentile(&ms, 0.99),
-                };
-                (name.clone(), window)
-            })
-            .collect()
+        self.shared.window.locked().windows(now_us(), self.shared.started_us)
     }
 
     /// The live stream for one client: first the recent events that pass
@@ -228,144 +215,128 @@ impl Feed {
     }
 }
 
-/// The value at quantile `q` of sorted `v` (nearest rank).
-fn percentile(v: &[f64], q: f64) -> Option<f64> {
-    if v.is_empty() {
-        return None;
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.shared.inbox.locked().closed = true;
+        self.shared.arrived.notify_one();
     }
-    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-    v.get(i).copied()
 }
 
-/// Which events a client wants (query parameters of `/api/stream`).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Filter {
-    /// `type`: an event type glob (`worker.*`, see [`crate::pattern`]).
-    pub event_type: Option<String>,
-    /// `source`: the source, exact or a glob.
-    pub source: Option<String>,
-    /// `correlation_id`: exact.
-    pub correlation_id: Option<String>,
-}
-
-impl Filter {
-    /// The filter a query string asks for; unknown and empty parameters
-    /// are ignored (`access_token` among them).
-    pub fn from_query(query: Option<&str>) -> Filter {
-        let mut f = Filter::default();
-        for pair in query.unwrap_or("").split('&') {
-            let Some((k, v)) = pair.split_once('=') else { continue };
-            let v = super::auth::percent_decode(v);
-            if v.is_empty() {
-                continue;
+impl Shared {
+    /// The publisher thread: waits for settled events, lets more arrive
+    /// until a [`FLUSH`] has passed since the last publication, publishes;
+    /// until the feed is dropped. Its end (dropping `tell`) ends the
+    /// clients' streams.
+    fn run(&self, tell: &watch::Sender<u64>) {
+        let mut last: Option<Instant> = None;
+        loop {
+            {
+                let mut inbox = self.inbox.locked();
+                while inbox.settled.is_empty() && inbox.lost == 0 && !inbox.closed {
+                    inbox = crate::lock::recover(self.arrived.wait(inbox));
+                }
+                if inbox.closed {
+                    return;
+                }
             }
-            match k {
-                "type" => f.event_type = Some(v),
-                "source" => f.source = Some(v),
-                "correlation_id" => f.correlation_id = Some(v),
-                _ => {}
+            if let Some(wait) = last.and_then(|at| FLUSH.checked_sub(at.elapsed())) {
+                std::thread::sleep(wait);
+            }
+            last = Some(Instant::now());
+            if let Some(place) = self.publish() {
+                tell.send_replace(place);
             }
         }
-        f
     }
 
-    pub fn matches(&self, s: &Settled) -> bool {
-        self.event_type.as_deref().is_none_or(|p| crate::pattern::glob_match(p, &s.event_type))
-            && self.source.as_deref().is_none_or(|p| crate::pattern::glob_match(p, &s.source))
-            && self.correlation_id.as_deref().is_none_or(|c| s.correlation_id.as_deref() == Some(c))
-    }
-}
-
-/// One connected client's cursor.
-struct Client {
-    rx: broadcast::Receiver<Arc<Item>>,
-    cursor: Arc<Cursor>,
-    backlog: VecDeque<Arc<Item>>,
-    filter: Filter,
-    metrics: Arc<Metrics>,
-    done: bool,
-}
-
-impl Client {
-    /// What to write next: the backlog, else the next events that pass the
-    /// filter (waiting for the first, then taking what is already there),
-    /// a keep-alive comment, or the notice that this client is dropped.
-    /// `None` ends the stream.
-    async fn next_chunk(&mut self) -> Option<String> {
-        if self.done {
+    /// Publishes what is in the inbox: frames each event once, records the
+    /// window, and drops the clients too far behind; returns the place of
+    /// the last event published, for the clients to be told, if there was
+    /// anything to tell.
+    fn publish(&self) -> Option<u64> {
+        let (settled, lost) = {
+            let mut inbox = self.inbox.locked();
+            (std::mem::take(&mut inbox.settled), std::mem::take(&mut inbox.lost))
+        };
+        if settled.is_empty() && lost == 0 {
             return None;
         }
-        if self.cursor.dropped.load(Ordering::Relaxed) {
-            return Some(self.drop_lagging(None));
-        }
-        let mut out = String::new();
-        while out.len() < MAX_WRITE
-            && let Some(item) = self.backlog.pop_front()
         {
-            frame(&mut out, &item);
-        }
-        if !out.is_empty() {
-            return Some(out);
-        }
-        while out.is_empty() {
-            match tokio::time::timeout(KEEP_ALIVE, self.rx.recv()).await {
-                Err(_) => return Some(": keep-alive\n\n".into()),
-                Ok(Ok(item)) => self.take(&mut out, &item),
-                Ok(Err(broadcast::error::RecvError::Lagged(missed))) => return Some(self.drop_lagging(Some(missed))),
-                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+            let mut window = self.window.locked();
+            for s in &settled {
+                window.record(s);
             }
         }
-        while out.len() < MAX_WRITE {
-            match self.rx.try_recv() {
-                Ok(item) => self.take(&mut out, &item),
-                Err(broadcast::error::TryRecvError::Lagged(missed)) => {
-                    out.push_str(&self.drop_lagging(Some(missed)));
-                    break;
+        let mut all = Vec::with_capacity(settled.len() * 400);
+        let ends = settled
+            .iter()
+            .map(|s| {
+                frame(&mut all, s);
+                all.len()
+            })
+            .collect();
+        let mut log = self.log.locked();
+        if !settled.is_empty() {
+            let flush = Arc::new(Flush { first: log.last + 1, settled, ends, all: Bytes::from(all) });
+            log.push(flush);
+        }
+        // Clients now past what is kept are dropped (all of them when
+        // events were lost), and gone ones forgotten.
+        let last = log.last;
+        log.cursors.retain(|weak| {
+            let Some(cursor) = weak.upgrade() else { return false };
+            if lost > 0 || last.saturating_sub(cursor.seen.load(Ordering::Relaxed)) > CLIENT_BUFFER as u64 {
+                if !cursor.dropped.swap(true, Ordering::Relaxed) {
+                    self.metrics.stream_dropped();
                 }
-                Err(_) => break,
+                return false;
             }
+            !cursor.dropped.load(Ordering::Relaxed)
+        });
+        drop(log);
+        if lost > 0 {
+            tracing::warn!(
+                lost,
+                "the dashboard stream's publisher fell {INBOX} events behind; events not streamed, clients dropped"
+            );
         }
-        Some(out)
-    }
-
-    /// Notes `item` read, and frames it when it passes the filter.
-    fn take(&self, out: &mut String, item: &Item) {
-        self.cursor.seen.store(item.seq, Ordering::Relaxed);
-        if self.filter.matches(&item.settled) {
-            frame(out, item);
-        }
-    }
-
-    /// Marks this client done (counted once) and says why, as a `lagged` event.
-    fn drop_lagging(&mut self, missed: Option<u64>) -> String {
-        self.done = true;
-        if !self.cursor.dropped.swap(true, Ordering::Relaxed) {
-            self.metrics.stream_dropped();
-        }
-        let missed = missed.map_or_else(|| "over".to_string(), |n| format!("{n} events, over"));
-        format!(
-            "event: lagged\ndata: this client fell behind ({missed} the {CLIENT_BUFFER} it may) and was dropped; reconnect to follow the stream again\n\n"
-        )
+        Some(last)
     }
 }
 
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.metrics.stream_client(-1);
+impl Log {
+    /// Appends `flush`, forgetting the flushes and recent events no client
+    /// may still need.
+    fn push(&mut self, flush: Arc<Flush>) {
+        self.last = flush.last();
+        for i in 0..flush.settled.len() {
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((flush.clone(), i));
+        }
+        self.flushes.push_back(flush);
+        let keep_after = self.last.saturating_sub(CLIENT_BUFFER as u64);
+        while self.flushes.front().is_some_and(|f| f.last() <= keep_after) {
+            self.flushes.pop_front();
+        }
     }
 }
 
 /// Appends one settled event in the SSE format. The JSON is compact (no
 /// newline can end its `data` line early); the id is a validated event id,
 /// stripped of line breaks all the same.
-fn frame(out: &mut String, item: &Item) {
-    let kind = match item.settled.ending {
+fn frame(out: &mut Vec<u8>, s: &Settled) {
+    let kind = match s.ending {
         Ending::DeadLettered => "dead-lettered",
         _ => "settled",
     };
-    let id: String = item.settled.event_id.chars().filter(|c| *c != '\n' && *c != '\r').collect();
-    // Writing into a String cannot fail.
-    let _ = write!(out, "event: {kind}\nid: {id}\ndata: {}\n\n", item.json);
+    let id: String = s.event_id.chars().filter(|c| *c != '\n' && *c != '\r').collect();
+    // Writing into a Vec cannot fail, nor can serializing a plain record
+    // of strings and numbers.
+    let _ = write!(out, "event: {kind}\nid: {id}\ndata: ");
+    let _ = serde_json::to_writer(&mut *out, s);
+    out.extend_from_slice(b"\n\n");
 }
 
 #[cfg(test)]
@@ -373,26 +344,7 @@ mod tests {
     use super::*;
     use crate::dispatch::{HandlerResult, Observe};
 
-    #[test]
-    fn waiting_events_go_out_in_one_write_each_in_the_sse_format() {
-        let metrics = Arc::new(Metrics::new());
-        let feed = Feed::new(metrics.clone());
-        let mut client = feed.client(Filter { event_type: Some("a.*".into()), ..Filter::default() });
-        feed.settled(vec![
-            settled("e1", "a.b", 1.0, true),
-            settled("e2", "x.y", 1.0, true),
-            settled("e3", "a.c", 1.0, false),
-        ]);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a runtime builds");
-        let chunk = rt.block_on(client.next_chunk()).expect("a chunk");
-        let frames: Vec<&str> = chunk.split_terminator("\n\n").collect();
-        assert_eq!(frames.len(), 2, "{chunk}");
-        assert!(frames[0].starts_with("event: settled\nid: e1\ndata: {"), "{chunk}");
-        let back: Settled = serde_json::from_str(frames[1].split_once("data: ").expect("data").1).expect("a Settled");
-        assert_eq!((back.event_id.as_str(), back.ending), ("e3", Ending::Retried));
-    }
-
-    fn settled(id: &str, event_type: &str, ms: f64, ok: bool) -> Settled {
+    fn settled(id: &str, event_type: &str) -> Settled {
         Settled {
             event_id: id.into(),
             event_type: event_type.into(),
@@ -400,61 +352,112 @@ mod tests {
             correlation_id: Some("c-1".into()),
             priority: "medium".into(),
             attempt: 1,
-            ending: if ok { Ending::Handled } else { Ending::Retried },
-            handlers: vec![HandlerResult {
-                handler: "h".into(),
-                fault: (!ok).then_some(crate::records::FaultKind::Error),
-                duration_ms: ms,
-            }],
+            ending: if event_type.ends_with("failed") { Ending::DeadLettered } else { Ending::Handled },
+            handlers: vec![HandlerResult { handler: "h".into(), fault: None, duration_ms: 1.0 }],
             latency_ms: 1.0,
             settled_us: now_us(),
         }
     }
 
-    #[test]
-    fn the_window_counts_rate_percentiles_and_failures() {
-        let feed = Feed::new(Arc::new(Metrics::new()));
-        let batch: Vec<Settled> = (1..=100).map(|i| settled(&format!("e{i}"), "a.b", i as f64, i % 10 != 0)).collect();
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a current-thread runtime builds")
+    }
+
+    /// Hands `batch` to the feed and waits until the `upto`th event is published.
+    fn publish(rt: &tokio::runtime::Runtime, feed: &Feed, batch: Vec<Settled>, upto: u64) {
+        let mut published = feed.shared.published.clone();
         feed.settled(batch);
-        let w = &feed.windows()["h"];
-        assert_eq!((w.invocations, w.failures), (100, 10));
-        assert_eq!((w.p50_ms, w.p99_ms), (Some(51.0), Some(99.0)));
-        assert!(w.rate_per_sec > 0.0);
+        rt.block_on(published.wait_for(|p| *p >= upto)).expect("the publisher runs");
+    }
+
+    fn frames(chunk: &[u8]) -> Vec<String> {
+        String::from_utf8_lossy(chunk).split_terminator("\n\n").map(str::to_string).collect()
     }
 
     #[test]
-    fn filters_take_a_type_glob_a_source_and_a_correlation_id() {
-        let f = Filter::from_query(Some("type=worker.%2A&source=&correlation_id=c-1&access_token=x"));
-        assert_eq!(f.event_type.as_deref(), Some("worker.*"));
-        assert_eq!(f.source, None);
-        assert!(f.matches(&settled("e1", "worker.heartbeat", 1.0, true)));
-        assert!(!f.matches(&settled("e2", "task.created", 1.0, true)));
-        let other = Filter { correlation_id: Some("c-2".into()), ..Filter::default() };
-        assert!(!other.matches(&settled("e3", "worker.heartbeat", 1.0, true)));
+    fn a_filtered_client_gets_the_events_that_pass_in_one_write_in_the_sse_format() {
+        let (rt, feed) = (runtime(), Feed::new(Arc::new(Metrics::new())).expect("a feed"));
+        let mut client = feed.client(Filter { event_type: Some("a.*".into()), ..Filter::default() });
+        publish(&rt, &feed, vec![settled("e1", "a.b"), settled("e2", "x.y")], 2);
+        publish(&rt, &feed, vec![settled("e3", "a.failed")], 3);
+        let chunk = rt.block_on(client.next_chunk()).expect("a chunk");
+        let frames = frames(&chunk);
+        assert_eq!(frames.len(), 2, "both flushes in one write: {frames:?}");
+        assert!(frames[0].starts_with("event: settled\nid: e1\ndata: {"), "{frames:?}");
+        assert!(frames[1].starts_with("event: dead-lettered\nid: e3\n"), "{frames:?}");
+        let back: Settled = serde_json::from_str(frames[1].split_once("data: ").expect("data").1).expect("a Settled");
+        assert_eq!((back.event_id.as_str(), back.ending), ("e3", Ending::DeadLettered));
+    }
+
+    #[test]
+    fn open_clients_share_each_flush_bytes_and_a_new_one_gets_the_recent_events_first() {
+        let (rt, feed) = (runtime(), Feed::new(Arc::new(Metrics::new())).expect("a feed"));
+        let (mut one, mut two) = (feed.client(Filter::default()), feed.client(Filter::default()));
+        publish(&rt, &feed, vec![settled("e1", "a.b"), settled("e2", "x.y")], 2);
+        publish(&rt, &feed, vec![settled("e3", "a.c")], 3);
+        let (a, b) = (rt.block_on(one.next_chunk()).expect("a chunk"), rt.block_on(two.next_chunk()).expect("a chunk"));
+        assert_eq!(frames(&a).len(), 2);
+        assert_eq!((a.as_ptr(), a.len()), (b.as_ptr(), b.len()), "the same bytes, framed once");
+        let next = rt.block_on(one.next_chunk()).expect("the second flush");
+        assert!(frames(&next)[0].starts_with("event: settled\nid: e3\n"), "{next:?}");
+        let mut late = feed.client(Filter { event_type: Some("a.*".into()), ..Filter::default() });
+        let backlog = frames(&rt.block_on(late.next_chunk()).expect("the backlog"));
+        assert_eq!(backlog.len(), 2, "{backlog:?}");
+        assert!(backlog[0].contains("\nid: e1\n") && backlog[1].contains("\nid: e3\n"), "{backlog:?}");
     }
 
     #[test]
     fn publishing_never_waits_for_a_reader_and_a_lagging_one_is_told_and_dropped() {
-        let metrics = Arc::new(Metrics::new());
-        let feed = Feed::new(metrics.clone());
+        let (rt, metrics) = (runtime(), Arc::new(Metrics::new()));
+        let feed = Feed::new(metrics.clone()).expect("a feed");
         let mut client = feed.client(Filter::default());
         // The reader never reads while more than its buffer is published:
         // the publisher counts it dropped then, before it reads again.
         for i in 0..(CLIENT_BUFFER + 10) {
-            feed.settled(vec![settled(&format!("e{i}"), "a.b", 1.0, true)]);
+            feed.settled(vec![settled(&format!("e{i}"), "a.b")]);
         }
+        publish(&rt, &feed, vec![settled("last", "a.b")], CLIENT_BUFFER as u64 + 11);
         assert!(metrics.encode().contains("cortex_dashboard_stream_dropped_clients_total 1"));
-        assert!(feed.cursors.locked().is_empty(), "the publisher forgot it");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("a current-thread runtime builds");
+        assert!(feed.shared.log.locked().cursors.is_empty(), "the publisher forgot it");
         let notice = rt.block_on(client.next_chunk()).expect("the lagged notice");
-        assert!(notice.starts_with("event: lagged\ndata: this client fell behind"), "{notice}");
+        assert!(notice.starts_with(b"event: lagged\ndata: this client fell behind"), "{notice:?}");
         assert!(rt.block_on(client.next_chunk()).is_none(), "then the stream ends");
         let text = metrics.encode();
         assert!(text.contains("cortex_dashboard_stream_dropped_clients_total 1"), "{text}");
         drop(client);
         assert!(metrics.encode().contains("cortex_dashboard_stream_clients 0"));
+    }
+
+    #[test]
+    fn the_hand_off_is_bounded_and_what_does_not_fit_drops_every_client() {
+        let (rt, metrics) = (runtime(), Arc::new(Metrics::new()));
+        let feed = Feed::new(metrics.clone()).expect("a feed");
+        let (mut one, mut two) = (feed.client(Filter::default()), feed.client(Filter::default()));
+        let mut published = feed.shared.published.clone();
+        // One batch over the inbox's bound: the rest is not kept.
+        feed.settled((0..INBOX + 5).map(|i| settled(&format!("e{i}"), "a.b")).collect());
+        rt.block_on(published.wait_for(|p| *p > 0)).expect("the publisher runs");
+        assert!(*published.borrow() <= INBOX as u64, "at most the bound was kept");
+        for client in [&mut one, &mut two] {
+            let notice = rt.block_on(client.next_chunk()).expect("the lagged notice");
+            assert!(notice.starts_with(b"event: lagged\n"), "{notice:?}");
+        }
+        assert!(metrics.encode().contains("cortex_dashboard_stream_dropped_clients_total 2"));
+    }
+
+    #[test]
+    fn the_log_keeps_the_flushes_of_the_last_client_buffer_events() {
+        let mut log = Log::default();
+        let flush = |first: u64, n: usize| {
+            let settled: Vec<Settled> = (0..n).map(|i| settled(&format!("e{i}"), "a.b")).collect();
+            let ends = (1..=n).collect();
+            Arc::new(Flush { first, settled, ends, all: Bytes::from(vec![b'x'; n]) })
+        };
+        log.push(flush(1, 600));
+        log.push(flush(601, 600));
+        assert_eq!(log.flushes.len(), 2, "event 177 on may still be needed");
+        log.push(flush(1201, 600));
+        assert_eq!((log.flushes.len(), log.last, log.recent.len()), (2, 1800, RECENT));
+        assert_eq!(log.flushes[0].frame(1), b"x");
     }
 }
