@@ -86,9 +86,14 @@ pub enum KvError {
     /// The bucket is granted read-only.
     #[error("bucket {0:?} is granted read-only: list it under `keyvalue`, not `keyvalue_read`, to write it")]
     AccessDenied(String),
-    /// A per-invocation limit, a bad key, or the backend failed.
+    /// A per-invocation limit or a bad key.
     #[error("{0}")]
     Other(String),
+    /// The backend could not be read (a Redis server unreachable): not the
+    /// handler's doing, so the invocation fails retryably whatever the
+    /// guest makes of it (see [`Txn::unavailable`]).
+    #[error("state backend: {0}")]
+    Unavailable(String),
 }
 
 /// Identifies the invocation a buffer came from.

@@ -124,6 +124,12 @@ pub trait Queue: Send + Sync {
     /// Finishes background work (e.g. removing settled claims) before exit.
     fn flush(&self) {}
 
+    /// The dispatch run that claimed through this queue ended with an
+    /// error, leaving claims it will never settle: stop keeping them alive,
+    /// so recovery takes them back after their lease. (The filesystem's
+    /// claims age by themselves; nothing to do there.)
+    fn abandon(&self) {}
+
     /// Which of these events the store already holds, each with where
     /// ("queued", "being handled", "dead-lettered", "archived"): the event
     /// id is the idempotency key, so a producer's re-send is skipped. A

@@ -107,11 +107,27 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
     let dispatch_thread = {
         let (dispatcher, stop) = (dispatcher.clone(), stop.clone());
         std::thread::Builder::new().name("cortex-dispatch".into()).spawn(move || {
-            let result = dispatcher.run(Mode::Service { wake: &wake_rx }, &|| stop.load(Ordering::Relaxed));
-            if let Err(e) = &result {
-                tracing::error!(error = %format!("{e:#}"), "dispatcher stopped");
+            // A store that fails for longer than its retries (a Redis
+            // server down) ends a dispatch run; the service starts another
+            // with backoff rather than serving nothing until restarted.
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let result = dispatcher.run(Mode::Service { wake: &wake_rx }, &|| stop.load(Ordering::Relaxed));
+                match result {
+                    Err(e) if !stop.load(Ordering::Relaxed) => {
+                        tracing::error!(error = %format!("{e:#}"), "dispatcher stopped; starting it again in {backoff:?} (its unsettled claims are recovered after their lease)");
+                        dispatcher.queue().abandon();
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    result => {
+                        if let Err(e) = &result {
+                            tracing::error!(error = %format!("{e:#}"), "dispatcher stopped");
+                        }
+                        return result;
+                    }
+                }
             }
-            result
         })?
     };
     let schedule_thread = {

@@ -58,14 +58,28 @@ fn settled(root: &Root) -> Result<(BTreeMap<String, usize>, BTreeSet<String>)> {
     Ok((archived, dead))
 }
 
-/// Queues `n` events from one producer in batches of `per`; returns their ids.
+/// Queues `n` events from one producer in batches of `per`; returns their
+/// ids. Each event carries its own id (the idempotency key), so a batch
+/// that failed — Redis gone when its `cortex emit` started — is sent again
+/// as a producer would, and a batch sent twice is queued once.
 fn produce(root: &Root, tag: &str, n: usize, per: usize) -> Result<Vec<String>> {
     let mut ids = Vec::with_capacity(n);
     for chunk in 0..n.div_ceil(per) {
-        let lines: String = (0..per.min(n - chunk * per))
-            .map(|i| event("task.created").source(&format!("{tag}-{chunk}-{i}")).line())
+        let batch: Vec<String> =
+            (0..per.min(n - chunk * per)).map(|i| format!("evt_20261201_000000_{tag}{chunk:04}x{i:04}")).collect();
+        let lines: String = batch
+            .iter()
+            .map(|id| event("task.created").id(id).at("2026-12-01T00:00:00Z").source(&format!("{tag}-{chunk}")).line())
             .collect();
-        ids.extend(root.batch(&lines)?);
+        let mut tries = 0;
+        while let Err(e) = root.batch(&lines) {
+            tries += 1;
+            if tries > 60 {
+                return Err(e.context(format!("batch {chunk} of {tag} failed 60 times")));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        ids.extend(batch);
     }
     Ok(ids)
 }
@@ -192,15 +206,24 @@ fn redis_down_for_five_seconds_makes_the_service_unready_and_loses_nothing() -> 
     let redis = PrivateRedis::start()?;
     let root = host(&redis.url(), "outage")?;
     let svc = root.serve()?;
-    let before = produce(&root, "before", 500, 100)?;
-
-    redis.down()?;
-    wait_for(Duration::from_secs(10), || Ok(http_get(&svc.addr, "/readyz").map(|(s, _)| s == 503).unwrap_or(false)))
-        .context("/readyz never said 503 while Redis was down")?;
-    let (_, body) = http_get(&svc.addr, "/readyz")?;
+    // A producer keeps queueing across the outage (its batches wait and
+    // retry while Redis is gone); Redis goes down once dispatch is under way.
+    let (produced, saw_503, body) = std::thread::scope(|s| -> Result<_> {
+        let producer = s.spawn(|| produce(&root, "during", 3000, 50));
+        wait_for(Duration::from_secs(60), || Ok(settled_count(&root)? >= 300))?;
+        redis.down()?;
+        let saw_503 = wait_for(Duration::from_secs(10), || {
+            Ok(http_get(&svc.addr, "/readyz").map(|(s, _)| s == 503).unwrap_or(false))
+        });
+        let (_, body) = http_get(&svc.addr, "/readyz")?;
+        std::thread::sleep(Duration::from_secs(5));
+        redis.up()?;
+        let produced = producer.join().map_err(|_| anyhow::anyhow!("the producer panicked"))?;
+        Ok((produced, saw_503, body))
+    })?;
+    saw_503.context("/readyz never said 503 while Redis was down")?;
     assert!(body.contains("unreachable"), "{body}");
-    std::thread::sleep(Duration::from_secs(5));
-    redis.up()?;
+    let before = produced.context("a producer's batch was lost to the outage")?;
 
     wait_for(Duration::from_secs(30), || Ok(http_get(&svc.addr, "/readyz").map(|(s, _)| s == 200).unwrap_or(false)))
         .context("/readyz never came back after Redis did")?;
@@ -230,7 +253,7 @@ fn redis_down_for_five_seconds_makes_the_service_unready_and_loses_nothing() -> 
         status(&root)?,
         svc.log_text()
     );
-    assert_eq!(counter_total(&root)?, 1000);
+    assert_eq!(counter_total(&root)?, 3500);
     assert!(svc.log_text().contains("unreachable"), "the service said nothing of the outage");
     Ok(())
 }

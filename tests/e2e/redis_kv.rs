@@ -44,6 +44,7 @@ on_both!(
     listing_merges_buffered_writes_and_pages,
     buckets_count_their_keys,
     pruned_marks_are_forgotten,
+    a_buffer_built_on_another_applies_only_after_it,
 );
 
 fn sqlite(dir: &tempfile::TempDir) -> Result<Arc<dyn Backend>> {
@@ -75,6 +76,7 @@ fn changes(event_id: &str, ops: Vec<(&str, Op)>) -> Changes {
         mark: mark(event_id),
         ops: ops.into_iter().map(|(k, op)| ("w".to_string(), k.to_string(), op)).collect(),
         reads: Vec::new(),
+        after: Vec::new(),
     }
 }
 
@@ -195,6 +197,7 @@ mod cases {
             mark: mark("e5"),
             ops: vec![("w".into(), "y".into(), Op::Set(b"y".to_vec()))],
             reads: vec![Read { bucket: "w".into(), key: "x".into(), version: 1 }],
+            after: Vec::new(),
         };
         assert_eq!(b.commit(std::slice::from_ref(&stale))?, vec![Applied::Conflict], "x is at version 3");
         assert_eq!(b.get("w", "y")?, None);
@@ -303,6 +306,24 @@ mod cases {
         t.delete("w", "never-there")?;
         assert_eq!(b.commit(&[t.into_changes()])?, vec![Applied::Applied]);
         assert_eq!(b.buckets()?, vec![("w".to_string(), 2)], "an emptied bucket is not listed");
+        Ok(())
+    }
+
+    pub fn a_buffer_built_on_another_applies_only_after_it(b: Arc<dyn Backend>) -> Result<()> {
+        let first = changes("e1", vec![("n", Op::Set(b"1".to_vec()))]);
+        let built = Changes { after: vec![mark("e1")], ..changes("e2", vec![("n", Op::Set(b"2".to_vec()))]) };
+        // Not applied yet (its commit refused or not here): refused whole.
+        assert_eq!(b.commit(std::slice::from_ref(&built))?, vec![Applied::Conflict]);
+        assert_eq!(text(&b, "n")?, None);
+        assert_eq!(b.get_with_marks("w", "n", &[mark("e1"), mark("e2")])?, (None, vec![false, false]));
+        // In one batch behind it, or after it was committed: applied.
+        assert_eq!(b.commit(&[first, built.clone()])?, vec![Applied::Applied, Applied::Applied]);
+        assert_eq!(text(&b, "n")?.as_deref(), Some("2"));
+        let (found, marks) = b.get_with_marks("w", "n", &[mark("e1"), mark("e9"), mark("e2")])?;
+        assert_eq!((found.map(|v| v.value), marks), (Some(b"2".to_vec()), vec![true, false, true]));
+        assert!(b.applied(&mark("e2"))? && !b.applied(&mark("e9"))?);
+        let later = Changes { after: vec![mark("e2")], ..changes("e3", vec![("n", Op::Set(b"3".to_vec()))]) };
+        assert_eq!(b.commit(&[later])?, vec![Applied::Applied]);
         Ok(())
     }
 

@@ -43,6 +43,8 @@ pub struct Txn {
     bytes_written: usize,
     /// The lane's done-but-uncommitted changes.
     overlay: Option<Arc<Overlay>>,
+    /// Why the backend failed a read, if it did (see [`Txn::unavailable`]).
+    unavailable: Option<String>,
 }
 
 impl Txn {
@@ -61,7 +63,19 @@ impl Txn {
             cursors: Vec::new(),
             bytes_written: 0,
             overlay: None,
+            unavailable: None,
         }
+    }
+
+    /// Records that the backend failed a read of this invocation.
+    pub fn note_unavailable(&mut self, why: &str) {
+        self.unavailable.get_or_insert_with(|| why.to_string());
+    }
+
+    /// Why the backend failed a read of this invocation, if it did: then
+    /// the invocation fails retryably, however the guest took the error.
+    pub fn unavailable(&self) -> Option<&str> {
+        self.unavailable.as_deref()
     }
 
     /// Reads through `overlay`, the pending changes of the lane it runs in.
@@ -83,7 +97,7 @@ impl Txn {
     /// pending buffers read through are not ones to commit after, and
     /// nothing is kept as the invocation's view.
     fn committed_as(&mut self, bucket: &str, key: &str, depend: bool) -> Result<(Option<Vec<u8>>, u64, bool), KvError> {
-        let backend = |e: anyhow::Error| KvError::Other(format!("state backend: {e:#}"));
+        let backend = |e: anyhow::Error| KvError::Unavailable(format!("{e:#}"));
         let Some(o) = self.overlay.clone().filter(|o| o.has(bucket, key)) else {
             let found = self.backend.get(bucket, key).map_err(backend)?;
             let version = found.as_ref().map_or(0, |v| v.version);
@@ -304,7 +318,7 @@ impl Txn {
             let page = self
                 .backend
                 .keys(bucket, "", from.as_deref(), PAGE)
-                .map_err(|e| KvError::Other(format!("state backend: {e:#}")))?;
+                .map_err(|e| KvError::Unavailable(format!("{e:#}")))?;
             let exhausted = page.len() < PAGE;
             if let Some(last) = page.last() {
                 from = Some(last.clone());

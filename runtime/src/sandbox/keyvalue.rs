@@ -25,6 +25,7 @@ fn error(e: KvError) -> store::Error {
         KvError::NoSuchStore(_) => store::Error::NoSuchStore,
         KvError::AccessDenied(_) => store::Error::AccessDenied,
         KvError::Other(m) => store::Error::Other(m),
+        KvError::Unavailable(m) => store::Error::Other(format!("state backend: {m}")),
     }
 }
 
@@ -51,7 +52,11 @@ impl State {
         f: impl FnOnce(&mut Txn, &str) -> Result<T, KvError>,
     ) -> Result<T, store::Error> {
         let (txn, name) = self.bucket(b)?;
-        f(txn, &name).map_err(error)
+        let result = f(txn, &name);
+        if let Err(KvError::Unavailable(why)) = &result {
+            txn.note_unavailable(why);
+        }
+        result.map_err(error)
     }
 }
 

@@ -483,6 +483,19 @@ impl Sandbox {
             }
             other => other,
         };
+        // A state read the backend failed (a Redis server unreachable) is
+        // not the handler's doing: retry the event, whatever the guest made
+        // of the error (it may have refused, or gone on without the value).
+        let result = match state.kv.as_ref().and_then(|t| t.unavailable()) {
+            Some(why) => Err(Fault {
+                kind: FaultKind::Error,
+                message: format!(
+                    "the state backend failed a read during the invocation ({why}); nothing it wrote is kept and the event is retried"
+                ),
+                detail: result.err().map(|f| f.message).unwrap_or_default(),
+            }),
+            None => result,
+        };
         let mut call = state.call;
         call.finish_logs();
         let changes = match (&result, state.kv) {

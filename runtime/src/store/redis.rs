@@ -186,5 +186,11 @@ impl Redis {
 /// Whether an error means the connection (or the server) is gone, rather
 /// than that the server refused the command.
 fn lost(e: &::redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+    // `WaitAndRetry`: a server still loading its data after a restart
+    // (LOADING), a replica without its master, TRYAGAIN.
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(e.retry_method(), ::redis::RetryMethod::WaitAndRetry)
 }

@@ -191,6 +191,10 @@ impl Backend for RedisKv {
             for read in &changes.reads {
                 call.arg(index[read.bucket.as_str()]).arg(&read.key).arg(read.version);
             }
+            call.arg(changes.after.len());
+            for m in &changes.after {
+                call.arg(member(m));
+            }
             call.arg(changes.ops.len());
             for (bucket, key, op) in &changes.ops {
                 let (code, arg) = op_args(op);
@@ -216,6 +220,38 @@ impl Backend for RedisKv {
                 other => anyhow::bail!("the state commit script answered {other}, not 0, 1 or 2"),
             })
             .collect()
+    }
+
+    fn get_with_marks(
+        &self,
+        bucket: &str,
+        key: &str,
+        marks: &[crate::kv::Mark],
+    ) -> Result<(Option<Versioned>, Vec<bool>)> {
+        if marks.is_empty() {
+            return Ok((self.get(bucket, key)?, Vec::new()));
+        }
+        let (data, set) = (self.data(bucket), self.marks());
+        let members: Vec<String> = marks.iter().map(member).collect();
+        // One MULTI/EXEC: the value and the marks from one moment.
+        let (raw, scores): (Option<Vec<u8>>, Vec<Option<f64>>) =
+            self.server.run("read a state key and its marks", READ_BUDGET, |c| {
+                ::redis::pipe().atomic().cmd("HGET").arg(&data).arg(key).cmd("ZMSCORE").arg(&set).arg(&members).query(c)
+            })?;
+        let found = raw
+            .map(|r| {
+                decode(&r)
+                    .with_context(|| format!("key {key:?} of bucket {bucket:?} in {data} is not a version and a value"))
+            })
+            .transpose()?;
+        Ok((found, scores.into_iter().map(|s| s.is_some()).collect()))
+    }
+
+    fn applied(&self, mark: &crate::kv::Mark) -> Result<bool> {
+        let (set, m) = (self.marks(), member(mark));
+        let score: Option<f64> =
+            self.server.run("read a state mark", READ_BUDGET, |c| ::redis::cmd("ZSCORE").arg(&set).arg(&m).query(c))?;
+        Ok(score.is_some())
     }
 
     fn prune_marks(&self, before_ms: u64) -> Result<usize> {

@@ -449,6 +449,13 @@ impl Queue for RedisStore {
         }
     }
 
+    fn abandon(&self) {
+        self.flush();
+        // Not refreshed any more: recovery (this process's or another's)
+        // takes them back once they have been idle for the lease.
+        self.held.locked().clear();
+    }
+
     fn known(&self, events: &[&Event]) -> Result<BTreeMap<String, &'static str>> {
         self.known_ids(events)
     }

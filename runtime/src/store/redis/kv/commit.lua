@@ -9,6 +9,7 @@
 --                         KEYS[2i+2] sorted set of its keys (score 0)
 -- ARGV: nbuckets, bucket names..., nbuffers, then per buffer:
 --   mark, nreads, (bucket index, key, version) * nreads,
+--   nafter, (mark) * nafter  -- pending buffers of its lane it was built on
 --   nops, (bucket index, key, op, arg) * nops
 --   op: "s" set (arg: value), "d" delete (arg: ""), "a" add (arg: decimal delta)
 -- Returns one integer per buffer: 0 applied, 1 already applied, 2 conflict.
@@ -60,12 +61,13 @@ local names = {}
 for i = 1, tonumber(take()) do names[i] = take() end
 local buffers = {}
 for n = 1, tonumber(take()) do
-  local buffer = { mark = take(), reads = {}, ops = {} }
+  local buffer = { mark = take(), reads = {}, after = {}, ops = {} }
   for r = 1, tonumber(take()) do
     local b = tonumber(take())
     local key = take()
     buffer.reads[r] = { b = b, key = key, version = tonumber(take()) }
   end
+  for a = 1, tonumber(take()) do buffer.after[a] = take() end
   for o = 1, tonumber(take()) do
     local b = tonumber(take())
     local key = take()
@@ -89,6 +91,15 @@ for n, buffer in ipairs(buffers) do
     out[n] = 1
   else
     local stale = false
+    -- Built on a pending buffer of its lane that is not applied (refused,
+    -- or not here yet): run it again. One applied earlier in this script
+    -- has its mark already.
+    for _, m in ipairs(buffer.after) do
+      if not redis.call('ZSCORE', KEYS[1], m) then
+        stale = true
+        break
+      end
+    end
     for _, r in ipairs(buffer.reads) do
       if (current(r.b, r.key)) ~= r.version then
         stale = true
