@@ -8,6 +8,7 @@ mod dispatch;
 mod ingest;
 mod languages;
 mod redis;
+mod redis_dispatch;
 mod replay;
 mod service;
 mod state;
@@ -104,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         ("archive", archive::run),
         ("webhooks", webhooks::run),
         ("redis", redis::run),
+        ("redis-dispatch", redis_dispatch::run),
     ];
     for (name, f) in sections {
         if !only.is_empty() && !only.iter().any(|o| o == name) {

@@ -80,7 +80,13 @@ fn the_json_apis_answer_typed_records_a_script_can_use() -> Result<()> {
     let e: ApiError = serde_json::from_str(&missing.body)?;
     assert!(e.error.contains("no dead letter"), "{}", e.error);
 
-    let handlers: Vec<HandlerView> = read(&svc, "/api/handlers", None)?;
+    // The per-handler window is updated by the stream's publisher, once per
+    // flush (50 ms), not by the committer: give it a flush.
+    let mut handlers: Vec<HandlerView> = Vec::new();
+    wait_for(Duration::from_secs(5), || {
+        handlers = read(&svc, "/api/handlers", None)?;
+        Ok(handlers.iter().filter(|h| h.window.is_some()).count() == 2)
+    })?;
     let by = |n: &str| handlers.iter().find(|h| h.name == n).cloned().context("handler listed");
     let (sink, counter) = (by("sink")?, by("counter")?);
     let (sw, cw) = (sink.window.context("sink ran")?, counter.window.context("counter ran")?);
