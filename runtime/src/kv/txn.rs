@@ -108,14 +108,19 @@ impl Txn {
         if let Some((value, version)) = self.views.get(&id) {
             return Ok((value.clone(), *version, true));
         }
-        // The value first, then the pending changes (see `overlay`).
-        let found = self.backend.get(bucket, key).map_err(backend)?;
+        // The pending changes first, then the value with, from the same
+        // snapshot, which of them it already holds. Read the other way
+        // round, a commit between the two reads would drop a write from
+        // both: the value read before it, the pending list after it, and
+        // an invocation that only reads would act on the stale value
+        // unchecked. Every earlier invocation of the lane has ended, so
+        // its writes are in the list or committed.
         let pending = o.pending(bucket, key);
-        let (found, applied) = if pending.uncertain {
+        let (found, applied) = if pending.ops.is_empty() {
+            (self.backend.get(bucket, key).map_err(backend)?, Vec::new())
+        } else {
             let marks: Vec<Mark> = pending.ops.iter().map(|(m, _)| m.clone()).collect();
             self.backend.get_with_marks(bucket, key, &marks).map_err(backend)?
-        } else {
-            (found, vec![false; pending.ops.len()])
         };
         let (value, version) = found.map_or((None, 0), |v| (Some(v.value), v.version));
         let (value, version) = overlay::apply(value, version, &pending.ops, &applied)?;
