@@ -55,7 +55,6 @@ mod verdict;
 pub use crate::records::{AttemptRecord, Delivery, Failure};
 pub use archive::Pruned;
 pub(crate) use archive::archive_day;
-pub(crate) use clock::next_enqueue_us;
 pub use clock::{ms_of, now_ms, now_rfc3339, now_us};
 pub use fs::FsQueue;
 pub use name::{EntryName, key_event_id};

@@ -23,7 +23,7 @@ use std::time::SystemTime;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::clock::{ms_of, next_enqueue_us};
+use super::clock::ms_of;
 use super::{EntryName, FsQueue, Settlement, Verdict};
 use crate::event::Event;
 use crate::fsio;
@@ -163,13 +163,7 @@ impl FsQueue {
     fn stage_events(&self, commit: &mut Commit, events: &[Event], sync_each: bool) -> Result<()> {
         let tmp = self.layout.tmp();
         for e in events {
-            let name = EntryName {
-                priority: e.priority(),
-                enqueued_us: next_enqueue_us(),
-                event_id: e.event_id.clone(),
-                attempt: 1,
-                due_ms: None,
-            };
+            let name = EntryName::first(e);
             let file = name.file_name();
             let json = e.to_json();
             let t = fsio::write_tmp(&tmp, &file, json.as_bytes(), sync_each)?;

@@ -32,6 +32,17 @@ pub struct EntryName {
 }
 
 impl EntryName {
+    /// The name of `event` queued now for its first delivery, on either backend.
+    pub fn first(event: &crate::event::Event) -> EntryName {
+        EntryName {
+            priority: event.priority(),
+            enqueued_us: super::clock::next_enqueue_us(),
+            event_id: event.event_id.clone(),
+            attempt: 1,
+            due_ms: None,
+        }
+    }
+
     pub fn file_name(&self) -> String {
         match self.due_ms {
             Some(due) => format!("{}-a{}-{due}.json", self.key(), self.attempt),

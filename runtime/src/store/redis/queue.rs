@@ -73,7 +73,7 @@ use anyhow::{Context, Result};
 use super::{Budget, Redis};
 use crate::event::Event;
 use crate::lock::Recover;
-use crate::queue::{Claim, Delivery, Depth, EntryName, Queue, Recovered, Settlement, next_enqueue_us, now_ms};
+use crate::queue::{Claim, Delivery, Depth, EntryName, Queue, Recovered, Settlement, now_ms};
 
 /// The consumer group every dispatcher reads the streams through.
 pub const GROUP: &str = "dispatch";
@@ -365,13 +365,7 @@ impl RedisStore {
     /// (rank, key, event id, event JSON) each.
     pub(super) fn new_entries(events: &[Event], args: &mut Vec<String>) {
         for e in events {
-            let name = EntryName {
-                priority: e.priority(),
-                enqueued_us: next_enqueue_us(),
-                event_id: e.event_id.clone(),
-                attempt: 1,
-                due_ms: None,
-            };
+            let name = EntryName::first(e);
             args.extend([name.priority.rank().to_string(), name.key(), e.event_id.clone(), e.to_json()]);
         }
     }
