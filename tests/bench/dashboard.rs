@@ -2,9 +2,10 @@
 //! offered with no dashboard client and with 100 clients following the live
 //! stream (`/api/stream`), side by side. The goal is that watching costs
 //! dispatch under 10% at p99: publishing to the stream never waits for a
-//! reader. The two set-ups alternate for [`ROUNDS`] rounds and each figure
-//! is the median of its rounds, so a disk or a neighbour that slows down
-//! for a while weighs on both sides alike. Run alone with `cortex-bench
+//! reader. The two set-ups alternate for [`ROUNDS`] rounds
+//! (`CORTEX_BENCH_DASHBOARD_ROUNDS` to change it) and each figure is the
+//! median of its rounds, so a disk or a neighbour that slows down for a
+//! while weighs on both sides alike. Run alone with `cortex-bench
 //! dashboard`. The clients are threads of the bench's own process, on the
 //! same cores as the service, as browsers on the same machine would be.
 
@@ -23,7 +24,7 @@ use crate::{Row, percentile};
 
 const EVENTS: usize = 3000;
 const CLIENTS: usize = 100;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// What one follower received.
 #[derive(Default)]
@@ -140,7 +141,8 @@ fn measure(clients: usize) -> Result<Round> {
 
 pub fn run() -> Result<Vec<Row>> {
     let (mut none, mut many) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
+    let rounds = std::env::var("CORTEX_BENCH_DASHBOARD_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(ROUNDS);
+    for _ in 0..rounds {
         none.push(measure(0)?);
         many.push(measure(CLIENTS)?);
     }
@@ -149,7 +151,7 @@ pub fn run() -> Result<Vec<Row>> {
         (median_of(&none, |r| r.p50), median_of(&none, |r| r.p99), median_of(&none, |r| r.service_cpu));
     let (p50_n, p99_n, cpu_n) =
         (median_of(&many, |r| r.p50), median_of(&many, |r| r.p99), median_of(&many, |r| r.service_cpu));
-    let sent = many.iter().map(|r| r.sent).sum::<u64>() / ROUNDS as u64;
+    let sent = many.iter().map(|r| r.sent).sum::<u64>() / rounds as u64;
     let all: Vec<String> =
         none.iter().zip(&many).map(|(a, b)| format!("{} / {}", crate::ms(a.p99), crate::ms(b.p99))).collect();
     eprintln!("dashboard rounds, p99 with 0 / {CLIENTS} clients: {}", all.join(", "));
@@ -157,7 +159,7 @@ pub fn run() -> Result<Vec<Row>> {
     Ok(vec![Row {
         area: "dashboard",
         metric: format!(
-            "rename → archived p99, {EVENTS} events at 1,000/s: 0 vs {CLIENTS} clients on /api/stream, each a thread of the bench that reads every byte and got every event, none dropped (medians of {ROUNDS} alternating rounds; p50 {} vs {}; the clients read {:.1} MB a round; the service used {:.2} vs {:.2} s of CPU a round)",
+            "rename → archived p99, {EVENTS} events at 1,000/s: 0 vs {CLIENTS} clients on /api/stream, each a thread of the bench that reads every byte and got every event, none dropped (medians of {rounds} alternating rounds; p50 {} vs {}; the clients read {:.1} MB a round; the service used {:.2} vs {:.2} s of CPU a round)",
             crate::ms(p50_0),
             crate::ms(p50_n),
             sent as f64 / 1e6,

@@ -9,8 +9,10 @@
 //! the inbox at most once per [`FLUSH`], serializes each event's SSE frame
 //! once into one shared buffer (a [`Flush`]), records the handler window,
 //! and wakes the clients once. Each client ([`client`]) then sends what was
-//! published after its cursor in one write, so 100 clients cost 100 writes
-//! per flush interval whatever the event rate, and no serializing each.
+//! published after its cursor in one write, at its own turn in the flush
+//! interval ([`client::turn`]), so 100 clients cost 100 writes per flush
+//! interval whatever the event rate, spread over it rather than at once,
+//! and no serializing each.
 //!
 //! Buffers are bounded: the feed keeps the flushes that hold the last
 //! [`CLIENT_BUFFER`] events; a client that falls further behind is told so
@@ -84,6 +86,9 @@ struct Shared {
     window: Mutex<window::Samples>,
     metrics: Arc<Metrics>,
     started_us: u64,
+    /// Clients connected so far: places each new one's turn in a flush
+    /// interval (see [`client::turn`]).
+    joined: AtomicU64,
 }
 
 /// What the committer handed on and the publisher has not yet taken.
@@ -168,6 +173,7 @@ impl Feed {
             window: Mutex::default(),
             metrics,
             started_us: now_us(),
+            joined: AtomicU64::new(0),
         });
         let publisher = shared.clone();
         std::thread::Builder::new()
@@ -194,7 +200,8 @@ impl Feed {
             passes.map(|(f, i)| f.all.slice_ref(f.frame(*i))).collect()
         };
         shared.metrics.stream_client(1);
-        Client { shared: shared.clone(), cursor, backlog, filter, published, done: false }
+        let turn = client::turn(shared.joined.fetch_add(1, Ordering::Relaxed));
+        Client { shared: shared.clone(), cursor, backlog, filter, published, turn, done: false }
     }
 
     /// Each handler's figures over the last five minutes.

@@ -11,11 +11,12 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
-use super::{CLIENT_BUFFER, Cursor, Flush, KEEP_ALIVE, MAX_WRITE, Shared};
+use super::{CLIENT_BUFFER, Cursor, FLUSH, Flush, KEEP_ALIVE, MAX_WRITE, Shared};
 use crate::dispatch::Settled;
 use crate::lock::Recover;
 
@@ -72,7 +73,22 @@ pub(super) struct Client {
     pub(super) filter: Filter,
     /// Tells of each publication (its value is not used).
     pub(super) published: watch::Receiver<u64>,
+    /// How long after each publication this client takes it (see [`turn`]).
+    pub(super) turn: Duration,
     pub(super) done: bool,
+}
+
+/// The turn of the `n`th client to connect: a delay in `[0, FLUSH)` after
+/// each publication before it sends, spread evenly over the interval
+/// whatever the number of clients (the golden-ratio sequence), so that a
+/// hundred clients make a write each half-millisecond rather than a
+/// hundred at once. A burst of writes at every flush, each waking its
+/// reader, would take both cores of a small machine from the dispatcher for
+/// a millisecond or two twenty times a second; spread out, they leave it a
+/// core. A client sees each event at most one flush interval later.
+pub(super) fn turn(n: u64) -> Duration {
+    const GOLDEN: f64 = 0.618_033_988_749_894_9;
+    FLUSH.mul_f64((n as f64 * GOLDEN).fract())
 }
 
 /// What a look at the published flushes found for a client.
@@ -117,7 +133,10 @@ impl Client {
                 Err(_) => return Some(Bytes::from_static(b": keep-alive\n\n")),
                 // The feed is gone: the service is stopping.
                 Ok(Err(_)) => return None,
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => {
+                    // Its turn in the interval, not everyone's at once.
+                    tokio::time::sleep(self.turn).await;
+                }
             }
         }
     }
@@ -178,5 +197,26 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         self.shared.metrics.stream_client(-1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turns_fall_in_the_interval_and_spread_over_it_whatever_the_clients() {
+        for clients in [1u64, 7, 100, 1000] {
+            let turns: Vec<Duration> = (0..clients).map(turn).collect();
+            assert!(turns.iter().all(|t| *t < FLUSH), "{clients} clients: a turn outside the interval");
+            // Cut the interval in ten: no tenth holds much more than its
+            // share, so no moment sees most of the writes.
+            let mut tenths = [0u64; 10];
+            for t in &turns {
+                tenths[(t.as_secs_f64() / FLUSH.as_secs_f64() * 10.0) as usize] += 1;
+            }
+            let most = *tenths.iter().max().unwrap();
+            assert!(most <= clients / 10 + 2, "{clients} clients: {tenths:?}");
+        }
     }
 }
