@@ -144,6 +144,26 @@ pub trait Queue: Send + Sync {
         Ok(BTreeMap::new())
     }
 
+    /// Durably adds those of `events` whose ids the store does not know
+    /// (see [`Queue::known`]); says which it added. Unlike a check before
+    /// [`Queue::enqueue`], a store shared by several hosts decides and adds
+    /// in one step, so hosts offering the same ids at once (each firing the
+    /// same schedule tick) add each once.
+    ///
+    /// The default checks, then adds: enough for a store whose producers
+    /// of the same ids already exclude each other (the filesystem's
+    /// schedules fire under the root's schedule lock).
+    ///
+    /// # Errors
+    /// When the store cannot be read or written; then none of them is queued.
+    fn enqueue_new(&self, events: &[Event]) -> Result<Vec<bool>> {
+        let known = self.known(&events.iter().collect::<Vec<_>>())?;
+        let added: Vec<bool> = events.iter().map(|e| !known.contains_key(&e.event_id)).collect();
+        let new: Vec<Event> = events.iter().zip(&added).filter(|(_, a)| **a).map(|(e, _)| e.clone()).collect();
+        self.enqueue(&new)?;
+        Ok(added)
+    }
+
     /// Acknowledges one claim.
     ///
     /// # Errors

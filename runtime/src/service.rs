@@ -311,11 +311,19 @@ fn schedule_loop(layout: &Layout, dispatcher: &Dispatcher, stop: &AtomicBool) {
         let fired = (|| -> Result<Vec<(String, String)>> {
             let now = chrono::Utc::now().timestamp();
             let pending = crate::schedule::due(layout, schedules, validator, now)?;
-            dispatcher.queue().enqueue(&pending.events).context("failed to queue scheduled events")?;
+            // Only the ticks no host has queued yet: on a shared store every
+            // host's scheduler fires the same ticks, with the same ids.
+            let added = dispatcher.queue().enqueue_new(&pending.events).context("failed to queue scheduled events")?;
             let fired = pending
                 .events
                 .iter()
-                .map(|e| (e.event_id.clone(), e.payload.get("schedule").and_then(|v| v.as_str()).unwrap_or("").into()))
+                .zip(added)
+                .filter_map(|(e, added)| {
+                    if !added {
+                        tracing::debug!(event_id = %e.event_id, "schedule tick already queued or handled (by another host, or before a restart)");
+                    }
+                    added.then(|| (e.event_id.clone(), e.payload.get("schedule").and_then(|v| v.as_str()).unwrap_or("").into()))
+                })
                 .collect();
             pending.commit()?;
             Ok(fired)

@@ -1,16 +1,51 @@
 //! `[schedules]`: `cortex serve` queues timer events once per tick, across
-//! several services on one root and across restarts, without a burst of
-//! missed ticks after a stop.
+//! several services on one root, across several hosts on one Redis, and
+//! across restarts, without a burst of missed ticks after a stop.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Result;
-use cortex_tests::{Root, wait_for};
+use cortex_tests::{RedisPrefix, Root, wait_for};
 use serde_json::Value;
 
 fn scheduled(root: &Root) -> Result<Vec<Value>> {
     Ok(root.archive_records_of("task.created")?.into_iter().map(|r| r["event"].clone()).collect())
+}
+
+/// The scheduled events archived on a Redis root, as `export` prints them.
+fn exported_ticks(root: &Root) -> Result<Vec<Value>> {
+    let lines = root.ok(&["export", "--format", "jsonl"])?;
+    let events: Vec<Value> = lines.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    Ok(events.into_iter().filter(|e| e["event_type"] == "task.created").collect())
+}
+
+/// Three hosts (a root each, as on three machines) on one Redis prefix,
+/// each with the same schedule: every host's scheduler fires every tick,
+/// and the store queues each tick once (the first host to offer its id).
+#[test]
+fn hosts_on_one_redis_fire_each_tick_once() -> Result<()> {
+    let redis = RedisPrefix::new("schedule")?;
+    let hosts: Vec<Root> = (0..3)
+        .map(|_| {
+            let root = Root::with_handlers(
+                "[handlers.sink]\ncomponent = \"{noop}\"\nevents = [\"*\"]\n\
+                 [schedules.tick]\nevery = \"1s\"\nevent_type = \"task.created\"\n",
+            )?;
+            root.configure(&format!("\n[backend]\nurl = \"{}\"\nprefix = \"{}\"\n", redis.url, redis.prefix))?;
+            Ok(root)
+        })
+        .collect::<Result<_>>()?;
+    let services = hosts.iter().map(Root::serve).collect::<Result<Vec<_>>>()?;
+    wait_for(Duration::from_secs(30), || Ok(exported_ticks(&hosts[0])?.len() >= 5))?;
+    for s in services {
+        assert_eq!(s.stop()?, 0);
+    }
+    let events = exported_ticks(&hosts[0])?;
+    let ticks: Vec<&str> = events.iter().map(|e| e["payload"]["tick"].as_str().unwrap_or("")).collect();
+    let unique: BTreeSet<&str> = ticks.iter().copied().collect();
+    assert_eq!(unique.len(), ticks.len(), "a tick was queued by more than one host: {ticks:?}");
+    Ok(())
 }
 
 #[test]

@@ -86,6 +86,7 @@ pub(super) const RETRY: Budget = Budget::For(Duration::from_secs(30));
 /// does not know it yet).
 pub(super) struct Scripts {
     pub(super) enqueue: redis::Script,
+    pub(super) enqueue_new: redis::Script,
     pub(super) claim: redis::Script,
     pub(super) settle: redis::Script,
     pub(super) requeue: redis::Script,
@@ -98,6 +99,7 @@ pub(super) struct Scripts {
 
 pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     enqueue: redis::Script::new(include_str!("scripts/enqueue.lua")),
+    enqueue_new: redis::Script::new(include_str!("scripts/enqueue_new.lua")),
     claim: redis::Script::new(include_str!("scripts/claim.lua")),
     settle: redis::Script::new(include_str!("scripts/settle.lua")),
     requeue: redis::Script::new(include_str!("scripts/requeue.lua")),
@@ -411,6 +413,27 @@ impl Queue for RedisStore {
             inv.invoke::<i64>(c)
         })?;
         Ok(())
+    }
+
+    fn enqueue_new(&self, events: &[Event]) -> Result<Vec<bool>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = vec![self.server.prefix().to_string()];
+        for e in events {
+            let name = EntryName::first(e);
+            let day = crate::queue::archive_day(e).to_string();
+            args.extend([name.priority.rank().to_string(), name.key(), e.event_id.clone(), e.to_json(), day]);
+        }
+        let what = format!("enqueue {} events not known yet", events.len());
+        let added: Vec<i64> = self.server.run(&what, RETRY, |c| {
+            let mut inv = SCRIPTS.enqueue_new.prepare_invoke();
+            for a in &args {
+                inv.arg(a);
+            }
+            inv.invoke(c)
+        })?;
+        Ok(added.iter().map(|&a| a == 1).collect())
     }
 
     fn claim(&self) -> Result<Option<Claim>> {
