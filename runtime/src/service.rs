@@ -136,6 +136,10 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
             schedule_loop(&layout, &dispatcher, &stop);
         })?
     };
+    let presence_thread = {
+        let (queue, stop) = (queue.clone(), stop.clone());
+        std::thread::Builder::new().name("cortex-presence".into()).spawn(move || presence_loop(&*queue, &stop))?
+    };
     let reload_thread = {
         let (reloader, stop, options_listen) = (reloader.clone(), stop.clone(), options.listen);
         std::thread::Builder::new().name("cortex-reload".into()).spawn(move || {
@@ -211,6 +215,7 @@ pub async fn run(layout: Layout, options: Options, shutdown: impl Future<Output 
         .map_err(|_| anyhow::anyhow!("the dispatcher thread panicked"))??;
     let _ = reload_thread.join();
     let _ = schedule_thread.join();
+    let _ = presence_thread.join();
     // Attempts in flight are dropped; their records are sent again later.
     if let Some(w) = webhooks {
         let _ = w.await;
@@ -336,6 +341,26 @@ fn schedule_loop(layout: &Layout, dispatcher: &Dispatcher, stop: &AtomicBool) {
             }
             Err(e) => tracing::error!(error = %format!("{e:#}"), "schedules could not fire; trying again in a second"),
         }
+    }
+}
+
+/// Says this service serves the store, every [`hosts::EVERY`] until
+/// `stop`, then that it no longer does (see [`crate::store::Store::announce`]).
+fn presence_loop(store: &dyn Store, stop: &AtomicBool) {
+    use crate::store::redis::hosts;
+    let who = hosts::this_process();
+    let mut last: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        if last.is_none_or(|at| at.elapsed() >= hosts::EVERY) {
+            if let Err(e) = store.announce(&who, true) {
+                tracing::warn!(error = %format!("{e:#}"), "could not say this service is alive; trying again in {:?}", hosts::EVERY);
+            }
+            last = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if let Err(e) = store.announce(&who, false) {
+        tracing::warn!(error = %format!("{e:#}"), "could not take this service off the list; it drops off within {:?}", hosts::TTL);
     }
 }
 

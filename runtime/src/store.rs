@@ -166,6 +166,18 @@ pub trait Store: Queue {
     /// # Errors
     /// When the state backend cannot be opened.
     fn state(&self) -> Result<Arc<dyn crate::kv::Backend>>;
+
+    /// Says that the service `who` (`hostname:pid`) serves this store, for
+    /// a while (`alive`), or no longer (a graceful stop), so that commands
+    /// on any host can tell ([`redis::hosts`]). The filesystem's services
+    /// say so in `run/services/` instead; nothing to do there.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    fn announce(&self, who: &str, alive: bool) -> Result<()> {
+        let _ = (who, alive);
+        Ok(())
+    }
 }
 
 /// The filesystem store of the root at `layout`, with `config`'s archive

@@ -164,3 +164,37 @@ fn dlq_lists_shows_retries_and_purges_on_both_backends() -> Result<()> {
         Ok(())
     })
 }
+
+/// A repair (`cortex state set/delete`) is refused while a service serves
+/// the root, on either backend: on the filesystem the root's own services
+/// count; on Redis those of every host, each listed under the prefix while
+/// it runs and taken off when it stops.
+#[test]
+fn a_repair_is_refused_while_a_service_on_another_host_serves_the_redis_root() -> Result<()> {
+    let redis = RedisPrefix::new("presence")?;
+    let backend = format!("\n[backend]\nurl = \"{}\"\nprefix = \"{}\"\n", redis.url, redis.prefix);
+    let (serving, repairing) = (Root::with_handlers(COUNTER)?, Root::with_handlers(COUNTER)?);
+    serving.configure(&backend)?;
+    repairing.configure(&backend)?;
+    let svc = serving.serve()?;
+    cortex_tests::wait_for(std::time::Duration::from_secs(10), || {
+        Ok(redis.keys()?.iter().any(|k| k.starts_with(&format!("{}:host:", redis.prefix))))
+    })?;
+    let refused = repairing.fails(&["state", "set", "counters", "total", "7"])?;
+    assert!(
+        refused.stderr.contains("refusing to change handler state while `cortex serve` runs"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains(&format!(":{}", svc.child.id())),
+        "the refusal names the service: {}",
+        refused.stderr
+    );
+    // --force writes anyway; a stop takes the service off the list.
+    repairing.ok(&["state", "set", "counters", "total", "7", "--force"])?;
+    assert_eq!(svc.stop()?, 0);
+    repairing.ok(&["state", "set", "counters", "total", "8"])?;
+    assert_eq!(repairing.ok(&["state", "get", "counters", "total"])?.trim(), "8");
+    Ok(())
+}

@@ -8,7 +8,8 @@
 //! A repair is one backend transaction ([`Backend::commit`]) under a mark of
 //! its own, so it is atomic and durable like a handler's writes. It is
 //! refused while a `cortex serve` holds the root (`run/services/<pid>.json`
-//! of a live process), unless `--force`: a handler invocation in flight read
+//! of a live process, or on a Redis backend a service of any host listed
+//! under the prefix), unless `--force`: a handler invocation in flight read
 //! the old value and would write over the repair.
 
 use std::io::Write;
@@ -119,18 +120,35 @@ fn json_value(bytes: Vec<u8>) -> Value {
 }
 
 /// Refuses a repair while a service runs on the root, unless `force`.
+/// On a Redis backend, services on every host of the root count (see
+/// [`cortex::store::redis::hosts`]).
 fn check_no_service(layout: &Layout, force: bool) -> Result<()> {
-    let running = cortex::service::running(layout);
-    if running.is_empty() || force {
+    if force {
         return Ok(());
     }
-    let pids: Vec<String> = running.iter().map(|s| s.pid.to_string()).collect();
-    anyhow::bail!(
-        "refusing to change handler state while `cortex serve` runs on {} (pid {}): stop it first, or pass --force \
-         (an invocation in flight may then conflict with the repair or write over it)",
-        layout.root().display(),
-        pids.join(", ")
-    )
+    let running = cortex::service::running(layout);
+    if !running.is_empty() {
+        let pids: Vec<String> = running.iter().map(|s| s.pid.to_string()).collect();
+        anyhow::bail!(
+            "refusing to change handler state while `cortex serve` runs on {} (pid {}): stop it first, or pass --force \
+             (an invocation in flight may then conflict with the repair or write over it)",
+            layout.root().display(),
+            pids.join(", ")
+        )
+    }
+    if let BackendKind::Redis { url, prefix } = cortex::config::BackendConfig::load(layout.root())?.resolve()? {
+        let server = cortex::store::redis::Redis::open(&url, &prefix)?;
+        let hosts = cortex::store::redis::hosts::listed(&server)?;
+        if !hosts.is_empty() {
+            anyhow::bail!(
+                "refusing to change handler state while `cortex serve` runs on {} ({}): stop them first, or pass --force \
+                 (an invocation in flight may then conflict with the repair or write over it)",
+                server.describe(),
+                hosts.join(", ")
+            )
+        }
+    }
+    Ok(())
 }
 
 /// The bytes to store: VALUE, or stdin for `-`; checked to be JSON unless `raw`.

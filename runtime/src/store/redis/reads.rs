@@ -274,6 +274,10 @@ impl Store for RedisStore {
         self.server.reachable()
     }
 
+    fn announce(&self, who: &str, alive: bool) -> Result<()> {
+        if alive { super::hosts::announce(&self.server, who) } else { super::hosts::withdraw(&self.server, who) }
+    }
+
     fn watch(&self, wake: std::sync::mpsc::Sender<()>, stop: Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
         let server = self.server.clone();
         std::thread::Builder::new()
