@@ -24,6 +24,7 @@ use crate::lock::Recover;
 
 pub mod archive;
 pub mod kv;
+pub mod lease;
 pub mod queue;
 mod reads;
 mod settle;
