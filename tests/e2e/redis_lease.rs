@@ -107,18 +107,18 @@ fn invocations(records: &[Value]) -> Result<Vec<(i64, i64, String)>> {
 fn first_overlap(runs: &[(i64, i64, String)]) -> Option<String> {
     let mut latest: Option<&(i64, i64, String)> = None;
     for run in runs {
-        if let Some(prev) = latest {
-            if run.0 < prev.1 {
-                return Some(format!(
-                    "{} ran {}..{} µs and {} started at {} µs, {} µs before it ended",
-                    prev.2,
-                    prev.0,
-                    prev.1,
-                    run.2,
-                    run.0,
-                    prev.1 - run.0
-                ));
-            }
+        if let Some(prev) = latest
+            && run.0 < prev.1
+        {
+            return Some(format!(
+                "{} ran {}..{} µs and {} started at {} µs, {} µs before it ended",
+                prev.2,
+                prev.0,
+                prev.1,
+                run.2,
+                run.0,
+                prev.1 - run.0
+            ));
         }
         if latest.is_none_or(|p| run.1 > p.1) {
             latest = Some(run);
@@ -199,10 +199,10 @@ fn a_killed_lease_holder_is_taken_over_within_the_lease() -> Result<()> {
         std::thread::sleep(Duration::from_millis(150));
         let after: Vec<f64> = services.iter().map(ran).collect::<Result<_>>()?;
         let rising: Vec<usize> = (0..3).filter(|&i| after[i] > before[i]).collect();
-        if let [only] = rising[..] {
-            if after.iter().sum::<f64>() >= 200.0 {
-                holder = Some(only);
-            }
+        if let [only] = rising[..]
+            && after.iter().sum::<f64>() >= 200.0
+        {
+            holder = Some(only);
         }
     }
     let holder = holder.context("no single host was seen running the counter")?;
