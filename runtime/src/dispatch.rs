@@ -31,6 +31,7 @@ mod claim;
 mod commit;
 mod dispatcher;
 mod lanes;
+mod lease;
 mod load;
 mod observe;
 mod summary;

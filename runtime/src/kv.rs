@@ -133,6 +133,23 @@ pub struct Changes {
     /// read (see `overlay`): it applies only after them.
     #[serde(default)]
     pub after: Vec<Mark>,
+    /// The lease its lane held when it ran (Redis, `concurrency = 1`
+    /// handlers with state): the backend refuses the buffer as a
+    /// [`Applied::Conflict`] unless that lease is still the current one, so
+    /// a host that lost its lease cannot apply state after another took
+    /// over (see `crate::store::lease`). `None`: not fenced — always on
+    /// the filesystem store, which has no leases (the SQLite backend
+    /// ignores the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<Fence>,
+}
+
+/// A fencing token: the lease of `handler` numbered `token` (tokens of a
+/// handler rise with every grant).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    pub handler: String,
+    pub token: u64,
 }
 
 /// What [`Backend::commit`] did with one [`Changes`].

@@ -23,6 +23,9 @@
 //!   compressing old days into zstd segments with a seek index (`archive/`).
 //! - [`queue`]: the durable queue behind the [`queue::Queue`] trait, a
 //!   `queue/` file per job (names, claiming, group commit, recovery, archive).
+//! - [`store`]: the storage trait, the only door to storage, with the Redis
+//!   backend (`store/redis/`) beside the filesystem's [`queue`]; handler
+//!   leases for several hosts on one store (`store/lease`).
 //! - [`lock`]: mutexes and rwlocks that stay usable after a panic (the one place that says why).
 //! - [`metrics`]: Prometheus counters, histograms and gauges.
 //! - [`producer`]: emit one event, a batch or CloudEvents (the seed's event logger).
@@ -30,7 +33,8 @@
 //! - [`route`]: event type patterns to handlers.
 //! - [`dispatch`]: claim → route → run handlers → archive, retry or dead-letter;
 //!   one `Mode` for one-shot and service runs, a `dispatch/` file per job
-//!   (claim loop, lanes, committer, verdict).
+//!   (claim loop, lanes, committer, verdict, and the handler lease a lane
+//!   holds on a shared store).
 //! - [`sandbox`]: the wasmtime engine, component cache and per-event instances;
 //!   both `cortex:events` worlds (0.2.0 and 0.1.0), and `wasi:keyvalue` over a
 //!   [`kv::Txn`] for 0.2.0 handlers.

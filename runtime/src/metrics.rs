@@ -78,6 +78,9 @@ pub struct Metrics {
     ingest_requests: Family<IngestLabels, Counter>,
     ingested: Counter,
     ingest_duplicates: Counter,
+    lease_grants: Family<HandlerLabel, Counter>,
+    lease_lost: Family<HandlerLabel, Counter>,
+    lease_wait: Family<HandlerLabel, Counter<f64>>,
     webhooks: crate::webhooks::metrics::WebhookMetrics,
 }
 
@@ -113,6 +116,9 @@ impl Metrics {
             ingest_requests: Family::default(),
             ingested: Counter::default(),
             ingest_duplicates: Counter::default(),
+            lease_grants: Family::default(),
+            lease_lost: Family::default(),
+            lease_wait: Family::default(),
             webhooks: crate::webhooks::metrics::WebhookMetrics::default(),
             registry: Registry::default(),
         };
@@ -172,6 +178,21 @@ impl Metrics {
             "Events POST /v1/events skipped because their id was already known",
             m.ingest_duplicates.clone(),
         );
+        registry.register(
+            "handler_lease_grants",
+            "Handler leases this host took (Redis, concurrency = 1 handlers with state): each is a handover",
+            m.lease_grants.clone(),
+        );
+        registry.register(
+            "handler_lease_lost",
+            "Handler leases this host lost while it held them (its late writes are refused and run again)",
+            m.lease_lost.clone(),
+        );
+        registry.register(
+            "handler_lease_wait_seconds",
+            "Time lanes of this host waited for a handler lease another host held",
+            m.lease_wait.clone(),
+        );
         m.webhooks.register(&mut registry);
         Metrics { registry, ..m }
     }
@@ -198,6 +219,18 @@ impl Metrics {
             _ => {}
         }
         self.emitted.inc_by(emitted as u64);
+    }
+
+    /// A handler lease taken after waiting `waited` for it.
+    pub fn lease_granted(&self, handler: &str, waited: Duration) {
+        let label = HandlerLabel { handler: handler.into() };
+        self.lease_grants.get_or_create(&label).inc();
+        self.lease_wait.get_or_create(&label).inc_by(waited.as_secs_f64());
+    }
+
+    /// A handler lease lost while held.
+    pub fn lease_lost(&self, handler: &str) {
+        self.lease_lost.get_or_create(&HandlerLabel { handler: handler.into() }).inc();
     }
 
     /// Whether the store answered its last call.

@@ -129,6 +129,26 @@ pub trait Queue: Send + Sync {
     /// claims age by themselves; nothing to do there.)
     fn abandon(&self) {}
 
+    /// Resets the idle time of the claims this process holds if due (the
+    /// claim loop calls it while it waits for events in flight, e.g. while
+    /// a lane waits for a handler lease another host holds), so that no
+    /// other host takes them back as a dead dispatcher's. The filesystem's
+    /// claims are kept alive by their owner's lock; nothing to do there.
+    ///
+    /// # Errors
+    /// When the store cannot be reached.
+    fn keep_alive(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// The handler leases of a store shared by several hosts (see
+    /// [`crate::store::lease`]), or `None` when one process serves the store
+    /// and its lanes already serialise a handler (the filesystem: always
+    /// granted, no lease traffic).
+    fn leases(&self) -> Option<std::sync::Arc<dyn crate::store::lease::Leases>> {
+        None
+    }
+
     /// Which of these events the store already holds, each with where
     /// ("queued", "being handled", "dead-lettered", "archived"): the event
     /// id is the idempotency key, so a producer's re-send is skipped. A

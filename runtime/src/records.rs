@@ -182,6 +182,11 @@ pub struct HandlerRun {
     pub summary: String,
     #[serde(default)]
     pub duration_ms: f64,
+    /// When the invocation started (RFC 3339, µs; empty in records written
+    /// before it was kept): with `duration_ms`, when it ran, e.g. to see
+    /// that a `concurrency = 1` handler never ran twice at once.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub started: String,
     /// The event ids it emitted.
     #[serde(default)]
     pub emitted: Vec<String>,

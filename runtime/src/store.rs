@@ -27,6 +27,7 @@ use crate::event::{Event, Priority};
 use crate::layout::Layout;
 use crate::queue::{Delivery, EntryName, FsQueue, Queue};
 
+pub mod lease;
 pub mod redis;
 
 /// Whether a live entry waits in the queue or is being handled.
@@ -218,7 +219,11 @@ pub fn open(layout: &Layout, config: &Config) -> Result<Arc<dyn Store>> {
                 );
             }
             let server = Arc::new(self::redis::Redis::open(&url, &prefix)?);
-            Ok(Arc::new(self::redis::RedisStore::open(server)?.with_archive(&config.archive)))
+            Ok(Arc::new(
+                self::redis::RedisStore::open(server)?
+                    .with_archive(&config.archive)
+                    .with_lease(std::time::Duration::from_millis(config.backend.lease_ms)),
+            ))
         }
     }
 }

@@ -45,7 +45,7 @@ fn fill(root: &Root, keys: usize) -> Result<()> {
             .map(|i| ("counters".to_string(), format!("fill/{i:07}"), Op::Set(value.clone())))
             .collect();
         let mark = Mark { event_id: format!("bench-fill-{chunk}"), handler: "bench".into(), generation: 0 };
-        db.commit(&[Changes { mark, ops, reads: Vec::new(), after: Vec::new() }])?;
+        db.commit(&[Changes { mark, ops, reads: Vec::new(), after: Vec::new(), fence: None }])?;
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ mod languages;
 mod payloads;
 mod redis_hosts;
 mod redis_kv;
+mod redis_lease;
 mod redis_store;
 mod reliability;
 mod replay;

@@ -77,6 +77,7 @@ fn changes(event_id: &str, ops: Vec<(&str, Op)>) -> Changes {
         ops: ops.into_iter().map(|(k, op)| ("w".to_string(), k.to_string(), op)).collect(),
         reads: Vec::new(),
         after: Vec::new(),
+        fence: None,
     }
 }
 
@@ -198,6 +199,7 @@ mod cases {
             ops: vec![("w".into(), "y".into(), Op::Set(b"y".to_vec()))],
             reads: vec![Read { bucket: "w".into(), key: "x".into(), version: 1 }],
             after: Vec::new(),
+            fence: None,
         };
         assert_eq!(b.commit(std::slice::from_ref(&stale))?, vec![Applied::Conflict], "x is at version 3");
         assert_eq!(b.get("w", "y")?, None);

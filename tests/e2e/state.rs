@@ -362,6 +362,7 @@ fn replay_applies_again_on_purpose_and_a_dead_letter_retry_applies_once() -> Res
         ops: vec![("settings".into(), "ready".into(), Op::Set(b"1".to_vec()))],
         reads: vec![],
         after: vec![],
+        fence: None,
     }])?;
     root.ok(&["dlq", "retry", &failing])?;
     let s = root.dispatch()?;

@@ -192,6 +192,7 @@ fn repair(layout: &Layout, bucket: &str, key: &str, op: Op) -> Result<()> {
         ops: vec![(bucket.to_string(), key.to_string(), op)],
         reads: Vec::new(),
         after: Vec::new(),
+        fence: None,
     }])
     .with_context(|| format!("failed to write key {} of bucket {}", escape(key), escape(bucket)))?;
     Ok(())

@@ -31,6 +31,19 @@ pub struct BackendConfig {
     /// The environment variable holding the password, when the URL has none.
     #[serde(default)]
     pub password_env: Option<String>,
+    /// How long a handler lease lasts, in ms (Redis only): a handler with
+    /// `concurrency = 1` and state runs on one host at a time under a lease
+    /// its host renews while it has work (see [`crate::store::lease`]); when
+    /// that host dies, another takes the handler over within this time.
+    /// Shorter means a faster takeover, more renewals, and a host that
+    /// stalls longer than this (GC, swap, a network partition) loses the
+    /// handler to another (its late writes are refused and run again).
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+}
+
+fn default_lease_ms() -> u64 {
+    5_000
 }
 
 fn default_prefix() -> String {
@@ -39,7 +52,7 @@ fn default_prefix() -> String {
 
 impl Default for BackendConfig {
     fn default() -> BackendConfig {
-        BackendConfig { url: None, prefix: default_prefix(), password_env: None }
+        BackendConfig { url: None, prefix: default_prefix(), password_env: None, lease_ms: default_lease_ms() }
     }
 }
 
@@ -121,6 +134,9 @@ impl BackendConfig {
         {
             bail!("backend.prefix: {:?} must be non-empty ASCII letters, digits, '-', '_', '.' or ':'", self.prefix);
         }
+        if !(100..=3_600_000).contains(&self.lease_ms) {
+            bail!("backend.lease_ms: {} must be between 100 (0.1 s) and 3600000 (an hour)", self.lease_ms);
+        }
         Ok(())
     }
 }
@@ -196,6 +212,7 @@ mod tests {
             url: Some(url.into()),
             prefix: prefix.into(),
             password_env: None,
+            lease_ms: 5_000,
         };
         assert!(c("redis://127.0.0.1:6379/0", "cortex").check().is_ok());
         assert!(format!("{:#}", c("http://h", "cortex").check().unwrap_err()).contains("unknown backend scheme"));
@@ -203,5 +220,9 @@ mod tests {
         assert!(c("redis://h", "a b").check().is_err());
         let e = c("redis://:pw@h:1/0", "cortex").check();
         assert!(e.is_ok());
+        let lease = |ms| BackendConfig { lease_ms: ms, ..c("redis://h", "cortex") }.check();
+        assert!(lease(100).is_ok() && lease(3_600_000).is_ok());
+        assert!(format!("{:#}", lease(99).unwrap_err()).contains("backend.lease_ms"));
+        assert!(lease(3_600_001).is_err());
     }
 }

@@ -26,6 +26,10 @@ use crate::route;
 /// Events claimed but not yet settled, at most.
 const MAX_IN_FLIGHT: usize = 512;
 
+/// How often the claim loop, blocked on [`MAX_IN_FLIGHT`], keeps its
+/// claims alive.
+const KEEP_ALIVE: Duration = Duration::from_millis(250);
+
 /// How often a service prunes the key-value marks.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -85,7 +89,11 @@ impl Dispatcher {
                 last_prune = Instant::now();
                 self.prune_marks(&self.config());
             }
-            in_flight.wait_below(MAX_IN_FLIGHT);
+            // Full: the claims in flight stay alive meanwhile (lanes may
+            // wait for a handler lease another host holds; see `lease`).
+            while !in_flight.wait_below_for(MAX_IN_FLIGHT, KEEP_ALIVE) {
+                self.queue.keep_alive()?;
+            }
             if let Some(claim) = self.queue.claim()? {
                 *claimed += 1;
                 in_flight.add();
@@ -96,8 +104,10 @@ impl Dispatcher {
                     continue;
                 }
                 for (slot, name) in pending.names.iter().enumerate() {
-                    let concurrency = config.handlers.get(name).map_or(1, |h| h.concurrency);
-                    lanes.send(name, concurrency, Job { pending: pending.clone(), slot });
+                    let handler = config.handlers.get(name);
+                    let concurrency = handler.map_or(1, |h| h.concurrency);
+                    let stateful = handler.is_some_and(|h| !h.keyvalue.is_empty());
+                    lanes.send(name, concurrency, stateful, Job { pending: pending.clone(), slot });
                 }
                 continue;
             }

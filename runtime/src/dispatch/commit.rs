@@ -64,12 +64,12 @@ impl InFlight {
         self.cv.notify_all();
     }
 
-    /// Waits until fewer than `max` are in flight.
-    pub fn wait_below(&self, max: usize) {
-        let mut n = self.count.locked();
-        while *n >= max {
-            n = crate::lock::recover(self.cv.wait(n));
-        }
+    /// Waits up to `timeout` until fewer than `max` are in flight; whether
+    /// they are.
+    pub fn wait_below_for(&self, max: usize, timeout: Duration) -> bool {
+        let n = self.count.locked();
+        let (n, _) = crate::lock::recover(self.cv.wait_timeout_while(n, timeout, |n| *n >= max));
+        *n < max
     }
 
     /// Whether any are; if so, waits up to `timeout` for one to settle.

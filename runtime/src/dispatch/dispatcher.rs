@@ -130,6 +130,7 @@ impl Dispatcher {
             handlers: self.handlers.clone(),
             sandbox: self.sandbox.clone(),
             metrics: self.metrics.clone(),
+            leases: self.queue.leases(),
         };
         let mut claimed = 0;
         let committed = std::thread::scope(|scope| -> Result<Result<Summary>> {

@@ -18,16 +18,22 @@
 //! each other. After a refusal the lane drains ([`Overlay::begin`]) before
 //! it runs anything else, which is what makes it always go forward.
 //!
+//! On a store shared by several hosts, a lane of a handler with
+//! `concurrency = 1` and a writable bucket also holds the handler's lease
+//! while it runs (see `super::lease`): taken before an invocation (and
+//! before its slot), renewed by a thread of the lane, given back once the
+//! lane's queue is empty and its writes are all resolved.
+//!
 //! Threads: lanes are scoped threads of [`super::Dispatcher::run`];
 //! dropping [`Lanes`] closes every lane's queue, and each lane thread ends
-//! when its queue is empty and closed.
+//! when its queue is empty and closed (a leased lane's renewer with it).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::Scope;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::event::Event;
 use crate::kv::overlay::Overlay;
@@ -38,6 +44,7 @@ use crate::sandbox::{Fault, Sandbox};
 use crate::text::Escaped;
 
 use super::Handlers;
+use super::lease::LaneLease;
 use crate::lock::{Recover, RecoverRw};
 
 /// One handler's part of one event.
@@ -107,6 +114,8 @@ pub(super) struct Ran {
     pub result: Result<String, Fault>,
     pub emitted: Vec<Event>,
     pub duration: Duration,
+    /// When the invocation started (its slot taken), for the archive.
+    pub started: SystemTime,
     /// Its key-value writes, if it succeeded and wrote any; the committer
     /// takes them out to commit before the settlement.
     pub changes: Option<crate::kv::Changes>,
@@ -148,6 +157,8 @@ pub(super) struct Shared {
     pub handlers: Handlers,
     pub sandbox: Arc<Sandbox>,
     pub metrics: Arc<Metrics>,
+    /// The store's handler leases, when several hosts share it.
+    pub leases: Option<Arc<dyn crate::store::lease::Leases>>,
 }
 
 /// The lanes of one run, made as handlers are first needed.
@@ -163,12 +174,28 @@ impl<'scope, 'env> Lanes<'scope, 'env> {
     }
 
     /// Queues a job on the lane of handler `name`, starting the lane with
-    /// `concurrency` threads if it is the handler's first job this run.
-    pub fn send(&mut self, name: &str, concurrency: usize, job: Job) {
+    /// `concurrency` threads if it is the handler's first job this run; a
+    /// lane of one thread of a handler that writes state (`stateful`) holds
+    /// the handler's lease when the store has leases.
+    pub fn send(&mut self, name: &str, concurrency: usize, stateful: bool, job: Job) {
         let tx = self.lanes.entry(name.to_string()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel::<Job>();
-            let lane =
-                Arc::new(Lane { rx: Mutex::new(rx), overlay: Arc::new(Overlay::default()), order: Mutex::new(()) });
+            let lease = match &self.shared.leases {
+                Some(leases) if concurrency <= 1 && stateful => {
+                    Some(LaneLease::new(leases.clone(), name, self.shared.metrics.clone()))
+                }
+                _ => None,
+            };
+            let lane = Arc::new(Lane {
+                rx: Mutex::new(rx),
+                overlay: Arc::new(Overlay::default()),
+                order: Mutex::new(()),
+                lease,
+            });
+            if lane.lease.is_some() {
+                let lane = lane.clone();
+                self.scope.spawn(move || lane.lease.as_ref().map(LaneLease::renew_loop));
+            }
             for _ in 0..concurrency.max(1) {
                 let (lane, shared, name) = (lane.clone(), self.shared.clone(), name.to_string());
                 self.scope.spawn(move || run_lane(&name, &lane, &shared));
@@ -187,21 +214,66 @@ struct Lane {
     /// Held while a buffer enters the overlay and goes to the committer, so
     /// that the committer gets the lane's buffers in overlay order.
     order: Mutex<()>,
+    /// The handler's lease (one thread only; see `super::lease`).
+    lease: Option<LaneLease>,
+}
+
+impl Lane {
+    /// The lane's next job, or `None` once its queue is closed and empty.
+    /// A leased lane whose queue runs empty gives the lease back first —
+    /// once every write of its invocations is resolved, so that the next
+    /// holder reads them — unless a job came meanwhile; so does one that
+    /// held it long enough while another host waits.
+    fn next(&self) -> Option<Job> {
+        let rx = self.rx.locked();
+        if let Some(lease) = &self.lease {
+            if lease.should_yield() {
+                self.overlay.wait_idle();
+                lease.yield_to_waiter();
+            }
+            match rx.try_recv() {
+                Ok(job) => return Some(job),
+                Err(TryRecvError::Disconnected) => {
+                    self.overlay.wait_idle();
+                    lease.release();
+                    lease.close();
+                    return None;
+                }
+                Err(TryRecvError::Empty) if lease.is_held() => {
+                    self.overlay.wait_idle();
+                    match rx.try_recv() {
+                        Ok(job) => return Some(job),
+                        Err(_) => lease.release(),
+                    }
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+        }
+        match rx.recv() {
+            Ok(job) => Some(job),
+            Err(_) => {
+                if let Some(lease) = &self.lease {
+                    lease.close();
+                }
+                None
+            }
+        }
+    }
 }
 
 /// One thread of handler `name`'s lane: runs its jobs until the lane closes.
 fn run_lane(name: &str, lane: &Lane, shared: &Shared) {
     let overlay = &lane.overlay;
-    loop {
-        let job = match lane.rx.locked().recv() {
-            Ok(job) => job,
-            Err(_) => return,
-        };
+    while let Some(job) = lane.next() {
+        // The lease before the drain gate and the slot: a lane waiting for
+        // it holds nothing another lane or host needs (see `super::lease`).
+        let token = lane.lease.as_ref().map(LaneLease::hold);
         overlay.begin();
         let mut ran = run_one(name, &job.pending.claim, shared, overlay);
         let order = lane.order.locked();
-        let wrote = match &ran.changes {
+        let wrote = match &mut ran.changes {
             Some(changes) => {
+                changes.fence = token.map(|token| crate::kv::Fence { handler: name.to_string(), token });
                 // In the overlay before the committer can see it, so it is
                 // there for this lane's next event and leaves only once
                 // resolved. Not the writes of a delivery already applied (a
@@ -257,12 +329,14 @@ fn run_one(name: &str, claim: &Claim, shared: &Shared, overlay: &Arc<Overlay>) -
             result: Err(Fault::new(FaultKind::Load, format!("handler {name} is not loaded"))),
             emitted: Vec::new(),
             duration: Duration::ZERO,
+            started: SystemTime::now(),
             changes: None,
             overlay: None,
         };
     };
     let event = &claim.event;
     shared.slots.acquire();
+    let started = SystemTime::now();
     let inv = shared.sandbox.invoke_in(&loaded, event, claim.name.attempt, Some(overlay));
     shared.slots.release();
     crate::fsio::failpoint("dispatch.handler-done");
@@ -293,6 +367,7 @@ fn run_one(name: &str, claim: &Claim, shared: &Shared, overlay: &Arc<Overlay>) -
         result: inv.result,
         emitted: inv.emitted,
         duration: inv.duration,
+        started,
         overlay: None,
         changes: inv.changes,
     }

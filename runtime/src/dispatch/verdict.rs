@@ -103,6 +103,8 @@ impl<'r> Tally<'r> {
                         component_sha256: r.sha256.clone(),
                         summary: text.clone(),
                         duration_ms: crate::text::millis(r.duration),
+                        started: chrono::DateTime::<chrono::Utc>::from(r.started)
+                            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                         emitted: r.emitted.iter().map(|e| e.event_id.clone()).collect(),
                     });
                     tally.emitted.extend(r.emitted.iter().cloned());

@@ -142,6 +142,17 @@ impl Overlay {
         self.resolved.notify_all();
     }
 
+    /// Waits until every invocation begun is resolved: the lane's writes
+    /// are all committed or refused, so another host that takes the
+    /// handler over next reads them (the lane gives its lease back only
+    /// then; see `crate::dispatch::lease`).
+    pub fn wait_idle(&self) {
+        let mut inner = self.inner.locked();
+        while inner.in_flight > 0 {
+            inner = crate::lock::recover(self.resolved.wait(inner));
+        }
+    }
+
     /// How many times the lane has drained after a conflict.
     pub fn drains(&self) -> u64 {
         self.inner.locked().drains
@@ -255,8 +266,13 @@ mod tests {
     #[test]
     fn pending_changes_apply_in_order_and_leave_when_removed() {
         let o = Overlay::default();
-        let ops =
-            |v: Op| Changes { mark: mark("e1"), ops: vec![("b".into(), "k".into(), v)], reads: vec![], after: vec![] };
+        let ops = |v: Op| Changes {
+            mark: mark("e1"),
+            ops: vec![("b".into(), "k".into(), v)],
+            reads: vec![],
+            after: vec![],
+            fence: None,
+        };
         o.push(&ops(Op::Set(b"5".to_vec())));
         o.push(&Changes { mark: mark("e2"), ..ops(Op::Add(2)) });
         let p = o.pending("b", "k").ops;
@@ -284,6 +300,7 @@ mod tests {
             ops: vec![("b".into(), "k".into(), Op::Set(id.as_bytes().to_vec()))],
             reads: vec![],
             after: vec![],
+            fence: None,
         };
         // Without a refusal, begin never waits: e1 and e2 are in flight.
         o.begin();

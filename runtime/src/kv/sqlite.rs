@@ -340,7 +340,7 @@ mod tests {
             .map(|k| ("b".to_string(), k.to_string(), Op::Set(vec![1])))
             .collect();
         let mark = Mark { event_id: "e".into(), handler: "h".into(), generation: 0 };
-        db.commit(&[Changes { mark, ops, reads: vec![], after: vec![] }]).unwrap();
+        db.commit(&[Changes { mark, ops, reads: vec![], after: vec![], fence: None }]).unwrap();
         assert_eq!(db.keys("b", "day/", None, 2).unwrap(), ["day/1", "day/2"]);
         assert_eq!(db.keys("b", "day/", Some("day/2"), 2).unwrap(), ["day/3"]);
         assert_eq!(db.keys("b", "day/", Some("a"), 10).unwrap(), ["day/1", "day/2", "day/3"]);

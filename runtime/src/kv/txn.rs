@@ -373,7 +373,7 @@ impl Txn {
             .filter(|(id, _)| written.contains(*id) || self.through_overlay.contains(*id))
             .map(|((bucket, key), version)| Read { bucket: bucket.clone(), key: key.clone(), version: *version })
             .collect();
-        Changes { mark: self.mark, ops, reads, after: self.after.into_iter().collect() }
+        Changes { mark: self.mark, ops, reads, after: self.after.into_iter().collect(), fence: None }
     }
 }
 

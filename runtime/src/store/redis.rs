@@ -25,6 +25,7 @@ use crate::lock::Recover;
 pub mod archive;
 pub mod hosts;
 pub mod kv;
+pub mod lease;
 pub mod queue;
 mod reads;
 mod settle;

@@ -20,7 +20,8 @@
 //! [`Backend::commit`] is one Lua script call (`kv/commit.lua`) for the
 //! whole batch: Redis runs a script with no other command in between, and
 //! the script checks each buffer (mark, versions read, increment sums,
-//! exact in 64 bits) before its first write, so a refused buffer leaves
+//! exact in 64 bits, and the fencing token of its handler's lease, see
+//! [`super::lease`]) before its first write, so a refused buffer leaves
 //! nothing behind. How durable a commit is depends on the server's
 //! persistence settings (`appendonly yes`, `appendfsync always` for the
 //! guarantee the embedded backend gives).
@@ -180,14 +181,32 @@ impl Backend for RedisKv {
         for (name, i) in &index {
             names[i - 1] = name;
         }
+        // The leases that fence a buffer, by 1-based index after the buckets.
+        let mut leases: BTreeMap<&str, usize> = BTreeMap::new();
+        for fence in batch.iter().filter_map(|c| c.fence.as_ref()) {
+            let next = leases.len() + 1;
+            leases.entry(fence.handler.as_str()).or_insert(next);
+        }
+        let mut fenced = vec![""; leases.len()];
+        for (handler, i) in &leases {
+            fenced[i - 1] = handler;
+        }
         let mut call = self.commit.prepare_invoke();
         call.key(self.marks()).key(self.buckets_key());
         for name in &names {
             call.key(self.data(name)).key(self.keys_of(name));
         }
-        call.arg(names.len()).arg(&names).arg(batch.len());
+        for handler in &fenced {
+            call.key(super::lease::lease_key(&self.server, handler));
+        }
+        call.arg(names.len()).arg(&names).arg(fenced.len()).arg(batch.len());
         for changes in batch {
-            call.arg(member(&changes.mark)).arg(changes.reads.len());
+            call.arg(member(&changes.mark));
+            match &changes.fence {
+                Some(f) => call.arg(leases[f.handler.as_str()]).arg(f.token),
+                None => call.arg(0).arg(0),
+            };
+            call.arg(changes.reads.len());
             for read in &changes.reads {
                 call.arg(index[read.bucket.as_str()]).arg(&read.key).arg(read.version);
             }

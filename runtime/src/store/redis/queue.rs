@@ -190,6 +190,8 @@ pub struct RedisStore {
     batches: AtomicU64,
     /// Handler state under the same prefix, made on first use.
     pub(super) state: std::sync::OnceLock<Arc<dyn crate::kv::Backend>>,
+    /// Handler leases under the same prefix (`[backend] lease_ms`).
+    leases: Arc<super::lease::RedisLeases>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -218,6 +220,7 @@ impl RedisStore {
         let host = Some(host.trim()).filter(|h| !h.is_empty()).unwrap_or("host");
         let consumer = format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..));
         Ok(RedisStore {
+            leases: Arc::new(super::lease::RedisLeases::new(server.clone(), super::lease::DEFAULT_LEASE)),
             server,
             consumer,
             retention: Some(Duration::from_secs(crate::config::DEFAULT_RETENTION_DAYS * 86_400)),
@@ -238,6 +241,13 @@ impl RedisStore {
     pub fn with_archive(mut self, config: &crate::config::ArchiveConfig) -> RedisStore {
         let days = config.retention_days;
         self.retention = (days > 0).then(|| Duration::from_secs(days.saturating_mul(86_400)));
+        self
+    }
+
+    /// Leases of `ttl` (`[backend] lease_ms`) for the handlers that need one.
+    #[must_use]
+    pub fn with_lease(mut self, ttl: Duration) -> RedisStore {
+        self.leases = Arc::new(super::lease::RedisLeases::new(self.server.clone(), ttl));
         self
     }
 
@@ -471,6 +481,14 @@ impl Queue for RedisStore {
         // Not refreshed any more: recovery (this process's or another's)
         // takes them back once they have been idle for the lease.
         self.held.locked().clear();
+    }
+
+    fn keep_alive(&self) -> Result<()> {
+        self.refresh_if_due()
+    }
+
+    fn leases(&self) -> Option<Arc<dyn crate::store::lease::Leases>> {
+        Some(self.leases.clone())
     }
 
     fn known(&self, events: &[&Event]) -> Result<BTreeMap<String, &'static str>> {

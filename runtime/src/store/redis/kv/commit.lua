@@ -7,12 +7,17 @@
 -- KEYS[2]  set of bucket names that hold a key
 -- per bucket i (1-based): KEYS[2i+1] hash key -> "<version> <value>",
 --                         KEYS[2i+2] sorted set of its keys (score 0)
--- ARGV: nbuckets, bucket names..., nbuffers, then per buffer:
---   mark, nreads, (bucket index, key, version) * nreads,
+-- per lease j (1-based):  KEYS[2 + 2 * nbuckets + j] a handler's lease
+--                         (value: its holder's fencing token; lease.rs)
+-- ARGV: nbuckets, bucket names..., nleases, nbuffers, then per buffer:
+--   mark, lease index (0: not fenced), token,
+--   nreads, (bucket index, key, version) * nreads,
 --   nafter, (mark) * nafter  -- pending buffers of its lane it was built on
 --   nops, (bucket index, key, op, arg) * nops
 --   op: "s" set (arg: value), "d" delete (arg: ""), "a" add (arg: decimal delta)
--- Returns one integer per buffer: 0 applied, 1 already applied, 2 conflict.
+-- Returns one integer per buffer: 0 applied, 1 already applied, 2 conflict
+-- (a version read changed, a buffer it was built on is not applied, or it
+-- is fenced by a lease that no longer holds its token).
 
 local MAX = '18446744073709551615'
 
@@ -59,9 +64,12 @@ local function take()
 end
 local names = {}
 for i = 1, tonumber(take()) do names[i] = take() end
+local leases = 2 + 2 * #names
+local nleases = tonumber(take())
 local buffers = {}
 for n = 1, tonumber(take()) do
-  local buffer = { mark = take(), reads = {}, after = {}, ops = {} }
+  local buffer = { mark = take(), lease = tonumber(take()), token = take(), reads = {}, after = {}, ops = {} }
+  if buffer.lease < 0 or buffer.lease > nleases then error('kv commit: bad lease index') end
   for r = 1, tonumber(take()) do
     local b = tonumber(take())
     local key = take()
@@ -91,6 +99,11 @@ for n, buffer in ipairs(buffers) do
     out[n] = 1
   else
     local stale = false
+    -- Fenced: its lane's lease must still hold the token it ran under, or
+    -- another host has taken over (or may) and this write is too late.
+    if buffer.lease > 0 and redis.call('GET', KEYS[leases + buffer.lease]) ~= buffer.token then
+      stale = true
+    end
     -- Built on a pending buffer of its lane that is not applied (refused,
     -- or not here yet): run it again. One applied earlier in this script
     -- has its mark already.
