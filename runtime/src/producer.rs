@@ -141,20 +141,24 @@ impl<'q> Producer<'q> {
     /// [`BadBatch`] listing each bad line; errors reading the input or
     /// looking up which events the store already holds.
     pub fn parse_batch(&self, input: impl BufRead) -> Result<Batch> {
-        let mut items = Vec::new();
+        let mut lines = Vec::new();
         for (i, line) in input.lines().enumerate() {
-            let line = line.with_context(|| format!("failed to read batch line {}", i + 1))?;
+            let mut line = line.with_context(|| format!("failed to read batch line {}", i + 1))?;
             // A byte order mark, as some editors write, is not part of the first event.
-            let line = if i == 0 { line.strip_prefix('\u{feff}').unwrap_or(&line) } else { &line };
-            if line.trim().is_empty() {
-                continue;
+            if i == 0 && line.starts_with('\u{feff}') {
+                line.drain(..'\u{feff}'.len_utf8());
             }
+            if !line.trim().is_empty() {
+                lines.push((i + 1, line));
+            }
+        }
+        let items = in_parallel(&lines, |(n, line)| {
             let (event, id_given) = match self.build(line) {
                 Ok((e, given)) => (Ok(e), given),
                 Err(why) => (Err(why), false),
             };
-            items.push(Item { at: At::Line(i + 1), event, id_given });
-        }
+            Item { at: At::Line(*n), event, id_given }
+        });
         self.sort_items(items)
     }
 
@@ -334,6 +338,39 @@ impl<'q> Producer<'q> {
     }
 }
 
+/// Items per thread below which a batch is built on one thread.
+const PER_THREAD: usize = 2048;
+/// Threads that build a batch's items, at most.
+const MAX_THREADS: usize = 4;
+
+/// `build` of every element of `all`, in order: on as many threads as the
+/// machine has cores (up to [`MAX_THREADS`]) when the batch is large, since
+/// parsing and validating is most of a producer's work while the store
+/// waits for the batch.
+fn in_parallel<T: Sync, U: Send>(all: &[T], build: impl Fn(&T) -> U + Sync) -> Vec<U> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let threads = cores.min(MAX_THREADS).min(all.len() / PER_THREAD).max(1);
+    if threads == 1 {
+        return all.iter().map(build).collect();
+    }
+    let build = &build;
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = all
+            .chunks(all.len().div_ceil(threads))
+            .map(|part| scope.spawn(move || part.iter().map(build).collect::<Vec<U>>()))
+            .collect();
+        let mut out = Vec::with_capacity(all.len());
+        for part in parts {
+            match part.join() {
+                Ok(built) => out.extend(built),
+                // A panic in a builder is a bug: re-raised as it was.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    })
+}
+
 /// A problem with a document as a whole.
 fn document(message: String) -> Invalid {
     Invalid(vec![Problem { path: "(document)".into(), message }])
@@ -342,7 +379,7 @@ fn document(message: String) -> Invalid {
 /// Fills in what a partial event lacks; `priority`, `master` and `tags` may
 /// be given at the top level as shorthand for their `metadata` fields.
 fn complete(mut obj: Map<String, Value>) -> std::result::Result<Value, Problem> {
-    let base = NewEvent::default().into_value();
+    let now = chrono::Local::now().fixed_offset();
     let mut metadata = match obj.remove("metadata") {
         None => Map::new(),
         Some(Value::Object(m)) => m,
@@ -360,8 +397,22 @@ fn complete(mut obj: Map<String, Value>) -> std::result::Result<Value, Problem> 
     }
     metadata.entry("priority").or_insert_with(|| Value::String("medium".into()));
     obj.insert("metadata".into(), Value::Object(metadata));
-    obj.insert("event_id".into(), base["event_id"].clone());
-    obj.entry("timestamp").or_insert_with(|| base["timestamp"].clone());
+    obj.insert("event_id".into(), Value::String(crate::event::new_event_id(&now)));
+    obj.entry("timestamp").or_insert_with(|| Value::String(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, false)));
     obj.entry("payload").or_insert_with(|| Value::Object(Map::new()));
     Ok(Value::Object(obj))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_large_batch_is_built_in_order_whatever_the_threads() {
+        let all: Vec<usize> = (0..super::PER_THREAD * 5 + 7).collect();
+        let built = super::in_parallel(&all, |n| (*n, std::thread::current().id()));
+        assert!(built.iter().map(|(n, _)| *n).eq(all.iter().copied()));
+        let threads: std::collections::BTreeSet<String> = built.iter().map(|(_, t)| format!("{t:?}")).collect();
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        assert_eq!(threads.len(), cores.min(super::MAX_THREADS), "one thread per core, up to the cap");
+        assert_eq!(super::in_parallel(&[1, 2, 3], |n| n * 10), [10, 20, 30]);
+    }
 }

@@ -211,6 +211,34 @@ fn a_dead_letter_is_listed_and_removable() -> Result<()> {
 }
 
 #[test]
+fn a_batch_is_queued_once_per_token_in_priority_and_batch_order_with_every_id_known() -> Result<()> {
+    let prefix = Prefix::new()?;
+    let store = prefix.store()?;
+    // More events than one HSET of known ids takes, in every priority.
+    let priorities = [Priority::Low, Priority::Critical, Priority::Medium, Priority::High];
+    let events: Vec<Event> = (0..2500).map(|i| event("task.created", priorities[i % 4])).collect::<Result<_>>()?;
+    assert!(store.enqueue_once(&events, "batch-1")?, "the first call queues the batch");
+    // A call repeated after a lost reply carries the same token.
+    assert!(!store.enqueue_once(&events, "batch-1")?, "the same token again queues nothing");
+    assert_eq!(store.depth()?.queued, 2500, "queued once");
+    let refs: Vec<&Event> = events.iter().collect();
+    let known = store.known(&refs)?;
+    assert_eq!(known.len(), 2500, "every id is known, so a producer re-sending one is told");
+    assert!(known.values().all(|place| *place == "queued"), "{known:?}");
+
+    let claimed: Vec<String> = drain(&store)?.into_iter().map(|c| c.event.event_id).collect();
+    let mut expected = Vec::new();
+    for p in [Priority::Critical, Priority::High, Priority::Medium, Priority::Low] {
+        expected.extend(events.iter().filter(|e| e.priority() == p).map(|e| e.event_id.clone()));
+    }
+    assert_eq!(claimed, expected, "critical first, batch order within a priority");
+    // Another token is another batch.
+    assert!(store.enqueue_once(&events[..3], "batch-2")?);
+    assert_eq!(store.depth()?.queued, 3);
+    Ok(())
+}
+
+#[test]
 fn two_consumers_never_get_the_same_entry() -> Result<()> {
     let p = Prefix::new()?;
     let (a, b) = (p.store()?, p.store()?);

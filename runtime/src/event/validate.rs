@@ -132,7 +132,7 @@ impl Validator {
         let event: Event = serde_json::from_value(value).map_err(|e| {
             Invalid(vec![Problem { path: "(document)".into(), message: format!("does not fit the envelope: {e}") }])
         })?;
-        let size = event.to_json().len();
+        let size = event.json_len();
         if size > self.max_event_bytes {
             return Err(Invalid(vec![self.too_large(size)]));
         }

@@ -23,6 +23,7 @@ use crate::config::shown_redis_url;
 use crate::lock::Recover;
 
 pub mod archive;
+mod enqueue;
 pub mod hosts;
 pub mod kv;
 pub mod lease;

@@ -44,9 +44,13 @@
 //!   back after its lease is not settled here either (it runs again there:
 //!   at-least-once). A script runs atomically, so a crash of this process
 //!   leaves the settlement whole or absent.
-//! - **Enqueue** (`enqueue.lua`): one script per batch, with a batch token
-//!   remembered for an hour, so a call repeated after a lost reply does
-//!   not queue the batch twice. All or nothing.
+//! - **Enqueue** (`enqueue`): one `MULTI`/`EXEC` transaction per batch,
+//!   with a batch token remembered for an hour, so a call repeated after a
+//!   lost reply does not queue the batch twice. All or nothing.
+//! - **Enqueue what is new** (`enqueue_new.lua`, for schedule ticks that
+//!   every host fires): each id is checked against `{p}:known` and the
+//!   archive day's ids and added only when absent, in one script, so hosts
+//!   offering the same ids at once add each once.
 //! - **Recovery** ([`Queue::recover`]): first this process resets the idle
 //!   time of the entries it holds (`XCLAIM … JUSTID`, also from `claim`
 //!   every quarter lease), so a live dispatcher never loses a slow
@@ -85,7 +89,6 @@ pub(super) const RETRY: Budget = Budget::For(Duration::from_secs(30));
 /// The Lua scripts, loaded by hash (and sent whole only when the server
 /// does not know it yet).
 pub(super) struct Scripts {
-    pub(super) enqueue: redis::Script,
     pub(super) enqueue_new: redis::Script,
     pub(super) claim: redis::Script,
     pub(super) settle: redis::Script,
@@ -98,7 +101,6 @@ pub(super) struct Scripts {
 }
 
 pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    enqueue: redis::Script::new(include_str!("scripts/enqueue.lua")),
     enqueue_new: redis::Script::new(include_str!("scripts/enqueue_new.lua")),
     claim: redis::Script::new(include_str!("scripts/claim.lua")),
     settle: redis::Script::new(include_str!("scripts/settle.lua")),
@@ -408,21 +410,8 @@ impl RedisStore {
 
 impl Queue for RedisStore {
     fn enqueue(&self, events: &[Event]) -> Result<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
         let token = format!("{}-{}", self.consumer, self.batches.fetch_add(1, Ordering::Relaxed));
-        let mut args = vec![self.server.prefix().to_string(), token];
-        Self::new_entries(events, &mut args);
-        let what = format!("enqueue {} events", events.len());
-        self.server.run(&what, RETRY, |c| {
-            let mut inv = SCRIPTS.enqueue.prepare_invoke();
-            for a in &args {
-                inv.arg(a);
-            }
-            inv.invoke::<i64>(c)
-        })?;
-        Ok(())
+        self.enqueue_once(events, &token).map(|_| ())
     }
 
     fn enqueue_new(&self, events: &[Event]) -> Result<Vec<bool>> {
