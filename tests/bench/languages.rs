@@ -198,7 +198,7 @@ pub fn run() -> Result<Vec<Row>> {
     let mut root = Root::with_extras()?;
     root.cache = Some(root.scratch().join("cache"));
     let t = Instant::now();
-    let svc = root.serve()?;
+    let svc = root.serve_cold()?;
     let cold = t.elapsed();
     svc.stop()?;
     let mut warm = Vec::new();
