@@ -365,3 +365,30 @@ fn security_alerts_reach_the_javascript_notifier_with_their_counts() -> Result<(
     assert_eq!(vuln_note["event"]["correlation_id"], ids[1].as_str());
     Ok(())
 }
+
+/// The JavaScript state example of HANDLERS.md, compiled as the fixture
+/// `kv-counter-js`: it opens its granted bucket through the host's
+/// `wasi:keyvalue`, increments a counter (a BigInt) and sets a value, and
+/// both are committed with each event's settlement.
+#[test]
+fn a_javascript_handler_keeps_state_through_wasi_keyvalue() -> Result<()> {
+    let root = Root::with_handlers(
+        "[handlers.kv-counter-js]\ncomponent = \"{kv-counter-js}\"\nevents = [\"task.*\"]\nkeyvalue = [\"alerts\"]\n\
+         [handlers.kv-counter-js.limits]\nmemory_mb = 128\n",
+    )?;
+    let lines: String = (0..3).map(|n| event("task.created").source(&format!("js-{n}")).line()).collect();
+    let ids = root.batch(&lines)?;
+    let summary = root.dispatch()?;
+    assert_eq!((summary["handled"].as_u64(), summary["dead_lettered"].as_u64()), (Some(3), Some(0)), "{summary}");
+    assert_eq!(root.state_value("alerts", "sent/task.created")?, Some(json!(3)));
+    let last = root.state_value("alerts", "last")?.context("the handler set `last`")?;
+    assert!(ids.iter().any(|id| last["eventId"] == json!(id)), "{last} names none of {ids:?}");
+    let summaries: Vec<String> = root
+        .archive_records_of("task.created")?
+        .iter()
+        .flat_map(|r| r["handlers"].as_array().cloned().unwrap_or_default())
+        .filter_map(|h| h["summary"].as_str().map(str::to_string))
+        .collect();
+    assert!(summaries.iter().any(|s| s == "3 alerts of task.created"), "{summaries:?}");
+    Ok(())
+}
