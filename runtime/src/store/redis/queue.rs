@@ -419,10 +419,10 @@ impl Queue for RedisStore {
             return Ok(Vec::new());
         }
         let mut args = vec![self.server.prefix().to_string()];
+        // The arguments of a new entry, then its archive day.
         for e in events {
-            let name = EntryName::first(e);
-            let day = crate::queue::archive_day(e).to_string();
-            args.extend([name.priority.rank().to_string(), name.key(), e.event_id.clone(), e.to_json(), day]);
+            Self::new_entries(std::slice::from_ref(e), &mut args);
+            args.push(crate::queue::archive_day(e).to_string());
         }
         let what = format!("enqueue {} events not known yet", events.len());
         let added: Vec<i64> = self.server.run(&what, RETRY, |c| {
