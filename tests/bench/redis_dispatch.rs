@@ -9,7 +9,18 @@
 //!   mixed stream the `dispatch` section uses. Events/s run from the first
 //!   process's start to the last one's exit (process start and handler
 //!   loading from a warm compiled-component cache included), counting the
-//!   events the processes settled for good (follow-ups included).
+//!   events the processes settled for good (follow-ups included). The
+//!   no-op runs take [`N_NOOP`] events, so that the start (a tenth of a
+//!   second) does not hide how the processes share the work.
+//!
+//! Scaling on one machine is bounded by its cores: Redis, the producer
+//! and every dispatch process share them. So each run also measures the
+//! CPU it took — the dispatch processes' (`getrusage` of the waited
+//! children) and the Redis server's (`INFO cpu`) — and the row gives what
+//! one process keeps busy and the ceilings that leaves for any number of
+//! processes on this machine: cores ÷ cores busy with one, and, since a
+//! Redis server executes commands on one thread, 1 ÷ the share of that
+//! thread one process keeps busy.
 //!
 //! Every key is under a fresh prefix on the test Redis, deleted afterwards.
 
@@ -23,6 +34,8 @@ use serde_json::{Value, json};
 use crate::Row;
 
 const N: usize = 10_000;
+/// Events of the no-op runs.
+const N_NOOP: usize = 50_000;
 const EMIT_N: usize = 100_000;
 
 const NOOP: &str = "[handlers.sink]\ncomponent = \"{noop}\"\nevents = [\"*\"]\n";
@@ -73,9 +86,41 @@ fn emit(root: &Root, lines: &str) -> Result<f64> {
     Ok(secs)
 }
 
-/// `k` dispatch processes at once on `k` roots of one prefix; returns
-/// (events settled for good, wall seconds, reruns).
-fn dispatch_by(handlers: Option<&str>, lines: &str, k: usize) -> Result<(u64, f64, u64)> {
+/// CPU seconds (user + system) of the children this process has waited for.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage the call fills.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &raw mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// CPU seconds the Redis server has used (`INFO cpu`: user + system).
+fn redis_cpu(scratch: &RedisPrefix) -> Result<f64> {
+    let info: String = scratch
+        .server
+        .run("INFO cpu", cortex::store::redis::Budget::Once, |c| ::redis::cmd("INFO").arg("cpu").query(c))?;
+    let field = |name: &str| -> f64 {
+        info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok()).unwrap_or(0.0)
+    };
+    Ok(field("used_cpu_user") + field("used_cpu_sys"))
+}
+
+/// One run of `k` dispatch processes.
+struct Run {
+    settled: u64,
+    secs: f64,
+    reruns: u64,
+    /// CPU seconds of the dispatch processes and of the Redis server.
+    cortex_cpu: f64,
+    redis_cpu: f64,
+}
+
+/// `k` dispatch processes at once on `k` roots of one prefix.
+fn dispatch_by(handlers: Option<&str>, lines: &str, k: usize) -> Result<Run> {
     let scratch = RedisPrefix::new(&format!("bench-dispatch-{k}"))?;
     let roots: Vec<Root> = (0..k).map(|_| root_on(&scratch, handlers)).collect::<Result<_>>()?;
     // Warm: each root compiles (or reads from the shared cache) its handlers.
@@ -83,6 +128,7 @@ fn dispatch_by(handlers: Option<&str>, lines: &str, k: usize) -> Result<(u64, f6
         r.ok(&["dispatch"])?;
     }
     emit(&roots[0], lines)?;
+    let (cpu_before, redis_before) = (children_cpu(), redis_cpu(&scratch)?);
     let start = Instant::now();
     let children = roots
         .iter()
@@ -100,10 +146,12 @@ fn dispatch_by(handlers: Option<&str>, lines: &str, k: usize) -> Result<(u64, f6
         reruns += count("rerun");
     }
     let secs = start.elapsed().as_secs_f64();
+    let (cortex_cpu, redis_cpu) = (children_cpu() - cpu_before, redis_cpu(&scratch)? - redis_before);
     let left: Value = serde_json::from_str(&roots[0].ok(&["status", "--json"])?)?;
     ensure!(left["queue_depth"] == 0 && left["claimed"] == 0, "events left after dispatch: {left}");
-    ensure!(settled >= N as u64, "only {settled} of {N} settled");
-    Ok((settled, secs, reruns))
+    let queued = lines.lines().count() as u64;
+    ensure!(settled >= queued, "only {settled} of {queued} settled");
+    Ok(Run { settled, secs, reruns, cortex_cpu, redis_cpu })
 }
 
 pub fn run() -> Result<Vec<Row>> {
@@ -126,32 +174,47 @@ pub fn run() -> Result<Vec<Row>> {
     drop(root);
     drop(scratch);
 
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
     for (what, handlers, lines) in
-        [("no-op handler", Some(NOOP), noops(N)), ("the seven built-in handlers, mixed stream", None, mixed(N))]
+        [("no-op handler", Some(NOOP), noops(N_NOOP)), ("the seven built-in handlers, mixed stream", None, mixed(N))]
     {
         let mut rates = Vec::new();
         for k in 1..=3 {
-            let (settled, secs, reruns) = dispatch_by(handlers, &lines, k)?;
-            let rate = settled as f64 / secs;
-            eprintln!("   dispatch on Redis, {what}, {k} process(es): {rate:.0}/s");
-            rates.push((k, rate, settled, secs, reruns));
+            let run = dispatch_by(handlers, &lines, k)?;
+            let rate = run.settled as f64 / run.secs;
+            eprintln!(
+                "   dispatch on Redis, {what}, {k} process(es): {rate:.0}/s; CPU {:.2} s cortex, {:.2} s Redis",
+                run.cortex_cpu, run.redis_cpu
+            );
+            rates.push((k, rate, run));
         }
         let one = rates[0].1;
         let measured = rates
             .iter()
-            .map(|(k, r, settled, secs, reruns)| {
+            .map(|(k, r, run)| {
                 format!(
-                    "{k}: {r:.0}/s ({settled} events, {secs:.2} s{})",
-                    if *reruns > 0 { format!(", {reruns} reruns") } else { String::new() }
+                    "{k}: {r:.0}/s ({} events, {:.2} s{})",
+                    run.settled,
+                    run.secs,
+                    if run.reruns > 0 { format!(", {} reruns", run.reruns) } else { String::new() }
                 )
             })
             .collect::<Vec<_>>()
             .join("; ");
         let two = rates[1].1 / one;
+        let first = &rates[0].2;
+        let per_event = |cpu: f64| cpu / first.settled as f64 * 1e6;
+        let busy = (first.cortex_cpu + first.redis_cpu) / first.secs;
+        let redis_busy = first.redis_cpu / first.secs;
+        let n = lines.lines().count();
         rows.push(Row {
             area: "redis",
             metric: format!(
-                "`cortex dispatch` of {N} events on Redis, {what}: 1, 2 and 3 processes at once on roots of their own (process start included)"
+                "`cortex dispatch` of {n} events on Redis, {what}: 1, 2 and 3 processes at once on roots of their own (process start included). CPU per event with 1 process: {:.1} µs in cortex, {:.1} µs in Redis; 1 process keeps {busy:.2} of this machine's {cores:.0} cores busy and Redis's one thread {:.0}% busy, so no number of processes here can exceed {:.2}× it",
+                per_event(first.cortex_cpu),
+                per_event(first.redis_cpu),
+                redis_busy * 100.0,
+                (cores / busy).min(1.0 / redis_busy)
             ),
             target: "≥ 1.6× from 1 to 2 processes".into(),
             measured,
