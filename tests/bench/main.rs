@@ -89,6 +89,31 @@ fn disk_probe() -> anyhow::Result<Row> {
     })
 }
 
+/// Dirty and under-writeback page cache, in KiB (`/proc/meminfo`).
+fn unwritten_kib() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    info.lines()
+        .filter(|l| l.starts_with("Dirty:") || l.starts_with("Writeback:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Lets the disk finish what earlier work left in the page cache before a
+/// measurement: `sync`, then waits (up to 30 s) until under 16 MiB is dirty
+/// or being written back. Without it, the background writeback of one
+/// section (or of a build just before `make bench`) lands on the fsyncs of
+/// the next and swings a durable figure several times over. Returns how
+/// long it waited.
+pub fn settle_disk() -> Duration {
+    let start = std::time::Instant::now();
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    while unwritten_kib() > 16 * 1024 && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
 fn main() -> anyhow::Result<()> {
     let only: Vec<String> = std::env::args().skip(1).collect();
     let mut rows = vec![disk_probe()?];
@@ -111,7 +136,8 @@ fn main() -> anyhow::Result<()> {
         if !only.is_empty() && !only.iter().any(|o| o == name) {
             continue;
         }
-        eprintln!("== bench: {name}");
+        let waited = settle_disk();
+        eprintln!("== bench: {name} (waited {:.1} s for the disk to settle)", waited.as_secs_f64());
         rows.extend(f()?);
     }
     let date = chrono::Local::now().format("%Y-%m-%d %H:%M %Z");
