@@ -100,6 +100,10 @@ pub struct Step {
     /// The run's wall time; unknown for a run on an earlier delivery.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<f64>,
+    /// When an archived run started (RFC 3339, µs), when its record says:
+    /// with the duration, whether two runs overlapped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultKind>,
@@ -378,6 +382,7 @@ mod tests {
             handler: "h".into(),
             outcome: Outcome::DeadLettered,
             duration_ms: Some(1.5),
+            started: None,
             fault: Some(FaultKind::Trap),
             message: "boom".into(),
         });

@@ -85,6 +85,12 @@ fn one_correlation_makes_two_trees_with_a_dead_lettered_retry_and_an_unhandled_a
     let (f, retried) = (&trees[0], &trees[0]["children"][0]);
     assert_eq!((f["status"].as_str(), f["attempts"].as_u64()), (Some("handled"), Some(1)), "{f}");
     assert_eq!(steps(f), [step("on-task-failure", "ok", "")]);
+    // When the run started, from its archive record, in both forms.
+    let started = f["handlers"][0]["started"].as_str().context("an archived run says when it started")?;
+    let at = chrono::DateTime::parse_from_rfc3339(started).with_context(|| format!("started: {started}"))?;
+    assert!(at <= chrono::Utc::now(), "{started}");
+    let time_of_day = started.get(11..).unwrap_or_default().trim_end_matches('Z');
+    assert!(lines[top + 1].contains(&format!(" from {time_of_day}")), "{out}");
     assert!(f["duration_ms"].as_f64().is_some_and(|d| d > 0.0), "{f}");
     assert_eq!(f["children"].as_array().map(Vec::len), Some(1), "{f}");
     assert_eq!(retried["event_id"], retry.as_str());

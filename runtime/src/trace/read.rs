@@ -145,6 +145,7 @@ fn live_node(event: Event, name: &EntryName, status: Status, delivery: &Delivery
                 handler: f.handler.clone(),
                 outcome: Outcome::Failed,
                 duration_ms: Some(f.duration_ms),
+                started: None,
                 fault: Some(f.fault.kind),
                 message: f.fault.message.clone(),
             });
@@ -156,6 +157,7 @@ fn live_node(event: Event, name: &EntryName, status: Status, delivery: &Delivery
                 handler: h.to_string(),
                 outcome: Outcome::Waiting,
                 duration_ms: None,
+                started: None,
                 fault: None,
                 message: String::new(),
             });
@@ -184,6 +186,7 @@ fn dead(letter: &DeadLetter) -> Option<Node> {
                 Outcome::DeadLettered
             },
             duration_ms: last.map(|f| f.duration_ms),
+            started: None,
             fault,
             message: last.map(|f| f.fault.message.clone()).unwrap_or_default(),
         });
@@ -206,7 +209,10 @@ fn archived(line: &[u8]) -> Option<Node> {
         let ArchiveRecord { event, outcome, entry, attempts, latency_us, handlers, earlier_handlers, .. } = record;
         let mut steps: Vec<Step> =
             earlier_handlers.iter().map(|h| ok(h, None, "on an earlier attempt".into())).collect();
-        steps.extend(handlers.into_iter().map(|r| ok(&r.name, Some(r.duration_ms), r.summary)));
+        steps.extend(handlers.into_iter().map(|r| Step {
+            started: (!r.started.is_empty()).then_some(r.started),
+            ..ok(&r.name, Some(r.duration_ms), r.summary)
+        }));
         let status = match outcome {
             Settled::Handled => Status::Handled,
             Settled::Unhandled => Status::Unhandled,
@@ -223,7 +229,7 @@ fn archived(line: &[u8]) -> Option<Node> {
 
 /// A successful run.
 fn ok(handler: &str, duration_ms: Option<f64>, message: String) -> Step {
-    Step { handler: handler.to_string(), outcome: Outcome::Ok, duration_ms, fault: None, message }
+    Step { handler: handler.to_string(), outcome: Outcome::Ok, duration_ms, started: None, fault: None, message }
 }
 
 /// A childless node of `event`, its payload dropped.

@@ -80,6 +80,10 @@ fn step(f: &mut fmt::Formatter<'_>, s: &Step, under: &str) -> fmt::Result {
     if let Some(ms) = s.duration_ms {
         write!(f, " {}", duration(ms))?;
     }
+    // The time of day it started (the tree's lines give the dates).
+    if let Some(at) = &s.started {
+        write!(f, " from {}", Escaped(at.get(11..).unwrap_or(at).trim_end_matches('Z')))?;
+    }
     if !s.message.is_empty() {
         write!(f, ": {}", Escaped(&clip(&s.message)))?;
     }
@@ -154,11 +158,22 @@ mod tests {
             handler: "h".into(),
             outcome: Outcome::Failed,
             duration_ms: Some(2.0),
+            started: None,
             fault: Some(crate::records::FaultKind::Error),
             message: "line\x1b[2J".into(),
         };
         write!(out, "{}", Shown(&s)).unwrap();
         assert_eq!(out, "  · h: failed (error) 2.0 ms: line\\u{1b}[2J\n");
+        let ran = Step {
+            outcome: Outcome::Ok,
+            started: Some("2026-12-02T01:02:03.456789Z".into()),
+            fault: None,
+            message: "done".into(),
+            ..s
+        };
+        out.clear();
+        write!(out, "{}", Shown(&ran)).unwrap();
+        assert_eq!(out, "  · h: ok 2.0 ms from 01:02:03.456789: done\n");
     }
 
     /// A step under a two-space indent.
