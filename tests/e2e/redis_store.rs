@@ -336,6 +336,89 @@ fn a_settlement_queues_its_follow_ups_in_the_same_step_and_applies_once_when_rep
 }
 
 #[test]
+fn a_batch_mixing_every_verdict_applies_once_and_leaves_the_same_keys_as_one_by_one() -> Result<()> {
+    let p = Prefix::new()?;
+    let store = p.store()?;
+    let again = event("test.again", Priority::High)?;
+    store.enqueue(std::slice::from_ref(&again))?;
+    let first = store.claim()?.context("the entry")?;
+    let history = Delivery {
+        history: vec![AttemptRecord { attempt: 1, at: now_rfc3339(), failures: Vec::new() }],
+        done: Vec::new(),
+    };
+    store.retry(first, SystemTime::now(), history.clone())?;
+    let redelivered = store.claim()?.context("the retry, due at once")?;
+    assert_eq!((redelivered.name.attempt, &redelivered.delivery), (2, &history));
+    let others: Vec<Event> = ["test.ack", "test.dead", "test.retry", "test.defer"]
+        .iter()
+        .map(|t| event(t, Priority::Medium))
+        .collect::<Result<_>>()?;
+    store.enqueue(&others)?;
+    let claims = drain(&store)?;
+    let [a, d, r, f] = <[Claim; 4]>::try_from(claims).map_err(|c| anyhow::anyhow!("{} claims", c.len()))?;
+    let (retry_key, again_key) = (r.name.key(), redelivered.name.key());
+    let follow = event("test.follow", Priority::Low)?;
+    let dead = DeadLetterRecord { entry: d.name.key(), reason: "bad".into(), ..DeadLetterRecord::default() };
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    let batch = vec![
+        ack(redelivered, vec![follow.clone()]),
+        Settlement { claim: d, emitted: Vec::new(), verdict: Verdict::DeadLetter(Box::new(dead)) },
+        Settlement { claim: r, emitted: Vec::new(), verdict: Verdict::Retry { due: later, delivery: history.clone() } },
+        Settlement { claim: f, emitted: Vec::new(), verdict: Verdict::Defer { due: later } },
+        ack(a, Vec::new()),
+    ];
+    store.settle(batch.clone())?;
+    store.settle(batch.clone())?;
+    p.store()?.settle(batch)?;
+
+    let lines = archived(&store)?;
+    assert_eq!(lines.len(), 2);
+    let d = store.depth()?;
+    assert_eq!((d.queued, d.delayed, d.claimed, d.dead_letters), (3, 2, 0, 1));
+    let known = store.known(&[&again, &others[0], &others[1], &others[2], &others[3], &follow])?;
+    let places: Vec<Option<&str>> = [&again, &others[0], &others[1], &others[2], &others[3], &follow]
+        .iter()
+        .map(|e| known.get(&e.event_id).copied())
+        .collect();
+    let expected =
+        [Some("archived"), Some("archived"), Some("dead-lettered"), Some("queued"), Some("queued"), Some("queued")];
+    assert_eq!(places, expected);
+    // The acked redelivery's record is gone, the retry's is written; the
+    // archive's byte count is its lines' (each with its newline).
+    let key = |k: &str| p.server.key(k);
+    let (gone, kept, bytes, day): (Option<String>, Option<String>, Vec<u64>, Vec<String>) =
+        p.server.run("read the settled keys", Budget::Once, |c| {
+            redis::pipe()
+                .cmd("HGET")
+                .arg(key("delivery"))
+                .arg(&again_key)
+                .cmd("HGET")
+                .arg(key("delivery"))
+                .arg(&retry_key)
+                .cmd("HVALS")
+                .arg(key("archive-bytes"))
+                .cmd("ZRANGE")
+                .arg(key("archive-days"))
+                .arg(0)
+                .arg(-1)
+                .query(c)
+        })?;
+    assert_eq!(gone, None);
+    assert_eq!(serde_json::from_str::<Delivery>(&kept.context("the retry's delivery record")?)?, history);
+    let day = day.first().context("an archive day")?;
+    let raw: Vec<String> = p.server.run("read the archive day", Budget::Once, |c| {
+        redis::cmd("LRANGE").arg(key(&format!("archive:{day}"))).arg(0).arg(-1).query(c)
+    })?;
+    assert_eq!(bytes, vec![raw.iter().map(|l| l.len() as u64 + 1).sum::<u64>()]);
+    let ids: BTreeSet<String> = p.server.run("read the archived ids", Budget::Once, |c| {
+        redis::cmd("SMEMBERS").arg(key(&format!("archive-ids:{day}"))).query(c)
+    })?;
+    assert_eq!(ids, BTreeSet::from([again.event_id.clone(), others[0].event_id.clone()]));
+    assert_eq!(drain(&store)?.into_iter().map(|c| c.event).collect::<Vec<_>>(), vec![follow]);
+    Ok(())
+}
+
+#[test]
 fn flush_gives_back_prefetched_claims_and_depth_follows() -> Result<()> {
     let p = Prefix::new()?;
     let store = p.store()?;

@@ -53,33 +53,24 @@ impl RedisStore {
             let name = &s.claim.name;
             let event = &s.claim.event;
             let body = |attempt: u32| format!("{attempt}\n{}", event.to_json());
-            let (verdict, record, day, due, body) = match &s.verdict {
+            // The fields after the common five, by verdict (settle.lua).
+            let (verdict, fields) = match &s.verdict {
                 Verdict::Ack(r) => {
                     let line = serde_json::to_string(r).context("failed to serialize an archive record")?;
-                    ("ack", line, crate::queue::archive_day(event).to_string(), 0, String::new())
+                    ("ack", vec![line, crate::queue::archive_day(event).to_string()])
                 }
                 Verdict::DeadLetter(r) => {
-                    let json = serde_json::to_string(r).context("failed to serialize a dead letter")?;
-                    ("dead", json, String::new(), 0, String::new())
+                    ("dead", vec![serde_json::to_string(r).context("failed to serialize a dead letter")?])
                 }
                 Verdict::Retry { due, delivery } => {
                     let json = serde_json::to_string(delivery).context("failed to serialize a delivery record")?;
-                    ("retry", json, String::new(), ms_of(*due), body(name.attempt + 1))
+                    ("retry", vec![json, ms_of(*due).to_string(), body(name.attempt + 1)])
                 }
-                Verdict::Defer { due } => ("defer", String::new(), String::new(), ms_of(*due), body(name.attempt)),
+                Verdict::Defer { due } => ("defer", vec![ms_of(*due).to_string(), body(name.attempt)]),
             };
-            args.extend([
-                verdict.to_string(),
-                h.rank.to_string(),
-                h.id,
-                name.key(),
-                event.event_id.clone(),
-                record,
-                day,
-                due.to_string(),
-                body,
-                s.emitted.len().to_string(),
-            ]);
+            args.extend([verdict.to_string(), h.rank.to_string(), h.id, name.key(), name.attempt.to_string()]);
+            args.extend(fields);
+            args.push(s.emitted.len().to_string());
             Self::new_entries(&s.emitted, &mut args);
             sent += 1;
         }
@@ -126,11 +117,12 @@ impl RedisStore {
             reason: format!("{why}; it was added to the stream by something other than Cortex"),
             ..DeadLetterRecord::default()
         };
-        let id = w.name().map(|n| n.event_id).unwrap_or_default();
         let record = serde_json::to_string(&record).context("failed to serialize a dead letter")?;
         let p = self.server.prefix().to_string();
         let args = [p, GROUP.into(), now_ms().to_string(), "dead".into(), w.rank.to_string(), w.id.clone()];
-        let rest = [key, id, record, String::new(), "0".into(), String::new(), "0".into()];
+        // The attempt as the entry holds it: a delivery record of an
+        // attempt past the first is deleted with the entry.
+        let rest = [key, w.attempt.clone(), record, "0".into()];
         self.server.run("dead-letter an entry that is not an event", RETRY, |c| {
             let mut inv = SCRIPTS.settle.prepare_invoke();
             for a in args.iter().chain(&rest) {
