@@ -453,6 +453,19 @@ impl Queue for RedisStore {
         self.settle_batch(batch)
     }
 
+    fn joins_state(&self, state: &Arc<dyn crate::kv::Backend>) -> bool {
+        self.joins(state)
+    }
+
+    fn settle_with_state(
+        &self,
+        changes: &[crate::kv::Changes],
+        owners: &[Option<usize>],
+        batch: &[crate::queue::Joint],
+    ) -> Result<Vec<crate::kv::Applied>> {
+        self.settle_joint(changes, owners, batch)
+    }
+
     fn recover(&self, lease: Duration) -> Result<Recovered> {
         self.recover_claims(lease)
     }
