@@ -18,11 +18,12 @@
 //!   `ZREMRANGEBYSCORE`.
 //!
 //! [`Backend::commit`] is one Lua script call (`kv/commit.lua`) for the
-//! whole batch: Redis runs a script with no other command in between, and
-//! the script checks each buffer (mark, versions read, increment sums,
-//! exact in 64 bits, and the fencing token of its handler's lease, see
-//! [`super::lease`]) before its first write, so a refused buffer leaves
-//! nothing behind. How durable a commit is depends on the server's
+//! whole batch (a dispatcher on the same store runs that script inside its
+//! batch's settlement instead, see `joint`): Redis runs a script with no
+//! other command in between, and the script checks each buffer (mark,
+//! versions read, increment sums, exact in 64 bits, and the fencing token
+//! of its handler's lease, see [`super::lease`]) before its first write, so
+//! a refused buffer leaves nothing behind. How durable a commit is depends on the server's
 //! persistence settings (`appendonly yes`, `appendfsync always` for the
 //! guarantee the embedded backend gives).
 //!
