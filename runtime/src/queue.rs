@@ -58,7 +58,7 @@ pub(crate) use archive::archive_day;
 pub use clock::{ms_of, now_ms, now_rfc3339, now_us};
 pub use fs::FsQueue;
 pub use name::{EntryName, key_event_id};
-pub use verdict::{Claim, Settlement, Verdict};
+pub use verdict::{Claim, Joint, Settlement, Verdict};
 
 /// How full the queue is.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -119,6 +119,36 @@ pub trait Queue: Send + Sync {
     /// # Errors
     /// On I/O errors.
     fn depth(&self) -> Result<Depth>;
+
+    /// Whether [`Queue::settle_with_state`] commits to `state` in the same
+    /// step as the settlement: `state` is this store's own backend, on the
+    /// same server (Redis). The filesystem's settlement and its SQLite
+    /// state are two commits: no.
+    fn joins_state(&self, state: &std::sync::Arc<dyn crate::kv::Backend>) -> bool {
+        let _ = state;
+        false
+    }
+
+    /// Commits the key-value buffers `changes` and settles `batch` in one
+    /// atomic step (issue 13): the event of buffer `i` is `batch[owners[i]]`
+    /// (`None`: its event is settled in a later batch), and an event with a
+    /// buffer refused as a conflict is settled with its `rerun`. Returns
+    /// what became of each buffer. Called only when
+    /// [`Queue::joins_state`] says so.
+    ///
+    /// # Errors
+    /// When the step cannot be made; then nothing of it may have been
+    /// applied, or all of it (a lost reply): the claims are recovered after
+    /// their lease and the writes' marks keep them from applying twice.
+    fn settle_with_state(
+        &self,
+        changes: &[crate::kv::Changes],
+        owners: &[Option<usize>],
+        batch: &[Joint],
+    ) -> Result<Vec<crate::kv::Applied>> {
+        let _ = (changes, owners, batch);
+        bail!("this queue does not settle with its state in one step")
+    }
 
     /// Finishes background work (e.g. removing settled claims) before exit.
     fn flush(&self) {}

@@ -16,6 +16,7 @@ mod payloads;
 mod redis_hosts;
 mod redis_kv;
 mod redis_lease;
+mod redis_settle;
 mod redis_store;
 mod reliability;
 mod replay;

@@ -36,6 +36,43 @@ pub struct Summary {
     pub elapsed_ms: f64,
 }
 
+impl Summary {
+    /// Adds the counts of `other` (e.g. what one event's verdict counted).
+    pub(super) fn absorb(&mut self, other: Summary) {
+        let Summary {
+            claimed,
+            handled,
+            unhandled,
+            retried,
+            dead_lettered,
+            deferred,
+            rerun,
+            emitted,
+            recovered_claims,
+            broken,
+            handlers,
+            elapsed_ms: _,
+        } = other;
+        self.claimed += claimed;
+        self.handled += handled;
+        self.unhandled += unhandled;
+        self.retried += retried;
+        self.dead_lettered += dead_lettered;
+        self.deferred += deferred;
+        self.rerun += rerun;
+        self.emitted += emitted;
+        self.recovered_claims += recovered_claims;
+        self.broken.extend(broken);
+        for (name, s) in handlers {
+            let t = self.handlers.entry(name).or_default();
+            t.invocations += s.invocations;
+            t.succeeded += s.succeeded;
+            t.failed += s.failed;
+            t.total_ms += s.total_ms;
+        }
+    }
+}
+
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let rate = if self.elapsed_ms > 0.0 { self.claimed as f64 / (self.elapsed_ms / 1000.0) } else { 0.0 };

@@ -68,9 +68,19 @@ pub(super) fn settle_one(pending: Arc<Pending>, summary: &mut Summary) -> Settle
 /// writes find their mark and apply nothing twice).
 pub(super) fn rerun(pending: Arc<Pending>, summary: &mut Summary) -> Settlement {
     let claim = Pending::into_inner(pending).claim;
+    counted_rerun(&claim, summary);
+    rerun_of(claim)
+}
+
+/// The re-run settlement of `claim` (see [`rerun`]), not counted yet.
+pub(super) fn rerun_of(claim: Claim) -> Settlement {
+    Settlement { claim, emitted: Vec::new(), verdict: Verdict::Defer { due: SystemTime::now() } }
+}
+
+/// Counts a re-run of `claim` in `summary`.
+pub(super) fn counted_rerun(claim: &Claim, summary: &mut Summary) {
     summary.rerun += 1;
     tracing::debug!(event_id = %claim.event.event_id, "state conflict: the event runs again");
-    Settlement { claim, emitted: Vec::new(), verdict: Verdict::Defer { due: SystemTime::now() } }
 }
 
 /// What the handlers of one event did.

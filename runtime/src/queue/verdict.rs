@@ -59,3 +59,13 @@ pub struct Settlement {
     pub emitted: Vec<Event>,
     pub verdict: Verdict,
 }
+
+/// An event settled in the same step as its batch's key-value writes (see
+/// [`super::Queue::settle_with_state`]): `settlement`, or `rerun` instead
+/// when a write of it is refused as a conflict (`None`: it runs again
+/// already, `settlement` is its re-run).
+#[derive(Debug, Clone)]
+pub struct Joint {
+    pub settlement: Settlement,
+    pub rerun: Option<Settlement>,
+}

@@ -25,6 +25,7 @@ use crate::lock::Recover;
 pub mod archive;
 mod enqueue;
 pub mod hosts;
+mod joint;
 pub mod kv;
 pub mod lease;
 pub mod queue;

@@ -18,11 +18,12 @@
 //!   `ZREMRANGEBYSCORE`.
 //!
 //! [`Backend::commit`] is one Lua script call (`kv/commit.lua`) for the
-//! whole batch: Redis runs a script with no other command in between, and
-//! the script checks each buffer (mark, versions read, increment sums,
-//! exact in 64 bits, and the fencing token of its handler's lease, see
-//! [`super::lease`]) before its first write, so a refused buffer leaves
-//! nothing behind. How durable a commit is depends on the server's
+//! whole batch (a dispatcher on the same store runs that script inside its
+//! batch's settlement instead, see `joint`): Redis runs a script with no
+//! other command in between, and the script checks each buffer (mark,
+//! versions read, increment sums, exact in 64 bits, and the fencing token
+//! of its handler's lease, see [`super::lease`]) before its first write, so
+//! a refused buffer leaves nothing behind. How durable a commit is depends on the server's
 //! persistence settings (`appendonly yes`, `appendfsync always` for the
 //! guarantee the embedded backend gives).
 //!
@@ -119,6 +120,98 @@ fn op_args(op: &Op) -> (&'static str, Vec<u8>) {
     }
 }
 
+/// The `KEYS` and `ARGV` of `kv/commit.lua` for `batch` (see the script),
+/// on `server`'s prefix; `joint.lua` passes the same.
+pub(super) fn commit_call(server: &Redis, batch: &[Changes]) -> (Vec<String>, Vec<Vec<u8>>) {
+    let data = |bucket: &str| server.key(&format!("kv:data:{bucket}"));
+    let keys_of = |bucket: &str| server.key(&format!("kv:keys:{bucket}"));
+    // Buckets by 1-based index, as the script addresses their keys.
+    let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+    for changes in batch {
+        let named = changes.ops.iter().map(|(b, _, _)| b).chain(changes.reads.iter().map(|r| &r.bucket));
+        for bucket in named {
+            let next = index.len() + 1;
+            index.entry(bucket.as_str()).or_insert(next);
+        }
+    }
+    let mut names = vec![""; index.len()];
+    for (name, i) in &index {
+        names[i - 1] = name;
+    }
+    // The leases that fence a buffer, by 1-based index after the buckets.
+    let mut leases: BTreeMap<&str, usize> = BTreeMap::new();
+    for fence in batch.iter().filter_map(|c| c.fence.as_ref()) {
+        let next = leases.len() + 1;
+        leases.entry(fence.handler.as_str()).or_insert(next);
+    }
+    let mut fenced = vec![""; leases.len()];
+    for (handler, i) in &leases {
+        fenced[i - 1] = handler;
+    }
+    let mut keys = vec![server.key("kv:marks"), server.key("kv:buckets")];
+    for name in &names {
+        keys.extend([data(name), keys_of(name)]);
+    }
+    keys.extend(fenced.iter().map(|handler| super::lease::lease_key(server, handler)));
+    let mut args = vec![text(&names.len())];
+    for name in &names {
+        args.push(text(&name));
+    }
+    args.push(text(&fenced.len()));
+    args.push(text(&batch.len()));
+    for changes in batch {
+        args.push(text(&member(&changes.mark)));
+        match &changes.fence {
+            Some(f) => {
+                args.push(text(&leases[f.handler.as_str()]));
+                args.push(text(&f.token));
+            }
+            None => {
+                args.push(text(&0));
+                args.push(text(&0));
+            }
+        }
+        args.push(text(&changes.reads.len()));
+        for read in &changes.reads {
+            args.push(text(&index[read.bucket.as_str()]));
+            args.push(text(&read.key));
+            args.push(text(&read.version));
+        }
+        args.push(text(&changes.after.len()));
+        for m in &changes.after {
+            args.push(text(&member(m)));
+        }
+        args.push(text(&changes.ops.len()));
+        for (bucket, key, op) in &changes.ops {
+            let (code, value) = op_args(op);
+            args.push(text(&index[bucket.as_str()]));
+            args.push(text(&key));
+            args.push(text(&code));
+            args.push(value);
+        }
+    }
+    (keys, args)
+}
+
+/// An argument as the script reads it.
+fn text(a: &dyn std::fmt::Display) -> Vec<u8> {
+    a.to_string().into_bytes()
+}
+
+/// `kv/commit.lua`'s reply for `n` buffers as [`Applied`]s.
+pub(super) fn applied_of(codes: Vec<i64>, n: usize) -> Result<Vec<Applied>> {
+    anyhow::ensure!(codes.len() == n, "the state commit script answered for {} buffers of {n}", codes.len());
+    codes
+        .into_iter()
+        .map(|c| match c {
+            0 => Ok(Applied::Applied),
+            1 => Ok(Applied::Already),
+            2 => Ok(Applied::Conflict),
+            other => anyhow::bail!("the state commit script answered {other}, not 0, 1 or 2"),
+        })
+        .collect()
+}
+
 impl Backend for RedisKv {
     fn get(&self, bucket: &str, key: &str) -> Result<Option<Versioned>> {
         let data = self.data(bucket);
@@ -168,77 +261,19 @@ impl Backend for RedisKv {
         if batch.iter().all(|c| c.ops.is_empty()) {
             return Ok(vec![Applied::Applied; batch.len()]);
         }
-        // Buckets by 1-based index, as the script addresses their keys.
-        let mut index: BTreeMap<&str, usize> = BTreeMap::new();
-        for changes in batch {
-            let named = changes.ops.iter().map(|(b, _, _)| b).chain(changes.reads.iter().map(|r| &r.bucket));
-            for bucket in named {
-                let next = index.len() + 1;
-                index.entry(bucket.as_str()).or_insert(next);
-            }
-        }
-        let mut names = vec![""; index.len()];
-        for (name, i) in &index {
-            names[i - 1] = name;
-        }
-        // The leases that fence a buffer, by 1-based index after the buckets.
-        let mut leases: BTreeMap<&str, usize> = BTreeMap::new();
-        for fence in batch.iter().filter_map(|c| c.fence.as_ref()) {
-            let next = leases.len() + 1;
-            leases.entry(fence.handler.as_str()).or_insert(next);
-        }
-        let mut fenced = vec![""; leases.len()];
-        for (handler, i) in &leases {
-            fenced[i - 1] = handler;
-        }
+        let (keys, args) = commit_call(&self.server, batch);
         let mut call = self.commit.prepare_invoke();
-        call.key(self.marks()).key(self.buckets_key());
-        for name in &names {
-            call.key(self.data(name)).key(self.keys_of(name));
+        for k in &keys {
+            call.key(k);
         }
-        for handler in &fenced {
-            call.key(super::lease::lease_key(&self.server, handler));
-        }
-        call.arg(names.len()).arg(&names).arg(fenced.len()).arg(batch.len());
-        for changes in batch {
-            call.arg(member(&changes.mark));
-            match &changes.fence {
-                Some(f) => call.arg(leases[f.handler.as_str()]).arg(f.token),
-                None => call.arg(0).arg(0),
-            };
-            call.arg(changes.reads.len());
-            for read in &changes.reads {
-                call.arg(index[read.bucket.as_str()]).arg(&read.key).arg(read.version);
-            }
-            call.arg(changes.after.len());
-            for m in &changes.after {
-                call.arg(member(m));
-            }
-            call.arg(changes.ops.len());
-            for (bucket, key, op) in &changes.ops {
-                let (code, arg) = op_args(op);
-                call.arg(index[bucket.as_str()]).arg(key).arg(code).arg(arg);
-            }
+        for a in &args {
+            call.arg(a);
         }
         let codes: Vec<i64> = self
             .server
             .run("commit state", COMMIT_BUDGET, |c| call.invoke(c))
             .with_context(|| format!("failed to commit {} state buffers", batch.len()))?;
-        anyhow::ensure!(
-            codes.len() == batch.len(),
-            "the state commit script answered for {} buffers of {}",
-            codes.len(),
-            batch.len()
-        );
-        codes
-            .into_iter()
-            .map(|c| match c {
-                0 => Ok(Applied::Applied),
-                1 => Ok(Applied::Already),
-                2 => Ok(Applied::Conflict),
-                other => anyhow::bail!("the state commit script answered {other}, not 0, 1 or 2"),
-            })
-            .collect()
+        applied_of(codes, batch.len())
     }
 
     fn get_with_marks(

@@ -39,9 +39,8 @@
 //!   For each settlement it `XACK`s the entry and, only when that acked
 //!   something, `XDEL`s it, writes the archive line (or the dead letter, or
 //!   the delayed entry and delivery record), updates the known ids and
-//!   `XADD`s the follow-ups; the writes other than `XACK` and `XADD` are
-//!   gathered and made once per key for the batch (one `XDEL` per stream,
-//!   one `RPUSH` per archive day, one `HSET` of known ids, ...). Run twice (a reply lost and the call
+//!   `XADD`s the follow-ups (the other writes once per key for the batch:
+//!   one `XDEL` per stream, one `RPUSH` per archive day, ...). Run twice (a reply lost and the call
 //!   repeated), the second run changes nothing; an entry another host took
 //!   back after its lease is not settled here either (it runs again there:
 //!   at-least-once). A script runs atomically, so a crash of this process
@@ -451,6 +450,19 @@ impl Queue for RedisStore {
 
     fn settle(&self, batch: Vec<Settlement>) -> Result<()> {
         self.settle_batch(batch)
+    }
+
+    fn joins_state(&self, state: &Arc<dyn crate::kv::Backend>) -> bool {
+        self.joins(state)
+    }
+
+    fn settle_with_state(
+        &self,
+        changes: &[crate::kv::Changes],
+        owners: &[Option<usize>],
+        batch: &[crate::queue::Joint],
+    ) -> Result<Vec<crate::kv::Applied>> {
+        self.settle_joint(changes, owners, batch)
     }
 
     fn recover(&self, lease: Duration) -> Result<Recovered> {

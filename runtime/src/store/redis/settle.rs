@@ -50,28 +50,7 @@ impl RedisStore {
                 not_held += 1;
                 continue;
             };
-            let name = &s.claim.name;
-            let event = &s.claim.event;
-            let body = |attempt: u32| format!("{attempt}\n{}", event.to_json());
-            // The fields after the common five, by verdict (settle.lua).
-            let (verdict, fields) = match &s.verdict {
-                Verdict::Ack(r) => {
-                    let line = serde_json::to_string(r).context("failed to serialize an archive record")?;
-                    ("ack", vec![line, crate::queue::archive_day(event).to_string()])
-                }
-                Verdict::DeadLetter(r) => {
-                    ("dead", vec![serde_json::to_string(r).context("failed to serialize a dead letter")?])
-                }
-                Verdict::Retry { due, delivery } => {
-                    let json = serde_json::to_string(delivery).context("failed to serialize a delivery record")?;
-                    ("retry", vec![json, ms_of(*due).to_string(), body(name.attempt + 1)])
-                }
-                Verdict::Defer { due } => ("defer", vec![ms_of(*due).to_string(), body(name.attempt)]),
-            };
-            args.extend([verdict.to_string(), h.rank.to_string(), h.id, name.key(), name.attempt.to_string()]);
-            args.extend(fields);
-            args.push(s.emitted.len().to_string());
-            Self::new_entries(&s.emitted, &mut args);
+            Self::settlement_args(s, &h, &mut args)?;
             sent += 1;
         }
         if not_held > 0 {
@@ -89,20 +68,58 @@ impl RedisStore {
                 }
                 inv.invoke(c)
             })?;
-            let skipped = applied.iter().filter(|&&a| a == 0).count();
-            if skipped > 0 {
-                tracing::warn!(
-                    count = skipped,
-                    "settlements found their entries no longer claimed (taken back after their lease, or settled by a repeated call); they were not applied again"
-                );
-            }
+            self.warn_skipped(&applied);
         }
-        let cleanup = batch
-            .iter()
-            .any(|s| matches!(s.verdict, Verdict::Ack(_)) && s.claim.event.event_type == "system.cleanup_needed");
+        self.prune_if_cleanup(batch.iter());
+        Ok(())
+    }
+
+    /// Says how many settlements of a `settle.lua` reply were not applied.
+    pub(super) fn warn_skipped(&self, applied: &[i64]) {
+        let skipped = applied.iter().filter(|&&a| a == 0).count();
+        if skipped > 0 {
+            tracing::warn!(
+                count = skipped,
+                "settlements found their entries no longer claimed (taken back after their lease, or settled by a repeated call); they were not applied again"
+            );
+        }
+    }
+
+    /// Applies the archive retention when `batch` acks a
+    /// `system.cleanup_needed` event.
+    pub(super) fn prune_if_cleanup<'s>(&self, mut batch: impl Iterator<Item = &'s Settlement>) {
+        let cleanup =
+            batch.any(|s| matches!(s.verdict, Verdict::Ack(_)) && s.claim.event.event_type == "system.cleanup_needed");
         if cleanup && let Err(e) = self.prune_archive() {
             tracing::warn!(error = %format!("{e:#}"), "failed to apply the archive retention");
         }
+    }
+
+    /// The `settle.lua` arguments of one settlement of an entry held as
+    /// `h`, appended to `args`.
+    pub(super) fn settlement_args(s: &Settlement, h: &Held, args: &mut Vec<String>) -> Result<()> {
+        let name = &s.claim.name;
+        let event = &s.claim.event;
+        let body = |attempt: u32| format!("{attempt}\n{}", event.to_json());
+        // The fields after the common five, by verdict (settle.lua).
+        let (verdict, fields) = match &s.verdict {
+            Verdict::Ack(r) => {
+                let line = serde_json::to_string(r).context("failed to serialize an archive record")?;
+                ("ack", vec![line, crate::queue::archive_day(event).to_string()])
+            }
+            Verdict::DeadLetter(r) => {
+                ("dead", vec![serde_json::to_string(r).context("failed to serialize a dead letter")?])
+            }
+            Verdict::Retry { due, delivery } => {
+                let json = serde_json::to_string(delivery).context("failed to serialize a delivery record")?;
+                ("retry", vec![json, ms_of(*due).to_string(), body(name.attempt + 1)])
+            }
+            Verdict::Defer { due } => ("defer", vec![ms_of(*due).to_string(), body(name.attempt)]),
+        };
+        args.extend([verdict.to_string(), h.rank.to_string(), h.id.clone(), name.key(), name.attempt.to_string()]);
+        args.extend(fields);
+        args.push(s.emitted.len().to_string());
+        Self::new_entries(&s.emitted, args);
         Ok(())
     }
 
