@@ -145,7 +145,7 @@ async function showTrace(id) {
 }
 
 function traceNode(n) {
-  const steps = n.handlers.map((h) => h.handler + ': ' + h.outcome + (h.duration_ms !== undefined ? ' ' + fmtMs(h.duration_ms) + ' ms' : '') + (h.message ? ' — ' + h.message : ''));
+  const steps = n.handlers.map((h) => h.handler + ': ' + h.outcome + (h.duration_ms !== undefined ? ' ' + fmtMs(h.duration_ms) + ' ms' : '') + (h.started ? ' from ' + h.started.slice(11).replace('Z', '') : '') + (h.message ? ' — ' + h.message : ''));
   const facts = [n.source, n.timestamp];
   if (n.correlation_id) facts.push('correlation ' + n.correlation_id);
   if (n.since_parent_ms !== undefined) facts.push('+' + fmtMs(n.since_parent_ms) + ' ms after its parent');
