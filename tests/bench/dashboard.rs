@@ -86,6 +86,19 @@ fn cpu_by_thread(pid: u32) -> BTreeMap<String, f64> {
     out
 }
 
+/// Seconds the threads of process `pid` have spent ready to run but
+/// waiting for a core (`/proc/…/task/*/schedstat`, second field), summed:
+/// on a 2-core machine, what a thread hand-off costs the dispatcher.
+fn waited_for_a_core(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e9
+}
+
 /// What `before` → `after` used in all, and by thread name, largest first.
 fn cpu_used(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> (Duration, String) {
     let mut used: Vec<(&String, f64)> =
@@ -104,6 +117,8 @@ struct Round {
     sent: u64,
     /// CPU the service used from the first event offered to the last archived.
     service_cpu: Duration,
+    /// How long its threads waited for a core meanwhile, summed.
+    service_waited: Duration,
 }
 
 /// Rename → archived latencies (p50, p99) of EVENTS events at 1,000/s,
@@ -121,9 +136,11 @@ fn measure(clients: usize) -> Result<Round> {
     // What setting up the root wrote is on the disk before the clock starts.
     crate::settle_disk();
     let (service_before, bench_before) = (cpu_by_thread(svc.child.id()), cpu_by_thread(std::process::id()));
+    let waited_before = waited_for_a_core(svc.child.id());
     offer(&root.path, prepared, 1000)?;
     wait_for(Duration::from_secs(60), || Ok(root.archived()?.len() >= EVENTS))?;
     let (service_cpu, by_thread) = cpu_used(&service_before, &cpu_by_thread(svc.child.id()));
+    let service_waited = Duration::from_secs_f64(waited_for_a_core(svc.child.id()) - waited_before);
     let (_, bench) = cpu_used(&bench_before, &cpu_by_thread(std::process::id()));
     eprintln!("{clients} clients: CPU of the service {by_thread}; of the bench {bench}");
     let mut lat: Vec<Duration> =
@@ -141,7 +158,7 @@ fn measure(clients: usize) -> Result<Round> {
         let _ = s.shutdown(std::net::Shutdown::Both);
     }
     svc.stop()?;
-    Ok(Round { p50: percentile(&mut lat, 0.50), p99: percentile(&mut lat, 0.99), sent, service_cpu })
+    Ok(Round { p50: percentile(&mut lat, 0.50), p99: percentile(&mut lat, 0.99), sent, service_cpu, service_waited })
 }
 
 pub fn run() -> Result<Vec<Row>> {
@@ -161,6 +178,7 @@ pub fn run() -> Result<Vec<Row>> {
         (median_of(&none, |r| r.p50), median_of(&none, |r| r.p99), median_of(&none, |r| r.service_cpu));
     let (p50_n, p99_n, cpu_n) =
         (median_of(&many, |r| r.p50), median_of(&many, |r| r.p99), median_of(&many, |r| r.service_cpu));
+    let (waited_0, waited_n) = (median_of(&none, |r| r.service_waited), median_of(&many, |r| r.service_waited));
     let sent = many.iter().map(|r| r.sent).sum::<u64>() / rounds as u64;
     let all: Vec<String> =
         none.iter().zip(&many).map(|(a, b)| format!("{} / {}", crate::ms(a.p99), crate::ms(b.p99))).collect();
@@ -171,14 +189,16 @@ pub fn run() -> Result<Vec<Row>> {
     Ok(vec![Row {
         area: "dashboard",
         metric: format!(
-            "rename → archived p99, {EVENTS} events at 1,000/s: 0 vs {CLIENTS} clients on /api/stream, each a thread of the bench that reads every byte and got every event, none dropped (medians of {rounds} alternating rounds; p99 of the rounds without clients ranged {} – {}; p50 {} vs {}; the clients read {:.1} MB a round; the service used {:.2} vs {:.2} s of CPU a round)",
+            "rename → archived p99, {EVENTS} events at 1,000/s: 0 vs {CLIENTS} clients on /api/stream, each a thread of the bench that reads every byte and got every event, none dropped (medians of {rounds} alternating rounds; p99 of the rounds without clients ranged {} – {}; p50 {} vs {}; the clients read {:.1} MB a round; the service used {:.2} vs {:.2} s of CPU a round, and its threads waited {:.2} vs {:.2} s for a core)",
             crate::ms(low),
             crate::ms(high),
             crate::ms(p50_0),
             crate::ms(p50_n),
             sent as f64 / 1e6,
             cpu_0.as_secs_f64(),
-            cpu_n.as_secs_f64()
+            cpu_n.as_secs_f64(),
+            waited_0.as_secs_f64(),
+            waited_n.as_secs_f64()
         ),
         target: "within 10%".into(),
         measured: format!("{} vs {}", crate::ms(p99_0), crate::ms(p99_n)),
