@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use cortex::kv::{Applied, Backend, Changes, Fence, Mark, Op};
 use cortex::store::lease::{Leases, Renewal};
+use cortex::store::redis::kv::RedisKv;
 use cortex::store::redis::lease::RedisLeases;
-use cortex::store::redis::{Budget, kv::RedisKv};
 use cortex_tests::{RedisPrefix, Root, Service, event, metric, parse_metrics, wait_for};
 use serde_json::{Value, json};
 
@@ -69,23 +69,6 @@ fn produce(root: &Root, n: usize, gets: u64) -> Result<BTreeSet<String>> {
         ids.extend(batch);
     }
     Ok(ids)
-}
-
-/// Every archive record under the prefix, read from Redis directly.
-fn archive(redis: &RedisPrefix) -> Result<Vec<Value>> {
-    let days: Vec<String> = redis.server.run("list archive days", Budget::Once, |c| {
-        redis::cmd("ZRANGE").arg(redis.server.key("archive-days")).arg(0).arg(-1).query(c)
-    })?;
-    let mut out = Vec::new();
-    for day in days {
-        let lines: Vec<String> = redis.server.run("read an archive day", Budget::Once, |c| {
-            redis::cmd("LRANGE").arg(redis.server.key(&format!("archive:{day}"))).arg(0).arg(-1).query(c)
-        })?;
-        for line in lines {
-            out.push(serde_json::from_str(&line).with_context(|| format!("archive line {line}"))?);
-        }
-    }
-    Ok(out)
 }
 
 /// The counter's invocations as (start µs, end µs, event id), by start.
@@ -146,7 +129,7 @@ fn drained(root: &Root, redis: &RedisPrefix, ids: &BTreeSet<String>) -> Result<V
         Ok(s["queue_depth"] == 0 && s["claimed"] == 0)
     })
     .context("the queue never drained")?;
-    let records = archive(redis)?;
+    let records = redis.archive()?;
     let archived: BTreeSet<&str> = records.iter().filter_map(|r| r["event"]["event_id"].as_str()).collect();
     let missing: Vec<&String> = ids.iter().filter(|id| !archived.contains(id.as_str())).collect();
     ensure!(missing.is_empty(), "{} events not archived, e.g. {:?}", missing.len(), missing.first());

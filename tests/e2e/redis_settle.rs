@@ -21,7 +21,7 @@ use cortex::records::Outcome;
 use cortex::store::Store;
 use cortex::store::redis::{Budget, RedisStore, kv::RedisKv};
 use cortex_tests::{RedisPrefix, Root, event, jsonl};
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn new_event() -> Result<Event> {
     let v = NewEvent { event_type: "task.created".into(), source: "redis-test".into(), ..NewEvent::default() };
@@ -49,20 +49,11 @@ fn joint(claim: Claim) -> Joint {
     }
 }
 
-/// The event ids of every archive line under the prefix.
+/// The event ids of every archive line under the prefix, sorted.
 fn archived(redis: &RedisPrefix) -> Result<Vec<String>> {
-    let days: Vec<String> = redis.server.run("list archive days", Budget::Once, |c| {
-        redis::cmd("ZRANGE").arg(redis.server.key("archive-days")).arg(0).arg(-1).query(c)
-    })?;
     let mut out = Vec::new();
-    for day in days {
-        let lines: Vec<String> = redis.server.run("read an archive day", Budget::Once, |c| {
-            redis::cmd("LRANGE").arg(redis.server.key(&format!("archive:{day}"))).arg(0).arg(-1).query(c)
-        })?;
-        for line in lines {
-            let v: Value = serde_json::from_str(&line)?;
-            out.push(v["event"]["event_id"].as_str().context("an event id")?.to_string());
-        }
+    for record in redis.archive()? {
+        out.push(record["event"]["event_id"].as_str().context("an event id")?.to_string());
     }
     out.sort();
     Ok(out)

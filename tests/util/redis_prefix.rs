@@ -56,6 +56,27 @@ impl RedisPrefix {
         Ok(keys)
     }
 
+    /// Every archive record under the prefix, read from Redis directly
+    /// (not through Cortex), oldest day first.
+    ///
+    /// # Errors
+    /// When Redis does not answer or a line is not JSON.
+    pub fn archive(&self) -> Result<Vec<serde_json::Value>> {
+        let days: Vec<String> = self.server.run("list archive days", Budget::Once, |c| {
+            ::redis::cmd("ZRANGE").arg(self.server.key("archive-days")).arg(0).arg(-1).query(c)
+        })?;
+        let mut out = Vec::new();
+        for day in days {
+            let lines: Vec<String> = self.server.run("read an archive day", Budget::Once, |c| {
+                ::redis::cmd("LRANGE").arg(self.server.key(&format!("archive:{day}"))).arg(0).arg(-1).query(c)
+            })?;
+            for line in lines {
+                out.push(serde_json::from_str(&line).with_context(|| format!("archive line {line}"))?);
+            }
+        }
+        Ok(out)
+    }
+
     fn delete_all(&self) -> Result<usize> {
         let keys = self.keys()?;
         for chunk in keys.chunks(500) {
