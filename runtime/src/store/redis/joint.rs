@@ -15,9 +15,8 @@ use std::sync::{Arc, LazyLock};
 
 use anyhow::{Context, Result};
 
-use super::queue::{GROUP, Held, RETRY, RedisStore};
+use super::queue::{GROUP, RETRY, RedisStore};
 use crate::kv::{Applied, Backend, Changes};
-use crate::lock::Recover;
 use crate::queue::{Joint, now_ms};
 
 /// `commit(KEYS, ARGV)` and `settle(ARGV)`, the two scripts' bodies, then
@@ -46,10 +45,7 @@ impl RedisStore {
     ) -> Result<Vec<Applied>> {
         anyhow::ensure!(owners.len() == changes.len(), "{} owners for {} buffers", owners.len(), changes.len());
         let (keys, kv) = super::kv::commit_call(&self.server, changes);
-        let held: Vec<Option<Held>> = {
-            let mut held = self.held.locked();
-            batch.iter().map(|j| held.remove(&j.settlement.claim.name.key())).collect()
-        };
+        let held = self.take_held(batch.iter().map(|j| &j.settlement));
         // Each event's 1-based place among those sent (0: not held here,
         // settled already; its buffers are committed all the same).
         let mut place = Vec::with_capacity(batch.len());
@@ -70,12 +66,6 @@ impl RedisStore {
                 events.push(args.len().to_string());
                 events.extend(args);
             }
-        }
-        if sent < batch.len() {
-            tracing::warn!(
-                count = batch.len() - sent,
-                "settlements of entries this process does not hold were skipped (settled already)"
-            );
         }
         let mut call = SCRIPT.prepare_invoke();
         for k in &keys {

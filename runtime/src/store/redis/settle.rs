@@ -38,26 +38,14 @@ impl RedisStore {
         }
         let p = self.server.prefix().to_string();
         let mut args = vec![p, GROUP.to_string(), now_ms().to_string()];
-        let mut not_held = 0;
-        let held: Vec<Option<Held>> = {
-            let mut held = self.held.locked();
-            batch.iter().map(|s| held.remove(&s.claim.name.key())).collect()
-        };
+        let held = self.take_held(batch.iter());
         let mut sent = 0;
         for (s, h) in batch.iter().zip(held) {
-            let Some(h) = h else {
-                // Settled already, or never claimed here: nothing to ack.
-                not_held += 1;
-                continue;
-            };
-            Self::settlement_args(s, &h, &mut args)?;
-            sent += 1;
-        }
-        if not_held > 0 {
-            tracing::warn!(
-                count = not_held,
-                "settlements of entries this process does not hold were skipped (settled already)"
-            );
+            // Not held: settled already, or never claimed here; nothing to ack.
+            if let Some(h) = h {
+                Self::settlement_args(s, &h, &mut args)?;
+                sent += 1;
+            }
         }
         if sent > 0 {
             let what = format!("settle {sent} entries");
@@ -72,6 +60,24 @@ impl RedisStore {
         }
         self.prune_if_cleanup(batch.iter());
         Ok(())
+    }
+
+    /// Takes what this process holds of each settlement's entry (`None`:
+    /// not held, settled already or never claimed here, which is said in a
+    /// warning): a settled entry is no longer refreshed.
+    pub(super) fn take_held<'s>(&self, batch: impl Iterator<Item = &'s Settlement>) -> Vec<Option<Held>> {
+        let held: Vec<Option<Held>> = {
+            let mut held = self.held.locked();
+            batch.map(|s| held.remove(&s.claim.name.key())).collect()
+        };
+        let not_held = held.iter().filter(|h| h.is_none()).count();
+        if not_held > 0 {
+            tracing::warn!(
+                count = not_held,
+                "settlements of entries this process does not hold were skipped (settled already)"
+            );
+        }
+        held
     }
 
     /// Says how many settlements of a `settle.lua` reply were not applied.
